@@ -1,0 +1,89 @@
+// Kernel log records since a mark, via /dev/kmsg: each read() returns exactly
+// one record "prio,seq,usec,flags[,...];message\n[ KEY=value\n...]". Opening
+// O_NONBLOCK makes read() fail EAGAIN at the end instead of blocking.
+import * as libc from './libc.ts';
+
+export interface KmsgRecord { level: number; facility: number; seq: number; usec: number; message: string }
+
+/** Parses one /dev/kmsg record; returns null for something that is not one. */
+export function parseRecord(raw: string): KmsgRecord | null {
+  const semi = raw.indexOf(';');
+  if (semi < 0) return null;
+  const [prio, seq, usec] = raw.slice(0, semi).split(',').map(Number);
+  if (![prio, seq, usec].every(Number.isFinite)) return null;
+  const message = raw.slice(semi + 1).split('\n')[0]; // continuation lines are " KEY=value" metadata
+  return { level: prio & 7, facility: prio >> 3, seq, usec, message };
+}
+
+// First lines of the splats a probe must not cause.
+const SPLAT_PATTERNS: [string, RegExp][] = [
+  ['kasan', /\bKASAN:/], // before 'bug': KASAN reports start "BUG: KASAN:"
+  ['warning', /^WARNING:/],
+  ['bug', /^BUG:/],
+  ['oops', /^Oops\b|\bOops: /],
+  ['refcount', /refcount_t:/],
+  ['lockdep', /possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage/],
+  ['dma-api', /DMA-API:/],
+  ['panic', /Kernel panic/],
+  ['hung-task', /blocked for more than \d+ seconds/],
+];
+
+export function classify(message: string): string | null {
+  for (const [kind, re] of SPLAT_PATTERNS) if (re.test(message)) return kind;
+  return null;
+}
+
+export interface Splat { kind: string; record: KmsgRecord; context: string[] }
+
+/** Splat records, each with the records following it (call trace) as context. */
+export function findSplats(records: KmsgRecord[], contextLines = 25): Splat[] {
+  const out: Splat[] = [];
+  records.forEach((r, i) => {
+    const kind = classify(r.message);
+    if (kind) out.push({ kind, record: r, context: records.slice(i + 1, i + 1 + contextLines).map((x) => x.message) });
+  });
+  return out;
+}
+
+export class Kmsg {
+  private readonly buf = Buffer.alloc(16384);
+  private constructor(private readonly fd: number) {}
+
+  /** Opens /dev/kmsg positioned at the end, so read() returns only records logged after this call. */
+  static mark(): Kmsg {
+    const fd = libc.open('/dev/kmsg', libc.O_RDONLY | libc.O_NONBLOCK | libc.O_CLOEXEC);
+    try {
+      libc.lseek(fd, 0, libc.SEEK_END);
+    } catch (e) {
+      libc.trySyscall(() => libc.close(fd));
+      throw e;
+    }
+    return new Kmsg(fd);
+  }
+
+  /** Records logged since the mark (or since the previous read). */
+  read(): KmsgRecord[] {
+    const out: KmsgRecord[] = [];
+    for (;;) {
+      const r = libc.trySyscall(() => libc.read(this.fd, this.buf));
+      if (!r.ok) {
+        if (r.name === 'EPIPE') continue; // ring buffer overran us; the next read resyncs
+        if (r.name === 'EAGAIN') break;
+        throw new libc.SyscallError('read /dev/kmsg', r.errno);
+      }
+      if (r.value === 0) break;
+      const rec = parseRecord(this.buf.toString('utf8', 0, r.value));
+      if (rec) out.push(rec);
+    }
+    return out;
+  }
+
+  close(): void {
+    libc.trySyscall(() => libc.close(this.fd));
+  }
+}
+
+/** Splat diagnostics in a compact form for TAP YAML. */
+export function describeSplats(splats: Splat[]): { kind: string; line: string; trace: string[] }[] {
+  return splats.map((s) => ({ kind: s.kind, line: s.record.message, trace: s.context }));
+}

@@ -1,0 +1,94 @@
+// Guest entry point: `node runner.js <config.json>`. Prints TAP 14 on stdout,
+// one subtest per probe in config order. Exit 0 whatever the probes found (the
+// host judges the TAP), 2 for an unusable config, 1 only if the runner itself broke.
+import { readFileSync } from 'node:fs';
+import type { DmabufAbi, EndpointType, GuestDevice, GuestProbeRequest, GuestRunConfig } from './protocol.ts';
+import { isProbeName, resolveParams, type ProbeName } from './probes/catalog.ts';
+import type { Probe } from './probes/common.ts';
+import { Tap } from './lib/tap.ts';
+
+const ABIS: readonly DmabufAbi[] = ['ranges', 'v0'];
+const ENDPOINTS: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme'];
+const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i;
+
+const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Validates the config and resolves each probe's params against the catalog. */
+function parseConfig(raw: unknown): { ok: true; config: GuestRunConfig } | { ok: false; errors: string[] } {
+  const errors: string[] = [];
+  if (!isObj(raw)) return { ok: false, errors: ['config is not a JSON object'] };
+  if (!ABIS.includes(raw.abi as DmabufAbi)) errors.push(`abi must be one of ${ABIS.join(', ')}`);
+  if (!Array.isArray(raw.probes)) return { ok: false, errors: [...errors, 'probes must be an array'] };
+  const probes: GuestProbeRequest[] = [];
+  raw.probes.forEach((p: unknown, i: number) => {
+    const at = `probes[${i}]`;
+    if (!isObj(p)) return void errors.push(`${at} is not an object`);
+    const d = p.device;
+    if (typeof p.name !== 'string' || !isProbeName(p.name)) errors.push(`${at}.name: unknown probe ${JSON.stringify(p.name)}`);
+    if (!isObj(d)) return void errors.push(`${at}.device is not an object`);
+    if (typeof d.id !== 'string') errors.push(`${at}.device.id must be a string`);
+    if (!ENDPOINTS.includes(d.type as EndpointType)) errors.push(`${at}.device.type must be one of ${ENDPOINTS.join(', ')}`);
+    if (typeof d.bdf !== 'string' || !BDF.test(d.bdf)) errors.push(`${at}.device.bdf must look like 0000:02:00.0`);
+    if (!(d.iommuGroup === null || (Number.isSafeInteger(d.iommuGroup) && (d.iommuGroup as number) >= 0))) {
+      errors.push(`${at}.device.iommuGroup must be a non-negative integer or null`);
+    }
+    if (p.params !== undefined && !isObj(p.params)) errors.push(`${at}.params must be an object`);
+    if (p.expectFail !== undefined && typeof p.expectFail !== 'string') errors.push(`${at}.expectFail must be a string`);
+    if (typeof p.name !== 'string' || !isProbeName(p.name)) return;
+    const r = resolveParams(p.name, isObj(p.params) ? p.params : {}, d.type as EndpointType);
+    if (!r.ok) return void errors.push(...r.errors.map((e) => `${at}: ${e}`));
+    probes.push({ name: p.name, device: d as unknown as GuestDevice, params: r.params, expectFail: p.expectFail as string | undefined });
+  });
+  return errors.length ? { ok: false, errors } : { ok: true, config: { abi: raw.abi as DmabufAbi, probes } };
+}
+
+async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
+  // Probes (and koffi with them) load lazily so a broken native module fails probes, not the runner.
+  let impls: Record<ProbeName, Probe> | undefined;
+  let loadError: unknown;
+  try {
+    impls = (await import('./probes/index.ts')).PROBE_IMPLS;
+  } catch (e) {
+    loadError = e;
+  }
+  tap.header(config.probes.length);
+  for (const p of config.probes) {
+    const d = p.device;
+    await tap.subtest(p.name, async (t) => {
+      t.comment(`device ${d.id} (${d.type}) at ${d.bdf}, iommu group ${d.iommuGroup ?? 'none (noiommu)'}, ${config.abi} ABI`);
+      if (!impls) throw new Error(`cannot load probes: ${loadError instanceof Error ? loadError.message : String(loadError)}`);
+      await impls[p.name as ProbeName]({ device: d, abi: config.abi, params: p.params, t });
+    }, { todo: p.expectFail });
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  if (argv.length !== 1) {
+    process.stderr.write('usage: node runner.js <config.json>\n');
+    return 2;
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(readFileSync(argv[0], 'utf8'));
+  } catch (e) {
+    process.stderr.write(`runner: cannot read config ${argv[0]}: ${(e as Error).message}\n`);
+    return 2;
+  }
+  const parsed = parseConfig(raw);
+  if (!parsed.ok) {
+    process.stderr.write(`runner: bad config ${argv[0]}:\n${parsed.errors.map((e) => `  ${e}\n`).join('')}`);
+    return 2;
+  }
+  await run(parsed.config);
+  return 0;
+}
+
+// exitCode rather than exit(): stdout is a pipe over ssh and must drain first.
+main(process.argv.slice(2)).then(
+  (code) => { process.exitCode = code; },
+  (e) => {
+    process.stdout.write(`Bail out! runner crashed: ${String(e instanceof Error ? e.message : e).replace(/\n/g, ' ')}\n`);
+    process.stderr.write(`${e instanceof Error ? e.stack : String(e)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,96 @@
+// hwlab command line. Subcommands map one-to-one onto stages; exit codes:
+// 0 pass, 1 a probe failed or the kernel was unhealthy, 2 bad input or a
+// broken environment.
+import { parseArgs } from 'node:util';
+import path from 'node:path';
+import { loadLab, LabError } from '../lab/parse.ts';
+import { loadImageRecipe } from '../image/recipe.ts';
+import { buildImage } from '../image/build.ts';
+import { runLab } from '../run/run-lab.ts';
+import { runDoctor } from './doctor.ts';
+import { listEntries, cacheRoot } from '../util/cache.ts';
+import { pruneCache } from './cache-cmd.ts';
+import { HwlabError, runCleanups } from '../util/cleanup.ts';
+import { Progress } from '../util/progress.ts';
+
+const USAGE = `usage: hwlab <command> [options]
+
+  run <lab.yaml> [--runs-dir DIR] [--refresh] [--json]
+                        build what the lab needs, boot it, run its probes, print results
+  image build <recipe>  build (or reuse) the guest image images/<recipe>.yaml
+  doctor [--install]    check host tools, a KVM that really works, disk space;
+                        --install apt-installs the missing Debian packages
+  cache ls              list cache entries (${cacheRoot()})
+  cache prune [--all]   remove unfinished entries (--all: everything)
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  const progress = new Progress();
+  switch (cmd) {
+    case 'run': {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        options: { 'runs-dir': { type: 'string' }, refresh: { type: 'boolean' }, json: { type: 'boolean' } },
+      });
+      if (positionals.length !== 1) throw new UsageError('hwlab run takes exactly one lab file');
+      const lab = await loadLab(path.resolve(positionals[0]));
+      const out = await runLab(lab, { progress, runsDir: values['runs-dir'], refresh: values.refresh });
+      if (values.json) process.stdout.write(JSON.stringify(out.results, null, 2) + '\n');
+      else process.stdout.write(`\n${out.table}\n`);
+      const t = out.results.timings;
+      process.stdout.write(`\nresults: ${path.join(out.runDir, 'results.json')}\n`);
+      process.stdout.write(`${out.results.verdict.toUpperCase()}: total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, probes ${t.probes?.toFixed(1) ?? '-'} s, ${out.results.accelNote}\n`);
+      return out.results.verdict === 'pass' ? 0 : 1;
+    }
+    case 'image': {
+      if (rest[0] !== 'build' || rest.length !== 2) throw new UsageError('usage: hwlab image build <recipe>');
+      const recipe = await loadImageRecipe(rest[1]);
+      const img = await progress.run(`image ${recipe.name}`, (s) => buildImage(recipe, s));
+      process.stdout.write(`${img.rootDisk}\n`);
+      return 0;
+    }
+    case 'doctor': {
+      const { values } = parseArgs({ args: rest, options: { install: { type: 'boolean' } } });
+      return runDoctor({ install: values.install ?? false });
+    }
+    case 'cache': {
+      if (rest[0] === 'ls') {
+        for (const e of await listEntries()) process.stdout.write(`${e.kind.padEnd(10)} ${e.key}  ${e.createdAt}  ${e.label}\n`);
+        return 0;
+      }
+      if (rest[0] === 'prune') {
+        const removed = await pruneCache({ all: rest.includes('--all') });
+        process.stdout.write(`removed ${removed.length} entries\n`);
+        return 0;
+      }
+      throw new UsageError('usage: hwlab cache ls | hwlab cache prune [--all]');
+    }
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(USAGE);
+      return cmd ? 0 : 2;
+    default:
+      throw new UsageError(`unknown command "${cmd}"`);
+  }
+}
+
+class UsageError extends Error {}
+
+main(process.argv.slice(2))
+  .then(async (code) => {
+    await runCleanups();
+    process.exitCode = code;
+  })
+  .catch(async (err) => {
+    await runCleanups();
+    if (err instanceof LabError) process.stderr.write(`hwlab: invalid lab file:\n${err.message}\n`);
+    else if (err instanceof UsageError) process.stderr.write(`hwlab: ${err.message}\n\n${USAGE}`);
+    else if (err instanceof HwlabError) process.stderr.write(`hwlab: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`);
+    else if (err?.name === 'ZodError' || /^\/.*\.yaml:/.test(err?.message ?? '')) process.stderr.write(`hwlab: ${err.message}\n`);
+    else process.stderr.write(`hwlab: ${err?.stack ?? err}\n`);
+    process.exitCode = 2;
+  });

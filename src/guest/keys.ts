@@ -1,0 +1,31 @@
+// hwlab's own SSH identity for guests: generated once into the cache, never
+// a user's key. Guests accept only this key; hwlab accepts only the host key
+// recorded when the image was built.
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile, chmod } from 'node:fs/promises';
+import path from 'node:path';
+import ssh2 from 'ssh2';
+import { cacheRoot } from '../util/cache.ts';
+
+export interface HwlabKey {
+  privateKey: string;
+  /** OpenSSH public key line. */
+  publicKey: string;
+}
+
+export async function ensureHwlabKey(): Promise<HwlabKey> {
+  const dir = path.join(cacheRoot(), 'ssh');
+  const priv = path.join(dir, 'id_ed25519');
+  const pub = `${priv}.pub`;
+  if (!existsSync(priv) || !existsSync(pub)) {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'hwlab' });
+    await writeFile(`${priv}.tmp`, pair.private, { mode: 0o600 });
+    await writeFile(pub, `${pair.public}\n`);
+    // rename last: a half-written key is never picked up
+    const { rename } = await import('node:fs/promises');
+    await rename(`${priv}.tmp`, priv);
+  }
+  await chmod(priv, 0o600);
+  return { privateKey: await readFile(priv, 'utf8'), publicKey: (await readFile(pub, 'utf8')).trim() };
+}

@@ -1,0 +1,70 @@
+// Files hwlab places in the guest. They are part of the image cache key, so
+// editing them rebuilds the image.
+
+/**
+ * PID 1 after switch_root: mounts, network for the SSH forward, sshd. No
+ * systemd: it is the largest cost of a TCG boot and nothing here needs it.
+ */
+export const GUEST_INIT = `#!/bin/sh
+# hwlab guest init (PID 1). Messages go to /dev/kmsg so they land in the console log.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+log() { echo "hwlab-init: $*" > /dev/kmsg; }
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t debugfs debugfs /sys/kernel/debug
+hostname hwlab
+ip link set lo up
+modprobe virtio_net || log "modprobe virtio_net failed"
+i=0
+while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || log "network setup failed"
+mkdir -p /run/sshd
+/usr/sbin/sshd -E /run/sshd.log && log "sshd started" || log "sshd failed to start"
+# Stay PID 1; hwlab powers the guest off over SSH or QMP.
+while :; do wait; sleep 60; done
+`;
+
+/** Key-only root login; internal-sftp so no sftp-server package is needed; no PAM or DNS delays. */
+export const SSHD_CONFIG = `PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+Subsystem sftp internal-sftp
+MaxStartups 100
+`;
+
+/**
+ * The initramfs /init: load the disk and filesystem modules a prebuilt
+ * kernel keeps out of the image, mount the root and modules disks by label,
+ * switch to the guest init.
+ */
+export const INITRAMFS_INIT = `#!/bin/busybox sh
+bb=/bin/busybox
+$bb mkdir -p /proc /sys /dev /newroot
+$bb mount -t proc proc /proc
+$bb mount -t sysfs sysfs /sys
+$bb mount -t devtmpfs devtmpfs /dev
+fail() { echo "hwlab-initramfs: $*" > /dev/kmsg; $bb sleep 1; $bb poweroff -f; }
+for m in $($bb cat /modules.list); do
+  $bb insmod /mods/$m || echo "hwlab-initramfs: insmod $m failed" > /dev/kmsg
+done
+i=0
+until root=$($bb findfs LABEL=hwlab-root 2>/dev/null); do
+  i=$((i+1)); [ $i -gt 200 ] && fail "root disk (LABEL=hwlab-root) did not appear"
+  $bb sleep 0.05
+done
+$bb mount -t ext4 -o rw "$root" /newroot || fail "cannot mount $root"
+mods=$($bb findfs LABEL=hwlab-mods 2>/dev/null) && { $bb mount -t ext4 -o ro "$mods" /newroot/lib/modules || fail "cannot mount modules disk $mods"; }
+$bb mount --move /dev /newroot/dev
+$bb umount /proc /sys
+exec $bb switch_root /newroot /sbin/hwlab-init
+`;

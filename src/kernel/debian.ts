@@ -1,0 +1,175 @@
+// Prebuilt Debian kernels, fetched with a private apt configuration (own
+// sources list, lists and state under hwlab's cache) so the host's apt
+// sources never gain sid. Packages are unpacked with dpkg-deb -x, never installed.
+import { execa } from 'execa';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { DebianKernelSpec } from '../lab/types.ts';
+import { cacheRoot, ensureEntry, cacheKey } from '../util/cache.ts';
+import { HwlabError } from '../util/cleanup.ts';
+import type { Step } from '../util/progress.ts';
+import { makeExt4 } from '../util/ext4.ts';
+import type { KernelArtifact } from './types.ts';
+
+const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
+/** Resolutions younger than this are reused without `apt-get update` (warm runs stay fast). */
+const RESOLVE_TTL_MS = 6 * 3600 * 1000;
+
+function aptDir(spec: DebianKernelSpec): string {
+  return path.join(cacheRoot(), 'apt', cacheKey({ suite: spec.suite, mirror: spec.mirror }));
+}
+
+function aptOptions(dir: string): string[] {
+  const o = (k: string, v: string) => ['-o', `${k}=${v}`];
+  return [
+    ...o('Dir::Etc::SourceList', path.join(dir, 'sources.list')),
+    ...o('Dir::Etc::SourceParts', path.join(dir, 'sources.list.d')),
+    ...o('Dir::Etc::Preferences', path.join(dir, 'preferences')),
+    ...o('Dir::Etc::PreferencesParts', path.join(dir, 'preferences.d')),
+    ...o('Dir::State', dir),
+    ...o('Dir::State::Lists', path.join(dir, 'lists')),
+    ...o('Dir::State::status', path.join(dir, 'status')),
+    ...o('Dir::Cache', path.join(dir, 'cache')),
+    ...o('Debug::NoLocking', '1'),
+    ...o('APT::Architecture', 'amd64'),
+    ...o('APT::Architectures', 'amd64'),
+    // apt drops to _apt for downloads; our cache dir is root-owned.
+    ...o('APT::Sandbox::User', 'root'),
+    ...o('Acquire::Languages', 'none'),
+  ];
+}
+
+async function aptUpdate(spec: DebianKernelSpec, dir: string): Promise<void> {
+  for (const d of ['lists/partial', 'cache/archives/partial', 'sources.list.d', 'preferences.d']) {
+    await mkdir(path.join(dir, d), { recursive: true });
+  }
+  if (!existsSync(KEYRING)) {
+    throw new HwlabError(`${KEYRING} is missing`, 'install it: apt-get install debian-archive-keyring');
+  }
+  await writeFile(path.join(dir, 'sources.list'), `deb [signed-by=${KEYRING}] ${spec.mirror} ${spec.suite} main\n`);
+  await writeFile(path.join(dir, 'status'), '');
+  const r = await execa('apt-get', [...aptOptions(dir), '-q', 'update'], { reject: false, timeout: 300_000 });
+  if (r.exitCode !== 0 || /^(E|W): Failed/m.test(r.stderr)) {
+    throw new HwlabError(`apt-get update for ${spec.suite} at ${spec.mirror} failed:\n${r.stderr.trim()}`);
+  }
+}
+
+export interface ResolvedDebianKernel {
+  /** Binary package that was resolved, e.g. linux-image-7.2.13+deb14-amd64. */
+  package: string;
+  /** Debian version, e.g. 7.2.13-1. */
+  version: string;
+  /** Kernel release (uname -r), e.g. 7.2.13+deb14-amd64. */
+  release: string;
+  resolvedAt: string;
+}
+
+/** Compare dotted numeric versions like 7.2.13 vs 7.2.9 (enough for upstream kernel versions). */
+function compareRelease(a: string, b: string): number {
+  const na = a.match(/\d+/g)!.map(Number);
+  const nb = b.match(/\d+/g)!.map(Number);
+  for (let i = 0; i < Math.max(na.length, nb.length); i++) {
+    const d = (na[i] ?? 0) - (nb[i] ?? 0);
+    if (d) return d;
+  }
+  return 0;
+}
+
+/**
+ * `linux-image-7.2` + flavour `amd64` -> the newest `linux-image-7.2.N+debM-amd64`
+ * in the suite. Exact names (a full release) are accepted as they are.
+ */
+export async function resolveDebianKernel(spec: DebianKernelSpec, opts: { refresh?: boolean } = {}): Promise<ResolvedDebianKernel> {
+  const dir = aptDir(spec);
+  const memo = path.join(dir, `resolved-${spec.package}-${spec.flavour}.json`);
+  if (!opts.refresh && existsSync(memo)) {
+    const m = JSON.parse(await readFile(memo, 'utf8')) as ResolvedDebianKernel;
+    if (Date.now() - Date.parse(m.resolvedAt) < RESOLVE_TTL_MS) return m;
+  }
+  await aptUpdate(spec, dir);
+  const prefix = spec.package.replace(/^linux-image-/, '');
+  if (!/^\d+\.\d+(\.\d+)?/.test(prefix)) {
+    throw new HwlabError(`kernel.debian: "${spec.package}" is not of the form linux-image-<major>.<minor>[.<patch>]`);
+  }
+  const esc = prefix.replace(/[.+]/g, (c) => `\\${c}`);
+  const flav = spec.flavour.replace(/[.+]/g, (c) => `\\${c}`);
+  // The ABI part (7.2.13+deb14) has no '-', so cloud-amd64 / rt-amd64 never match flavour amd64.
+  const re = new RegExp(`^linux-image-(${esc}(?:\\.\\d+)?(?:\\+[^-\\s]+)?)-${flav}$`);
+  const r = await execa('apt-cache', [...aptOptions(dir), 'pkgnames', 'linux-image-'], { timeout: 60_000 });
+  const matches = r.stdout.split('\n').map((l) => l.trim()).filter((n) => re.test(n));
+  if (matches.length === 0) {
+    throw new HwlabError(
+      `kernel.debian: no package matching ${spec.package} (flavour ${spec.flavour}) in ${spec.suite} at ${spec.mirror}`,
+    );
+  }
+  matches.sort((a, b) => compareRelease(a.match(re)![1], b.match(re)![1]));
+  const pkg = matches[matches.length - 1];
+  const abi = pkg.match(re)![1];
+  const show = await execa('apt-cache', [...aptOptions(dir), 'show', '--no-all-versions', pkg], { timeout: 60_000 });
+  const version = show.stdout.match(/^Version: (\S+)/m)?.[1];
+  if (!version) throw new HwlabError(`apt-cache show ${pkg} gave no Version`);
+  const res: ResolvedDebianKernel = { package: pkg, version, release: `${abi}-${spec.flavour}`, resolvedAt: new Date().toISOString() };
+  await writeFile(memo, JSON.stringify(res, null, 2));
+  return res;
+}
+
+/** Fetches and unpacks the kernel; cached by package and exact version. */
+export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts: { refresh?: boolean } = {}): Promise<KernelArtifact> {
+  step.update('resolving');
+  const res = await resolveDebianKernel(spec, opts);
+  const key = cacheKey({ v: 2, package: res.package, version: res.version, mirror: spec.mirror });
+  const { dir } = await ensureEntry('kernel', key, `${res.package} ${res.version}`, async (tmp) => {
+    const apt = aptDir(spec);
+    const show = await execa('apt-cache', [...aptOptions(apt), 'show', '--no-all-versions', res.package]);
+    const depends = show.stdout.match(/^Depends: (.*)$/m)?.[1] ?? '';
+    // Newer Debian kernels split the image into linux-{base,binary,modules}-<release>; take those.
+    const parts = depends
+      .split(',')
+      .map((d) => d.trim().split(/\s/)[0])
+      .filter((n) => n.startsWith('linux-') && n.endsWith(res.release));
+    const pkgs = [res.package, ...parts];
+    const debs = path.join(tmp, 'debs');
+    await mkdir(debs);
+    step.update(`downloading ${pkgs.join(' ')}`);
+    const dl = await execa('apt-get', [...aptOptions(apt), '-q', 'download', ...pkgs], { cwd: debs, reject: false, timeout: 900_000 });
+    if (dl.exitCode !== 0) throw new HwlabError(`apt-get download ${pkgs.join(' ')} failed:\n${dl.stderr.trim()}`);
+    const root = path.join(tmp, 'root');
+    await mkdir(root);
+    for (const deb of await readdir(debs)) {
+      step.update(`extracting ${deb}`);
+      await execa('dpkg-deb', ['-x', path.join(debs, deb), root], { timeout: 600_000 });
+    }
+    // Modules under modroot/lib/modules/<release>: the layout depmod -b and the guest expect.
+    const candidates = [path.join(root, 'usr/lib/modules', res.release), path.join(root, 'lib/modules', res.release)];
+    const modSrc = candidates.find((c) => existsSync(c));
+    if (!modSrc) throw new HwlabError(`${res.package}: no modules directory for ${res.release} in the packages`);
+    const modDest = path.join(tmp, 'modroot/lib/modules', res.release);
+    await mkdir(path.dirname(modDest), { recursive: true });
+    await rename(modSrc, modDest);
+    const vmlinuz = [path.join(modDest, 'vmlinuz'), path.join(root, 'boot', `vmlinuz-${res.release}`)].find((c) => existsSync(c));
+    if (!vmlinuz) throw new HwlabError(`${res.package}: no vmlinuz found in the packages`);
+    await rename(vmlinuz, path.join(tmp, 'vmlinuz'));
+    const config = [path.join(modDest, 'config'), path.join(root, 'boot', `config-${res.release}`)].find((c) => existsSync(c));
+    if (config) await rename(config, path.join(tmp, 'config'));
+    step.update('depmod');
+    await execa('depmod', ['-b', path.join(tmp, 'modroot'), res.release], { timeout: 300_000 });
+    await execa('rm', ['-rf', debs, root]);
+    step.update('modules disk');
+    await makeExt4(path.join(tmp, 'modroot/lib/modules'), path.join(tmp, 'modules.ext4'), 'hwlab-mods');
+    await writeFile(path.join(tmp, 'kernel.json'), JSON.stringify(res, null, 2));
+  });
+  return {
+    source: 'debian-prebuilt',
+    package: res.package,
+    version: res.version,
+    release: res.release,
+    vmlinuz: path.join(dir, 'vmlinuz'),
+    config: existsSync(path.join(dir, 'config')) ? path.join(dir, 'config') : undefined,
+    modulesRoot: path.join(dir, 'modroot'),
+    modulesDisk: path.join(dir, 'modules.ext4'),
+    cacheDir: dir,
+    cacheKey: key,
+  };
+}
+

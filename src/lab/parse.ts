@@ -1,0 +1,624 @@
+// Lab files (labs/*.yaml) -> LabSpec. YAML is parsed with its node ranges
+// kept, so every problem (syntax, schema, cross-reference) is reported as
+// `file:line:col: path: message`, all of them at once, in one LabError.
+import { readFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { LineCounter, parseDocument, isMap, isSeq, isScalar, isAlias, type Document } from 'yaml';
+import { z } from 'zod';
+import {
+  ACCELS, DMABUF_ABIS, IOMMU_KINDS,
+  type Accel, type DmabufAbi, type EndpointSpec, type IommuKind, type IommuSpec, type LabSpec,
+  type ProbeSpec, type SwitchSpec, type TopologySpec,
+} from './types.ts';
+import { PROBES, resolveParams, type ProbeSpec as CatalogProbe } from '../../guest/probes/catalog.ts';
+
+// ---------------------------------------------------------------------------
+// Errors
+
+export interface LabIssue {
+  /** The file as given to parseLab/loadLab. */
+  file: string;
+  /** 1-based. */
+  line: number;
+  /** 1-based. */
+  col: number;
+  /** Dotted path into the YAML as written (snake_case), e.g. `topology.endpoints[1].dma_mask`; '' for the whole file. */
+  path: string;
+  message: string;
+}
+
+export function formatIssue(i: LabIssue): string {
+  return `${i.file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`;
+}
+
+/** Everything wrong with a lab file; `message` has one `file:line:col: path: message` line per issue. */
+export class LabError extends Error {
+  readonly issues: LabIssue[];
+  constructor(issues: LabIssue[]) {
+    const sorted = [...issues].sort((a, b) => a.line - b.line || a.col - b.col);
+    super(sorted.map(formatIssue).join('\n'));
+    this.name = 'LabError';
+    this.issues = sorted;
+  }
+}
+
+type Path = (string | number)[];
+
+function pathString(p: Path): string {
+  let s = '';
+  for (const seg of p) s += typeof seg === 'number' ? `[${seg}]` : s ? `.${seg}` : seg;
+  return s;
+}
+
+/** A parsed YAML document plus what is needed to point at its nodes. */
+export class YamlSource {
+  readonly issues: LabIssue[] = [];
+  constructor(
+    readonly file: string,
+    readonly doc: Document,
+    private readonly lines: LineCounter,
+  ) {}
+
+  /** Offset of the node at `p`, or of its deepest existing ancestor (shorthand forms, missing keys). */
+  private offset(p: Path, atKey: boolean): number {
+    let node: unknown = this.doc.contents;
+    let best = rangeStart(node) ?? 0;
+    for (let i = 0; i < p.length; i++) {
+      const seg = p[i];
+      if (isAlias(node)) break;
+      if (isMap(node)) {
+        const pair = node.items.find((it) => (isScalar(it.key) ? it.key.value : it.key) === seg);
+        if (!pair) break;
+        if (atKey && i === p.length - 1) return rangeStart(pair.key) ?? best;
+        // `key:` with nothing after it: point at the key, not at the empty value after the colon.
+        const value = pair.value;
+        const empty = isScalar(value) && value.value === null && value.source === '';
+        node = empty || value == null ? pair.key : value;
+      } else if (isSeq(node) && typeof seg === 'number') {
+        node = node.items[seg];
+      } else break;
+      best = rangeStart(node) ?? best;
+    }
+    return best;
+  }
+
+  where(p: Path, atKey = false): { line: number; col: number } {
+    return this.lines.linePos(this.offset(p, atKey));
+  }
+
+  add(p: Path, message: string, atKey = false): void {
+    this.issues.push({ file: this.file, ...this.where(p, atKey), path: pathString(p), message });
+  }
+
+  /** `12:5`, for messages that refer to another place in the same file. */
+  at(p: Path): string {
+    const { line, col } = this.where(p);
+    return `${line}:${col}`;
+  }
+
+  fail(): never {
+    throw new LabError(this.issues);
+  }
+}
+
+function rangeStart(node: unknown): number | undefined {
+  const r = (node as { range?: [number, number, number] } | null | undefined)?.range;
+  return r ? r[0] : undefined;
+}
+
+// ---------------------------------------------------------------------------
+// Generic YAML + zod
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a map';
+  if (typeof v === 'string') return JSON.stringify(v);
+  return String(v);
+}
+
+const TYPE_WORDS: Record<string, string> = {
+  string: 'a string', number: 'a number', integer: 'an integer', boolean: 'true or false',
+  object: 'a map', array: 'a list', bigint: 'an integer',
+};
+
+function valueAt(data: unknown, p: Path): unknown {
+  let v = data;
+  for (const seg of p) {
+    // A scalar with segments left is a shorthand (`iommu: foo` checked as
+    // `iommu.type`): the scalar is the value in question.
+    if (v === null || typeof v !== 'object') return v;
+    v = (v as Record<string | number, unknown>)[seg];
+  }
+  return v;
+}
+
+/** zod issue -> one or more located issues with our wording. */
+function reportZodIssue(src: YamlSource, data: unknown, issue: z.ZodIssue): void {
+  const p = issue.path;
+  const got = valueAt(data, p);
+  switch (issue.code) {
+    case 'unrecognized_keys':
+      // strictObject() puts the allowed keys in the message; a plain .strict() leaves zod's wording.
+      for (const k of issue.keys) {
+        src.add([...p, k], `unknown key "${k}"${issue.message.startsWith('allowed: ') ? ` (${issue.message})` : ''}`, true);
+      }
+      return;
+    case 'invalid_type':
+      if (issue.received === 'undefined') src.add(p, 'is required');
+      else src.add(p, `expected ${TYPE_WORDS[issue.expected] ?? issue.expected} (got ${describe(got)})`);
+      return;
+    case 'invalid_enum_value':
+      src.add(p, `must be one of ${issue.options.join(', ')} (got ${describe(issue.received)})`);
+      return;
+    case 'invalid_union_discriminator':
+      src.add(p, got === undefined
+        ? `is required (one of ${issue.options.join(', ')})`
+        : `must be one of ${issue.options.join(', ')} (got ${describe(got)})`);
+      return;
+    case 'too_small':
+      if (issue.type === 'array') src.add(p, `must have at least ${issue.minimum} ${issue.minimum === 1 ? 'entry' : 'entries'}`);
+      else if (issue.type === 'string') src.add(p, 'must not be empty');
+      else src.add(p, `must be ${issue.inclusive ? 'at least' : 'greater than'} ${issue.minimum} (got ${describe(got)})`);
+      return;
+    case 'too_big':
+      if (issue.type === 'array') src.add(p, `must have at most ${issue.maximum} entries`);
+      else src.add(p, `must be ${issue.inclusive ? 'at most' : 'less than'} ${issue.maximum} (got ${describe(got)})`);
+      return;
+    case 'invalid_string':
+      src.add(p, `${issue.message} (got ${describe(got)})`);
+      return;
+    default:
+      src.add(p, issue.message);
+  }
+}
+
+/** Parse YAML keeping ranges; syntax errors are thrown as a LabError. */
+export function readYaml(text: string, file: string): { src: YamlSource; data: unknown } {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  const src = new YamlSource(file, doc, lines);
+  for (const e of doc.errors) {
+    src.issues.push({ file, ...lines.linePos(e.pos[0]), path: '', message: e.message.split('\n')[0] });
+  }
+  if (src.issues.length) src.fail();
+  return { src, data: doc.toJS() };
+}
+
+/** Validate already-read YAML with a zod schema; schema issues are added to src (not thrown). */
+export function validate<S extends z.ZodTypeAny>(src: YamlSource, data: unknown, schema: S): z.output<S> | undefined {
+  const r = schema.safeParse(data);
+  if (r.success) return r.data;
+  for (const issue of r.error.issues) reportZodIssue(src, data, issue);
+  return undefined;
+}
+
+/** Parse + validate any hwlab YAML file (labs, image recipes); throws LabError with located issues. */
+export function parseYamlWith<S extends z.ZodTypeAny>(text: string, file: string, schema: S): z.output<S> {
+  const { src, data } = readYaml(text, file);
+  const out = validate(src, data ?? {}, schema);
+  if (out === undefined || src.issues.length) src.fail();
+  return out;
+}
+
+/** z.object(...).strict() whose unknown-key issue carries the allowed keys. */
+function strictObject<S extends z.ZodRawShape>(shape: S) {
+  return z.object(shape).strict(`allowed: ${Object.keys(shape).join(', ')}`);
+}
+
+/** `key:` with no value means "use the defaults" for optional sections and lists. */
+function orEmpty<T extends z.ZodTypeAny>(empty: unknown, schema: T) {
+  return z.preprocess((v) => (v === null || v === undefined ? empty : v), schema);
+}
+
+// ---------------------------------------------------------------------------
+// The lab schema (snake_case, as written)
+
+const ID_RE = /^[a-z][a-z0-9_-]*$/;
+// Ids become QEMU -device/-object ids and bus names, so no commas, dots or '='.
+const idSchema = z.string().regex(ID_RE, 'must be a lowercase letter followed by a-z, 0-9, _ or - (it becomes a QEMU id)');
+
+const SIZE_RE = /^(\d+)\s*(M|MB|MiB|G|GB|GiB)?$/i;
+
+/** A size in MiB: `64M`, `2G`, `2048M`; a bare integer is MiB, like QEMU's -m. */
+function sizeMiB(def?: number) {
+  return z.unknown().transform((v, ctx): number => {
+    if (v === undefined || v === null) {
+      if (def !== undefined) return def;
+      ctx.addIssue({ code: 'custom', message: 'is required' });
+      return z.NEVER;
+    }
+    let mib: number | undefined;
+    if (typeof v === 'number' && Number.isSafeInteger(v)) mib = v;
+    else if (typeof v === 'string') {
+      const m = SIZE_RE.exec(v.trim());
+      if (m) mib = Number(m[1]) * (m[2] && m[2][0].toUpperCase() === 'G' ? 1024 : 1);
+    }
+    if (mib === undefined || mib < 1) {
+      ctx.addIssue({ code: 'custom', message: `expected a size such as 512M or 2G, at least 1M (got ${describe(v)})` });
+      return z.NEVER;
+    }
+    return mib;
+  });
+}
+
+/** A string or a list of strings, split on whitespace into words. */
+const cmdlineSchema = z.unknown().transform((v, ctx): string[] => {
+  if (v === undefined || v === null) return [];
+  if (typeof v === 'string') return v.split(/\s+/).filter(Boolean);
+  if (!Array.isArray(v)) {
+    ctx.addIssue({ code: 'custom', message: `expected a string or a list of strings (got ${describe(v)})` });
+    return z.NEVER;
+  }
+  const words: string[] = [];
+  v.forEach((item, i) => {
+    if (typeof item !== 'string') ctx.addIssue({ code: 'custom', path: [i], message: `expected a string (got ${describe(item)})` });
+    else words.push(...item.split(/\s+/).filter(Boolean));
+  });
+  return words;
+});
+
+const enumOf = <T extends string>(values: readonly T[]) => z.enum(values as unknown as [T, ...T[]]);
+
+const positiveSeconds = (def: number) => z.number().positive().default(def);
+
+const labSchema = orEmpty({}, strictObject({
+  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, ., _ or - (it names result directories)').optional(),
+  description: z.string().default(''),
+  kernel: strictObject({
+    debian: z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'must be a Debian package name such as linux-image-7.2'),
+    flavour: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, 'must be a kernel flavour such as amd64 or cloud-amd64').default('amd64'),
+    suite: z.string().regex(/^[a-z][a-z0-9.-]*$/, 'must be a Debian suite name such as sid').default('sid'),
+    mirror: z.string().regex(/^https?:\/\/[^\s,]+$/, 'must be an http:// or https:// URL').default('http://deb.debian.org/debian'),
+  }),
+  image: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'must be the name of a recipe in images/ (without .yaml)'),
+  machine: orEmpty({}, strictObject({
+    // No whitespace; commas are legitimate (`EPYC,+x2apic`): it is one -cpu argument.
+    cpu: z.string().regex(/^\S+$/, 'must be a QEMU CPU model without spaces').default('EPYC'),
+    memory: sizeMiB(2048),
+    smp: z.number().int().min(1).max(255).default(2),
+    accel: enumOf<Accel>(ACCELS).default('auto'),
+    cmdline: cmdlineSchema,
+  })),
+  iommu: z.preprocess(
+    (v) => (v === null || v === undefined ? {} : typeof v === 'string' ? { type: v } : v),
+    strictObject({
+      type: enumOf<IommuKind>(IOMMU_KINDS).default('intel'),
+      caching_mode: z.boolean().optional(),
+      strict: z.boolean().default(false),
+      passthrough: z.boolean().default(false),
+    }).superRefine((v, ctx) => {
+      if (v.caching_mode !== undefined && v.type !== 'intel') {
+        ctx.addIssue({ code: 'custom', path: ['caching_mode'], message: `only applies to iommu type intel (this lab uses ${v.type})` });
+      }
+      for (const k of ['strict', 'passthrough'] as const) {
+        if (v.type === 'none' && v[k]) ctx.addIssue({ code: 'custom', path: [k], message: 'needs an IOMMU (type is none)' });
+      }
+    }),
+  ),
+  topology: orEmpty({}, strictObject({
+    root_ports: orEmpty([], z.array(z.preprocess((v) => (typeof v === 'string' ? { id: v } : v), strictObject({ id: idSchema })))),
+    switches: orEmpty([], z.array(strictObject({
+      id: idSchema,
+      port: idSchema,
+      downstream: z.array(idSchema).min(1),
+    }))),
+    endpoints: orEmpty([], z.discriminatedUnion('type', [
+      strictObject({
+        id: idSchema,
+        type: z.literal('ivshmem-plain'),
+        port: idSchema,
+        memory: sizeMiB(64).superRefine((n, ctx) => {
+          // BAR2 is the backing memory itself, and a BAR is a power of two.
+          if ((n & (n - 1)) !== 0) ctx.addIssue({ code: 'custom', message: `must be a power of two (got ${n}M)` });
+        }),
+      }),
+      strictObject({
+        id: idSchema,
+        type: z.literal('edu'),
+        port: idSchema,
+        dma_mask: z.number().int().min(28).max(64).default(28),
+      }),
+      strictObject({
+        id: idSchema,
+        type: z.literal('nvme'),
+        port: idSchema,
+        cmb_size: sizeMiB(64),
+        // NVMe's serial number field is 20 bytes; no commas (QEMU option syntax).
+        serial: z.string().regex(/^[A-Za-z0-9_.-]{1,20}$/, 'must be 1-20 characters of A-Z, a-z, 0-9, _, . or -').optional(),
+      }),
+    ]).array().superRefine((eps, ctx) => eps.forEach((e, i) => {
+      if (e.type === 'nvme' && e.serial === undefined && e.id.length > 20) {
+        ctx.addIssue({ code: 'custom', path: [i, 'id'], message: 'the nvme serial defaults to the id, which is longer than 20 characters; set serial' });
+      }
+    }))),
+  })),
+  modules: orEmpty(['vfio-pci'], z.array(z.string().regex(/^[A-Za-z0-9_-]+$/, 'must be a kernel module name'))),
+  dmabuf_abi: enumOf<DmabufAbi>(DMABUF_ABIS).default('ranges'),
+  probes: orEmpty([], z.array(z.preprocess((v) => (typeof v === 'string' ? { name: v } : v), strictObject({
+    name: z.string().min(1),
+    device: idSchema.optional(),
+    params: orEmpty({}, z.record(z.string(), z.unknown())),
+    expect_fail: z.string().min(1).optional(),
+  })))),
+  timeouts: orEmpty({}, strictObject({
+    boot: positiveSeconds(180),
+    probes: positiveSeconds(600),
+    shutdown: positiveSeconds(20),
+  })),
+}));
+
+type RawLab = z.output<typeof labSchema>;
+
+// ---------------------------------------------------------------------------
+// Limits that come from how cmdline.ts lays the machine out.
+
+/** Root ports sit at pcie.0 slots 0x10..0x1e (0x1f is q35's LPC/SATA/SMBus). */
+export const MAX_ROOT_PORTS = 15;
+/** Downstream ports are devices 0..31 on the switch's internal bus. */
+export const MAX_DOWNSTREAM_PORTS = 32;
+/** Every root and downstream port gets its own chassis number, a uint8 (0 unused). */
+export const MAX_PORTS = 255;
+
+// ---------------------------------------------------------------------------
+// Cross-references
+
+type Kind = 'root port' | 'switch' | 'downstream port' | 'endpoint';
+const article = (k: Kind) => (k === 'endpoint' ? 'an' : 'a');
+
+/** Every id the topology declares, with its kind (ids share one namespace: they are all QEMU ids). */
+function topologyKinds(topo: TopologySpec): Map<string, Kind> {
+  const kinds = new Map<string, Kind>();
+  const put = (id: string, k: Kind) => { if (!kinds.has(id)) kinds.set(id, k); };
+  topo.rootPorts.forEach((r) => put(r.id, 'root port'));
+  topo.switches.forEach((s) => { put(s.id, 'switch'); s.downstream.forEach((d) => put(d, 'downstream port')); });
+  topo.endpoints.forEach((e) => put(e.id, 'endpoint'));
+  return kinds;
+}
+
+function checkTopology(src: YamlSource, topo: TopologySpec): void {
+  const T = ['topology'];
+  const ids = new Map<string, { kind: Kind; at: Path }>();
+  const declare = (id: string, kind: Kind, at: Path) => {
+    const prev = ids.get(id);
+    if (prev) src.add(at, `duplicate id "${id}" (already the ${prev.kind} at ${src.at(prev.at)})`);
+    else ids.set(id, { kind, at });
+  };
+  topo.rootPorts.forEach((rp, i) => declare(rp.id, 'root port', [...T, 'root_ports', i, 'id']));
+  topo.switches.forEach((sw, i) => {
+    declare(sw.id, 'switch', [...T, 'switches', i, 'id']);
+    sw.downstream.forEach((dp, j) => declare(dp, 'downstream port', [...T, 'switches', i, 'downstream', j]));
+  });
+  topo.endpoints.forEach((ep, i) => declare(ep.id, 'endpoint', [...T, 'endpoints', i, 'id']));
+
+  if (topo.rootPorts.length > MAX_ROOT_PORTS) {
+    src.add([...T, 'root_ports', MAX_ROOT_PORTS], `at most ${MAX_ROOT_PORTS} root ports fit on pcie.0 (slots 0x10-0x1e)`);
+  }
+  topo.switches.forEach((sw, i) => {
+    if (sw.downstream.length > MAX_DOWNSTREAM_PORTS) {
+      src.add([...T, 'switches', i, 'downstream', MAX_DOWNSTREAM_PORTS], `a switch has at most ${MAX_DOWNSTREAM_PORTS} downstream ports`);
+    }
+  });
+  const nPorts = topo.rootPorts.length + topo.switches.reduce((n, s) => n + s.downstream.length, 0);
+  if (nPorts > MAX_PORTS) src.add([...T], `at most ${MAX_PORTS} root and downstream ports in all (got ${nPorts})`);
+
+  const portNames = [...ids].filter(([, v]) => v.kind === 'root port' || v.kind === 'downstream port').map(([k]) => k);
+  const users = new Map<string, { what: string; at: Path }>();
+  const plug = (what: string, port: string, at: Path): boolean => {
+    const decl = ids.get(port);
+    if (!decl) {
+      src.add(at, `no port "${port}" (ports: ${portNames.join(', ') || 'none; add topology.root_ports'})`);
+      return false;
+    }
+    if (decl.kind !== 'root port' && decl.kind !== 'downstream port') {
+      src.add(at, `"${port}" is ${article(decl.kind)} ${decl.kind}, not a root port or downstream port`);
+      return false;
+    }
+    const prev = users.get(port);
+    if (prev) {
+      src.add(at, `port "${port}" is already used by ${prev.what} at ${src.at(prev.at)} (one device per port)`);
+      return false;
+    }
+    users.set(port, { what, at });
+    return true;
+  };
+  topo.switches.forEach((sw, i) => plug(`switch "${sw.id}"`, sw.port, [...T, 'switches', i, 'port']));
+  topo.endpoints.forEach((ep, i) => plug(`endpoint "${ep.id}"`, ep.port, [...T, 'endpoints', i, 'port']));
+
+  // A switch must hang below a root port; a chain that loops never does.
+  const owner = new Map<string, SwitchSpec>();
+  for (const sw of topo.switches) for (const dp of sw.downstream) owner.set(dp, sw);
+  topo.switches.forEach((sw, i) => {
+    const seen = new Set<string>();
+    let cur: SwitchSpec | undefined = sw;
+    while (cur && !seen.has(cur.id)) {
+      seen.add(cur.id);
+      const decl = ids.get(cur.port);
+      if (!decl || decl.kind !== 'downstream port') return; // root port (fine) or already reported
+      cur = owner.get(cur.port);
+    }
+    if (cur) src.add([...T, 'switches', i, 'port'], `switch "${sw.id}" is not below any root port: its port "${sw.port}" leads back into a loop of switches`);
+  });
+}
+
+/**
+ * The catalog's validator words its errors `probe.param[.key]: message`;
+ * point at that param (or key) when the lab wrote it, else at the probe.
+ */
+function locateCatalogError(e: string, params: Record<string, unknown>, paramsAt: Path, probeAt: Path): [Path, string, boolean] {
+  const m = /^[^.:\s]+\.([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?: (.*)$/.exec(e);
+  if (!m || !(m[1] in params)) return [probeAt, e, false];
+  const [, param, key, msg] = m;
+  if (key !== undefined && valueAt(params, [param, key]) !== undefined) return [[...paramsAt, param, key], msg, false];
+  const unknownKey = /^unknown key "([^"]+)"/.exec(msg);
+  if (unknownKey) return [[...paramsAt, param, unknownKey[1]], msg, true];
+  return [[...paramsAt, param], msg, false];
+}
+
+function checkProbes(src: YamlSource, raw: RawLab, topo: TopologySpec, catalog: ProbeCatalog): ProbeSpec[] {
+  const endpoints = topo.endpoints;
+  const kinds = topologyKinds(topo);
+  const out: ProbeSpec[] = [];
+  raw.probes.forEach((p, i) => {
+    const at: Path = ['probes', i];
+    const spec = Object.prototype.hasOwnProperty.call(catalog.probes, p.name) ? catalog.probes[p.name] : undefined;
+    if (!spec) {
+      src.add([...at, 'name'], `unknown probe "${p.name}" (known: ${Object.keys(catalog.probes).join(', ')})`);
+      return;
+    }
+    let device: EndpointSpec | undefined;
+    if (p.device !== undefined) {
+      device = endpoints.find((e) => e.id === p.device);
+      const kind = kinds.get(p.device);
+      if (!device && kind) {
+        src.add([...at, 'device'], `"${p.device}" is ${article(kind)} ${kind}, not an endpoint`);
+        return;
+      }
+      if (!device) {
+        src.add([...at, 'device'], `no endpoint "${p.device}" (endpoints: ${endpoints.map((e) => e.id).join(', ') || 'none'})`);
+        return;
+      }
+      if (!spec.endpoints.includes(device.type)) {
+        src.add([...at, 'device'], `probe ${p.name} does not work on ${device.type} ("${device.id}"); it takes ${spec.endpoints.join(', ')}`);
+        return;
+      }
+    } else {
+      device = endpoints.find((e) => spec.endpoints.includes(e.type));
+      if (!device) {
+        src.add(at, `probe ${p.name} needs an endpoint of type ${spec.endpoints.join(' or ')} and the topology has none`);
+        return;
+      }
+    }
+
+    // Names and basic types here, with locations; the catalog's own validator
+    // (value rules such as errno names) runs after.
+    const paramsAt: Path = [...at, 'params'];
+    let ok = true;
+    for (const [key, value] of Object.entries(p.params)) {
+      const ps = spec.params.find((x) => x.name === key);
+      if (!ps) {
+        const known = spec.params.map((x) => x.name).join(', ');
+        src.add([...paramsAt, key], `unknown param "${key}" for probe ${p.name} (${known ? `params: ${known}` : 'it takes none'})`, true);
+        ok = false;
+        continue;
+      }
+      const isObject = typeof value === 'object' && value !== null && !Array.isArray(value);
+      if (ps.type === 'object' ? !isObject : typeof value !== ps.type) {
+        src.add([...paramsAt, key], `expected ${TYPE_WORDS[ps.type]} (got ${describe(value)})`);
+        ok = false;
+      }
+    }
+    if (!ok) return;
+    const r = catalog.resolveParams(p.name, p.params, device.type);
+    if (!r.ok) {
+      for (const e of r.errors) src.add(...locateCatalogError(e, p.params, paramsAt, at));
+      return;
+    }
+    // Defaults come from the catalog's own objects: never share them.
+    const params = structuredClone(r.params);
+    const probe: ProbeSpec = { name: p.name, device: device.id, params };
+    if (p.expect_fail !== undefined) probe.expectFail = p.expect_fail;
+    out.push(probe);
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// Entry points
+
+/** What parseLab needs of guest/probes/catalog.ts (injectable for tests). */
+export interface ProbeCatalog {
+  probes: Readonly<Record<string, CatalogProbe>>;
+  resolveParams: typeof resolveParams;
+}
+
+export const DEFAULT_CATALOG: ProbeCatalog = { probes: PROBES, resolveParams };
+
+export interface ParseOptions {
+  /** Where image recipes live; default: `images/` beside the lab file's directory (labs/../images). */
+  imagesDir?: string;
+  /** Default: the real catalog. */
+  catalog?: ProbeCatalog;
+}
+
+/** Parse and fully validate a lab file's text. `file` is used in messages as given. */
+export function parseLab(text: string, file: string, opts: ParseOptions = {}): LabSpec {
+  const { src, data } = readYaml(text, file);
+  const raw = validate(src, data, labSchema);
+  if (!raw) return src.fail();
+
+  const iommuKind = raw.iommu.type;
+  const iommu: IommuSpec = {
+    kind: iommuKind,
+    cachingMode: iommuKind === 'intel' ? raw.iommu.caching_mode ?? true : false,
+    strict: raw.iommu.strict,
+    passthrough: raw.iommu.passthrough,
+  };
+
+  const t = raw.topology;
+  const endpoints: EndpointSpec[] = t.endpoints.map((e) => {
+    switch (e.type) {
+      case 'ivshmem-plain':
+        return { id: e.id, type: e.type, port: e.port, memoryMiB: e.memory };
+      case 'edu':
+        return { id: e.id, type: e.type, port: e.port, dmaMaskBits: e.dma_mask };
+      case 'nvme':
+        return { id: e.id, type: e.type, port: e.port, cmbSizeMiB: e.cmb_size, serial: e.serial ?? e.id };
+    }
+  });
+  const topology: TopologySpec = {
+    rootPorts: t.root_ports.map((r) => ({ id: r.id })),
+    switches: t.switches.map((s) => ({ id: s.id, port: s.port, downstream: [...s.downstream] })),
+    endpoints,
+  };
+  checkTopology(src, topology);
+  const probes = checkProbes(src, raw, topology, opts.catalog ?? DEFAULT_CATALOG);
+
+  const imagesDir = opts.imagesDir ?? path.resolve(path.dirname(path.resolve(file)), '..', 'images');
+  const recipe = path.join(imagesDir, `${raw.image}.yaml`);
+  if (!existsSync(recipe)) src.add(['image'], `no image recipe "${raw.image}" (looked for ${recipe})`);
+
+  if (src.issues.length) src.fail();
+  return {
+    file: path.resolve(file),
+    name: raw.name ?? path.basename(file).replace(/\.ya?ml$/, ''),
+    description: raw.description,
+    kernel: {
+      kind: 'debian-prebuilt',
+      package: raw.kernel.debian,
+      flavour: raw.kernel.flavour,
+      suite: raw.kernel.suite,
+      mirror: raw.kernel.mirror,
+    },
+    image: raw.image,
+    machine: {
+      cpu: raw.machine.cpu,
+      memoryMiB: raw.machine.memory,
+      smp: raw.machine.smp,
+      accel: raw.machine.accel,
+      cmdline: raw.machine.cmdline,
+    },
+    iommu,
+    topology,
+    modules: raw.modules,
+    dmabufAbi: raw.dmabuf_abi,
+    probes,
+    timeouts: {
+      bootSec: raw.timeouts.boot,
+      probesSec: raw.timeouts.probes,
+      shutdownSec: raw.timeouts.shutdown,
+    },
+  };
+}
+
+/** Read and parse a lab file; every problem is thrown as one LabError. */
+export async function loadLab(file: string, opts: ParseOptions = {}): Promise<LabSpec> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new LabError([{ file, line: 1, col: 1, path: '', message: `cannot read lab file: ${(e as Error).message}` }]);
+  }
+  return parseLab(text, file, opts);
+}

@@ -1,0 +1,134 @@
+// LabSpec: the validated, fully-defaulted form of a lab file (labs/*.yaml).
+// Everything downstream (kernel, image, qemu, guest, probes, results) takes
+// these types, never raw YAML.
+
+export type Accel = 'auto' | 'kvm' | 'tcg';
+export const ACCELS: readonly Accel[] = ['auto', 'kvm', 'tcg'];
+
+export type IommuKind = 'intel' | 'amd' | 'virtio' | 'none';
+export const IOMMU_KINDS: readonly IommuKind[] = ['intel', 'amd', 'virtio', 'none'];
+
+/** Which binary layout of VFIO_DEVICE_FEATURE_DMA_BUF the kernel speaks (contract section 1). */
+export type DmabufAbi = 'ranges' | 'v0';
+export const DMABUF_ABIS: readonly DmabufAbi[] = ['ranges', 'v0'];
+
+/** A prebuilt Debian kernel, e.g. `debian: linux-image-7.2`, resolved to the newest matching version. */
+export interface DebianKernelSpec {
+  kind: 'debian-prebuilt';
+  /** As written in the lab: `linux-image-7.2`. */
+  package: string;
+  /** Kernel flavour suffix of the binary package: `amd64`, `cloud-amd64`. */
+  flavour: string;
+  /** Debian suite to fetch from (never added to the host's apt sources). */
+  suite: string;
+  /** Debian mirror to use. */
+  mirror: string;
+}
+
+export type KernelSpec = DebianKernelSpec;
+
+export interface MachineSpec {
+  /** QEMU -cpu model. Default EPYC: the CPU model decides p2pdma host-bridge cases (contract section 4). */
+  cpu: string;
+  memoryMiB: number;
+  smp: number;
+  accel: Accel;
+  /** Extra kernel command-line words appended after hwlab's own. */
+  cmdline: string[];
+}
+
+export interface IommuSpec {
+  kind: IommuKind;
+  /** intel-iommu caching-mode=on. */
+  cachingMode: boolean;
+  /** iommu.strict=1 on the kernel command line (strict TLB invalidation). */
+  strict: boolean;
+  /** iommu.passthrough=1: identity domains (the "direct" p2pdma map type). */
+  passthrough: boolean;
+}
+
+export interface RootPortSpec {
+  id: string;
+}
+
+/** A PCIe switch: x3130-upstream below `port`, with xio3130-downstream ports. */
+export interface SwitchSpec {
+  id: string;
+  /** Id of the root port or downstream port the upstream port plugs into. */
+  port: string;
+  /** Ids of the downstream ports this switch provides, in order. */
+  downstream: string[];
+}
+
+interface EndpointBase {
+  id: string;
+  /** Id of a root port or switch downstream port. */
+  port: string;
+}
+
+export interface IvshmemEndpoint extends EndpointBase {
+  type: 'ivshmem-plain';
+  /** Size of the shared memory (BAR2), MiB, power of two. */
+  memoryMiB: number;
+}
+
+export interface EduEndpoint extends EndpointBase {
+  type: 'edu';
+  /** DMA mask width in bits (QEMU default 28). */
+  dmaMaskBits: number;
+}
+
+export interface NvmeEndpoint extends EndpointBase {
+  type: 'nvme';
+  /** Controller memory buffer size in MiB. */
+  cmbSizeMiB: number;
+  serial: string;
+}
+
+export type EndpointSpec = IvshmemEndpoint | EduEndpoint | NvmeEndpoint;
+export type EndpointType = EndpointSpec['type'];
+export const ENDPOINT_TYPES: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme'];
+
+export interface TopologySpec {
+  rootPorts: RootPortSpec[];
+  switches: SwitchSpec[];
+  endpoints: EndpointSpec[];
+}
+
+export interface ProbeSpec {
+  /** Name from the probe catalog (guest/probes/catalog.ts). */
+  name: string;
+  /** Endpoint id the probe works on. */
+  device: string;
+  /** Probe-specific parameters, validated against the catalog. */
+  params: Record<string, unknown>;
+  /** Known failure on this kernel: the probe's failures become TAP todo with this reason. */
+  expectFail?: string;
+}
+
+export interface TimeoutsSpec {
+  /** Seconds from QEMU start until SSH answers. */
+  bootSec: number;
+  /** Seconds for all probes of one boot. */
+  probesSec: number;
+  /** Seconds for a clean poweroff before QEMU is killed. */
+  shutdownSec: number;
+}
+
+export interface LabSpec {
+  /** Absolute path of the lab file this came from. */
+  file: string;
+  name: string;
+  description: string;
+  kernel: KernelSpec;
+  /** Name of a recipe in images/ (without .yaml). */
+  image: string;
+  machine: MachineSpec;
+  iommu: IommuSpec;
+  topology: TopologySpec;
+  /** Driver modules hwlab loads in the guest before the probes. */
+  modules: string[];
+  dmabufAbi: DmabufAbi;
+  probes: ProbeSpec[];
+  timeouts: TimeoutsSpec;
+}

@@ -1,0 +1,290 @@
+// One lab run, stage by stage: lab -> kernel -> image -> qemu -> guest ->
+// probes -> results. Each run writes a folder with everything needed to
+// judge it afterwards: console log, QEMU command line, lab as resolved, TAP,
+// results.json.
+import { execa } from 'execa';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { GuestRunConfig } from '../../guest/protocol.ts';
+import { findPciDevices, type GuestPciDevice } from '../guest/pci.ts';
+import { ensureHwlabKey } from '../guest/keys.ts';
+import { GuestSession } from '../guest/session.ts';
+import { buildImage, type GuestImage } from '../image/build.ts';
+import { buildInitramfs } from '../image/initramfs.ts';
+import { loadImageRecipe } from '../image/recipe.ts';
+import { fetchDebianKernel } from '../kernel/debian.ts';
+import type { KernelArtifact } from '../kernel/types.ts';
+import type { LabSpec } from '../lab/types.ts';
+import { bundleProbes } from '../probes/bundle.ts';
+import { decideAccel } from '../qemu/accel.ts';
+import { buildQemuCommand } from '../qemu/cmdline.ts';
+import { QemuMachine, writeCommandLine } from '../qemu/machine.ts';
+import { formatResultTable, judge, writeRunResults, type RunResults } from '../results/report.ts';
+import { findSplats } from '../results/splat.ts';
+import { parseProbeTap, type ProbeResult } from '../results/tap.ts';
+import { HwlabError, onCleanup } from '../util/cleanup.ts';
+import { ensureHostTools } from '../cli/doctor.ts';
+import type { Progress } from '../util/progress.ts';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const GUEST_DIR = '/run/hwlab';
+
+export interface RunOptions {
+  progress: Progress;
+  /** Parent of run folders; default <repo>/runs. */
+  runsDir?: string;
+  /** Re-resolve the kernel version even if a recent resolution is cached. */
+  refresh?: boolean;
+}
+
+export interface RunOutcome {
+  results: RunResults;
+  runDir: string;
+  table: string;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function stamp(): string {
+  return new Date().toISOString().replace(/[:.]/g, '-').replace(/Z$/, '');
+}
+
+/** The last kernel line of the console, for boot progress. */
+async function consoleTail(file: string): Promise<string> {
+  if (!existsSync(file)) return '';
+  const text = await readFile(file, 'utf8');
+  const lines = text.trimEnd().split('\n');
+  return (lines[lines.length - 1] ?? '').replace(/^\[\s*[\d.]+\]\s*/, '').slice(0, 70);
+}
+
+const SSHD_UP = 'hwlab-init: sshd started';
+const BOOT_FAILED = /hwlab-init: sshd failed|hwlab-initramfs: .*(did not appear|cannot mount)|Kernel panic - not syncing/;
+
+async function waitForConsole(consoleLog: string, m: QemuMachine, deadline: number, update: (line: string) => void): Promise<void> {
+  for (;;) {
+    const text = existsSync(consoleLog) ? await readFile(consoleLog, 'utf8') : '';
+    if (text.includes(SSHD_UP)) return;
+    const failed = text.match(BOOT_FAILED);
+    if (failed) throw new HwlabError(`boot failed: "${failed[0]}" (see ${consoleLog})`);
+    if (m.hasExited) throw new HwlabError(`QEMU exited during boot (${JSON.stringify(m.exit)}); see ${consoleLog} and qemu-stderr.log`);
+    if (Date.now() > deadline) throw new HwlabError(`guest did not start sshd before the boot timeout; last console line: ${await consoleTail(consoleLog)}`);
+    update(await consoleTail(consoleLog));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export interface PreparedLab {
+  kernel: KernelArtifact;
+  image: GuestImage;
+  initrd: string;
+}
+
+/** The host-side artifacts a boot needs; each is cached by content. */
+export async function prepareLab(lab: LabSpec, opts: RunOptions): Promise<PreparedLab> {
+  const { progress } = opts;
+  const kernel = await progress.run(`kernel ${lab.kernel.package}`, (s) => fetchDebianKernel(lab.kernel, s, { refresh: opts.refresh }),
+    (k) => `${k.package} ${k.version}`);
+  const recipe = await loadImageRecipe(lab.image, path.join(path.dirname(path.dirname(lab.file)), 'images'));
+  const image = await progress.run(`image ${recipe.name}`, (s) => buildImage(recipe, s), (i) => `node ${i.nodeVersion}`);
+  const initrd = await progress.run('initramfs', () => buildInitramfs(kernel, image));
+  return { kernel, image, initrd };
+}
+
+export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome> {
+  const { progress } = opts;
+  const t0 = Date.now();
+  const timings: Record<string, number> = {};
+  const mark = (name: string, since: number) => (timings[name] = (Date.now() - since) / 1000);
+
+  const runDir = path.join(opts.runsDir ?? path.join(repoRoot, 'runs'), `${lab.name}-${stamp()}`);
+  await mkdir(runDir, { recursive: true });
+  progress.info(`run folder: ${runDir}`);
+  await writeFile(path.join(runDir, 'lab.resolved.json'), JSON.stringify(lab, null, 2));
+
+  await ensureHostTools((l) => progress.info(l));
+  let t = Date.now();
+  const prepared = await prepareLab(lab, opts);
+  const { kernel, image, initrd } = prepared;
+  mark('prepare', t);
+
+  const accel = await decideAccel(lab.machine.accel, kernel.vmlinuz);
+  progress.info(`accel: ${accel.note}`);
+
+  const bundle = await bundleProbes(path.join(runDir, 'probe-bundle'));
+
+  // Per-run scratch: the overlay and ivshmem backing files. /dev/shm keeps ivshmem RAM-backed.
+  const scratch = await mkdtemp(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'hwlab-'));
+  const removeScratch = onCleanup(() => rm(scratch, { recursive: true, force: true }));
+  const overlay = path.join(scratch, 'root.qcow2');
+  await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', image.rootDisk, '-F', 'raw', overlay]);
+
+  const consoleLog = path.join(runDir, 'console.log');
+  const qmpSocket = path.join(scratch, 'qmp.sock');
+  const sshPort = await freePort();
+  const cmd = buildQemuCommand({
+    lab,
+    accel: accel.accel,
+    kernelImage: kernel.vmlinuz,
+    initrd,
+    rootDisk: overlay,
+    modulesDisk: kernel.modulesDisk,
+    consoleLog,
+    qmpSocket,
+    sshPort,
+    memoryBackendDir: scratch,
+    append: ['console=ttyS0,115200', 'rdinit=/init', 'panic=-1', 'printk.time=1'],
+  });
+  await writeCommandLine(path.join(runDir, 'qemu-cmdline.sh'), cmd);
+
+  let machine: QemuMachine | null = null;
+  let session: GuestSession | null = null;
+  let tap = '';
+  let probeError: string | null = null;
+  const key = await ensureHwlabKey();
+  try {
+    t = Date.now();
+    machine = await QemuMachine.start(cmd, { stderrLog: path.join(runDir, 'qemu-stderr.log'), qmpSocket });
+    const m = machine;
+    session = await progress.run('boot and SSH', async (step) => {
+      const deadline = Date.now() + lab.timeouts.bootSec * 1000;
+      // Connecting before sshd listens stalls in slirp's SYN retries; the guest init says when it is up.
+      await waitForConsole(consoleLog, m, deadline, (l) => step.update(l));
+      step.update('sshd up, connecting');
+      return GuestSession.connect({
+        port: sshPort,
+        privateKey: key.privateKey,
+        hostKey: image.hostKey,
+        timeoutMs: Math.max(5000, deadline - Date.now()),
+        onRetry: () => {
+          if (m.hasExited) {
+            throw new HwlabError(`QEMU exited during boot (${JSON.stringify(m.exit)}); see ${consoleLog} and qemu-stderr.log`);
+          }
+        },
+      });
+    });
+    mark('boot_to_ssh', t);
+    const s = session;
+
+    t = Date.now();
+    const devices = await progress.run('load driver and bind devices', async (step) => {
+      for (const mod of lab.modules) {
+        step.update(`modprobe ${mod}`);
+        await s.modprobe(mod);
+      }
+      const found = await findPciDevices(s, cmd.pciPaths);
+      const used = [...new Set(lab.probes.map((p) => p.device))];
+      for (const id of used) {
+        step.update(`bind ${id} (${found[id].bdf}) to vfio-pci`);
+        found[id].driver = await s.bindVfio(found[id].bdf);
+      }
+      await writeFile(path.join(runDir, 'devices.json'), JSON.stringify(found, null, 2));
+      return found;
+    }, (d) => Object.entries(d).map(([id, x]) => `${id}=${x.bdf}`).join(' '));
+    mark('setup', t);
+
+    t = Date.now();
+    const config: GuestRunConfig = {
+      abi: lab.dmabufAbi,
+      probes: lab.probes.map((p) => {
+        const d: GuestPciDevice = devices[p.device];
+        const ep = lab.topology.endpoints.find((e) => e.id === p.device)!;
+        return {
+          name: p.name,
+          device: { id: p.device, type: ep.type, bdf: d.bdf, iommuGroup: d.iommuGroup },
+          params: p.params,
+          ...(p.expectFail ? { expectFail: p.expectFail } : {}),
+        };
+      }),
+    };
+    const configFile = path.join(runDir, 'guest-config.json');
+    await writeFile(configFile, JSON.stringify(config, null, 2));
+    await progress.run('upload probes', () =>
+      s.upload([
+        ...bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_DIR}/${f.relative}` })),
+        { local: configFile, remote: `${GUEST_DIR}/config.json` },
+      ]));
+    const r = await progress.run(`probes (${lab.probes.length})`, (step) => {
+      let points = 0;
+      return s.exec(['node', `${GUEST_DIR}/${bundle.entry}`, `${GUEST_DIR}/config.json`], {
+        timeoutMs: lab.timeouts.probesSec * 1000,
+        onStdout: (chunk) => {
+          points += (chunk.match(/^\s*(not )?ok \d+/gm) ?? []).length;
+          const sub = chunk.match(/# Subtest: (\S+)/g)?.pop();
+          step.update(`${sub ? sub.slice(10) + ', ' : ''}${points} points`);
+        },
+      });
+    }).catch((err: Error) => {
+      probeError = err.message;
+      return null;
+    });
+    if (r) {
+      tap = r.stdout;
+      if (r.stderr.trim()) await writeFile(path.join(runDir, 'probes-stderr.log'), r.stderr);
+      if (r.code !== 0) probeError = `probe runner exited ${r.code}: ${r.stderr.trim().split('\n').slice(-5).join(' | ')}`;
+    }
+    mark('probes', t);
+
+    t = Date.now();
+    for (const id of Object.keys(devices)) {
+      if (!lab.probes.some((p) => p.device === id)) continue;
+      await s.unbindVfio(devices[id].bdf).catch((err) => {
+        probeError ??= `could not give ${id} back: ${(err as Error).message}`;
+      });
+    }
+  } catch (err) {
+    // Boot, SSH or setup failed: still judge the console (a panic during boot is the finding) and write results.
+    probeError = err instanceof Error ? err.message : String(err);
+    progress.info(`run failed: ${probeError}`);
+  } finally {
+    t = Date.now();
+    if (session && machine && !machine.hasExited) {
+      // A clean poweroff flushes the console; QMP quit / kill follow if it hangs.
+      await session.exec(['busybox', 'poweroff', '-f'], { timeoutMs: 5000 }).catch(() => {});
+    }
+    session?.close();
+    if (machine) {
+      const exited = await machine.waitExit(lab.timeouts.shutdownSec * 1000);
+      if (!exited) progress.info(`guest did not power off in ${lab.timeouts.shutdownSec} s; killing QEMU`);
+      await machine.kill();
+    }
+    removeScratch();
+    await rm(scratch, { recursive: true, force: true });
+    mark('teardown', t);
+  }
+
+  await writeFile(path.join(runDir, 'probes.tap'), tap);
+  const consoleText = existsSync(consoleLog) ? await readFile(consoleLog, 'utf8') : '';
+  const splats = findSplats(consoleText);
+  const probes: ProbeResult[] = parseProbeTap(tap);
+  const verdict = judge(probes, splats);
+  if (probeError) verdict.reasons.unshift(probeError);
+  const results: RunResults = {
+    lab: lab.name,
+    startedAt: new Date(t0).toISOString(),
+    kernel: { package: kernel.package, version: kernel.version, release: kernel.release },
+    accel: accel.accel,
+    accelNote: accel.note,
+    probes,
+    splats,
+    health: splats.length ? 'splat' : 'clean',
+    verdict: probeError ? 'fail' : verdict.verdict,
+    verdictReasons: verdict.reasons,
+    timings: { ...timings, total: (Date.now() - t0) / 1000 },
+    runDir,
+  };
+  await writeRunResults(runDir, results);
+  return { results, runDir, table: formatResultTable(results) };
+}

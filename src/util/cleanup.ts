@@ -1,0 +1,46 @@
+// Every process or resource hwlab starts registers a cleanup here, so that
+// success, failure, timeout and Ctrl-C all end it. Cleanups run once, newest first.
+
+type Cleanup = () => Promise<void> | void;
+const cleanups = new Set<Cleanup>();
+let installed = false;
+
+export function onCleanup(fn: Cleanup): () => void {
+  install();
+  cleanups.add(fn);
+  return () => cleanups.delete(fn);
+}
+
+export async function runCleanups(): Promise<void> {
+  const fns = [...cleanups].reverse();
+  cleanups.clear();
+  for (const fn of fns) {
+    try { await fn(); } catch { /* keep going: the others must still run */ }
+  }
+}
+
+function install(): void {
+  if (installed) return;
+  installed = true;
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`\nhwlab: ${sig}, stopping\n`);
+      void runCleanups().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+    });
+  }
+}
+
+export class HwlabError extends Error {
+  constructor(message: string, readonly hint?: string) {
+    super(message);
+    this.name = 'HwlabError';
+  }
+}
+
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let t: NodeJS.Timeout;
+  const timeout = new Promise<never>((_, reject) => {
+    t = setTimeout(() => reject(new HwlabError(`${what}: timed out after ${(ms / 1000).toFixed(0)} s`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(t));
+}

@@ -1,0 +1,207 @@
+// The guest's TAP output must survive tap-parser with the right counts; also the
+// pure guest helpers (kmsg classification, bufinfo parsing, catalog validation)
+// and the runner itself, run from source and as the esbuild bundle.
+import test from 'ava';
+import { build } from 'esbuild';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Parser, type FinalResults, type Result } from 'tap-parser';
+import { classify, findSplats, parseRecord } from '../../guest/lib/kmsg.ts';
+import { Tap } from '../../guest/lib/tap.ts';
+import { parseBufinfo } from '../../guest/probes/common.ts';
+import { BAD_INPUT_CASES, PROBES, resolveParams } from '../../guest/probes/catalog.ts';
+
+interface Parsed { final: FinalResults; points: Result[]; children: { final: FinalResults; points: Result[] }[] }
+
+/** Parses TAP, collecting top-level points and each subtest's points and final counts. */
+function parse(text: string): Parsed {
+  const children: Parsed['children'] = [];
+  const points: Result[] = [];
+  let final: FinalResults | undefined;
+  const p = new Parser((r) => { final = r; });
+  p.on('assert', (r: Result) => points.push(r));
+  p.on('child', (c: Parser) => {
+    const entry = { final: undefined as unknown as FinalResults, points: [] as Result[] };
+    children.push(entry);
+    c.on('assert', (r: Result) => entry.points.push(r));
+    c.on('complete', (r: FinalResults) => { entry.final = r; });
+  });
+  p.end(text);
+  if (!final) throw new Error('tap-parser did not complete');
+  return { final, points, children };
+}
+
+async function sample(): Promise<string> {
+  const lines: string[] = [];
+  const tap = new Tap((l) => lines.push(l));
+  tap.header(5);
+  await tap.subtest('all good', (t) => {
+    t.ok(true, 'first');
+    t.equal(4096, 4096, 'sizes match');
+  });
+  await tap.subtest('mixed #1', (t) => {
+    t.pass('fine');
+    t.equal('EINVAL', 'ENODEV', 'rom_region -> ENODEV', { errno: 22, request: { region: 6, big: 2n ** 64n - 1n } });
+    t.skip('slice', 'BAR smaller than two pages');
+  });
+  await tap.subtest('expected to fail', (t) => {
+    t.pass('fine');
+    t.fail('known bug', { splats: [{ kind: 'warning', line: 'WARNING: CPU: 0 PID: 1 at x.c:1', trace: ['a', 'b: c'] }] });
+  }, { todo: 'upstream bug 123' });
+  await tap.subtest('throws', () => { throw new Error('boom\nsecond line'); });
+  await tap.subtest('silent', () => {});
+  return lines.join('\n') + '\n';
+}
+
+test('TAP output parses with the expected counts', async (t) => {
+  const text = await sample();
+  t.regex(text, /^TAP version 14\n1\.\.5\n# Subtest: all good\n {4}ok 1 - first\n/);
+  const { final, points, children } = parse(text);
+  t.false(final.ok);
+  t.is(final.count, 5);
+  // tap-parser counts a todo not-ok in both fail and todo, but not in failures.
+  t.is(final.pass, 1);
+  t.is(final.fail, 4);
+  t.is(final.todo, 1);
+  t.deepEqual(final.failures.map((f) => f.name), ['mixed #1', 'throws', 'silent'], 'real failures only, no TAP syntax errors');
+  t.deepEqual(points.map((p) => p.name), ['all good', 'mixed #1', 'expected to fail', 'throws', 'silent']);
+  t.is(typeof points[0].time, 'number');
+  t.is(points[2].todo, 'upstream bug 123');
+
+  t.is(children.length, 5);
+  const counts = children.map((c) => [c.final.pass, c.final.fail, c.final.skip, c.final.todo, c.final.plan.end]);
+  t.deepEqual(counts, [[2, 0, 0, 0, 2], [2, 1, 1, 0, 3], [1, 1, 0, 1, 2], [0, 1, 0, 0, 1], [0, 1, 0, 0, 1]]);
+
+  const rom = children[1].points[1];
+  t.false(rom.ok);
+  t.is(rom.name, 'rom_region -> ENODEV');
+  t.deepEqual(rom.diag, { expected: 'ENODEV', actual: 'EINVAL', errno: 22, request: { region: 6, big: '18446744073709551615' } });
+  t.is(children[1].points[2].skip, 'BAR smaller than two pages');
+  t.is(children[2].points[1].todo, 'upstream bug 123');
+  t.deepEqual(children[2].points[1].diag.splats[0].trace, ['a', 'b: c']);
+  t.is(children[3].points[0].name, 'probe threw: boom second line');
+  t.is(children[3].points[0].diag.error.message, 'boom\nsecond line');
+  t.is(children[4].points[0].name, 'probe made no assertions');
+});
+
+test('a subtest that passes everything under TODO stays ok but is marked todo', async (t) => {
+  const lines: string[] = [];
+  const tap = new Tap((l) => lines.push(l));
+  tap.header(1);
+  await tap.subtest('unexpectedly fine', (s) => { s.pass('works'); }, { todo: 'expected broken' });
+  const { final, points } = parse(lines.join('\n') + '\n');
+  t.true(points[0].ok);
+  t.is(points[0].todo, 'expected broken');
+  t.is(final.todo, 1);
+});
+
+test('kmsg records parse and splats are classified', (t) => {
+  const r = parseRecord('4,1234,5678901,-;WARNING: CPU: 1 PID: 99 at drivers/vfio/pci/vfio_pci_dmabuf.c:77 x+0x1/0x2\n SUBSYSTEM=pci\n');
+  t.deepEqual(r, { level: 4, facility: 0, seq: 1234, usec: 5678901, message: 'WARNING: CPU: 1 PID: 99 at drivers/vfio/pci/vfio_pci_dmabuf.c:77 x+0x1/0x2' });
+  t.is(parseRecord('garbage'), null);
+  t.is(classify('refcount_t: underflow; use-after-free.'), 'refcount');
+  t.is(classify('BUG: KASAN: slab-use-after-free in vfio_pci_dma_buf_release'), 'kasan');
+  t.is(classify('BUG: kernel NULL pointer dereference, address: 0000000000000008'), 'bug');
+  t.is(classify('Oops: general protection fault, probably for non-canonical address'), 'oops');
+  t.is(classify('WARNING: possible circular locking dependency detected'), 'warning');
+  t.is(classify('======================================================'), null);
+  t.is(classify('DMA-API: vfio-pci 0000:01:00.0: device driver frees DMA memory with wrong function'), 'dma-api');
+  t.is(classify('Kernel panic - not syncing: Fatal exception'), 'panic');
+  t.is(classify('vfio-pci 0000:01:00.0: resetting'), null);
+  t.is(classify('ivshmem: Oopsie-free message'), null);
+  const recs = ['vfio-pci 0000:01:00.0: enabling device', 'refcount_t: underflow; use-after-free.', 'Call Trace:', ' <TASK>']
+    .map((m, i) => ({ level: 4, facility: 0, seq: i, usec: i, message: m }));
+  const s = findSplats(recs, 2);
+  t.is(s.length, 1);
+  t.is(s[0].kind, 'refcount');
+  t.deepEqual(s[0].context, ['Call Trace:', ' <TASK>']);
+});
+
+test('bufinfo object lines are parsed, attachment lines skipped', (t) => {
+  const text = [
+    '', 'Dma-buf Objects:', 'size    \tflags   \tmode    \tcount   \texp_name\tino     \tname',
+    '04194304\t00000002\t00080007\t00000002\tvfio_pci_core\t00012345\t<none>',
+    '\tAttached Devices:', '\t0000:00:03.0', 'Total 1 devices attached', '',
+    '00004096\t00000002\t00080007\t00000001\tudmabuf\t00000099\t<none>', '', 'Total 2 objects, 4198400 bytes',
+  ].join('\n');
+  t.deepEqual(parseBufinfo(text), [
+    { size: 4194304, expName: 'vfio_pci_core', ino: 12345, name: '<none>' },
+    { size: 4096, expName: 'udmabuf', ino: 99, name: '<none>' },
+  ]);
+});
+
+test('catalog: defaults, types and expect keys are validated', (t) => {
+  t.deepEqual(Object.keys(PROBES), ['dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'reset-and-mem-toggle']);
+  t.deepEqual(resolveParams('dmabuf-export', {}), { ok: true, params: { region: 2, offset: 0, length: 0 } });
+  t.deepEqual(resolveParams('dmabuf-bad-inputs', { expect: { zero_length: 'ENOENT' } }, 'edu'),
+    { ok: true, params: { region: 2, expect: { zero_length: 'ENOENT' } } });
+  const bad = resolveParams('dmabuf-bad-inputs', { region: -1, expect: { zero_lenght: 'EINVAL', probe: 'einval' }, extra: 1 });
+  t.false(bad.ok);
+  if (!bad.ok) t.is(bad.errors.length, 4, bad.errors.join('\n'));
+  t.false(resolveParams('reset-and-mem-toggle', { closeWhileMemOff: 'yes' }).ok);
+  t.false(resolveParams('nope', {}).ok);
+  t.is(BAD_INPUT_CASES.length, 9);
+});
+
+const DEV = { id: 'shm0', type: 'ivshmem-plain', bdf: '0000:7f:1f.7', iommuGroup: 42 };
+const CONFIG = {
+  abi: 'ranges',
+  probes: [
+    { name: 'dmabuf-export', device: DEV, params: {} },
+    { name: 'dmabuf-fd', device: { ...DEV, iommuGroup: null }, params: { region: 0 } },
+    { name: 'dmabuf-bad-inputs', device: DEV, params: { expect: { zero_length: 'ENOENT' } }, expectFail: 'deliberately wrong' },
+    { name: 'reset-and-mem-toggle', device: DEV, params: {} },
+  ],
+};
+
+function runRunner(t: { teardown: (fn: () => void) => void }, args: string[], config: unknown, env: NodeJS.ProcessEnv = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'hwlab-runner-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const cfg = join(dir, 'cfg.json');
+  writeFileSync(cfg, typeof config === 'string' ? config : JSON.stringify(config));
+  return { dir, ...spawnSync(process.execPath, [...args, cfg], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 }) };
+}
+
+function checkMissingDeviceRun(t: import('ava').ExecutionContext, stdout: string, status: number | null) {
+  t.is(status, 0);
+  const { final, points, children } = parse(stdout);
+  t.is(final.count, 4);
+  t.is(final.pass, 0);
+  t.is(final.fail, 4);
+  t.is(final.todo, 1);
+  t.deepEqual(final.failures.map((f) => f.name), ['dmabuf-export', 'dmabuf-fd', 'reset-and-mem-toggle']);
+  t.deepEqual(points.map((p) => p.name), CONFIG.probes.map((p) => p.name));
+  for (const c of children) t.true(c.points.some((p) => !p.ok && /^probe threw: open \/dev\/vfio\/vfio/.test(p.name)));
+}
+
+test('runner from source: missing device gives not-ok probes, exit 0', (t) => {
+  const r = runRunner(t, ['--import', 'tsx', 'guest/runner.ts'], CONFIG);
+  checkMissingDeviceRun(t, r.stdout, r.status);
+});
+
+test('runner: bad config exits 2 with nothing on stdout', (t) => {
+  const bad = { ...CONFIG, probes: [{ ...CONFIG.probes[0], params: { region: 'two' } }] };
+  const r = runRunner(t, ['--import', 'tsx', 'guest/runner.ts'], bad);
+  t.is(r.status, 2);
+  t.is(r.stdout, '');
+  t.regex(r.stderr, /dmabuf-export\.region: expected a non-negative integer/);
+  t.is(runRunner(t, ['--import', 'tsx', 'guest/runner.ts'], '{not json').status, 2);
+  t.is(runRunner(t, ['--import', 'tsx', 'guest/runner.ts'], { abi: 'v1', probes: [] }).status, 2);
+});
+
+test('runner bundled by esbuild (cjs, node18, koffi external) runs under plain node', async (t) => {
+  const out = join(mkdtempSync(join(tmpdir(), 'hwlab-bundle-')), 'runner.js');
+  t.teardown(() => rmSync(join(out, '..'), { recursive: true, force: true }));
+  await build({
+    entryPoints: ['guest/runner.ts'], bundle: true, platform: 'node', format: 'cjs', target: 'node18',
+    external: ['koffi'], outfile: out, logLevel: 'silent',
+  });
+  // The guest has node_modules/koffi beside the bundle; here NODE_PATH stands in for it.
+  const r = runRunner(t, [out], CONFIG, { NODE_PATH: join(process.cwd(), 'node_modules') });
+  checkMissingDeviceRun(t, r.stdout, r.status);
+  const noKoffi = runRunner(t, [out], CONFIG, { NODE_PATH: '' });
+  t.is(noKoffi.status, 0);
+  t.regex(noKoffi.stdout, /not ok 1 - probe threw: cannot load probes: Cannot find module 'koffi'/);
+});

@@ -1,0 +1,225 @@
+import test from 'ava';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_CATALOG, LabError, loadLab, parseLab, type ProbeCatalog } from '../../src/lab/parse.ts';
+import type { LabSpec } from '../../src/lab/types.ts';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const fixtures = path.join(repo, 'test', 'fixtures');
+const fixtureImages = path.join(fixtures, 'images');
+// Messages carry the file as given; give fixtures relative to the repo so expectations are stable.
+const fx = (name: string) => path.relative(process.cwd(), path.join(fixtures, 'labs', name));
+
+async function labError(p: Promise<unknown> | (() => unknown)): Promise<LabError> {
+  try {
+    if (typeof p === 'function') p();
+    else await p;
+  } catch (e) {
+    if (e instanceof LabError) return e;
+    throw e;
+  }
+  throw new Error('expected a LabError, got a lab');
+}
+
+/** A catalog with one extra probe that only takes edu devices (every real probe takes all types). */
+const catalogWithEduOnly: ProbeCatalog = {
+  probes: {
+    ...DEFAULT_CATALOG.probes,
+    'edu-only': { name: 'edu-only', description: 'test', endpoints: ['edu'], params: [] },
+  },
+  resolveParams: (name, params, ep) =>
+    name === 'edu-only' ? { ok: true, params: { ...params } } : DEFAULT_CATALOG.resolveParams(name, params, ep),
+};
+
+const MINIMAL = 'kernel: { debian: linux-image-7.2 }\nimage: bookworm\n';
+const inline = (text: string) => parseLab(text, path.join(fixtures, 'labs', 'inline.yaml'));
+
+test('labs/default.yaml is the documented default lab', async (t) => {
+  const lab = await loadLab(path.join(repo, 'labs', 'default.yaml'));
+  const region = { region: 2 };
+  const expected: LabSpec = {
+    file: path.join(repo, 'labs', 'default.yaml'),
+    name: 'default',
+    description: lab.description,
+    kernel: { kind: 'debian-prebuilt', package: 'linux-image-7.2', flavour: 'amd64', suite: 'sid', mirror: 'http://deb.debian.org/debian' },
+    image: 'bookworm',
+    machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [] },
+    iommu: { kind: 'intel', cachingMode: true, strict: false, passthrough: false },
+    topology: {
+      rootPorts: [{ id: 'rp0' }, { id: 'rp1' }],
+      switches: [{ id: 'sw0', port: 'rp1', downstream: ['dp0', 'dp1'] }],
+      endpoints: [
+        { id: 'shm0', type: 'ivshmem-plain', port: 'rp0', memoryMiB: 64 },
+        { id: 'shm1', type: 'ivshmem-plain', port: 'dp0', memoryMiB: 64 },
+        { id: 'edu0', type: 'edu', port: 'dp1', dmaMaskBits: 64 },
+      ],
+    },
+    modules: ['vfio-pci'],
+    dmabufAbi: 'ranges',
+    probes: [
+      { name: 'dmabuf-export', device: 'shm0', params: { ...region, offset: 0, length: 0 } },
+      { name: 'dmabuf-fd', device: 'shm0', params: region },
+      { name: 'dmabuf-bad-inputs', device: 'shm0', params: { ...region, expect: {} } },
+      { name: 'reset-and-mem-toggle', device: 'shm0', params: { ...region, closeWhileMemOff: false } },
+    ],
+    timeouts: { bootSec: 180, probesSec: 600, shutdownSec: 20 },
+  };
+  t.deepEqual(lab, expected);
+  t.true(lab.description.length > 0);
+});
+
+test('shorthands, units and defaults', async (t) => {
+  const lab = await loadLab(fx('shorthand.yaml'));
+  t.is(lab.name, 'shorthand');
+  t.deepEqual(lab.kernel, { kind: 'debian-prebuilt', package: 'linux-image-7.2', flavour: 'cloud-amd64', suite: 'sid', mirror: 'http://deb.debian.org/debian' });
+  t.deepEqual(lab.machine, { cpu: 'EPYC', memoryMiB: 512, smp: 2, accel: 'auto', cmdline: ['quiet', 'loglevel=3'] });
+  t.deepEqual(lab.iommu, { kind: 'amd', cachingMode: false, strict: false, passthrough: false });
+  t.deepEqual(lab.topology.rootPorts, [{ id: 'rp0' }, { id: 'rp1' }]);
+  t.deepEqual(lab.topology.endpoints, [
+    { id: 'nvme0', type: 'nvme', port: 'rp0', cmbSizeMiB: 64, serial: 'nvme0' },
+    { id: 'edu0', type: 'edu', port: 'rp1', dmaMaskBits: 28 },
+  ]);
+  t.deepEqual(lab.probes, [
+    // Bare name: the first endpoint the probe accepts.
+    { name: 'dmabuf-export', device: 'nvme0', params: { region: 2, offset: 0, length: 0 } },
+    {
+      name: 'dmabuf-bad-inputs', device: 'nvme0',
+      params: { region: 2, expect: { zero_length: 'ENOENT' } },
+      expectFail: 'zero length accepted before 7.2',
+    },
+  ]);
+});
+
+test('memory sizes: units, bare numbers are MiB', (t) => {
+  for (const [written, mib] of [['2G', 2048], ['2048M', 2048], ['512M', 512], ['1g', 1024], ['3GiB', 3072], ['2048', 2048], [768, 768]] as const) {
+    const lab = inline(`${MINIMAL}machine: { memory: ${JSON.stringify(written)} }\n`);
+    t.is(lab.machine.memoryMiB, mib, String(written));
+  }
+});
+
+test('machine.cmdline: a list is split into words too; empty sections take defaults', (t) => {
+  const lab = inline(`${MINIMAL}machine:\n  cmdline: ["a=1 b", c]\niommu:\ntopology:\nprobes:\nname: other\n`);
+  t.deepEqual(lab.machine.cmdline, ['a=1', 'b', 'c']);
+  t.is(lab.name, 'other');
+  t.deepEqual(lab.iommu, { kind: 'intel', cachingMode: true, strict: false, passthrough: false });
+  t.deepEqual(lab.topology, { rootPorts: [], switches: [], endpoints: [] });
+  t.deepEqual(lab.probes, []);
+});
+
+test('iommu object form: caching_mode off, strict, passthrough', (t) => {
+  const lab = inline(`${MINIMAL}iommu: { caching_mode: false, strict: true, passthrough: true }\n`);
+  t.deepEqual(lab.iommu, { kind: 'intel', cachingMode: false, strict: true, passthrough: true });
+});
+
+test('YAML syntax errors are located', async (t) => {
+  const e = await labError(loadLab(fx('bad-syntax.yaml')));
+  t.is(e.message, `${fx('bad-syntax.yaml')}:6:3: Flow sequence in block collection must be sufficiently indented and end with a ]`);
+});
+
+test('duplicate YAML keys are errors', async (t) => {
+  const e = await labError(() => parseLab(`${MINIMAL}image: other\n`, 'labs/dup.yaml'));
+  t.is(e.message, 'labs/dup.yaml:3:1: Map keys must be unique');
+});
+
+test('schema errors: all at once, each with file:line:col and field', async (t) => {
+  const f = fx('bad-schema.yaml');
+  const e = await labError(loadLab(f));
+  t.is(e.message, [
+    `${f}:2:3: kernel.debian: is required`,
+    `${f}:5:11: machine.memory: expected a size such as 512M or 2G, at least 1M (got "2X")`,
+    `${f}:6:8: machine.smp: expected a number (got "two")`,
+    `${f}:7:10: machine.accel: must be one of auto, kvm, tcg (got "fast")`,
+    `${f}:8:3: machine.cpus: unknown key "cpus" (allowed: cpu, memory, smp, accel, cmdline)`,
+    `${f}:11:17: iommu.caching_mode: only applies to iommu type intel (this lab uses amd)`,
+    `${f}:13:21: topology.root_ports[1].id: must be a lowercase letter followed by a-z, 0-9, _ or - (it becomes a QEMU id) (got "Rp1")`,
+    `${f}:15:7: topology.switches[0].port: is required`,
+    `${f}:17:59: topology.endpoints[0].memory: must be a power of two (got 48M)`,
+    `${f}:18:25: topology.endpoints[1].type: must be one of ivshmem-plain, edu, nvme (got "edux")`,
+    `${f}:19:51: topology.endpoints[2].dma_mask: must be at least 28 (got 12)`,
+    `${f}:20:13: dmabuf_abi: must be one of ranges, v0 (got "v1")`,
+    `${f}:21:19: timeouts.boot: must be greater than 0 (got 0)`,
+  ].join('\n'));
+  t.deepEqual(e.issues[3], { file: f, line: 7, col: 10, path: 'machine.accel', message: 'must be one of auto, kvm, tcg (got "fast")' });
+});
+
+test('bare-string iommu with a bad value points at the value', (t) => {
+  const e = t.throws(() => parseLab(`${MINIMAL}iommu: foo\n`, 'labs/x.yaml'), { instanceOf: LabError });
+  t.is(e.message, 'labs/x.yaml:3:8: iommu.type: must be one of intel, amd, virtio, none (got "foo")');
+});
+
+test('refinements: nvme serial default too long, passthrough without an IOMMU', async (t) => {
+  const f = fx('bad-refine.yaml');
+  const e = await labError(loadLab(f));
+  t.is(e.message, [
+    `${f}:3:50: iommu.passthrough: needs an IOMMU (type is none)`,
+    `${f}:7:13: topology.endpoints[0].id: the nvme serial defaults to the id, which is longer than 20 characters; set serial`,
+  ].join('\n'));
+});
+
+test('topology cross-references', async (t) => {
+  const f = fx('bad-topology.yaml');
+  const e = await labError(loadLab(f));
+  t.is(e.message, [
+    `${f}:7:24: topology.switches[1].port: no port "rp9" (ports: rp0, rp1, rp2, dp0, dp1, dp2, dp3, dp4)`,
+    `${f}:8:24: topology.switches[2].port: switch "sw2" is not below any root port: its port "dp4" leads back into a loop of switches`,
+    `${f}:9:24: topology.switches[3].port: switch "sw3" is not below any root port: its port "dp3" leads back into a loop of switches`,
+    `${f}:12:46: topology.endpoints[1].port: port "dp0" is already used by endpoint "shm0" at 11:46 (one device per port)`,
+    `${f}:13:13: topology.endpoints[2].id: duplicate id "rp0" (already the root port at 4:16)`,
+    `${f}:14:36: topology.endpoints[3].port: port "rp1" is already used by switch "sw0" at 6:24 (one device per port)`,
+    `${f}:15:36: topology.endpoints[4].port: no port "nowhere" (ports: rp0, rp1, rp2, dp0, dp1, dp2, dp3, dp4)`,
+    `${f}:16:36: topology.endpoints[5].port: "sw0" is a switch, not a root port or downstream port`,
+  ].join('\n'));
+});
+
+test('probe cross-references and params', async (t) => {
+  const f = fx('bad-probes.yaml');
+  const e = await labError(loadLab(f, { catalog: catalogWithEduOnly }));
+  t.is(e.message, [
+    `${f}:8:5: probes[0].name: unknown probe "dmabuf-exprot" (known: dmabuf-export, dmabuf-fd, dmabuf-bad-inputs, reset-and-mem-toggle, edu-only)`,
+    `${f}:9:32: probes[1].device: "rp0" is a root port, not an endpoint`,
+    `${f}:10:32: probes[2].device: no endpoint "shm9" (endpoints: shm0)`,
+    `${f}:12:38: probes[3].params.expect.zero_length: expected an errno name like "EINVAL" or "OK"`,
+    `${f}:12:46: probes[3].params.expect.bogus: unknown key "bogus" (known: rom_region, unaligned_offset, zero_length, flags_nonzero, nr_ranges_zero, range_past_end, set_without_probe, get_set_without_probe, probe)`,
+    `${f}:12:71: probes[3].params.region: expected a non-negative integer`,
+    `${f}:14:33: probes[4].params.closeWhileMemOff: expected true or false (got "yes")`,
+    `${f}:14:51: probes[4].params.colour: unknown param "colour" for probe reset-and-mem-toggle (params: region, closeWhileMemOff)`,
+    `${f}:15:5: probes[5]: probe edu-only needs an endpoint of type edu and the topology has none`,
+  ].join('\n'));
+});
+
+test('a probe on a device type it does not accept', (t) => {
+  const text = `${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0 }\nprobes:\n  - { name: edu-only, device: shm0 }\n`;
+  const e = t.throws(() => parseLab(text, 'labs/x.yaml', { imagesDir: fixtureImages, catalog: catalogWithEduOnly }), { instanceOf: LabError });
+  t.is(e.message, 'labs/x.yaml:8:31: probes[0].device: probe edu-only does not work on ivshmem-plain ("shm0"); it takes edu');
+});
+
+test('image recipe must exist; the path tried is named', async (t) => {
+  const f = fx('bad-image.yaml');
+  const e = await labError(loadLab(f));
+  t.is(e.message, `${f}:2:8: image: no image recipe "trixie" (looked for ${path.join(fixtureImages, 'trixie.yaml')})`);
+});
+
+test('empty file and wrong top-level type', (t) => {
+  const empty = t.throws(() => parseLab('', 'labs/empty.yaml', { imagesDir: fixtureImages }), { instanceOf: LabError });
+  t.is(empty.message, 'labs/empty.yaml:1:1: kernel: is required\nlabs/empty.yaml:1:1: image: is required');
+  const list = t.throws(() => parseLab('- a\n- b\n', 'labs/list.yaml'), { instanceOf: LabError });
+  t.is(list.message, 'labs/list.yaml:1:1: expected a map (got a list)');
+});
+
+test('unreadable file is a LabError too', async (t) => {
+  const e = await labError(loadLab('labs/does-not-exist.yaml'));
+  t.regex(e.message, /^labs\/does-not-exist\.yaml:1:1: cannot read lab file: ENOENT/);
+});
+
+test('parseYamlWith: the same located errors for any schema', async (t) => {
+  const { parseYamlWith } = await import('../../src/lab/parse.ts');
+  const { z } = await import('zod');
+  const schema = z.object({ suite: z.string(), packages: z.array(z.string()).default([]) }).strict();
+  t.deepEqual(parseYamlWith('suite: sid\n', 'images/x.yaml', schema), { suite: 'sid', packages: [] });
+  const e = t.throws(() => parseYamlWith('suite: 1\nextra: 2\npackages: [a, 3]\n', 'images/x.yaml', schema), { instanceOf: LabError });
+  t.is(e.message, [
+    'images/x.yaml:1:8: suite: expected a string (got 1)',
+    'images/x.yaml:2:1: extra: unknown key "extra"',
+    'images/x.yaml:3:15: packages[1]: expected a string (got 3)',
+  ].join('\n'));
+});
