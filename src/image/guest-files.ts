@@ -26,6 +26,8 @@ while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1));
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || log "network setup failed"
 mkdir -p /run/sshd
 /usr/sbin/sshd -E /run/sshd.log && log "sshd started" || log "sshd failed to start"
+# Benchmarks boot with hwlab.bare to time a bare boot-to-poweroff of the same kernel and image.
+case " $(cat /proc/cmdline) " in *" hwlab.bare "*) log "bare boot done, powering off"; busybox poweroff -f ;; esac
 # Stay PID 1; hwlab powers the guest off over SSH or QMP.
 while :; do wait; sleep 60; done
 `;

@@ -22,10 +22,17 @@ export async function runCleanups(): Promise<void> {
 function install(): void {
   if (installed) return;
   installed = true;
+  let stopping = false;
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(sig, () => {
+    // A persistent listener (not once): execa's signal-exit re-raises the
+    // signal when it sees no other listener, which would kill us before the
+    // cleanups below have ended QEMU.
+    process.on(sig, () => {
+      const code = sig === 'SIGINT' ? 130 : 143;
+      if (stopping) process.exit(code); // second Ctrl-C: give up waiting
+      stopping = true;
       process.stderr.write(`\nhwlab: ${sig}, stopping\n`);
-      void runCleanups().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+      void runCleanups().finally(() => process.exit(code));
     });
   }
 }

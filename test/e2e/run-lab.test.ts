@@ -1,0 +1,84 @@
+// Boots real guests: the default lab must pass with every probe green and a
+// clean kernel; the self-test lab must fail and say why; a broken lab file
+// must be refused before anything boots; Ctrl-C must leave no QEMU behind.
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { hwlab, qemuProcessesMentioning, readRun, repoRoot, runsDir } from './helpers.ts';
+
+test.serial('default lab: all probes pass on Debian 7.2 and the run folder is complete', async (t) => {
+  const dir = runsDir();
+  const r = await hwlab(['run', path.join(repoRoot, 'labs/default.yaml'), '--runs-dir', dir]);
+  t.log(r.all?.split('\n').slice(-12).join('\n'));
+  t.is(r.exitCode, 0, r.all);
+  const { runDir, results } = await readRun(dir);
+  t.is(results.verdict, 'pass');
+  t.is(results.health, 'clean');
+  t.regex(results.kernel.package, /^linux-image-7\.2\.\d+/);
+  t.regex(results.kernel.version, /^7\.2\.\d+/);
+  t.deepEqual(results.probes.map((p) => p.name), ['dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'reset-and-mem-toggle']);
+  for (const p of results.probes) {
+    t.true(p.ok, `${p.name} ok`);
+    t.is(p.todo, undefined);
+    t.true(p.subtests.length >= 5, `${p.name} has ${p.subtests.length} subtests`);
+    t.true(p.subtests.every((s) => s.ok), `${p.name}: every subtest ok`);
+  }
+  const errnoNames = results.probes.find((p) => p.name === 'dmabuf-bad-inputs')!.subtests.map((s) => s.name).join('\n');
+  for (const c of ['rom_region', 'unaligned_offset', 'zero_length', 'flags_nonzero', 'nr_ranges_zero', 'range_past_end']) {
+    t.regex(errnoNames, new RegExp(`^${c}:`, 'm'));
+  }
+  for (const f of ['console.log', 'qemu-cmdline.sh', 'lab.resolved.json', 'probes.tap', 'results.json']) {
+    t.true(existsSync(path.join(runDir, f)), `${f} written`);
+  }
+  const consoleLog = await readFile(path.join(runDir, 'console.log'), 'utf8');
+  t.regex(consoleLog, /Linux version 7\.2\.\d+/);
+  t.regex(consoleLog, /DMAR: IOMMU enabled/);
+  const cmdline = await readFile(path.join(runDir, 'qemu-cmdline.sh'), 'utf8');
+  t.regex(cmdline, /restrict=on/);
+  t.regex(cmdline, /hostfwd=tcp:127\.0\.0\.1:\d+-:22/);
+  t.deepEqual(await qemuProcessesMentioning(runDir), [], 'no QEMU left running');
+});
+
+test.serial('self-test lab: a wrong errno expectation fails the run and names the case', async (t) => {
+  const dir = runsDir();
+  const r = await hwlab(['run', path.join(repoRoot, 'labs/selftest-must-fail.yaml'), '--runs-dir', dir]);
+  t.is(r.exitCode, 1, r.all);
+  t.regex(r.all ?? '', /dmabuf-bad-inputs\s+\S+\s+FAIL/);
+  const { results } = await readRun(dir);
+  t.is(results.verdict, 'fail');
+  const bad = results.probes.find((p) => p.name === 'dmabuf-bad-inputs')!;
+  t.false(bad.ok);
+  const failed = bad.subtests.filter((s) => !s.ok);
+  t.is(failed.length, 1, JSON.stringify(failed));
+  t.regex(failed[0].name, /^zero_length:/);
+  t.is(failed[0].diagnostics?.expected, 'ENOENT');
+  t.is(failed[0].diagnostics?.actual, 'EINVAL');
+  t.true(results.probes.find((p) => p.name === 'dmabuf-export')!.ok, 'the other probe still passes');
+  t.true(results.verdictReasons.some((x) => x.includes('dmabuf-bad-inputs')));
+});
+
+test.serial('a lab file with errors is refused with file:line:col before anything boots', async (t) => {
+  const r = await hwlab(['run', path.join(repoRoot, 'test/fixtures/labs/bad-schema.yaml')], { timeoutMs: 60_000 });
+  t.is(r.exitCode, 2);
+  t.regex(r.all ?? '', /bad-schema\.yaml:\d+:\d+: /);
+  t.notRegex(r.all ?? '', /boot and SSH/);
+});
+
+test.serial('Ctrl-C during boot ends QEMU and exits 130', async (t) => {
+  const dir = runsDir();
+  const child = hwlab(['run', path.join(repoRoot, 'labs/default.yaml'), '--runs-dir', dir]);
+  let out = '';
+  child.all?.on('data', (d: Buffer) => (out += d.toString()));
+  const deadline = Date.now() + 20 * 60_000;
+  while (!out.includes('==> boot and SSH') && Date.now() < deadline) await sleep(100);
+  t.true(out.includes('==> boot and SSH'), out);
+  await sleep(1500); // QEMU is up and booting
+  const runDir = path.join(dir, (await import('node:fs')).readdirSync(dir)[0]);
+  t.true((await qemuProcessesMentioning(runDir)).length > 0, 'QEMU was running');
+  child.kill('SIGINT');
+  const r = await child;
+  t.is(r.exitCode, 130, r.all);
+  t.deepEqual(await qemuProcessesMentioning(runDir), [], 'no QEMU left running');
+});
