@@ -14,13 +14,14 @@ import type { KernelArtifact } from './types.ts';
 
 const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
 /** Resolutions younger than this are reused without `apt-get update` (warm runs stay fast). */
-const RESOLVE_TTL_MS = 6 * 3600 * 1000;
+export const RESOLVE_TTL_MS = 6 * 3600 * 1000;
 
-function aptDir(spec: DebianKernelSpec): string {
+/** Where the private apt state for one suite+mirror lives (shared with kernel/source.ts). */
+export function aptDir(spec: Pick<DebianKernelSpec, 'suite' | 'mirror'>): string {
   return path.join(cacheRoot(), 'apt', cacheKey({ suite: spec.suite, mirror: spec.mirror }));
 }
 
-function aptOptions(dir: string): string[] {
+export function aptOptions(dir: string): string[] {
   const o = (k: string, v: string) => ['-o', `${k}=${v}`];
   return [
     ...o('Dir::Etc::SourceList', path.join(dir, 'sources.list')),
@@ -40,7 +41,7 @@ function aptOptions(dir: string): string[] {
   ];
 }
 
-async function aptUpdate(spec: DebianKernelSpec, dir: string): Promise<void> {
+export async function aptUpdate(spec: Pick<DebianKernelSpec, 'suite' | 'mirror'>, dir: string): Promise<void> {
   for (const d of ['lists/partial', 'cache/archives/partial', 'sources.list.d', 'preferences.d']) {
     await mkdir(path.join(dir, d), { recursive: true });
   }
