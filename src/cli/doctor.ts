@@ -22,6 +22,21 @@ export const HOST_TOOLS: Record<string, string> = {
   xz: 'xz-utils',
   zstd: 'zstd',
   chroot: 'coreutils',
+  // Source builds (kernel, drivers, hwlab's own modules).
+  make: 'make',
+  gcc: 'gcc',
+  flex: 'flex',
+  bison: 'bison',
+  bc: 'bc',
+  patch: 'patch',
+  ccache: 'ccache',
+  readelf: 'binutils',
+  git: 'git',
+};
+/** Header files a kernel build needs -> Debian package. */
+const HOST_FILES: Record<string, string> = {
+  '/usr/include/gelf.h': 'libelf-dev',
+  '/usr/include/openssl/opensslv.h': 'libssl-dev',
 };
 const KEYRING = { file: '/usr/share/keyrings/debian-archive-keyring.gpg', pkg: 'debian-archive-keyring' };
 const MIN_FREE_GIB = 4;
@@ -35,6 +50,7 @@ export async function missingPackages(): Promise<string[]> {
   const missing = new Set<string>();
   for (const [cmd, pkg] of Object.entries(HOST_TOOLS)) if (!(await which(cmd))) missing.add(pkg);
   if (!existsSync(KEYRING.file)) missing.add(KEYRING.pkg);
+  for (const [file, pkg] of Object.entries(HOST_FILES)) if (!existsSync(file)) missing.add(pkg);
   return [...missing];
 }
 
@@ -72,7 +88,9 @@ export async function runDoctor(opts: { install: boolean }): Promise<number> {
     const ok = await which(cmd);
     out(`${ok ? 'ok  ' : 'MISS'} ${cmd}${ok ? '' : ` (apt-get install ${pkg})`}`);
   }
-  out(`${existsSync(KEYRING.file) ? 'ok  ' : 'MISS'} ${KEYRING.file}${existsSync(KEYRING.file) ? '' : ` (apt-get install ${KEYRING.pkg})`}`);
+  for (const [file, pkg] of Object.entries({ [KEYRING.file]: KEYRING.pkg, ...HOST_FILES })) {
+    out(`${existsSync(file) ? 'ok  ' : 'MISS'} ${file}${existsSync(file) ? '' : ` (apt-get install ${pkg})`}`);
+  }
   if (missing.length) {
     bad++;
     out(`\nto install everything missing: apt-get install ${missing.join(' ')}   (or: hwlab doctor --install)`);

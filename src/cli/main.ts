@@ -15,8 +15,9 @@ import { Progress } from '../util/progress.ts';
 
 const USAGE = `usage: hwlab <command> [options]
 
-  run <lab.yaml> [--runs-dir DIR] [--refresh] [--json]
-                        build what the lab needs, boot it, run its probes, print results
+  run <lab.yaml> [--patch FILE]... [--runs-dir DIR] [--refresh] [--json]
+                        build what the lab needs, boot it, run its probes, print results;
+                        --patch applies FILE on top of the lab's series for this run
   image build <recipe>  build (or reuse) the guest image images/<recipe>.yaml
   doctor [--install]    check host tools, a KVM that really works, disk space;
                         --install apt-installs the missing Debian packages
@@ -32,11 +33,11 @@ async function main(argv: string[]): Promise<number> {
       const { values, positionals } = parseArgs({
         args: rest,
         allowPositionals: true,
-        options: { 'runs-dir': { type: 'string' }, refresh: { type: 'boolean' }, json: { type: 'boolean' } },
+        options: { 'runs-dir': { type: 'string' }, refresh: { type: 'boolean' }, json: { type: 'boolean' }, patch: { type: 'string', multiple: true } },
       });
       if (positionals.length !== 1) throw new UsageError('hwlab run takes exactly one lab file');
       const lab = await loadLab(path.resolve(positionals[0]));
-      const out = await runLab(lab, { progress, runsDir: values['runs-dir'], refresh: values.refresh });
+      const out = await runLab(lab, { progress, runsDir: values['runs-dir'], refresh: values.refresh, extraPatches: values.patch });
       if (values.json) process.stdout.write(JSON.stringify(out.results, null, 2) + '\n');
       else process.stdout.write(`\n${out.table}\n`);
       const t = out.results.timings;

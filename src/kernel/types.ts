@@ -1,6 +1,6 @@
 /** A kernel ready to boot: image, modules tree and the disk that carries the modules into the guest. */
 export interface KernelArtifact {
-  source: 'debian-prebuilt';
+  source: 'debian-prebuilt' | 'built';
   /** Exact binary package, e.g. linux-image-7.2.13+deb14-amd64. */
   package: string;
   /** Exact Debian version, e.g. 7.2.13-1. */

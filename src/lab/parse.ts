@@ -9,8 +9,9 @@ import { z } from 'zod';
 import {
   ACCELS, DMABUF_ABIS, IOMMU_KINDS,
   type Accel, type DmabufAbi, type EndpointSpec, type IommuKind, type IommuSpec, type LabSpec,
-  type ProbeSpec, type SwitchSpec, type TopologySpec,
+  type ProbeSpec, type SwitchSpec, type TopologySpec, type KernelSpec, type KernelSourceSpec, type PatchSourceSpec,
 } from './types.ts';
+import { DEFAULT_DRIVER_DIRS } from '../kernel/driver-build.ts';
 import { PROBES, resolveParams, type ProbeSpec as CatalogProbe } from '../../guest/probes/catalog.ts';
 
 // ---------------------------------------------------------------------------
@@ -263,15 +264,66 @@ const enumOf = <T extends string>(values: readonly T[]) => z.enum(values as unkn
 
 const positiveSeconds = (def: number) => z.number().positive().default(def);
 
+const PKG_RE = /^[a-z0-9][a-z0-9+.-]+$/;
+const relPath = z.string().min(1, 'must be a path');
+const patchEntry = z.union([
+  relPath.transform((p) => ({ file: p })),
+  strictObject({ file: relPath }),
+  strictObject({ quilt: relPath }),
+  strictObject({ mbox: relPath }),
+]);
+
+/**
+ * `debian: linux-image-7.2` is a prebuilt kernel; `debian: linux-source-7.2`,
+ * `path:` (git tree, optional `ref:`) or `tarball:` build from source with
+ * `patches:` and `config:`.
+ */
+const kernelSchema = strictObject({
+  debian: z.string().regex(PKG_RE, 'must be a Debian package such as linux-image-7.2 or linux-source-7.2').optional(),
+  path: relPath.optional(),
+  ref: z.string().regex(/^[^\s-][^\s]*$/, 'must be a git ref (branch, tag or commit)').optional(),
+  tarball: relPath.optional(),
+  flavour: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, 'must be a kernel flavour such as amd64 or cloud-amd64').default('amd64'),
+  suite: z.string().regex(/^[a-z][a-z0-9.-]*$/, 'must be a Debian suite name such as sid').default('sid'),
+  mirror: z.string().regex(/^https?:\/\/[^\s,]+$/, 'must be an http:// or https:// URL').default('http://deb.debian.org/debian'),
+  patches: orEmpty([], z.array(patchEntry)),
+  driver: z.preprocess((v) => (v === null ? {} : v), strictObject({
+    dirs: z.array(z.string().regex(/^[A-Za-z0-9_./-]+$/, 'must be a tree-relative directory such as drivers/vfio/pci')).min(1).optional(),
+  })).optional(),
+  config: orEmpty({}, strictObject({
+    base: z.string().regex(/^[a-z0-9_.-]+$/, 'must be a make config target such as tinyconfig or defconfig').default('tinyconfig'),
+    fragments: z.array(relPath).optional(),
+  })),
+}).superRefine((k, ctx) => {
+  const given = (['debian', 'path', 'tarball'] as const).filter((x) => k[x] !== undefined);
+  if (given.length !== 1) {
+    ctx.addIssue({ code: 'custom', message: `needs exactly one of debian, path, tarball (got ${given.length ? given.join(', ') : 'none'})` });
+    return;
+  }
+  const prebuilt = k.debian !== undefined && !k.debian.startsWith('linux-source-');
+  if (k.debian !== undefined && !/^linux-(image|source)-/.test(k.debian)) {
+    ctx.addIssue({ code: 'custom', path: ['debian'], message: `must be linux-image-<version> (prebuilt) or linux-source-<version> (build from source) (got "${k.debian}")` });
+  }
+  if (k.ref !== undefined && k.path === undefined) ctx.addIssue({ code: 'custom', path: ['ref'], message: 'only applies with path: (a git tree)' });
+  if (!prebuilt && k.driver !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['driver'], message: 'only applies to a prebuilt kernel (debian: linux-image-<version>); a source build rebuilds everything that changed' });
+  }
+  if (prebuilt) {
+    if (k.patches.length && k.driver === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['patches'], message: `a prebuilt kernel (${k.debian}) takes patches only with driver: (the fast path that rebuilds driver modules); or use linux-source-<version>, path: or tarball:` });
+    }
+    if (k.config.fragments !== undefined) ctx.addIssue({ code: 'custom', path: ['config'], message: `a prebuilt kernel (${k.debian}) has a fixed config` });
+  }
+});
+
+/** hwlab's default fragments for source builds: the lean guest base plus the feature under test. */
+export const DEFAULT_FRAGMENTS = ['guest-base.config', 'vfio-dmabuf.config'];
+const configsDir = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../configs');
+
 const labSchema = orEmpty({}, strictObject({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, ., _ or - (it names result directories)').optional(),
   description: z.string().default(''),
-  kernel: strictObject({
-    debian: z.string().regex(/^[a-z0-9][a-z0-9+.-]+$/, 'must be a Debian package name such as linux-image-7.2'),
-    flavour: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, 'must be a kernel flavour such as amd64 or cloud-amd64').default('amd64'),
-    suite: z.string().regex(/^[a-z][a-z0-9.-]*$/, 'must be a Debian suite name such as sid').default('sid'),
-    mirror: z.string().regex(/^https?:\/\/[^\s,]+$/, 'must be an http:// or https:// URL').default('http://deb.debian.org/debian'),
-  }),
+  kernel: kernelSchema,
   image: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'must be the name of a recipe in images/ (without .yaml)'),
   machine: orEmpty({}, strictObject({
     // No whitespace; commas are legitimate (`EPYC,+x2apic`): it is one -cpu argument.
@@ -579,18 +631,13 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
   const recipe = path.join(imagesDir, `${raw.image}.yaml`);
   if (!existsSync(recipe)) src.add(['image'], `no image recipe "${raw.image}" (looked for ${recipe})`);
 
+  const kernel = kernelSpec(src, raw.kernel, path.dirname(path.resolve(file)));
   if (src.issues.length) src.fail();
   return {
     file: path.resolve(file),
     name: raw.name ?? path.basename(file).replace(/\.ya?ml$/, ''),
     description: raw.description,
-    kernel: {
-      kind: 'debian-prebuilt',
-      package: raw.kernel.debian,
-      flavour: raw.kernel.flavour,
-      suite: raw.kernel.suite,
-      mirror: raw.kernel.mirror,
-    },
+    kernel,
     image: raw.image,
     machine: {
       cpu: raw.machine.cpu,
@@ -610,6 +657,39 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
       shutdownSec: raw.timeouts.shutdown,
     },
   };
+}
+
+type RawKernel = z.output<typeof kernelSchema>;
+
+/** Raw kernel section -> KernelSpec, with paths resolved against the lab's directory and checked to exist. */
+function kernelSpec(src: YamlSource, k: RawKernel, labDir: string): KernelSpec {
+  const abs = (p: string) => path.resolve(labDir, p.replace(/^~(?=\/)/, process.env.HOME ?? '~'));
+  const mustExist = (p: string, at: (string | number)[]) => {
+    if (!existsSync(p)) src.add(at, `${p} does not exist`);
+    return p;
+  };
+  const patchSpecs = (): PatchSourceSpec[] => k.patches.map((p, i) => {
+    const at = ['kernel', 'patches', i];
+    if ('file' in p) return { kind: 'file', path: mustExist(abs(p.file), at) };
+    if ('quilt' in p) return { kind: 'quilt', dir: mustExist(abs(p.quilt), at) };
+    return { kind: 'mbox', path: mustExist(abs(p.mbox), at) };
+  });
+  if (k.debian !== undefined && !k.debian.startsWith('linux-source-')) {
+    return {
+      kind: 'debian-prebuilt', package: k.debian, flavour: k.flavour, suite: k.suite, mirror: k.mirror,
+      patches: patchSpecs(),
+      ...(k.driver ? { driver: { dirs: k.driver.dirs ?? DEFAULT_DRIVER_DIRS } } : {}),
+    };
+  }
+  const source: KernelSourceSpec =
+    k.debian !== undefined ? { kind: 'debian-source', package: k.debian, suite: k.suite, mirror: k.mirror }
+      : k.path !== undefined ? { kind: 'git', path: mustExist(abs(k.path), ['kernel', 'path']), ...(k.ref ? { ref: k.ref } : {}) }
+        : { kind: 'tarball', path: mustExist(abs(k.tarball!), ['kernel', 'tarball']) };
+  const patches = patchSpecs();
+  const fragments = k.config.fragments
+    ? k.config.fragments.map((f, i) => mustExist(abs(f), ['kernel', 'config', 'fragments', i]))
+    : DEFAULT_FRAGMENTS.map((f) => path.join(configsDir, f));
+  return { kind: 'source', source, patches, config: { base: k.config.base, fragments } };
 }
 
 /** Read and parse a lab file; every problem is thrown as one LabError. */

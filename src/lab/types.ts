@@ -23,9 +23,38 @@ export interface DebianKernelSpec {
   suite: string;
   /** Debian mirror to use. */
   mirror: string;
+  /**
+   * Fast path: rebuild these driver directories from the matching
+   * linux-source with `patches` against the kernel's linux-headers, and
+   * replace the stock modules in the guest.
+   */
+  driver?: { dirs: string[] };
+  patches: PatchSourceSpec[];
 }
 
-export type KernelSpec = DebianKernelSpec;
+/** Where the kernel source comes from (build-from-source labs). */
+export type KernelSourceSpec =
+  | { kind: 'debian-source'; package: string; suite: string; mirror: string }
+  | { kind: 'git'; path: string; ref?: string }
+  | { kind: 'tarball'; path: string };
+
+/** A patch series entry; paths are absolute (resolved against the lab file). */
+export type PatchSourceSpec = { kind: 'file'; path: string } | { kind: 'quilt'; dir: string } | { kind: 'mbox'; path: string };
+
+/** A kernel built from source: tree + patches + config fragments checked against Kconfig. */
+export interface SourceKernelSpec {
+  kind: 'source';
+  source: KernelSourceSpec;
+  patches: PatchSourceSpec[];
+  config: {
+    /** make target for the base config (default tinyconfig: the lean guest base). */
+    base: string;
+    /** Fragment files, absolute paths, merged in order (later wins). */
+    fragments: string[];
+  };
+}
+
+export type KernelSpec = DebianKernelSpec | SourceKernelSpec;
 
 export interface MachineSpec {
   /** QEMU -cpu model. Default EPYC: the CPU model decides p2pdma host-bridge cases (contract section 4). */

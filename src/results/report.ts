@@ -9,7 +9,22 @@ import { probeStatus, TAP_STREAM_PROBE, type ProbeResult } from './tap.ts';
 export interface RunResults {
   lab: string;
   startedAt: string;
-  kernel: { package: string; version: string; release: string };
+  kernel: {
+    package: string;
+    version: string;
+    release: string;
+    source?: 'debian-prebuilt' | 'built';
+    /** The applied series, in order (built kernels). */
+    patches?: Array<{ name: string; sha256: string; origin: string }>;
+    configSha256?: string;
+    built?: boolean;
+    buildSeconds?: number;
+    /** Fast path: the driver directories rebuilt against the prebuilt kernel's headers. */
+    driverDirs?: string[];
+    compilerNote?: string;
+    /** Modules loaded in the guest whose srcversion (source builds) or GNU build-id (fast path) matched the build output. */
+    modulesVerified?: Array<{ module: string; srcversion?: string; buildId?: string }>;
+  };
   accel: 'kvm' | 'tcg';
   accelNote?: string;
   probes: ProbeResult[];

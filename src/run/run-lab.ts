@@ -17,6 +17,12 @@ import { buildImage, type GuestImage } from '../image/build.ts';
 import { buildInitramfs } from '../image/initramfs.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
 import { fetchDebianKernel } from '../kernel/debian.ts';
+import { buildKernel, type BuiltKernel } from '../kernel/build.ts';
+import { loadPatchSeries } from '../kernel/patches.ts';
+import { resolveKernelTree } from '../kernel/source.ts';
+import { verifyLoadedModules } from '../guest/modules.ts';
+import { verifyReplacedModules } from '../guest/modules-buildid.ts';
+import { buildDriverOverlay, type DriverOverlay } from '../kernel/driver-build.ts';
 import type { KernelArtifact } from '../kernel/types.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { bundleProbes } from '../probes/bundle.ts';
@@ -39,6 +45,8 @@ export interface RunOptions {
   runsDir?: string;
   /** Re-resolve the kernel version even if a recent resolution is cached. */
   refresh?: boolean;
+  /** Patch files applied on top of the lab's series for this run (`--patch`). */
+  extraPatches?: string[];
 }
 
 export interface RunOutcome {
@@ -87,16 +95,42 @@ async function waitForConsole(consoleLog: string, m: QemuMachine, deadline: numb
 }
 
 export interface PreparedLab {
-  kernel: KernelArtifact;
+  kernel: KernelArtifact | BuiltKernel | DriverOverlay;
   image: GuestImage;
   initrd: string;
 }
 
 /** The host-side artifacts a boot needs; each is cached by content. */
-export async function prepareLab(lab: LabSpec, opts: RunOptions): Promise<PreparedLab> {
+/** The kernel a lab names: a prebuilt Debian package, or a tree + patches + fragments built here. */
+async function prepareKernel(lab: LabSpec, opts: RunOptions, logDir: string): Promise<KernelArtifact | BuiltKernel | DriverOverlay> {
   const { progress } = opts;
-  const kernel = await progress.run(`kernel ${lab.kernel.package}`, (s) => fetchDebianKernel(lab.kernel, s, { refresh: opts.refresh }),
-    (k) => `${k.package} ${k.version}`);
+  const spec = lab.kernel;
+  const extra = (opts.extraPatches ?? []).map((p) => ({ kind: 'file' as const, path: path.resolve(p) }));
+  if (spec.kind === 'debian-prebuilt') {
+    const stock = await progress.run(`kernel ${spec.package}`, (s) => fetchDebianKernel(spec, s, { refresh: opts.refresh }), (k) => `${k.package} ${k.version}`);
+    if (!spec.driver) {
+      if (extra.length) {
+        throw new HwlabError(`--patch needs kernel.driver (the fast path) or a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
+      }
+      return stock;
+    }
+    const dirs = spec.driver.dirs;
+    const patches = await loadPatchSeries([...spec.patches, ...extra]);
+    return progress.run(`driver build (${dirs.join(' ')}, ${patches.length} patches)`,
+      (step) => buildDriverOverlay({ kernel: stock, debian: spec, dirs, patches, logFile: path.join(logDir, 'driver-build.log'), step }),
+      (k) => `${k.replaced.map((m) => m.module).join(' ')} ${k.built ? `built in ${k.buildSeconds?.toFixed(0)} s` : 'from cache, make not run'}`);
+  }
+  const tree = await progress.run('kernel source', (s) => resolveKernelTree(spec.source, s), (t) => t.label);
+  const patches = await loadPatchSeries([...spec.patches, ...extra]);
+  const fragments = await Promise.all(spec.config.fragments.map(async (file) => ({ file, text: await readFile(file, 'utf8') })));
+  return progress.run(`kernel build (${patches.length} patches, ${fragments.length} fragments)`,
+    (step) => buildKernel({ tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log'), step }),
+    (k) => `${k.release} ${k.built ? `built in ${k.buildSeconds?.toFixed(0)} s${k.incrementalFrom ? ` (incremental from ${k.incrementalFrom})` : ''}` : 'from cache, make not run'}`);
+}
+
+export async function prepareLab(lab: LabSpec, opts: RunOptions, logDir: string = os.tmpdir()): Promise<PreparedLab> {
+  const { progress } = opts;
+  const kernel = await prepareKernel(lab, opts, logDir);
   const recipe = await loadImageRecipe(lab.image, path.join(path.dirname(path.dirname(lab.file)), 'images'));
   const image = await progress.run(`image ${recipe.name}`, (s) => buildImage(recipe, s), (i) => `node ${i.nodeVersion}`);
   const initrd = await progress.run('initramfs', () => buildInitramfs(kernel, image));
@@ -116,7 +150,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
 
   await ensureHostTools((l) => progress.info(l));
   let t = Date.now();
-  const prepared = await prepareLab(lab, opts);
+  const prepared = await prepareLab(lab, opts, runDir);
   const { kernel, image, initrd } = prepared;
   mark('prepare', t);
 
@@ -149,6 +183,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
   });
   await writeCommandLine(path.join(runDir, 'qemu-cmdline.sh'), cmd);
 
+  let verified: Array<{ module: string; srcversion?: string; buildId?: string }> = [];
   let machine: QemuMachine | null = null;
   let session: GuestSession | null = null;
   let tap = '';
@@ -183,6 +218,14 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
       for (const mod of lab.modules) {
         step.update(`modprobe ${mod}`);
         await s.modprobe(mod);
+      }
+      if (kernel.source === 'built') {
+        step.update('checking the loaded modules are the ones just built');
+        verified = await verifyLoadedModules(s, kernel);
+      } else if ('replaced' in kernel) {
+        step.update('checking the loaded modules are the rebuilt ones');
+        const r = await verifyReplacedModules(s, kernel.replaced, lab.modules);
+        verified = kernel.replaced.filter((m) => r.verified.includes(m.module.replace(/-/g, '_'))).map((m) => ({ module: m.module, buildId: m.buildId }));
       }
       const found = await findPciDevices(s, cmd.pciPaths);
       const used = [...new Set(lab.probes.map((p) => p.device))];
@@ -274,7 +317,15 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
   const results: RunResults = {
     lab: lab.name,
     startedAt: new Date(t0).toISOString(),
-    kernel: { package: kernel.package, version: kernel.version, release: kernel.release },
+    kernel: {
+      package: kernel.package,
+      version: kernel.version,
+      release: kernel.release,
+      source: kernel.source,
+      ...('configSha256' in kernel ? { patches: kernel.patches, configSha256: kernel.configSha256, built: kernel.built, buildSeconds: kernel.buildSeconds } : {}),
+      ...('replaced' in kernel ? { patches: kernel.patches, driverDirs: kernel.dirs, built: kernel.built, buildSeconds: kernel.buildSeconds, compilerNote: kernel.compiler.note } : {}),
+      ...(verified.length ? { modulesVerified: verified } : {}),
+    },
     accel: accel.accel,
     accelNote: accel.note,
     probes,

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { hwlab, qemuProcessesMentioning, readRun, repoRoot, runsDir } from './helpers.ts';
 
-test.serial('default lab: all probes pass on Debian 7.2 and the run folder is complete', async (t) => {
+test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci is loaded, all probes pass', async (t) => {
   const dir = runsDir();
   const r = await hwlab(['run', path.join(repoRoot, 'labs/default.yaml'), '--runs-dir', dir]);
   t.log(r.all?.split('\n').slice(-12).join('\n'));
@@ -16,8 +16,12 @@ test.serial('default lab: all probes pass on Debian 7.2 and the run folder is co
   const { runDir, results } = await readRun(dir);
   t.is(results.verdict, 'pass');
   t.is(results.health, 'clean');
-  t.regex(results.kernel.package, /^linux-image-7\.2\.\d+/);
+  t.is(results.kernel.source, 'built');
+  t.regex(results.kernel.package, /^linux-source-7\.2 7\.2\.\d+/);
   t.regex(results.kernel.version, /^7\.2\.\d+/);
+  t.deepEqual(results.kernel.patches, []);
+  const verified = (results.kernel.modulesVerified ?? []).map((m) => m.module).sort();
+  for (const m of ['vfio', 'vfio_pci', 'vfio_pci_core']) t.true(verified.includes(m), `${m} verified (${verified.join(' ')})`);
   t.deepEqual(results.probes.map((p) => p.name), ['dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'reset-and-mem-toggle']);
   for (const p of results.probes) {
     t.true(p.ok, `${p.name} ok`);
@@ -39,6 +43,17 @@ test.serial('default lab: all probes pass on Debian 7.2 and the run folder is co
   t.regex(cmdline, /restrict=on/);
   t.regex(cmdline, /hostfwd=tcp:127\.0\.0\.1:\d+-:22/);
   t.deepEqual(await qemuProcessesMentioning(runDir), [], 'no QEMU left running');
+});
+
+test.serial('prebuilt lab: Debian linux-image-7.2 passes the same probes without a build', async (t) => {
+  const dir = runsDir();
+  const r = await hwlab(['run', path.join(repoRoot, 'labs/prebuilt.yaml'), '--runs-dir', dir]);
+  t.is(r.exitCode, 0, r.all);
+  const { results } = await readRun(dir);
+  t.is(results.kernel.source, 'debian-prebuilt');
+  t.regex(results.kernel.package, /^linux-image-7\.2\.\d+/);
+  t.regex(results.kernel.version, /^7\.2\.\d+-\d+/);
+  t.true(results.probes.length === 4 && results.probes.every((p) => p.ok && p.subtests.every((s) => s.ok)));
 });
 
 test.serial('self-test lab: a wrong errno expectation fails the run and names the case', async (t) => {

@@ -41,7 +41,12 @@ test('labs/default.yaml is the documented default lab', async (t) => {
     file: path.join(repo, 'labs', 'default.yaml'),
     name: 'default',
     description: lab.description,
-    kernel: { kind: 'debian-prebuilt', package: 'linux-image-7.2', flavour: 'amd64', suite: 'sid', mirror: 'http://deb.debian.org/debian' },
+    kernel: {
+      kind: 'source',
+      source: { kind: 'debian-source', package: 'linux-source-7.2', suite: 'sid', mirror: 'http://deb.debian.org/debian' },
+      patches: [],
+      config: { base: 'tinyconfig', fragments: ['guest-base.config', 'vfio-dmabuf.config'].map((f) => path.join(repo, 'configs', f)) },
+    },
     image: 'bookworm',
     machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [] },
     iommu: { kind: 'intel', cachingMode: true, strict: false, passthrough: false },
@@ -71,7 +76,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
 test('shorthands, units and defaults', async (t) => {
   const lab = await loadLab(fx('shorthand.yaml'));
   t.is(lab.name, 'shorthand');
-  t.deepEqual(lab.kernel, { kind: 'debian-prebuilt', package: 'linux-image-7.2', flavour: 'cloud-amd64', suite: 'sid', mirror: 'http://deb.debian.org/debian' });
+  t.deepEqual(lab.kernel, { kind: 'debian-prebuilt', package: 'linux-image-7.2', flavour: 'cloud-amd64', suite: 'sid', mirror: 'http://deb.debian.org/debian', patches: [] });
   t.deepEqual(lab.machine, { cpu: 'EPYC', memoryMiB: 512, smp: 2, accel: 'auto', cmdline: ['quiet', 'loglevel=3'] });
   t.deepEqual(lab.iommu, { kind: 'amd', cachingMode: false, strict: false, passthrough: false });
   t.deepEqual(lab.topology.rootPorts, [{ id: 'rp0' }, { id: 'rp1' }]);
@@ -125,7 +130,7 @@ test('schema errors: all at once, each with file:line:col and field', async (t) 
   const f = fx('bad-schema.yaml');
   const e = await labError(loadLab(f));
   t.is(e.message, [
-    `${f}:2:3: kernel.debian: is required`,
+    `${f}:2:3: kernel: needs exactly one of debian, path, tarball (got none)`,
     `${f}:5:11: machine.memory: expected a size such as 512M or 2G, at least 1M (got "2X")`,
     `${f}:6:8: machine.smp: expected a number (got "two")`,
     `${f}:7:10: machine.accel: must be one of auto, kvm, tcg (got "fast")`,
@@ -222,4 +227,23 @@ test('parseYamlWith: the same located errors for any schema', async (t) => {
     'images/x.yaml:2:1: extra: unknown key "extra"',
     'images/x.yaml:3:15: packages[1]: expected a string (got 3)',
   ].join('\n'));
+});
+
+test('kernel sections: source builds, fast path, and what each refuses', (t) => {
+  const base = 'image: bookworm\ntopology:\n  root_ports: [rp0]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0 }\n';
+  const file = path.join(repo, 'labs', 'kernel-test.yaml');
+  const ok = parseLab(`kernel:\n  debian: linux-image-7.2\n  driver: {}\n  patches: [../test/fixtures/patches/vfio-zero-length-enoent.patch]\n${base}`, file);
+  t.like(ok.kernel, { kind: 'debian-prebuilt', driver: { dirs: ['drivers/vfio/pci'] } });
+  t.deepEqual((ok.kernel as { patches: unknown }).patches, [{ kind: 'file', path: path.join(repo, 'test/fixtures/patches/vfio-zero-length-enoent.patch') }]);
+  const src = parseLab(`kernel:\n  tarball: ../package.json\n  config: { base: defconfig, fragments: [../configs/debug.config] }\n${base}`, file);
+  t.deepEqual(src.kernel, {
+    kind: 'source', source: { kind: 'tarball', path: path.join(repo, 'package.json') }, patches: [],
+    config: { base: 'defconfig', fragments: [path.join(repo, 'configs/debug.config')] },
+  });
+  const err = (text: string) => t.throws(() => parseLab(text + base, file), { instanceOf: LabError }).message;
+  t.regex(err('kernel:\n  debian: linux-image-7.2\n  patches: [x.patch]\n'), /kernel-test\.yaml:3:\d+: kernel\.patches: a prebuilt kernel \(linux-image-7\.2\) takes patches only with driver:/);
+  t.regex(err('kernel:\n  debian: linux-source-7.2\n  driver: {}\n'), /kernel\.driver: only applies to a prebuilt kernel/);
+  t.regex(err('kernel:\n  debian: linux-source-7.2\n  path: /src/linux\n'), /kernel: needs exactly one of debian, path, tarball \(got debian, path\)/);
+  t.regex(err('kernel:\n  debian: linux-source-7.2\n  patches: [nope.patch]\n'), /kernel\.patches\[0\]: .*nope\.patch does not exist/);
+  t.regex(err('kernel:\n  debian: linux-headers-7.2\n'), /must be linux-image-<version> \(prebuilt\) or linux-source-<version>/);
 });

@@ -12,7 +12,7 @@ function lab(over: { iommu?: Partial<IommuSpec>; topology?: Partial<TopologySpec
     file: '/labs/t.yaml',
     name: 't',
     description: '',
-    kernel: { kind: 'debian-prebuilt', package: 'linux-image-7.2', flavour: 'amd64', suite: 'sid', mirror: 'http://deb.debian.org/debian' },
+    kernel: { kind: 'debian-prebuilt', package: 'linux-image-7.2', flavour: 'amd64', suite: 'sid', mirror: 'http://deb.debian.org/debian', patches: [] },
     image: 'bookworm',
     machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [], ...over.machine },
     iommu: { kind: 'intel', cachingMode: true, strict: false, passthrough: false, ...over.iommu },

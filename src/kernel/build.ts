@@ -1,0 +1,295 @@
+// Kernels built from source: pristine tree + patch series + checked config
+// -> bzImage and modules, cached by content. Two cache levels keep a
+// no-change run free of make: the assembled config is cached by its inputs,
+// the build by (tree, patches, final config, compiler).
+//
+// Incremental builds: every build of one source tree happens in the same two
+// directories (src/ and obj/ under a per-tree work dir), because kbuild
+// records absolute paths in its .cmd files; the nearest earlier build's obj/
+// is copied back first, and every file a patch touched now or in that build
+// gets a fresh mtime so make recompiles exactly those.
+import { execa } from 'execa';
+import { existsSync } from 'node:fs';
+import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, sha256 } from '../util/cache.ts';
+import { HwlabError } from '../util/cleanup.ts';
+import { makeExt4 } from '../util/ext4.ts';
+import type { Step } from '../util/progress.ts';
+import { assembleConfig } from './config.ts';
+import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
+import type { KernelTree } from './source.ts';
+import type { KernelArtifact } from './types.ts';
+
+/** Fixed so that unchanged sources give unchanged objects (and ccache hits). */
+const REPRODUCIBLE_ENV = {
+  KBUILD_BUILD_TIMESTAMP: '2026-01-01 00:00:00 UTC',
+  KBUILD_BUILD_USER: 'hwlab',
+  KBUILD_BUILD_HOST: 'hwlab',
+};
+
+export interface KernelBuildRequest {
+  tree: KernelTree;
+  patches: PatchFile[];
+  /** Make target for the base config, e.g. tinyconfig. */
+  base: string;
+  fragments: Array<{ file: string; text: string }>;
+  /** Full build output goes here (the run folder). */
+  logFile: string;
+  step: Step;
+  jobs?: number;
+}
+
+export interface BuiltKernel extends KernelArtifact {
+  /** The O= build directory kept in the entry (for M= module builds and incremental rebuilds). */
+  objDir: string;
+  /** Whether make ran for this request (false: the cached entry was reused). */
+  built: boolean;
+  buildSeconds?: number;
+  /** How the build started: from scratch, or from an earlier entry's objects. */
+  incrementalFrom?: string;
+  patches: Array<{ name: string; sha256: string; origin: string }>;
+  configSha256: string;
+}
+
+export class KernelBuildError extends HwlabError {}
+
+function workDir(tree: KernelTree): string {
+  return path.join(cacheRoot(), 'kbuild-work', cacheKey({ tree: tree.id }));
+}
+
+/** Repository paths a patch touches (after -p stripping). */
+export function touchedFiles(patches: PatchFile[]): string[] {
+  const out = new Set<string>();
+  for (const p of patches) {
+    for (const s of parseDiff(p.text)) {
+      for (const f of [s.oldPath, s.newPath]) {
+        if (f === '/dev/null') continue;
+        const rel = stripPath(f, p.strip);
+        if (rel) out.add(rel);
+      }
+    }
+  }
+  return [...out].sort();
+}
+
+async function compilerId(): Promise<string> {
+  const r = await execa('gcc', ['--version'], { reject: false });
+  if (r.exitCode !== 0) throw new HwlabError('gcc is not installed', 'apt-get install gcc make flex bison bc libelf-dev libssl-dev');
+  return r.stdout.split('\n')[0];
+}
+
+/** Recreates work/src as pristine + series; fails before any build when a patch does not apply. */
+async function preparePatchedTree(req: KernelBuildRequest, src: string, alsoTouch: string[]): Promise<void> {
+  await rm(src, { recursive: true, force: true });
+  req.step.update('copying the source tree');
+  await scratchCopy(req.tree.dir, src);
+  if (req.patches.length) await applySeries(src, req.patches, { step: req.step });
+  // Files a previous build patched but this one does not are back to pristine
+  // content with an old mtime; a fresh mtime makes make rebuild them. Rewrite
+  // (not touch) so the pristine tree's hard-linked inode keeps its mtime.
+  for (const rel of new Set([...alsoTouch, ...touchedFiles(req.patches)])) {
+    const f = path.join(src, rel);
+    if (!existsSync(f)) continue;
+    const data = await readFile(f);
+    await rm(f);
+    await writeFile(f, data);
+  }
+}
+
+function configKey(req: KernelBuildRequest): string {
+  return cacheKey({
+    v: 1,
+    tree: req.tree.id,
+    patches: req.patches.map((p) => p.sha256),
+    base: req.base,
+    fragments: req.fragments.map((f) => ({ file: path.basename(f.file), sha: sha256(f.text) })),
+  });
+}
+
+/**
+ * The config this request asks for, assembled and verified once per set of
+ * inputs. A cache hit needs no tree copy and no make; a miss assembles it on
+ * a freshly patched src/ (so a patch that does not apply stops here).
+ */
+async function finalConfig(req: KernelBuildRequest, src: string): Promise<string> {
+  const key = configKey(req);
+  const { dir } = await ensureEntry('kconfig', key, `config for ${req.tree.label}`, async (tmp) => {
+    await preparePatchedTree(req, src, []);
+    const objDir = path.join(tmp, 'obj');
+    await mkdir(objDir);
+    req.step.update('assembling config');
+    const res = await assembleConfig({ srcDir: src, objDir, base: req.base, fragments: req.fragments, step: req.step });
+    await writeFile(path.join(tmp, 'config'), res.configText);
+    await rm(objDir, { recursive: true, force: true });
+  });
+  return readFile(path.join(dir, 'config'), 'utf8');
+}
+
+interface BuildManifest {
+  treeId: string;
+  patches: Array<{ name: string; sha256: string; origin: string }>;
+  touched: string[];
+  configSha: string;
+  compiler: string;
+  release: string;
+  buildSeconds: number;
+  finishedAt: string;
+}
+
+/** The newest build entry of the same tree (same config preferred): the base for an incremental build. */
+async function nearestEntry(treeId: string, configSha: string): Promise<{ dir: string; manifest: BuildManifest } | null> {
+  const kdir = path.join(cacheRoot(), 'kernel-build');
+  if (!existsSync(kdir)) return null;
+  const found: Array<{ dir: string; manifest: BuildManifest }> = [];
+  for (const name of await readdir(kdir)) {
+    const dir = path.join(kdir, name);
+    if (!isComplete(dir) || !existsSync(path.join(dir, 'build.json')) || !existsSync(path.join(dir, 'obj'))) continue;
+    const manifest = JSON.parse(await readFile(path.join(dir, 'build.json'), 'utf8')) as BuildManifest;
+    if (manifest.treeId === treeId) found.push({ dir, manifest });
+  }
+  found.sort((a, b) =>
+    Number(b.manifest.configSha === configSha) - Number(a.manifest.configSha === configSha) ||
+    b.manifest.finishedAt.localeCompare(a.manifest.finishedAt));
+  return found[0] ?? null;
+}
+
+/** Compiler and linker errors out of a build log, instead of a wall of make output. */
+export function extractBuildErrors(log: string, max = 40): string[] {
+  const lines = log.split('\n');
+  const out: string[] = [];
+  for (let i = 0; i < lines.length && out.length < max; i++) {
+    const l = lines[i];
+    if (/^\S+:\d+:\d+: (fatal )?error: /.test(l) || /^\S+:\d+: (undefined reference|multiple definition)/.test(l)) {
+      out.push(l);
+      // gcc's caret context: the source line and the marker under it.
+      for (let j = i + 1; j < Math.min(i + 3, lines.length) && /^\s+(\d+ \|| \|)/.test(lines[j]); j++) out.push(lines[j]);
+    } else if (/^(ERROR|FATAL): modpost: /.test(l) || /undefined reference to /.test(l) || /^make\[\d+\]: \*\*\* .*Error \d+/.test(l)) {
+      out.push(l);
+    }
+  }
+  return out;
+}
+
+async function runMake(args: string[], req: KernelBuildRequest, src: string, obj: string, log: (s: string) => void): Promise<void> {
+  const useCcache = (await execa('ccache', ['--version'], { reject: false })).exitCode === 0;
+  const child = execa('make', ['-C', src, `O=${obj}`, 'ARCH=x86_64', `-j${req.jobs ?? os.cpus().length}`, ...(useCcache ? ['CC=ccache gcc'] : []), ...args], {
+    reject: false,
+    all: true,
+    env: { ...REPRODUCIBLE_ENV, CCACHE_BASEDIR: path.dirname(src), CCACHE_NOHASHDIR: '1' },
+    timeout: 4 * 3600_000,
+  });
+  let lastFile = '';
+  child.all?.on('data', (d: Buffer) => {
+    const s = d.toString();
+    log(s);
+    const m = s.match(/^\s+(CC|LD|AR|AS)( \[M\])?\s+(\S+)/gm);
+    if (m) lastFile = m[m.length - 1].trim();
+    req.step.update(lastFile);
+  });
+  const r = await child;
+  if (r.exitCode !== 0) {
+    const errors = extractBuildErrors(String(r.all));
+    throw new KernelBuildError(
+      `make ${args.join(' ')} failed (exit ${r.exitCode}); full log: ${req.logFile}\n${errors.length ? errors.join('\n') : String(r.all).split('\n').slice(-20).join('\n')}`,
+    );
+  }
+}
+
+export async function buildKernel(req: KernelBuildRequest): Promise<BuiltKernel> {
+  const work = workDir(req.tree);
+  const src = path.join(work, 'src');
+  const obj = path.join(work, 'obj');
+  await mkdir(work, { recursive: true });
+  const patchesInfo = req.patches.map((p) => ({ name: p.name, sha256: p.sha256, origin: p.origin }));
+  const compiler = await compilerId();
+  const configText = await finalConfig(req, src);
+  const configSha = sha256(configText);
+  const key = cacheKey({ v: 1, tree: req.tree.id, patches: req.patches.map((p) => p.sha256), config: configSha, compiler });
+
+  let built = false;
+  let buildSeconds: number | undefined;
+  let incrementalFrom: string | undefined;
+  const logChunks: string[] = [];
+  const { dir } = await ensureEntry('kernel-build', key, `${req.tree.label} + ${req.patches.length} patches`, async (tmp) => {
+    const near = await nearestEntry(req.tree.id, configSha);
+    // Files patched by whatever last built in obj/ (an earlier entry, or an interrupted build).
+    const lastTouchedFile = path.join(work, 'obj-touched.json');
+    const reuseWork = !near && existsSync(path.join(obj, 'Makefile'));
+    const lastTouched: string[] = near ? near.manifest.touched
+      : reuseWork && existsSync(lastTouchedFile) ? JSON.parse(await readFile(lastTouchedFile, 'utf8')) : [];
+    await preparePatchedTree(req, src, lastTouched);
+    if (near) {
+      req.step.update(`copying objects of ${path.basename(near.dir)}`);
+      await rm(obj, { recursive: true, force: true });
+      await execa('cp', ['-a', path.join(near.dir, 'obj'), obj]);
+      incrementalFrom = path.basename(near.dir);
+    } else if (reuseWork) {
+      // An interrupted or failed build of this tree left objects: make continues from them.
+      incrementalFrom = 'the objects of an unfinished build';
+    } else {
+      await rm(obj, { recursive: true, force: true });
+      await mkdir(obj, { recursive: true });
+    }
+    await writeFile(lastTouchedFile, JSON.stringify([...new Set([...lastTouched, ...touchedFiles(req.patches)])]));
+    await writeFile(path.join(obj, '.config'), configText);
+    const start = Date.now();
+    const log = (s: string) => logChunks.push(s);
+    try {
+      await runMake(['olddefconfig'], req, src, obj, log);
+      const after = await readFile(path.join(obj, '.config'), 'utf8');
+      // Compare values, not text: the header comment names ARCH and the tool versions.
+      const values = (t: string) => t.split('\n').filter((l) => l && !l.startsWith('# ') || / is not set$/.test(l)).join('\n');
+      if (values(after) !== values(configText)) {
+        throw new KernelBuildError('olddefconfig changed the verified config in the build tree; the source tree and the config cache disagree');
+      }
+      await runMake(['bzImage', 'modules'], req, src, obj, log);
+      req.step.update('modules_install');
+      await runMake(['modules_install', `INSTALL_MOD_PATH=${path.join(tmp, 'modroot')}`, 'INSTALL_MOD_STRIP=1', 'DEPMOD=/sbin/depmod'], req, src, obj, log);
+    } finally {
+      await writeFile(req.logFile, logChunks.join(''));
+    }
+    buildSeconds = (Date.now() - start) / 1000;
+    built = true;
+    const release = (await readFile(path.join(obj, 'include/config/kernel.release'), 'utf8')).trim();
+    await copyFile(path.join(obj, 'arch/x86/boot/bzImage'), path.join(tmp, 'vmlinuz'));
+    await copyFile(path.join(obj, '.config'), path.join(tmp, 'config'));
+    const modDir = path.join(tmp, 'modroot/lib/modules', release);
+    await mkdir(modDir, { recursive: true });
+    // modules_install links build/ and source/ to the work dir; they would dangle in the guest.
+    await rm(path.join(modDir, 'build'), { force: true });
+    await rm(path.join(modDir, 'source'), { force: true });
+    await execa('depmod', ['-b', path.join(tmp, 'modroot'), release]);
+    req.step.update('modules disk');
+    await makeExt4(path.join(tmp, 'modroot/lib/modules'), path.join(tmp, 'modules.ext4'), 'hwlab-mods');
+    // Keep the objects for the next incremental build and for M= module builds.
+    await rename(obj, path.join(tmp, 'obj'));
+    const manifest: BuildManifest = {
+      treeId: req.tree.id, patches: patchesInfo, touched: touchedFiles(req.patches), configSha, compiler, release,
+      buildSeconds, finishedAt: new Date().toISOString(),
+    };
+    await writeFile(path.join(tmp, 'build.json'), JSON.stringify(manifest, null, 2));
+    await writeFile(path.join(tmp, 'kernel.json'), JSON.stringify({ package: req.tree.label, version: req.tree.version, release }, null, 2));
+  });
+  const manifest = JSON.parse(await readFile(path.join(dir, 'build.json'), 'utf8')) as BuildManifest;
+  if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${manifest.finishedAt} in ${manifest.buildSeconds.toFixed(0)} s)\n`);
+  return {
+    source: 'built',
+    package: req.tree.label,
+    version: req.tree.version,
+    release: manifest.release,
+    vmlinuz: path.join(dir, 'vmlinuz'),
+    config: path.join(dir, 'config'),
+    modulesRoot: path.join(dir, 'modroot'),
+    modulesDisk: path.join(dir, 'modules.ext4'),
+    cacheDir: dir,
+    cacheKey: key,
+    objDir: path.join(dir, 'obj'),
+    built,
+    buildSeconds,
+    incrementalFrom,
+    patches: patchesInfo,
+    configSha256: configSha,
+  };
+}
