@@ -98,11 +98,15 @@ async function preparePatchedTree(req: KernelBuildRequest, src: string, alsoTouc
   }
 }
 
+/** Files whose change can change what olddefconfig produces. */
+const KCONFIG_INPUT = /(^|\/)Kconfig[^/]*$|^arch\/x86\/configs\/|^kernel\/configs\//;
+
 function configKey(req: KernelBuildRequest): string {
   return cacheKey({
-    v: 1,
+    v: 2,
     tree: req.tree.id,
-    patches: req.patches.map((p) => p.sha256),
+    // Only patches that touch Kconfig inputs change the config: a driver fix reuses the cached one.
+    patches: req.patches.filter((p) => touchedFiles([p]).some((f) => KCONFIG_INPUT.test(f))).map((p) => p.sha256),
     base: req.base,
     fragments: req.fragments.map((f) => ({ file: path.basename(f.file), sha: sha256(f.text) })),
   });
