@@ -3,7 +3,7 @@
 // sources never gain sid. Packages are unpacked with dpkg-deb -x, never installed.
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { DebianKernelSpec } from '../lab/types.ts';
 import { cacheRoot, ensureEntry, cacheKey } from '../util/cache.ts';
@@ -115,6 +115,27 @@ export async function resolveDebianKernel(spec: DebianKernelSpec, opts: { refres
   return res;
 }
 
+/**
+ * `apt-get download` of pkgs (names or name=version) with the private config,
+ * each .deb unpacked with dpkg-deb -x into <workDir>/root (returned); the
+ * .debs themselves are removed.
+ */
+export async function aptDownloadExtract(apt: string, pkgs: string[], workDir: string, step: Step): Promise<string> {
+  const debs = path.join(workDir, 'debs');
+  await mkdir(debs, { recursive: true });
+  step.update(`downloading ${pkgs.join(' ')}`);
+  const dl = await execa('apt-get', [...aptOptions(apt), '-q', 'download', ...pkgs], { cwd: debs, reject: false, timeout: 900_000 });
+  if (dl.exitCode !== 0) throw new HwlabError(`apt-get download ${pkgs.join(' ')} failed:\n${dl.stderr.trim()}`);
+  const root = path.join(workDir, 'root');
+  await mkdir(root, { recursive: true });
+  for (const deb of (await readdir(debs)).filter((f) => f.endsWith('.deb'))) {
+    step.update(`extracting ${deb}`);
+    await execa('dpkg-deb', ['-x', path.join(debs, deb), root], { timeout: 600_000 });
+  }
+  await rm(debs, { recursive: true, force: true });
+  return root;
+}
+
 /** Fetches and unpacks the kernel; cached by package and exact version. */
 export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts: { refresh?: boolean } = {}): Promise<KernelArtifact> {
   step.update('resolving');
@@ -130,17 +151,7 @@ export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts
       .map((d) => d.trim().split(/\s/)[0])
       .filter((n) => n.startsWith('linux-') && n.endsWith(res.release));
     const pkgs = [res.package, ...parts];
-    const debs = path.join(tmp, 'debs');
-    await mkdir(debs);
-    step.update(`downloading ${pkgs.join(' ')}`);
-    const dl = await execa('apt-get', [...aptOptions(apt), '-q', 'download', ...pkgs], { cwd: debs, reject: false, timeout: 900_000 });
-    if (dl.exitCode !== 0) throw new HwlabError(`apt-get download ${pkgs.join(' ')} failed:\n${dl.stderr.trim()}`);
-    const root = path.join(tmp, 'root');
-    await mkdir(root);
-    for (const deb of await readdir(debs)) {
-      step.update(`extracting ${deb}`);
-      await execa('dpkg-deb', ['-x', path.join(debs, deb), root], { timeout: 600_000 });
-    }
+    const root = await aptDownloadExtract(apt, pkgs, tmp, step);
     // Modules under modroot/lib/modules/<release>: the layout depmod -b and the guest expect.
     const candidates = [path.join(root, 'usr/lib/modules', res.release), path.join(root, 'lib/modules', res.release)];
     const modSrc = candidates.find((c) => existsSync(c));
@@ -155,7 +166,7 @@ export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts
     if (config) await rename(config, path.join(tmp, 'config'));
     step.update('depmod');
     await execa('depmod', ['-b', path.join(tmp, 'modroot'), res.release], { timeout: 300_000 });
-    await execa('rm', ['-rf', debs, root]);
+    await execa('rm', ['-rf', root]);
     step.update('modules disk');
     await makeExt4(path.join(tmp, 'modroot/lib/modules'), path.join(tmp, 'modules.ext4'), 'hwlab-mods');
     await writeFile(path.join(tmp, 'kernel.json'), JSON.stringify(res, null, 2));

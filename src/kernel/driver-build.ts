@@ -26,7 +26,7 @@ import { HwlabError } from '../util/cleanup.ts';
 import { makeExt4 } from '../util/ext4.ts';
 import type { Step } from '../util/progress.ts';
 import { extractBuildErrors, KernelBuildError, touchedFiles } from './build.ts';
-import { aptDir, aptOptions } from './debian.ts';
+import { aptDir, aptDownloadExtract, aptOptions } from './debian.ts';
 import { applySeries, scratchCopy, type PatchFile } from './patches.ts';
 import { resolveKernelTree, type KernelTree } from './source.ts';
 import type { KernelArtifact } from './types.ts';
@@ -380,18 +380,7 @@ export async function prepareHeaders(
     }
     const deps = headerDepends(aptShowField(show.stdout, 'Depends') ?? '');
     const pkgs = [`${pkg}=${kernel.version}`, ...deps.map((d) => `${d.name}=${d.version ?? kernel.version}`)];
-    const debs = path.join(tmp, 'debs');
-    await mkdir(debs);
-    step.update(`downloading ${pkgs.join(' ')}`);
-    const dl = await execa('apt-get', [...aptOptions(apt), '-q', 'download', ...pkgs], { cwd: debs, reject: false, timeout: 900_000 });
-    if (dl.exitCode !== 0) throw new HwlabError(`apt-get download ${pkgs.join(' ')} failed:\n${dl.stderr.trim()}`);
-    const root = path.join(tmp, 'root');
-    await mkdir(root);
-    for (const deb of (await readdir(debs)).filter((f) => f.endsWith('.deb'))) {
-      step.update(`extracting ${deb}`);
-      await execa('dpkg-deb', ['-x', path.join(debs, deb), root], { timeout: 600_000 });
-    }
-    await rm(debs, { recursive: true, force: true });
+    const root = await aptDownloadExtract(apt, pkgs, tmp, step);
     const headersRel = `usr/src/${pkg}`;
     const headersDir = path.join(root, headersRel);
     if (!existsSync(path.join(headersDir, 'Makefile')) || !existsSync(path.join(headersDir, '.config'))) {
