@@ -101,7 +101,7 @@ async function preparePatchedTree(req: KernelBuildRequest, src: string, alsoTouc
 /** Files whose change can change what olddefconfig produces. */
 const KCONFIG_INPUT = /(^|\/)Kconfig[^/]*$|^arch\/x86\/configs\/|^kernel\/configs\//;
 
-function configKey(req: KernelBuildRequest): string {
+export function configKey(req: Pick<KernelBuildRequest, "tree" | "patches" | "base" | "fragments">): string {
   return cacheKey({
     v: 2,
     tree: req.tree.id,

@@ -1,0 +1,85 @@
+// Cache keys and entries: equal inputs give equal keys whatever the order of
+// object keys; a failed or interrupted build never leaves an entry a later
+// run would trust; the config key ignores patches that cannot change Kconfig.
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { cacheKey, ensureEntry, entryDir, listEntries, stableJson } from '../../src/util/cache.ts';
+import { configKey, extractBuildErrors, touchedFiles } from '../../src/kernel/build.ts';
+import type { PatchFile } from '../../src/kernel/patches.ts';
+
+test.before(async () => {
+  process.env.HWLAB_CACHE = await mkdtemp(path.join(os.tmpdir(), 'hwlab-cache-test-'));
+});
+
+test('stableJson and cacheKey ignore object key order, not values or array order', (t) => {
+  t.is(stableJson({ b: 1, a: { d: 2, c: 3 } }), stableJson({ a: { c: 3, d: 2 }, b: 1 }));
+  t.is(cacheKey({ a: 1, b: [1, 2] }), cacheKey({ b: [1, 2], a: 1 }));
+  t.not(cacheKey({ a: 1, b: [1, 2] }), cacheKey({ a: 1, b: [2, 1] }));
+  t.not(cacheKey({ a: 1 }), cacheKey({ a: 2 }));
+  t.regex(cacheKey({}), /^[0-9a-f]{20}$/);
+});
+
+test.serial('ensureEntry builds once, then hits without calling build', async (t) => {
+  let calls = 0;
+  const build = async (tmp: string) => { calls++; await writeFile(path.join(tmp, 'x'), 'data'); };
+  const a = await ensureEntry('t', 'k1', 'test', build);
+  const b = await ensureEntry('t', 'k1', 'test', build);
+  t.deepEqual([a.hit, b.hit, calls], [false, true, 1]);
+  t.true(existsSync(path.join(a.dir, 'x')));
+  t.true((await listEntries()).some((e) => e.kind === 't' && e.key === 'k1'));
+});
+
+test.serial('a failing build leaves no entry and no temp directory', async (t) => {
+  await t.throwsAsync(ensureEntry('t', 'k2', 'test', async (tmp) => {
+    await writeFile(path.join(tmp, 'half'), 'written');
+    throw new Error('compiler exploded');
+  }), { message: 'compiler exploded' });
+  t.false(existsSync(entryDir('t', 'k2')));
+  t.deepEqual((await readdir(path.dirname(entryDir('t', 'k2')))).filter((n) => n.startsWith('.tmp-')), []);
+});
+
+test.serial('a leftover directory without a manifest (crash mid-rename) is not trusted and gets rebuilt', async (t) => {
+  await mkdir(entryDir('t', 'k3'), { recursive: true });
+  await writeFile(path.join(entryDir('t', 'k3'), 'stale'), 'from a crashed run');
+  const r = await ensureEntry('t', 'k3', 'test', async (tmp) => { await writeFile(path.join(tmp, 'fresh'), 'ok'); });
+  t.false(r.hit);
+  t.true(existsSync(path.join(r.dir, 'fresh')));
+  t.false(existsSync(path.join(r.dir, 'stale')));
+});
+
+const patch = (name: string, file: string): PatchFile => ({
+  name, origin: name, sha256: cacheKey(name) + cacheKey(file), strip: 1,
+  text: `--- a/${file}\n+++ b/${file}\n@@ -1 +1 @@\n-a\n+b\n`,
+});
+
+test('config key: driver patches reuse the config, Kconfig patches do not', (t) => {
+  const base = { tree: { dir: '/x', id: 'debian:linux-source-7.2=7.2.13-1', version: '7.2.13', label: 'l' }, base: 'tinyconfig', fragments: [{ file: 'a.config', text: 'CONFIG_X=y\n' }] };
+  const none = configKey({ ...base, patches: [] });
+  t.is(configKey({ ...base, patches: [patch('fix.patch', 'drivers/vfio/pci/vfio_pci_core.c')] }), none);
+  t.not(configKey({ ...base, patches: [patch('kc.patch', 'drivers/vfio/pci/Kconfig')] }), none);
+  t.not(configKey({ ...base, patches: [], fragments: [{ file: 'a.config', text: 'CONFIG_X=m\n' }] }), none);
+  t.not(configKey({ ...base, patches: [], base: 'defconfig' }), none);
+  t.deepEqual(touchedFiles([patch('a', 'drivers/vfio/pci/Kconfig'), patch('b', 'mm/memory.c')]), ['drivers/vfio/pci/Kconfig', 'mm/memory.c']);
+});
+
+test('build errors: compiler and linker lines with their caret context, not the make noise', (t) => {
+  const log = [
+    '  CC [M]  drivers/vfio/pci/vfio_pci_core.o',
+    'drivers/vfio/pci/vfio_pci_dmabuf.c:212:17: error: \'lenn\' undeclared (first use in this function); did you mean \'len\'?',
+    '  212 |         if (!lenn)',
+    '      |              ^~~~',
+    '  CC      fs/open.o',
+    'make[5]: *** [scripts/Makefile.build:229: drivers/vfio/pci/vfio_pci_dmabuf.o] Error 1',
+    'ld: vmlinux.o: in function `foo\': undefined reference to `bar\'',
+  ].join('\n');
+  t.deepEqual(extractBuildErrors(log), [
+    'drivers/vfio/pci/vfio_pci_dmabuf.c:212:17: error: \'lenn\' undeclared (first use in this function); did you mean \'len\'?',
+    '  212 |         if (!lenn)',
+    '      |              ^~~~',
+    'make[5]: *** [scripts/Makefile.build:229: drivers/vfio/pci/vfio_pci_dmabuf.o] Error 1',
+    'ld: vmlinux.o: in function `foo\': undefined reference to `bar\'',
+  ]);
+});
