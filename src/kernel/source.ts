@@ -98,8 +98,10 @@ async function sniffCompression(file: string): Promise<Compression> {
 }
 
 /** Streams `source` into `tar -x` in dest, calling onBytes with the running byte count. */
+// `dest` must exist. No await may come before the pipeline is attached: a
+// child's stdout left unconsumed for a tick can be drained by execa (a flaky
+// "does not look like a tar archive" with small git archives).
 async function untarStream(source: Readable, compression: Compression, dest: string, onBytes: (n: number) => void, what: string): Promise<void> {
-  await mkdir(dest, { recursive: true });
   // --no-same-owner: running as root must not recreate the archive's owners. GNU tar already refuses
   // member names with '..' and strips a leading '/', so an archive cannot write outside dest.
   const tar = execa('tar', ['-x', ...(compression ? [compression] : []), '-f', '-', '-C', dest, '--no-same-owner'], {
@@ -132,6 +134,7 @@ async function untarFile(file: string, dest: string, step: Step, what: string): 
   const compression = await sniffCompression(file);
   const total = (await stat(file)).size;
   let last = 0;
+  await mkdir(dest, { recursive: true });
   await untarStream(createReadStream(file), compression, dest, (n) => {
     const now = Date.now();
     if (now - last < 250 && n < total) return;
@@ -285,6 +288,7 @@ async function gitTree(spec: Extract<KernelSourceSpec, { kind: 'git' }>, step: S
   const key = cacheKey({ v: 1, kind: 'git', commit, prefix });
   const { dir } = await ensureEntry(KIND, key, label, async (tmp) => {
     const out = path.join(tmp, 'tree');
+    await mkdir(out, { recursive: true });
     // git archive reads objects only: nothing is written to the user's .git, index or working tree.
     const archive = execa('git', ['-C', repo, 'archive', '--format=tar', prefix ? `${commit}:${prefix}` : commit], {
       buffer: { stdout: false },

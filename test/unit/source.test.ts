@@ -59,7 +59,7 @@ async function gitMetaState(repo: string): Promise<string> {
   return (await walk(join(repo, '.git'))).sort().join('\n');
 }
 
-test('kernelVersionOf: VERSION.PATCHLEVEL.SUBLEVEL + EXTRAVERSION, as make kernelversion prints it', async (t) => {
+test.serial('kernelVersionOf: VERSION.PATCHLEVEL.SUBLEVEL + EXTRAVERSION, as make kernelversion prints it', async (t) => {
   t.is(await kernelVersionOf(DEMO), '7.2.0-rc1');
   const d = await dir('kv');
   await writeFile(join(d, 'Makefile'), '# SPDX\nVERSION = 7\nPATCHLEVEL = 2\nSUBLEVEL = 13\nEXTRAVERSION =\nNAME = x\n');
@@ -71,7 +71,7 @@ test('kernelVersionOf: VERSION.PATCHLEVEL.SUBLEVEL + EXTRAVERSION, as make kerne
   await t.throwsAsync(kernelVersionOf(join(d, 'nope')), { message: /has no top-level Makefile/ });
 });
 
-test('tarball: extracted once into the cache, keyed by sha256, tree is the single top-level directory', async (t) => {
+test.serial('tarball: extracted once into the cache, keyed by sha256, tree is the single top-level directory', async (t) => {
   const d = await dir('tar1');
   await cp(DEMO, join(d, 'src/linux-demo'), { recursive: true });
   const tarball = join(d, 'linux-demo.tar.xz');
@@ -94,7 +94,7 @@ test('tarball: extracted once into the cache, keyed by sha256, tree is the singl
   t.false(again.updates.some((u) => u.startsWith('extracting')));
 });
 
-test('tarball: gzip with files at the top accepted when the Makefile is there; several top-level dirs refused', async (t) => {
+test.serial('tarball: gzip with files at the top accepted when the Makefile is there; several top-level dirs refused', async (t) => {
   const d = await dir('tar2');
   await cp(DEMO, join(d, 'flat'), { recursive: true });
   await writeFile(join(d, 'flat/README'), 'flat layout\n'); // distinct content -> distinct cache entry
@@ -115,7 +115,7 @@ test('tarball: gzip with files at the top accepted when the Makefile is there; s
   await t.throwsAsync(resolveKernelTree({ kind: 'tarball', path: join(d, 'missing.tar') }, recorder()), { message: /missing\.tar is not a file/ });
 });
 
-test('git: HEAD of a clean tree is exported by commit, without touching the user .git', async (t) => {
+test.serial('git: HEAD of a clean tree is exported by commit, without touching the user .git', async (t) => {
   const repo = await demoRepo('git1');
   const head = await git(repo, 'rev-parse', 'HEAD');
   const before = await gitMetaState(repo);
@@ -133,7 +133,7 @@ test('git: HEAD of a clean tree is exported by commit, without touching the user
   t.false(again.updates.some((u) => u.startsWith('exporting')));
 });
 
-test('git: a dirty tree is refused without ref, and exported as committed with ref', async (t) => {
+test.serial('git: a dirty tree is refused without ref, and exported as committed with ref', async (t) => {
   const repo = await demoRepo('git2');
   await writeFile(join(repo, 'drivers/demo/demo.h'), '/* edited, not committed */\n');
   await writeFile(join(repo, 'notes.txt'), 'untracked\n');
@@ -149,7 +149,7 @@ test('git: a dirty tree is refused without ref, and exported as committed with r
   t.is(await readFile(join(repo, 'drivers/demo/demo.h'), 'utf8'), '/* edited, not committed */\n');
 });
 
-test('git: ref resolves tags, branches and short shas to the commit; bad refs are named', async (t) => {
+test.serial('git: ref resolves tags, branches and short shas to the commit; bad refs are named', async (t) => {
   const repo = await demoRepo('git3');
   const first = await git(repo, 'rev-parse', 'HEAD');
   await writeFile(join(repo, 'Makefile'), (await readFile(join(repo, 'Makefile'), 'utf8')).replace('EXTRAVERSION = -rc1', 'EXTRAVERSION = -rc2'));
@@ -176,7 +176,7 @@ test('git: ref resolves tags, branches and short shas to the commit; bad refs ar
   await t.throwsAsync(resolveKernelTree({ kind: 'git', path: plain }, recorder()), { message: /is not inside a git repository/ });
 });
 
-test('debian .deb layout: usr/src/linux-source-*.tar.xz is unpacked to the tree (local fake package)', async (t) => {
+test.serial('debian .deb layout: usr/src/linux-source-*.tar.xz is unpacked to the tree (local fake package)', async (t) => {
   if (!(await execa('dpkg-deb', ['--version'], { reject: false }).catch(() => undefined))?.stdout) return t.pass('no dpkg-deb here');
   const d = await dir('deb');
   const pkg = join(d, 'pkg');
