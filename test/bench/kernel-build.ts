@@ -19,7 +19,7 @@ const { values } = parseArgs({ options: { cold: { type: 'boolean', default: fals
 const lab = await loadLab(path.join(repoRoot, 'labs/default.yaml'));
 if (lab.kernel.kind !== 'source') throw new Error('labs/default.yaml must build from source');
 const progress = silentProgress();
-const fmt = (s: number) => `${s.toFixed(1)} s`;
+const fmt = (s: number) => `${s.toFixed(2)} s`;
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'hwlab-kbench-'));
 
 // Warm-up: whatever the default lab needs, built now if the cache is cold.
