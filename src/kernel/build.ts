@@ -16,6 +16,7 @@ import path from 'node:path';
 import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, sha256 } from '../util/cache.ts';
 import { HwlabError } from '../util/cleanup.ts';
 import { makeExt4 } from '../util/ext4.ts';
+import { withLock } from '../util/lock.ts';
 import type { Step } from '../util/progress.ts';
 import { assembleConfig } from './config.ts';
 import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
@@ -203,6 +204,13 @@ async function runMake(args: string[], req: KernelBuildRequest, src: string, obj
 
 export async function buildKernel(req: KernelBuildRequest): Promise<BuiltKernel> {
   const work = workDir(req.tree);
+  await mkdir(work, { recursive: true });
+  // One build per tree at a time: builds of a tree share src/ and obj/.
+  return withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000, () => buildKernelLocked(req, work),
+    (pid) => req.step.update(`waiting for hwlab process ${pid}, which is building this tree`));
+}
+
+async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise<BuiltKernel> {
   const src = path.join(work, 'src');
   const obj = path.join(work, 'obj');
   await mkdir(work, { recursive: true });
