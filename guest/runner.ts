@@ -1,7 +1,7 @@
 // Guest entry point: `node runner.js <config.json>`. Prints TAP 14 on stdout,
 // one subtest per probe in config order. Exit 0 whatever the probes found (the
 // host judges the TAP), 2 for an unusable config, 1 only if the runner itself broke.
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import type { DmabufAbi, EndpointType, GuestDevice, GuestProbeRequest, GuestRunConfig } from './protocol.ts';
 import { isProbeName, resolveParams, type ProbeName } from './probes/catalog.ts';
 import type { Probe } from './probes/common.ts';
@@ -52,13 +52,27 @@ async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
     loadError = e;
   }
   tap.header(config.probes.length);
-  for (const p of config.probes) {
+  for (const [i, p] of config.probes.entries()) {
     const d = p.device;
+    kmsgMarker(`begin ${i + 1} ${p.name}`);
     await tap.subtest(p.name, async (t) => {
       t.comment(`device ${d.id} (${d.type}) at ${d.bdf}, iommu group ${d.iommuGroup ?? 'none (noiommu)'}, ${config.abi} ABI`);
       if (!impls) throw new Error(`cannot load probes: ${loadError instanceof Error ? loadError.message : String(loadError)}`);
       await impls[p.name as ProbeName]({ device: d, abi: config.abi, params: p.params, t });
     }, { todo: p.expectFail });
+    kmsgMarker(`end ${i + 1} ${p.name}`);
+  }
+}
+
+/**
+ * Probe boundaries in the kernel log: the host reads them from the serial
+ * console and attaches each splat to the probe that was running.
+ */
+function kmsgMarker(what: string): void {
+  try {
+    writeFileSync('/dev/kmsg', `hwlab-probe: ${what}\n`);
+  } catch {
+    // No /dev/kmsg (not the guest): splats then stay unattributed, still failing the run.
   }
 }
 

@@ -3,7 +3,7 @@
 
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Splat } from './splat.ts';
+import { attributeSplats, type ProbeWindow, type Splat } from './splat.ts';
 import { probeStatus, TAP_STREAM_PROBE, type ProbeResult } from './tap.ts';
 
 export interface RunResults {
@@ -57,6 +57,26 @@ export function judge(probes: readonly ProbeResult[], splats: readonly Splat[]):
   }
   for (const s of splats) reasons.push(`kernel ${s.kind}${s.fatal ? ' (fatal)' : ''}: ${s.title}`);
   return { verdict: reasons.length === 0 ? 'pass' : 'fail', reasons };
+}
+
+/**
+ * A splat inside a probe's window (see probeWindowsFromConsole) belongs to
+ * that probe: it is attached to it and fails it, even if every assertion
+ * passed. Windows are named "<n> <probe>", n counting probes from 1.
+ */
+export function attachSplatsToProbes(probes: ProbeResult[], splats: readonly Splat[], windows: readonly ProbeWindow[]): void {
+  const { byProbe } = attributeSplats(splats, windows);
+  const real = probes.filter((p) => p.name !== TAP_STREAM_PROBE);
+  for (const [key, list] of byProbe) {
+    const [n, name] = key.split(' ');
+    const p = real[Number(n) - 1];
+    if (!p || p.name !== name) continue;
+    p.splats.push(...list);
+    if (p.ok && p.todo === undefined) {
+      p.ok = false;
+      p.diagnostics = { ...(p.diagnostics ?? {}), kernelSplats: list.map((s) => `${s.kind}: ${s.title}`) };
+    }
+  }
 }
 
 /** results.json in `dir` (created if needed); returns the file's path. */

@@ -460,3 +460,28 @@ export function attributeSplats(splats: readonly Splat[], windows: readonly Prob
   }
   return { byProbe, unattributed };
 }
+
+const MARKER = /^\[\s*(\d+\.\d+)\]\s+hwlab-probe: (begin|end) (\d+) (\S+)\s*$/;
+
+/**
+ * Probe windows from the markers the guest runner writes to /dev/kmsg
+ * ("hwlab-probe: begin 2 dmabuf-fd" ... "end 2 dmabuf-fd"). The window is
+ * named "<n> <probe>" so a probe that runs twice gets two windows. A begin
+ * without an end (the guest died mid-probe) runs to the end of the log.
+ */
+export function probeWindowsFromConsole(consoleText: string): ProbeWindow[] {
+  const open = new Map<string, number>();
+  const windows: ProbeWindow[] = [];
+  for (const line of consoleText.split(/\r?\n/)) {
+    const m = MARKER.exec(line.trim());
+    if (!m) continue;
+    const key = `${m[3]} ${m[4]}`;
+    if (m[2] === 'begin') open.set(key, Number(m[1]));
+    else if (open.has(key)) {
+      windows.push({ probe: key, startSec: open.get(key)!, endSec: Number(m[1]) });
+      open.delete(key);
+    }
+  }
+  for (const [probe, startSec] of open) windows.push({ probe, startSec, endSec: Number.POSITIVE_INFINITY });
+  return windows;
+}

@@ -30,7 +30,8 @@ import { decideAccel } from '../qemu/accel.ts';
 import { buildQemuCommand } from '../qemu/cmdline.ts';
 import { QemuMachine, writeCommandLine } from '../qemu/machine.ts';
 import { formatResultTable, judge, writeRunResults, type RunResults } from '../results/report.ts';
-import { findSplats } from '../results/splat.ts';
+import { attachSplatsToProbes } from '../results/report.ts';
+import { findSplats, probeWindowsFromConsole } from '../results/splat.ts';
 import { parseProbeTap, type ProbeResult } from '../results/tap.ts';
 import { HwlabError, onCleanup } from '../util/cleanup.ts';
 import { ensureHostTools } from '../cli/doctor.ts';
@@ -312,6 +313,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
   const consoleText = existsSync(consoleLog) ? await readFile(consoleLog, 'utf8') : '';
   const splats = findSplats(consoleText);
   const probes: ProbeResult[] = parseProbeTap(tap);
+  attachSplatsToProbes(probes, splats, probeWindowsFromConsole(consoleText));
   const verdict = judge(probes, splats);
   if (probeError) verdict.reasons.unshift(probeError);
   const results: RunResults = {

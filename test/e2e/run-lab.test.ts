@@ -39,6 +39,9 @@ test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci
   const consoleLog = await readFile(path.join(runDir, 'console.log'), 'utf8');
   t.regex(consoleLog, /Linux version 7\.2\.\d+/);
   t.regex(consoleLog, /DMAR: IOMMU enabled/);
+  // Probe windows for splat attribution come from these markers.
+  t.regex(consoleLog, /hwlab-probe: begin 1 dmabuf-export[\s\S]*hwlab-probe: end 4 reset-and-mem-toggle/);
+  t.true(results.probes.every((p) => p.splats.length === 0));
   const cmdline = await readFile(path.join(runDir, 'qemu-cmdline.sh'), 'utf8');
   t.regex(cmdline, /restrict=on/);
   t.regex(cmdline, /hostfwd=tcp:127\.0\.0\.1:\d+-:22/);

@@ -128,3 +128,37 @@ test('writeRunResults writes results.json that round-trips', async (t) => {
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a splat between a probe\'s kmsg markers is attached to that probe and fails it; others stay as they were', async (t) => {
+  const { attachSplatsToProbes } = await import('../../src/results/report.ts');
+  const { findSplats, probeWindowsFromConsole } = await import('../../src/results/splat.ts');
+  const console = [
+    '[    5.100000] hwlab-init: sshd started',
+    '[    9.000000] hwlab-probe: begin 1 dmabuf-export',
+    '[    9.200000] hwlab-probe: end 1 dmabuf-export',
+    '[    9.300000] hwlab-probe: begin 2 reset-and-mem-toggle',
+    '[    9.400000] ------------[ cut here ]------------',
+    '[    9.400100] refcount_t: underflow; use-after-free.',
+    '[    9.400200] WARNING: CPU: 1 PID: 301 at lib/refcount.c:28 refcount_warn_saturate+0x5d/0x110',
+    '[    9.400300] Modules linked in: vfio_pci vfio_pci_core vfio_iommu_type1 vfio',
+    '[    9.400400] ---[ end trace 0000000000000000 ]---',
+    '[    9.500000] hwlab-probe: end 2 reset-and-mem-toggle',
+    '[    9.600000] hwlab-probe: begin 3 dmabuf-fd',
+    '[    9.700000] hwlab-probe: end 3 dmabuf-fd',
+  ].join('\n');
+  const splats = findSplats(console);
+  t.is(splats.length, 1);
+  const windows = probeWindowsFromConsole(console);
+  t.deepEqual(windows.map((w) => w.probe), ['1 dmabuf-export', '2 reset-and-mem-toggle', '3 dmabuf-fd']);
+  const probes = [probe('dmabuf-export'), probe('reset-and-mem-toggle'), probe('dmabuf-fd')];
+  attachSplatsToProbes(probes, splats, windows);
+  t.deepEqual(probes.map((p) => [p.name, p.ok, p.splats.length]), [['dmabuf-export', true, 0], ['reset-and-mem-toggle', false, 1], ['dmabuf-fd', true, 0]]);
+  t.deepEqual(probes[1].diagnostics?.kernelSplats, ['refcount: refcount_t: underflow; use-after-free.']);
+  t.regex(judge(probes, splats).reasons.join('\n'), /probe reset-and-mem-toggle failed/);
+});
+
+test('a probe whose end marker never came (guest died) owns everything after its begin', async (t) => {
+  const { probeWindowsFromConsole } = await import('../../src/results/splat.ts');
+  const w = probeWindowsFromConsole('[ 1.0] hwlab-probe: begin 1 dmabuf-fd\n[ 2.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n');
+  t.deepEqual(w, [{ probe: '1 dmabuf-fd', startSec: 1, endSec: Number.POSITIVE_INFINITY }]);
+});
