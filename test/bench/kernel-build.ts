@@ -1,7 +1,7 @@
 // Kernel build benchmark (issue B). Prints figures; asserts nothing.
 //   node --import tsx test/bench/kernel-build.ts            no-change rebuild, one-file change to results
-//   node --import tsx test/bench/kernel-build.ts --cold     also cold builds: lean base vs x86_64_defconfig
-//                                                           (same source, same flags, ccache off; ~25 min here)
+//   node --import tsx test/bench/kernel-build.ts --cold [lean|defconfig|both]
+//        also cold builds: lean base vs x86_64_defconfig (same source, same flags, ccache off; ~45 min for both)
 import { execa } from 'execa';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -15,44 +15,47 @@ import { runCleanups } from '../../src/util/cleanup.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const { values } = parseArgs({ options: { cold: { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { cold: { type: 'string' }, 'skip-warm': { type: 'boolean', default: false } } });
+if (values.cold !== undefined && !['lean', 'defconfig', 'both'].includes(values.cold)) throw new Error('--cold takes lean, defconfig or both');
 const lab = await loadLab(path.join(repoRoot, 'labs/default.yaml'));
 if (lab.kernel.kind !== 'source') throw new Error('labs/default.yaml must build from source');
 const progress = silentProgress();
 const fmt = (s: number) => `${s.toFixed(2)} s`;
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'hwlab-kbench-'));
 
-// Warm-up: whatever the default lab needs, built now if the cache is cold.
-let t = Date.now();
-await prepareLab(lab, { progress }, scratch);
-console.log(`warm-up (build if cold)                      ${fmt((Date.now() - t) / 1000)}`);
-
-// 1. No-change rebuild: both cache levels hit, make never runs.
-t = Date.now();
-const again = await prepareLab(lab, { progress }, scratch);
-const noChange = (Date.now() - t) / 1000;
-console.log(`no-change rebuild (kernel+image+initramfs)   ${fmt(noChange)}   make ran: ${'built' in again.kernel && again.kernel.built}   (target < 2 s, no make)`);
-
-// 2. One-file change in drivers/vfio/pci, all the way to results. The change
-//    is new code (not a comment), so neither the build cache nor ccache can skip it.
 const tree = await resolveKernelTree(lab.kernel.source, progress.step('tree'));
-const rel = 'drivers/vfio/pci/vfio_pci_core.c';
-const orig = await readFile(path.join(tree.dir, rel), 'utf8');
-const token = `hwlab_bench_${Date.now().toString(36)}`;
-const changed = `${orig}\nstatic const char ${token}[] __used = "${token}";\n`;
-const a = path.join(scratch, 'a', rel);
-const b = path.join(scratch, 'b', rel);
-await execa('mkdir', ['-p', path.dirname(a), path.dirname(b)]);
-await writeFile(a, orig);
-await writeFile(b, changed);
-const diff = await execa('diff', ['-u', `a/${rel}`, `b/${rel}`], { cwd: scratch, reject: false });
-const patchFile = path.join(scratch, 'one-file-change.patch');
-await writeFile(patchFile, diff.stdout + '\n');
-t = Date.now();
-const out = await runLab(lab, { progress, runsDir: scratch, extraPatches: [patchFile] });
-const oneFile = (Date.now() - t) / 1000;
-const k = out.results.kernel;
-console.log(`one-file change in drivers/vfio/pci -> results ${fmt(oneFile)}   build ${fmt(k.buildSeconds ?? 0)}, verdict ${out.results.verdict}   (target <= 90 s)`);
+let t = Date.now();
+if (!values['skip-warm']) {
+  // Warm-up: whatever the default lab needs, built now if the cache is cold.
+  await prepareLab(lab, { progress }, scratch);
+  console.log(`warm-up (build if cold)                      ${fmt((Date.now() - t) / 1000)}`);
+
+  // 1. No-change rebuild: both cache levels hit, make never runs.
+  t = Date.now();
+  const again = await prepareLab(lab, { progress }, scratch);
+  const noChange = (Date.now() - t) / 1000;
+  console.log(`no-change rebuild (kernel+image+initramfs)   ${fmt(noChange)}   make ran: ${'built' in again.kernel && again.kernel.built}   (target < 2 s, no make)`);
+
+  // 2. One-file change in drivers/vfio/pci, all the way to results. The change
+  //    is new code (not a comment), so neither the build cache nor ccache can skip it.
+  const rel = 'drivers/vfio/pci/vfio_pci_core.c';
+  const orig = await readFile(path.join(tree.dir, rel), 'utf8');
+  const token = `hwlab_bench_${Date.now().toString(36)}`;
+  const changed = `${orig}\nstatic const char ${token}[] __used = "${token}";\n`;
+  const a = path.join(scratch, 'a', rel);
+  const b = path.join(scratch, 'b', rel);
+  await execa('mkdir', ['-p', path.dirname(a), path.dirname(b)]);
+  await writeFile(a, orig);
+  await writeFile(b, changed);
+  const diff = await execa('diff', ['-u', `a/${rel}`, `b/${rel}`], { cwd: scratch, reject: false });
+  const patchFile = path.join(scratch, 'one-file-change.patch');
+  await writeFile(patchFile, diff.stdout + '\n');
+  t = Date.now();
+  const out = await runLab(lab, { progress, runsDir: scratch, extraPatches: [patchFile] });
+  const oneFile = (Date.now() - t) / 1000;
+  const k = out.results.kernel;
+  console.log(`one-file change in drivers/vfio/pci -> results ${fmt(oneFile)}   build ${fmt(k.buildSeconds ?? 0)}, verdict ${out.results.verdict}   (target <= 90 s)`);
+}
 
 // 3. Cold builds of the same source with the lean base and with x86_64_defconfig.
 if (values.cold) {
@@ -69,11 +72,11 @@ if (values.cold) {
     await rm(obj, { recursive: true, force: true });
     return secs;
   };
-  const lean = await cold('tinyconfig', fragments);
-  console.log(`cold build, lean base (tinyconfig + fragments) ${fmt(lean)}`);
-  const big = await cold('x86_64_defconfig', fragments.filter((f) => !f.file.endsWith('guest-base.config')));
-  console.log(`cold build, x86_64_defconfig + feature       ${fmt(big)}`);
-  console.log(`ratio defconfig / lean                       ${(big / lean).toFixed(2)}   (target >= 3)`);
+  const lean = values.cold === 'defconfig' ? undefined : await cold('tinyconfig', fragments);
+  if (lean !== undefined) console.log(`cold build, lean base (tinyconfig + fragments) ${fmt(lean)}`);
+  const big = values.cold === 'lean' ? undefined : await cold('x86_64_defconfig', fragments.filter((f) => !f.file.endsWith('guest-base.config')));
+  if (big !== undefined) console.log(`cold build, x86_64_defconfig + feature       ${fmt(big)}`);
+  if (lean !== undefined && big !== undefined) console.log(`ratio defconfig / lean                       ${(big / lean).toFixed(2)}   (target >= 3)`);
 }
 await rm(scratch, { recursive: true, force: true });
 await runCleanups();
