@@ -1,6 +1,6 @@
 // End-to-end helpers: run the real CLI as a user would and read what it wrote.
 import { execa, type ResultPromise } from 'execa';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,8 +19,18 @@ export function hwlab(args: string[], opts: { timeoutMs?: number } = {}): Result
   }) as ResultPromise<{ reject: false; all: true }>;
 }
 
+const created: string[] = [];
+
 export function runsDir(): string {
-  return mkdtempSync(path.join(os.tmpdir(), 'hwlab-e2e-runs-'));
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'hwlab-e2e-runs-'));
+  created.push(dir);
+  return dir;
+}
+
+/** Removes the run folders this test file made; kept when HWLAB_KEEP_RUNS=1 (to debug a failure). */
+export async function removeRunsDirs(): Promise<void> {
+  if (process.env.HWLAB_KEEP_RUNS === '1') return;
+  await Promise.all(created.map((d) => rm(d, { recursive: true, force: true })));
 }
 
 /** The single run folder a `hwlab run --runs-dir dir` created, and its results. */

@@ -3,7 +3,9 @@
 // that cannot hold both stop before any build, saying why.
 import test from 'ava';
 import path from 'node:path';
-import { hwlab, readRun, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, removeRunsDirs, readRun, repoRoot, runsDir } from './helpers.ts';
+
+test.after.always(removeRunsDirs);
 
 const defaultLab = path.join(repoRoot, 'labs/default.yaml');
 const patches = path.join(repoRoot, 'test/fixtures/patches');

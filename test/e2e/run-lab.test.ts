@@ -6,7 +6,9 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { hwlab, qemuProcessesMentioning, readRun, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, removeRunsDirs, qemuProcessesMentioning, readRun, repoRoot, runsDir } from './helpers.ts';
+
+test.after.always(removeRunsDirs);
 
 test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci is loaded, all probes pass', async (t) => {
   const dir = runsDir();

@@ -3,7 +3,7 @@
 // run would trust; the config key ignores patches that cannot change Kconfig.
 import test from 'ava';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { cacheKey, ensureEntry, entryDir, listEntries, stableJson } from '../../src/util/cache.ts';
@@ -12,6 +12,9 @@ import type { PatchFile } from '../../src/kernel/patches.ts';
 
 test.before(async () => {
   process.env.HWLAB_CACHE = await mkdtemp(path.join(os.tmpdir(), 'hwlab-cache-test-'));
+});
+test.after.always(async () => {
+  await rm(process.env.HWLAB_CACHE!, { recursive: true, force: true });
 });
 
 test('stableJson and cacheKey ignore object key order, not values or array order', (t) => {
@@ -97,4 +100,5 @@ test('withLock: a live holder blocks until the timeout; a dead holder\'s lock is
   t.false(existsSync(file));
   await t.throwsAsync(withLock(file, 'x', 1000, async () => { throw new Error('boom'); }), { message: 'boom' });
   t.false(existsSync(file), 'released on failure too');
+  await rm(dir, { recursive: true, force: true });
 });
