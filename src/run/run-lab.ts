@@ -151,7 +151,14 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
 
   await ensureHostTools((l) => progress.info(l));
   let t = Date.now();
-  const prepared = await prepareLab(lab, opts, runDir);
+  let prepared: PreparedLab;
+  try {
+    prepared = await prepareLab(lab, opts, runDir);
+  } catch (err) {
+    // Nothing booted, so there are no results; the folder still says why the run stopped.
+    await writeFile(path.join(runDir, 'error.txt'), `${err instanceof Error ? err.message : String(err)}\n`);
+    throw err;
+  }
   const { kernel, image, initrd } = prepared;
   mark('prepare', t);
 

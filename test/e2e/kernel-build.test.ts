@@ -2,6 +2,7 @@
 // (a probe sees its changed errno); a patch that does not apply and a config
 // that cannot hold both stop before any build, saying why.
 import test from 'ava';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { hwlab, removeRunsDirs, readRun, repoRoot, runsDir } from './helpers.ts';
 
@@ -39,6 +40,8 @@ test.serial('a patch that does not apply stops the run before any build, naming 
   t.regex(out, /@@ -\d+,\d+ \+\d+,\d+ @@/);
   t.notRegex(out, /^\s+CC\s/m, 'make never compiled anything');
   t.notRegex(out, /boot and SSH/);
+  const runDir = path.join(dir, (await readdir(dir))[0]);
+  t.regex(await readFile(path.join(runDir, 'error.txt'), 'utf8'), /does-not-apply\.patch.*does not apply/);
 });
 
 test.serial('a config symbol that cannot be set stops before building and names the unmet dependency', async (t) => {
