@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, sha256 } from '../util/cache.ts';
+import { cacheKey, cacheRoot, ensureEntry, isComplete, sha256 } from '../util/cache.ts';
 import { HwlabError } from '../util/cleanup.ts';
 import { makeExt4 } from '../util/ext4.ts';
 import { withLock } from '../util/lock.ts';
@@ -21,7 +21,7 @@ import type { Step } from '../util/progress.ts';
 import { assembleConfig } from './config.ts';
 import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
-import type { KernelArtifact } from './types.ts';
+import { artifactInEntry, type KernelArtifact } from './types.ts';
 
 /** Fixed so that unchanged sources give unchanged objects (and ccache hits). */
 const REPRODUCIBLE_ENV = {
@@ -287,16 +287,7 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
   const manifest = JSON.parse(await readFile(path.join(dir, 'build.json'), 'utf8')) as BuildManifest;
   if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${manifest.finishedAt} in ${manifest.buildSeconds.toFixed(0)} s)\n`);
   return {
-    source: 'built',
-    package: req.tree.label,
-    version: req.tree.version,
-    release: manifest.release,
-    vmlinuz: path.join(dir, 'vmlinuz'),
-    config: path.join(dir, 'config'),
-    modulesRoot: path.join(dir, 'modroot'),
-    modulesDisk: path.join(dir, 'modules.ext4'),
-    cacheDir: dir,
-    cacheKey: key,
+    ...artifactInEntry(dir, key, { source: 'built', package: req.tree.label, version: req.tree.version, release: manifest.release }),
     objDir: path.join(dir, 'obj'),
     built,
     buildSeconds,

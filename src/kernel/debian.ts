@@ -10,7 +10,7 @@ import { cacheRoot, ensureEntry, cacheKey } from '../util/cache.ts';
 import { HwlabError } from '../util/cleanup.ts';
 import type { Step } from '../util/progress.ts';
 import { makeExt4 } from '../util/ext4.ts';
-import type { KernelArtifact } from './types.ts';
+import { artifactInEntry, type KernelArtifact } from './types.ts';
 
 const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
 /** Resolutions younger than this are reused without `apt-get update` (warm runs stay fast). */
@@ -171,17 +171,6 @@ export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts
     await makeExt4(path.join(tmp, 'modroot/lib/modules'), path.join(tmp, 'modules.ext4'), 'hwlab-mods');
     await writeFile(path.join(tmp, 'kernel.json'), JSON.stringify(res, null, 2));
   });
-  return {
-    source: 'debian-prebuilt',
-    package: res.package,
-    version: res.version,
-    release: res.release,
-    vmlinuz: path.join(dir, 'vmlinuz'),
-    config: existsSync(path.join(dir, 'config')) ? path.join(dir, 'config') : undefined,
-    modulesRoot: path.join(dir, 'modroot'),
-    modulesDisk: path.join(dir, 'modules.ext4'),
-    cacheDir: dir,
-    cacheKey: key,
-  };
+  return artifactInEntry(dir, key, { source: 'debian-prebuilt', package: res.package, version: res.version, release: res.release });
 }
 

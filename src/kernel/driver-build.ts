@@ -29,7 +29,7 @@ import { extractBuildErrors, KernelBuildError, touchedFiles } from './build.ts';
 import { aptDir, aptDownloadExtract, aptOptions } from './debian.ts';
 import { applySeries, scratchCopy, type PatchFile } from './patches.ts';
 import { resolveKernelTree, type KernelTree } from './source.ts';
-import type { KernelArtifact } from './types.ts';
+import { artifactInEntry, type KernelArtifact } from './types.ts';
 
 export const DEFAULT_DRIVER_DIRS = ['drivers/vfio/pci'];
 
@@ -735,16 +735,7 @@ export async function buildDriverOverlay(req: DriverBuildRequest): Promise<Drive
   const m = JSON.parse(await readFile(path.join(dir, 'driver.json'), 'utf8')) as DriverManifest;
   if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${m.finishedAt} in ${m.buildSeconds.toFixed(0)} s)\n`);
   return {
-    source: kernel.source,
-    package: kernel.package,
-    version: kernel.version,
-    release: kernel.release,
-    vmlinuz: path.join(dir, 'vmlinuz'),
-    config: existsSync(path.join(dir, 'config')) ? path.join(dir, 'config') : undefined,
-    modulesRoot: path.join(dir, 'modroot'),
-    modulesDisk: path.join(dir, 'modules.ext4'),
-    cacheDir: dir,
-    cacheKey: key,
+    ...artifactInEntry(dir, key, { source: kernel.source, package: kernel.package, version: kernel.version, release: kernel.release }),
     replaced: m.replaced,
     added: m.added,
     headers: m.headers,

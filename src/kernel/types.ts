@@ -1,3 +1,6 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+
 /** A kernel ready to boot: image, modules tree and the disk that carries the modules into the guest. */
 export interface KernelArtifact {
   source: 'debian-prebuilt' | 'built';
@@ -15,4 +18,25 @@ export interface KernelArtifact {
   modulesDisk: string;
   cacheDir: string;
   cacheKey: string;
+}
+
+/**
+ * The artifact stored in a kernel cache entry: every kind of entry (prebuilt,
+ * source build, driver overlay) lays out vmlinuz, config, modroot/ and
+ * modules.ext4 the same way.
+ */
+export function artifactInEntry(
+  dir: string,
+  key: string,
+  id: Pick<KernelArtifact, 'source' | 'package' | 'version' | 'release'>,
+): KernelArtifact {
+  return {
+    ...id,
+    vmlinuz: path.join(dir, 'vmlinuz'),
+    config: existsSync(path.join(dir, 'config')) ? path.join(dir, 'config') : undefined,
+    modulesRoot: path.join(dir, 'modroot'),
+    modulesDisk: path.join(dir, 'modules.ext4'),
+    cacheDir: dir,
+    cacheKey: key,
+  };
 }
