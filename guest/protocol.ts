@@ -27,4 +27,10 @@ export interface GuestProbeRequest {
 export interface GuestRunConfig {
   abi: DmabufAbi;
   probes: GuestProbeRequest[];
+  /**
+   * Every endpoint of the lab by id, whether or not a probe targets it: probes
+   * that need a second device (the edu DMA engine an importer attaches for, a
+   * second exporter) find it here by the id a param names.
+   */
+  devices: Record<string, GuestDevice>;
 }

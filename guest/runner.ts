@@ -20,18 +20,20 @@ function parseConfig(raw: unknown): { ok: true; config: GuestRunConfig } | { ok:
   if (!ABIS.includes(raw.abi as DmabufAbi)) errors.push(`abi must be one of ${ABIS.join(', ')}`);
   if (!Array.isArray(raw.probes)) return { ok: false, errors: [...errors, 'probes must be an array'] };
   const probes: GuestProbeRequest[] = [];
+  const devices: Record<string, GuestDevice> = {};
+  if (raw.devices !== undefined && !isObj(raw.devices)) errors.push('devices must be an object');
+  for (const [id, d] of Object.entries(isObj(raw.devices) ? raw.devices : {})) {
+    const e = deviceErrors(`devices.${id}`, d);
+    if (e.length) errors.push(...e);
+    else devices[id] = d as unknown as GuestDevice;
+  }
   raw.probes.forEach((p: unknown, i: number) => {
     const at = `probes[${i}]`;
     if (!isObj(p)) return void errors.push(`${at} is not an object`);
     const d = p.device;
     if (typeof p.name !== 'string' || !isProbeName(p.name)) errors.push(`${at}.name: unknown probe ${JSON.stringify(p.name)}`);
     if (!isObj(d)) return void errors.push(`${at}.device is not an object`);
-    if (typeof d.id !== 'string') errors.push(`${at}.device.id must be a string`);
-    if (!ENDPOINTS.includes(d.type as EndpointType)) errors.push(`${at}.device.type must be one of ${ENDPOINTS.join(', ')}`);
-    if (typeof d.bdf !== 'string' || !BDF.test(d.bdf)) errors.push(`${at}.device.bdf must look like 0000:02:00.0`);
-    if (!(d.iommuGroup === null || (Number.isSafeInteger(d.iommuGroup) && (d.iommuGroup as number) >= 0))) {
-      errors.push(`${at}.device.iommuGroup must be a non-negative integer or null`);
-    }
+    errors.push(...deviceErrors(`${at}.device`, d));
     if (p.params !== undefined && !isObj(p.params)) errors.push(`${at}.params must be an object`);
     if (p.expectFail !== undefined && typeof p.expectFail !== 'string') errors.push(`${at}.expectFail must be a string`);
     if (typeof p.name !== 'string' || !isProbeName(p.name)) return;
@@ -39,7 +41,20 @@ function parseConfig(raw: unknown): { ok: true; config: GuestRunConfig } | { ok:
     if (!r.ok) return void errors.push(...r.errors.map((e) => `${at}: ${e}`));
     probes.push({ name: p.name, device: d as unknown as GuestDevice, params: r.params, expectFail: p.expectFail as string | undefined });
   });
-  return errors.length ? { ok: false, errors } : { ok: true, config: { abi: raw.abi as DmabufAbi, probes } };
+  for (const p of probes) devices[p.device.id] ??= p.device;
+  return errors.length ? { ok: false, errors } : { ok: true, config: { abi: raw.abi as DmabufAbi, probes, devices } };
+}
+
+function deviceErrors(at: string, d: unknown): string[] {
+  if (!isObj(d)) return [`${at} is not an object`];
+  const errors: string[] = [];
+  if (typeof d.id !== 'string') errors.push(`${at}.id must be a string`);
+  if (!ENDPOINTS.includes(d.type as EndpointType)) errors.push(`${at}.type must be one of ${ENDPOINTS.join(', ')}`);
+  if (typeof d.bdf !== 'string' || !BDF.test(d.bdf)) errors.push(`${at}.bdf must look like 0000:02:00.0`);
+  if (!(d.iommuGroup === null || (Number.isSafeInteger(d.iommuGroup) && (d.iommuGroup as number) >= 0))) {
+    errors.push(`${at}.iommuGroup must be a non-negative integer or null`);
+  }
+  return errors;
 }
 
 async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
@@ -58,7 +73,7 @@ async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
     await tap.subtest(p.name, async (t) => {
       t.comment(`device ${d.id} (${d.type}) at ${d.bdf}, iommu group ${d.iommuGroup ?? 'none (noiommu)'}, ${config.abi} ABI`);
       if (!impls) throw new Error(`cannot load probes: ${loadError instanceof Error ? loadError.message : String(loadError)}`);
-      await impls[p.name as ProbeName]({ device: d, abi: config.abi, params: p.params, t });
+      await impls[p.name as ProbeName]({ device: d, devices: config.devices, abi: config.abi, params: p.params, t });
     }, { todo: p.expectFail });
     kmsgMarker(`end ${i + 1} ${p.name}`);
   }

@@ -14,11 +14,23 @@ export interface ParamSpec {
   keys?: readonly string[];
 }
 
+/** Guest facilities a probe needs; the host provides them before the probes run. */
+export type ProbeRequirement = 'importer';
+
 export interface ProbeSpec {
   name: string;
   description: string;
   endpoints: readonly EndpointType[];
   params: readonly ParamSpec[];
+  /** 'importer': hwlab builds hwlab_importer.ko against the lab's kernel and loads it. */
+  requires?: readonly ProbeRequirement[];
+}
+
+/** What a set of probes needs from the host. */
+export function requirementsOf(names: readonly string[]): Set<ProbeRequirement> {
+  const out = new Set<ProbeRequirement>();
+  for (const n of names) if (isProbeName(n)) for (const r of (PROBES[n] as ProbeSpec).requires ?? []) out.add(r);
+  return out;
 }
 
 const ALL: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme'];

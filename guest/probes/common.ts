@@ -8,12 +8,22 @@ import { VfioDevice, type ExportRequest } from '../lib/vfio.ts';
 
 export interface ProbeContext {
   device: GuestDevice;
+  /** Every endpoint of the lab by id (see GuestRunConfig.devices). */
+  devices: Record<string, GuestDevice>;
   abi: DmabufAbi;
   /** Validated against the catalog, defaults filled in. */
   params: Record<string, unknown>;
   t: Subtest;
 }
 export type Probe = (ctx: ProbeContext) => void | Promise<void>;
+
+/** The endpoint a probe param names (e.g. importer: edu0), or a clear error. */
+export function deviceById(ctx: ProbeContext, id: string, type?: GuestDevice['type']): GuestDevice {
+  const d = ctx.devices[id];
+  if (!d) throw new Error(`no endpoint "${id}" in this lab (endpoints: ${Object.keys(ctx.devices).join(', ') || 'none'})`);
+  if (type && d.type !== type) throw new Error(`endpoint "${id}" is ${d.type}, not ${type}`);
+  return d;
+}
 
 /** Opens the device, runs fn, and closes the device whatever happens. */
 export async function withDevice<T>(ctx: ProbeContext, fn: (dev: VfioDevice) => T | Promise<T>): Promise<T> {

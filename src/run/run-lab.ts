@@ -247,8 +247,14 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     mark('setup', t);
 
     t = Date.now();
+    const guestDevices: GuestRunConfig['devices'] = {};
+    for (const ep of lab.topology.endpoints) {
+      const d = devices[ep.id];
+      if (d) guestDevices[ep.id] = { id: ep.id, type: ep.type, bdf: d.bdf, iommuGroup: d.iommuGroup };
+    }
     const config: GuestRunConfig = {
       abi: lab.dmabufAbi,
+      devices: guestDevices,
       probes: lab.probes.map((p) => {
         const d: GuestPciDevice = devices[p.device];
         const ep = lab.topology.endpoints.find((e) => e.id === p.device)!;
