@@ -82,7 +82,9 @@ async function compilerId(): Promise<string> {
 }
 
 /** Recreates work/src as pristine + series; fails before any build when a patch does not apply. */
-async function preparePatchedTree(req: KernelBuildRequest, src: string, alsoTouch: string[]): Promise<void> {
+async function preparePatchedTree(req: Pick<KernelBuildRequest, 'tree' | 'patches' | 'step'>, src: string, alsoTouch: string[]): Promise<void> {
+  const stateFile = srcStateFile(src);
+  await rm(stateFile, { force: true });
   await rm(src, { recursive: true, force: true });
   req.step.update('copying the source tree');
   await scratchCopy(req.tree.dir, src);
@@ -97,6 +99,31 @@ async function preparePatchedTree(req: KernelBuildRequest, src: string, alsoTouc
     await rm(f);
     await writeFile(f, data);
   }
+  await writeFile(stateFile, srcState(req));
+}
+
+/** Which patch series src/ holds: written last, so an interrupted preparation is never trusted. */
+const srcStateFile = (src: string) => path.join(path.dirname(src), 'src-state.json');
+const srcState = (req: Pick<KernelBuildRequest, 'tree' | 'patches'>) => JSON.stringify({ tree: req.tree.id, patches: req.patches.map((p) => p.sha256) });
+
+/**
+ * Runs fn with the tree's shared src/ holding exactly pristine + patches, under
+ * the tree's build lock: M= builds of hwlab's own modules against a built
+ * kernel read its headers from there (the obj/ in the cache entry points at it),
+ * and a series may change headers (include/linux/dma-buf.h, vfio_pci_core.h).
+ */
+export async function withPatchedSource<T>(
+  req: Pick<KernelBuildRequest, 'tree' | 'patches' | 'step'>,
+  fn: (src: string) => Promise<T>,
+): Promise<T> {
+  const work = workDir(req.tree);
+  await mkdir(work, { recursive: true });
+  return withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000, async () => {
+    const src = path.join(work, 'src');
+    const current = await readFile(srcStateFile(src), 'utf8').catch(() => '');
+    if (current !== srcState(req) || !existsSync(path.join(src, 'Makefile'))) await preparePatchedTree(req, src, []);
+    return fn(src);
+  }, (pid) => req.step.update(`waiting for hwlab process ${pid}, which is building this tree`));
 }
 
 /** Files whose change can change what olddefconfig produces. */

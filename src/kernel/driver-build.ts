@@ -607,6 +607,32 @@ interface DriverManifest {
   finishedAt: string;
 }
 
+/**
+ * The linux-headers package matching a prebuilt Debian kernel, prepared for
+ * M= builds (tools rebuilt for the host), plus the matching linux-source tree.
+ * Used by the fast path and by hwlab's own modules on prebuilt kernels.
+ */
+export async function headersForPrebuilt(
+  kernel: KernelArtifact,
+  debian: Pick<DebianKernelSpec, 'suite' | 'mirror'>,
+  step: Step,
+): Promise<{ tree: KernelTree; headers: PreparedHeaders }> {
+  const mm = kernel.release.match(/^(\d+\.\d+)/);
+  if (!mm) throw new HwlabError(`kernel release ${kernel.release} does not start with <major>.<minor>`);
+  const sourcePkg = `linux-source-${mm[1]}`;
+  const tree = await resolveKernelTree({ kind: 'debian-source', package: sourcePkg, suite: debian.suite, mirror: debian.mirror }, step);
+  const want = upstreamVersion(kernel.version);
+  if (tree.version !== want) {
+    throw new HwlabError(
+      `${sourcePkg} in ${debian.suite} is ${tree.label} (upstream ${tree.version}), but the prebuilt kernel ${kernel.package} is ${kernel.version} (upstream ${want}); ` +
+        'driver sources must match the kernel they load into',
+      'the suite is mid-update: retry later, or re-fetch the kernel so both come from the same upload',
+    );
+  }
+  step.update('preparing headers');
+  return { tree, headers: await prepareHeaders(kernel, debian, tree, step) };
+}
+
 export async function buildDriverOverlay(req: DriverBuildRequest): Promise<DriverOverlay> {
   const { kernel, step } = req;
   const dirs = normalizeDriverDirs(req.dirs.length ? req.dirs : DEFAULT_DRIVER_DIRS);
@@ -614,20 +640,7 @@ export async function buildDriverOverlay(req: DriverBuildRequest): Promise<Drive
   if (kernel.source !== 'debian-prebuilt') {
     throw new HwlabError(`the driver fast path needs a prebuilt Debian kernel; ${kernel.package} was built from source (rebuild it with the patches instead)`);
   }
-  const mm = kernel.release.match(/^(\d+\.\d+)/);
-  if (!mm) throw new HwlabError(`kernel release ${kernel.release} does not start with <major>.<minor>`);
-  const sourcePkg = `linux-source-${mm[1]}`;
-  const tree = await resolveKernelTree({ kind: 'debian-source', package: sourcePkg, suite: req.debian.suite, mirror: req.debian.mirror }, step);
-  const want = upstreamVersion(kernel.version);
-  if (tree.version !== want) {
-    throw new HwlabError(
-      `${sourcePkg} in ${req.debian.suite} is ${tree.label} (upstream ${tree.version}), but the prebuilt kernel ${kernel.package} is ${kernel.version} (upstream ${want}); ` +
-        'driver sources must match the kernel they load into',
-      'the suite is mid-update: retry later, or re-fetch the kernel so both come from the same upload',
-    );
-  }
-  step.update('preparing headers');
-  const headers = await prepareHeaders(kernel, req.debian, tree, step);
+  const { tree, headers } = await headersForPrebuilt(kernel, req.debian, step);
   const patchesInfo = req.patches.map((p) => ({ name: p.name, sha256: p.sha256, origin: p.origin }));
   const key = cacheKey({
     v: 1,

@@ -23,6 +23,9 @@ import { resolveKernelTree } from '../kernel/source.ts';
 import { verifyLoadedModules } from '../guest/modules.ts';
 import { verifyReplacedModules } from '../guest/modules-buildid.ts';
 import { buildDriverOverlay, type DriverOverlay } from '../kernel/driver-build.ts';
+import { buildHwlabModule, type HwlabModule, type ModuleTarget } from '../kernel/extmod.ts';
+import { guestModuleBuildIds } from '../guest/modules-buildid.ts';
+import { requirementsOf } from '../../guest/probes/catalog.ts';
 import type { KernelArtifact } from '../kernel/types.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { bundleProbes } from '../probes/bundle.ts';
@@ -97,13 +100,15 @@ async function waitForConsole(consoleLog: string, m: QemuMachine, deadline: numb
 
 export interface PreparedLab {
   kernel: KernelArtifact | BuiltKernel | DriverOverlay;
+  /** hwlab's own modules the probes need (hwlab_importer), built for this kernel. */
+  hwlabModules: HwlabModule[];
   image: GuestImage;
   initrd: string;
 }
 
 /** The host-side artifacts a boot needs; each is cached by content. */
 /** The kernel a lab names: a prebuilt Debian package, or a tree + patches + fragments built here. */
-async function prepareKernel(lab: LabSpec, opts: RunOptions, logDir: string): Promise<KernelArtifact | BuiltKernel | DriverOverlay> {
+async function prepareKernel(lab: LabSpec, opts: RunOptions, logDir: string): Promise<{ kernel: KernelArtifact | BuiltKernel | DriverOverlay; target: ModuleTarget }> {
   const { progress } = opts;
   const spec = lab.kernel;
   const extra = (opts.extraPatches ?? []).map((p) => ({ kind: 'file' as const, path: path.resolve(p) }));
@@ -113,29 +118,42 @@ async function prepareKernel(lab: LabSpec, opts: RunOptions, logDir: string): Pr
       if (extra.length) {
         throw new HwlabError(`--patch needs kernel.driver (the fast path) or a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
       }
-      return stock;
+      return { kernel: stock, target: { kind: 'prebuilt', kernel: stock, debian: spec } };
     }
     const dirs = spec.driver.dirs;
     const patches = await loadPatchSeries([...spec.patches, ...extra]);
-    return progress.run(`driver build (${dirs.join(' ')}, ${patches.length} patches)`,
+    const overlay = await progress.run(`driver build (${dirs.join(' ')}, ${patches.length} patches)`,
       (step) => buildDriverOverlay({ kernel: stock, debian: spec, dirs, patches, logFile: path.join(logDir, 'driver-build.log'), step }),
       (k) => `${k.replaced.map((m) => m.module).join(' ')} ${k.built ? `built in ${k.buildSeconds?.toFixed(0)} s` : 'from cache, make not run'}`);
+    // hwlab's modules build against the stock headers: the fast path only changes driver dirs.
+    return { kernel: overlay, target: { kind: 'prebuilt', kernel: stock, debian: spec } };
   }
   const tree = await progress.run('kernel source', (s) => resolveKernelTree(spec.source, s), (t) => t.label);
   const patches = await loadPatchSeries([...spec.patches, ...extra]);
   const fragments = await Promise.all(spec.config.fragments.map(async (file) => ({ file, text: await readFile(file, 'utf8') })));
-  return progress.run(`kernel build (${patches.length} patches, ${fragments.length} fragments)`,
+  const built = await progress.run(`kernel build (${patches.length} patches, ${fragments.length} fragments)`,
     (step) => buildKernel({ tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log'), step }),
     (k) => `${k.release} ${k.built ? `built in ${k.buildSeconds?.toFixed(0)} s${k.incrementalFrom ? ` (incremental from ${k.incrementalFrom})` : ''}` : 'from cache, make not run'}`);
+  return { kernel: built, target: { kind: 'built', kernel: built, tree, patches } };
+}
+
+/** Modules of hwlab's that the lab's probes require (catalog `requires`). */
+function hwlabModulesFor(lab: LabSpec): string[] {
+  return requirementsOf(lab.probes.map((p) => p.name)).has('importer') ? ['hwlab_importer'] : [];
 }
 
 export async function prepareLab(lab: LabSpec, opts: RunOptions, logDir: string = os.tmpdir()): Promise<PreparedLab> {
   const { progress } = opts;
-  const kernel = await prepareKernel(lab, opts, logDir);
+  const { kernel, target } = await prepareKernel(lab, opts, logDir);
+  const hwlabModules: HwlabModule[] = [];
+  for (const name of hwlabModulesFor(lab)) {
+    hwlabModules.push(await progress.run(`module ${name}`, (step) => buildHwlabModule(name, target, path.join(logDir, `${name}-build.log`), step),
+      (m) => `${m.built ? 'built' : 'from cache'}, build-id ${m.buildId.slice(0, 12)}`));
+  }
   const recipe = await loadImageRecipe(lab.image, path.join(path.dirname(path.dirname(lab.file)), 'images'));
   const image = await progress.run(`image ${recipe.name}`, (s) => buildImage(recipe, s), (i) => `node ${i.nodeVersion}`);
   const initrd = await progress.run('initramfs', () => buildInitramfs(kernel, image));
-  return { kernel, image, initrd };
+  return { kernel, hwlabModules, image, initrd };
 }
 
 export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome> {
@@ -159,7 +177,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     await writeFile(path.join(runDir, 'error.txt'), `${err instanceof Error ? err.message : String(err)}\n`);
     throw err;
   }
-  const { kernel, image, initrd } = prepared;
+  const { kernel, image, initrd, hwlabModules } = prepared;
   mark('prepare', t);
 
   const accel = await decideAccel(lab.machine.accel, kernel.vmlinuz);
@@ -234,6 +252,19 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
         step.update('checking the loaded modules are the rebuilt ones');
         const r = await verifyReplacedModules(s, kernel.replaced, lab.modules);
         verified = kernel.replaced.filter((m) => r.verified.includes(m.module.replace(/-/g, '_'))).map((m) => ({ module: m.module, buildId: m.buildId }));
+      }
+      if (hwlabModules.length) {
+        step.update(`insmod ${hwlabModules.map((m) => m.name).join(' ')}`);
+        await s.upload(hwlabModules.map((m) => ({ local: m.ko, remote: `${GUEST_DIR}/kmod/${m.name}.ko` })));
+        for (const m of hwlabModules) await s.check(['insmod', `${GUEST_DIR}/kmod/${m.name}.ko`], 60_000);
+        // The same proof as for the driver under test: the guest runs the .ko just built.
+        const ids = await guestModuleBuildIds(s, hwlabModules.map((m) => m.name));
+        for (const m of hwlabModules) {
+          if (ids.get(m.name) !== m.buildId) {
+            throw new HwlabError(`${m.name} in the guest has build-id ${ids.get(m.name) ?? '(none: not loaded)'}, hwlab built ${m.buildId}`);
+          }
+          verified.push({ module: m.name, buildId: m.buildId });
+        }
       }
       const found = await findPciDevices(s, cmd.pciPaths);
       const used = [...new Set(lab.probes.map((p) => p.device))];
