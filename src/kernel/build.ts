@@ -117,11 +117,26 @@ export async function withPatchedSource<T>(
   fn: (src: string) => Promise<T>,
 ): Promise<T> {
   const work = workDir(req.tree);
+  const src = path.join(work, 'src');
   await mkdir(work, { recursive: true });
+  const matches = async () => (await readFile(srcStateFile(src), 'utf8').catch(() => '')) === srcState(req) && existsSync(path.join(src, 'Makefile'));
+  // Without the lock when src/ already holds this series (a kernel build of the
+  // same series may be running for many minutes); a re-preparation that started
+  // meanwhile removes the state file first, so checking again afterwards catches it.
+  if (await matches()) {
+    let result: { ok: true; value: T } | { ok: false; error: unknown };
+    try {
+      result = { ok: true, value: await fn(src) };
+    } catch (error) {
+      result = { ok: false, error };
+    }
+    if (await matches()) {
+      if (!result.ok) throw result.error;
+      return result.value;
+    }
+  }
   return withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000, async () => {
-    const src = path.join(work, 'src');
-    const current = await readFile(srcStateFile(src), 'utf8').catch(() => '');
-    if (current !== srcState(req) || !existsSync(path.join(src, 'Makefile'))) await preparePatchedTree(req, src, []);
+    if (!(await matches())) await preparePatchedTree(req, src, []);
     return fn(src);
   }, (pid) => req.step.update(`waiting for hwlab process ${pid}, which is building this tree`));
 }
