@@ -13,6 +13,7 @@ import type { GuestRunConfig } from '../../guest/protocol.ts';
 import { findPciDevices, type GuestPciDevice } from '../guest/pci.ts';
 import { ensureHwlabKey } from '../guest/keys.ts';
 import { GuestSession } from '../guest/session.ts';
+import { HostRequestScanner, type HostRequest } from '../guest/host-requests.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
 import { buildInitramfs } from '../image/initramfs.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
@@ -210,6 +211,8 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
   await writeCommandLine(path.join(runDir, 'qemu-cmdline.sh'), cmd);
 
   let verified: Array<{ module: string; srcversion?: string; buildId?: string }> = [];
+  /** Endpoints a probe had the host remove (device_del); nothing to unbind afterwards. */
+  const removed = new Set<string>();
   let machine: QemuMachine | null = null;
   let session: GuestSession | null = null;
   let tap = '';
@@ -304,14 +307,39 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
         ...bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_DIR}/${f.relative}` })),
         { local: configFile, remote: `${GUEST_DIR}/config.json` },
       ]));
+    // Requests the probes make of the host (hot removal through QMP), served while they run.
+    const hostLog: string[] = [];
+    const logHostRequest = async (line: string) => {
+      hostLog.push(`${new Date().toISOString()} ${line}`);
+      await writeFile(path.join(runDir, 'host-requests.log'), hostLog.join('\n') + '\n');
+    };
+    const hostRequests: Promise<void>[] = [];
+    const serveHostRequest = async (req: HostRequest) => {
+      await logHostRequest(`${req.verb} ${req.id}`);
+      try {
+        const reply = await (await m.qmpClient()).execute(req.verb, { id: req.id });
+        if (reply.error) await logHostRequest(`${req.verb} ${req.id}: QMP error ${JSON.stringify(reply.error)}`);
+        else {
+          removed.add(req.id);
+          await logHostRequest(`${req.verb} ${req.id}: done`);
+        }
+      } catch (err) {
+        await logHostRequest(`${req.verb} ${req.id}: ${(err as Error).message}`);
+      }
+    };
     const r = await progress.run(`probes (${lab.probes.length})`, (step) => {
       let points = 0;
+      const scanner = new HostRequestScanner(lab.topology.endpoints.map((e) => e.id));
       return s.exec(['node', `${GUEST_DIR}/${bundle.entry}`, `${GUEST_DIR}/config.json`], {
         timeoutMs: lab.timeouts.probesSec * 1000,
         onStdout: (chunk) => {
           points += (chunk.match(/^\s*(not )?ok \d+/gm) ?? []).length;
           const sub = chunk.match(/# Subtest: (\S+)/g)?.pop();
           step.update(`${sub ? sub.slice(10) + ', ' : ''}${points} points`);
+          for (const req of scanner.push(chunk)) {
+            if ('error' in req) void logHostRequest(`refused: ${req.error}`);
+            else hostRequests.push(serveHostRequest(req));
+          }
         },
       });
     }).catch((err: Error) => {
@@ -325,9 +353,10 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     }
     mark('probes', t);
 
+    await Promise.all(hostRequests);
     t = Date.now();
     for (const id of Object.keys(devices)) {
-      if (!lab.probes.some((p) => p.device === id)) continue;
+      if (!lab.probes.some((p) => p.device === id) || removed.has(id)) continue;
       await s.unbindVfio(devices[id].bdf).catch((err) => {
         probeError ??= `could not give ${id} back: ${(err as Error).message}`;
       });
