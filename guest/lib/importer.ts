@@ -11,6 +11,8 @@ export const IOC_MAGIC = 0xb9;
 export const MAX_IMPORTS = 16;
 export const MAX_REPORT = 4096;
 export const BDF_LEN = 16;
+/** Most bytes one DMA call moves (edu's buffer). */
+export const DMA_MAX = 4096;
 
 /** Byte offsets and sizes of the header's structs; field names are the C names. */
 export const LAYOUT = {
@@ -37,6 +39,7 @@ export const LAYOUT = {
   },
   hwlab_importer_release: { size: 8, fields: { handle: 0, pad: 4 } },
   hwlab_importer_wait: { size: 24, fields: { handle: 0, timeout_ms: 4, after_count: 8, invalidate_count: 16 } },
+  hwlab_importer_dma: { size: 40, fields: { handle: 0, direction: 4, offset: 8, len: 16, buf: 24, error: 32, pad: 36 } },
 } as const;
 
 const F = {
@@ -46,6 +49,7 @@ const F = {
   rep: LAYOUT.hwlab_importer_report.fields,
   rel: LAYOUT.hwlab_importer_release.fields,
   wait: LAYOUT.hwlab_importer_wait.fields,
+  dma: LAYOUT.hwlab_importer_dma.fields,
 };
 
 // asm-generic ioctl encoding: dir<<30 | size<<16 | type<<8 | nr.
@@ -59,10 +63,15 @@ export const IOCTL_REMAP = iowr(4, LAYOUT.hwlab_importer_map.size); //       0xc
 export const IOCTL_REPORT = iowr(5, LAYOUT.hwlab_importer_report.size); //   0xc080b905
 export const IOCTL_RELEASE = ioc(IOC_WRITE, 6, LAYOUT.hwlab_importer_release.size); // 0x4008b906
 export const IOCTL_WAIT = iowr(7, LAYOUT.hwlab_importer_wait.size); //       0xc018b907
+export const IOCTL_DMA = iowr(8, LAYOUT.hwlab_importer_dma.size); //         0xc028b908
 
 /** enum hwlab_importer_mode */
 export const MODE = { dynamic: 0, pinned: 1, noP2p: 2 } as const;
 export type ImportMode = keyof typeof MODE;
+
+/** enum hwlab_importer_dma_direction */
+export const DMA_DIRECTION = { fromBuf: 0, toBuf: 1 } as const;
+export type DmaDirection = keyof typeof DMA_DIRECTION;
 
 /** enum hwlab_importer_stage, indexed by value. */
 export const STAGES = ['none', 'args', 'importer-dev', 'exporter-dev', 'dma-mask', 'dma-buf-get', 'attach', 'pin'] as const;
@@ -241,6 +250,38 @@ export function decodeWait(b: Buffer): { invalidateCount: number } {
   return { invalidateCount: u64(b, F.wait.invalidate_count) };
 }
 
+export interface DmaRequest {
+  handle: number;
+  direction: DmaDirection | number;
+  /** Byte offset into the dma-buf (its sg segments concatenated in order). */
+  offset: number | bigint;
+  /** 1..DMA_MAX. */
+  len: number;
+  /** Address of len bytes of native memory (the kernel reads or writes it). */
+  buf: bigint;
+  /** Must be 0; settable to probe the EINVAL. */
+  pad?: number;
+}
+export function encodeDma(r: DmaRequest): Buffer {
+  const b = Buffer.alloc(LAYOUT.hwlab_importer_dma.size);
+  b.writeUInt32LE(r.handle >>> 0, F.dma.handle);
+  b.writeUInt32LE(typeof r.direction === 'string' ? DMA_DIRECTION[r.direction] : r.direction >>> 0, F.dma.direction);
+  b.writeBigUInt64LE(BigInt(r.offset), F.dma.offset);
+  b.writeBigUInt64LE(BigInt(r.len), F.dma.len);
+  b.writeBigUInt64LE(r.buf, F.dma.buf);
+  b.writeUInt32LE((r.pad ?? 0) >>> 0, F.dma.pad);
+  return b;
+}
+export interface DmaOut {
+  /** errno of the failed step (ENODEV: not mapped, e.g. invalidated by a revoke), 0 on success. */
+  error: number;
+  errorName: string;
+}
+export function decodeDma(b: Buffer): DmaOut {
+  const error = b.readUInt32LE(F.dma.error);
+  return { error, errorName: errName(error) };
+}
+
 /**
  * Like libc.SysResult, but value is present on failure too: IMPORT, MAP, REMAP
  * and UNMAP write their struct back when the dma-buf call fails, so a failed
@@ -248,6 +289,16 @@ export function decodeWait(b: Buffer): { invalidateCount: number } {
  * kernel wrote anything, value decodes what was sent.
  */
 export type IoctlResult<T> = { ok: true; value: T } | { ok: false; errno: number; name: string; value: T };
+
+/**
+ * len bytes of native memory for the kernel to read or write: a Buffer's
+ * backing store may live on the V8 heap and move. At least one byte, so a
+ * zero length still reaches the kernel (which answers EINVAL).
+ */
+function nativeBytes(len: number): unknown {
+  if (!Number.isSafeInteger(len) || len < 0) throw new RangeError(`${len} is not a byte count`);
+  return koffi.alloc('uint8_t', Math.max(1, len));
+}
 
 function run<T>(fd: number, req: number, arg: Buffer, decode: (b: Buffer) => T): IoctlResult<T> {
   const r = libc.trySyscall(() => libc.ioctl(fd, req, arg));
@@ -302,6 +353,35 @@ export class Importer {
   /** Waits until invalidateCount > afterCount: ok, or ETIMEDOUT / EINTR / ENOENT. */
   waitInvalidate(handle: number, afterCount: number, timeoutMs: number): IoctlResult<{ invalidateCount: number }> {
     return run(this.fd, IOCTL_WAIT, encodeWait(handle, afterCount, timeoutMs), decodeWait);
+  }
+
+  /**
+   * Reads len bytes at offset of the import's current mapping with the
+   * importer device's DMA engine; value.data is empty unless ok.
+   */
+  dmaRead(handle: number, offset: number | bigint, len: number): IoctlResult<DmaOut & { data: Buffer }> {
+    const mem = nativeBytes(len);
+    try {
+      const arg = encodeDma({ handle, direction: 'fromBuf', offset, len, buf: koffi.address(mem) });
+      const r = run(this.fd, IOCTL_DMA, arg, decodeDma);
+      // A copy: the native memory is freed below.
+      const data = r.ok ? Buffer.from(new Uint8Array(koffi.view(mem, len))) : Buffer.alloc(0);
+      return { ...r, value: { ...r.value, data } };
+    } finally {
+      koffi.free(mem);
+    }
+  }
+
+  /** Writes data at offset of the import's current mapping with the importer device's DMA engine. */
+  dmaWrite(handle: number, offset: number | bigint, data: Buffer): IoctlResult<DmaOut> {
+    const mem = nativeBytes(data.length);
+    try {
+      if (data.length) Buffer.from(koffi.view(mem, data.length)).set(data);
+      const arg = encodeDma({ handle, direction: 'toBuf', offset, len: data.length, buf: koffi.address(mem) });
+      return run(this.fd, IOCTL_DMA, arg, decodeDma);
+    } finally {
+      koffi.free(mem);
+    }
   }
 
   release(handle: number): libc.SysResult<number> {

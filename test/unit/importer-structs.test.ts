@@ -15,6 +15,7 @@ const HEADER_DIR = fileURLToPath(new URL('../../guest/kmod/hwlab_importer', impo
 const hasGcc = spawnSync('gcc', ['--version'], { stdio: 'ignore' }).status === 0;
 
 test('ioctl numbers are _IOWR(0xb9, n, struct) (RELEASE _IOW)', (t) => {
+  t.is(imp.IOCTL_DMA, 0xc028b908);
   t.is(imp.IOCTL_IMPORT, 0xc048b901);
   t.is(imp.IOCTL_MAP, 0xc028b902);
   t.is(imp.IOCTL_UNMAP, 0xc028b903);
@@ -85,6 +86,17 @@ test('release: 8 bytes; wait: 24 bytes', (t) => {
   t.deepEqual(imp.decodeWait(hex('02000000 dc050000 0500000000000000 0600000000000000')), { invalidateCount: 6 });
 });
 
+test('dma: 40 bytes, u64 offset/len/buf at 8/16/24, error at 32', (t) => {
+  const b = imp.encodeDma({ handle: 3, direction: 'toBuf', offset: 0x1ff8, len: 16, buf: 0x7f0012345000n });
+  t.deepEqual(b, hex('03000000 01000000 f81f000000000000 1000000000000000 00503412007f0000 00000000 00000000'));
+  t.deepEqual(imp.encodeDma({ handle: 3, direction: 'fromBuf', offset: 0n, len: 1, buf: 0n }).subarray(4, 8), hex('00000000'));
+  const odd = imp.encodeDma({ handle: 1, direction: 7, offset: 0xffffffffffffffffn, len: 4097, buf: 1n, pad: 2 });
+  t.deepEqual(odd, hex('01000000 07000000 ffffffffffffffff 0110000000000000 0100000000000000 00000000 02000000'));
+  t.deepEqual(imp.decodeDma(Buffer.concat([b.subarray(0, 32), hex('13000000 00000000')])), { error: 19, errorName: 'ENODEV' });
+  t.deepEqual(imp.decodeDma(Buffer.concat([b.subarray(0, 32), hex('6e000000 00000000')])), { error: 110, errorName: 'ETIMEDOUT' });
+  t.deepEqual(imp.decodeDma(b), { error: 0, errorName: 'OK' });
+});
+
 test('Importer.open on a host without the module fails with an errno, not a crash', (t) => {
   const err = t.throws(() => imp.Importer.open('/nonexistent/hwlab_importer'), { instanceOf: libc.SyscallError });
   t.is(err?.code, 'ENOENT');
@@ -107,7 +119,7 @@ function widths(l: { size: number; fields: Record<string, number> }): Record<str
       out(`${name}.${f}.width`, `sizeof(((struct ${name} *)0)->${f})`);
     }
   }
-  const ioctls = ['IMPORT', 'MAP', 'UNMAP', 'REMAP', 'REPORT', 'RELEASE', 'WAIT'] as const;
+  const ioctls = ['IMPORT', 'MAP', 'UNMAP', 'REMAP', 'REPORT', 'RELEASE', 'WAIT', 'DMA'] as const;
   for (const n of ioctls) out(`IOCTL_${n}`, `(unsigned int)HWLAB_IMPORTER_IOCTL_${n}`);
   const consts: Record<string, number> = {
     HWLAB_IMPORTER_IOC_MAGIC: imp.IOC_MAGIC, HWLAB_IMPORTER_MAX_IMPORTS: imp.MAX_IMPORTS,
@@ -118,6 +130,8 @@ function widths(l: { size: number; fields: Record<string, number> }): Record<str
     HWLAB_IMPORTER_FACT_IN_BAR_PHYS: imp.FACT.inBarPhys, HWLAB_IMPORTER_FACT_COMMON_BRIDGE: imp.FACT.commonBridge,
     HWLAB_IMPORTER_FACT_ACS_REDIRECT: imp.FACT.acsRedirect, HWLAB_IMPORTER_FACT_IOMMU_DMA: imp.FACT.iommuDma,
     HWLAB_IMPORTER_FACT_HAS_DRIVER: imp.FACT.hasDriver, HWLAB_IMPORTER_FACT_PINNED: imp.FACT.pinned,
+    HWLAB_IMPORTER_DMA_FROM_BUF: imp.DMA_DIRECTION.fromBuf, HWLAB_IMPORTER_DMA_TO_BUF: imp.DMA_DIRECTION.toBuf,
+    HWLAB_IMPORTER_DMA_MAX: imp.DMA_MAX,
   };
   const stageC = ['NONE', 'ARGS', 'IMPORTER_DEV', 'EXPORTER_DEV', 'DMA_MASK', 'DMA_BUF_GET', 'ATTACH', 'PIN'];
   stageC.forEach((s, i) => { consts[`HWLAB_IMPORTER_STAGE_${s}`] = i; });
@@ -148,7 +162,7 @@ function widths(l: { size: number; fields: Record<string, number> }): Record<str
     }
     const ts: Record<string, number> = {
       IMPORT: imp.IOCTL_IMPORT, MAP: imp.IOCTL_MAP, UNMAP: imp.IOCTL_UNMAP, REMAP: imp.IOCTL_REMAP,
-      REPORT: imp.IOCTL_REPORT, RELEASE: imp.IOCTL_RELEASE, WAIT: imp.IOCTL_WAIT,
+      REPORT: imp.IOCTL_REPORT, RELEASE: imp.IOCTL_RELEASE, WAIT: imp.IOCTL_WAIT, DMA: imp.IOCTL_DMA,
     };
     for (const n of ioctls) t.is(c.get(`IOCTL_${n}`), ts[n], `HWLAB_IMPORTER_IOCTL_${n}`);
     for (const [k, v] of Object.entries(consts)) t.is(c.get(k), v, k);

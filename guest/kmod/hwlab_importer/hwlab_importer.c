@@ -19,6 +19,11 @@
  *   unbind into a revoke, which reaches us as invalidate_mappings, and every
  *   later map fails with the exporter's errno (ENODEV).
  *
+ *   engine = the importer device's DMA engine (QEMU edu): device enabled, bus
+ *   master, BAR0 mapped, a coherent bounce buffer. One per device, shared by
+ *   every import (of any session) that has used the DMA ioctl on it, set up at
+ *   the first such use and torn down when the last of those imports goes.
+ *
  * Locking
  *
  *   session->lock (mutex) serializes all ioctls of a session and protects the
@@ -27,7 +32,12 @@
  *   import->invalidate_count; map, unmap, pin and unpin are only called with
  *   it held, as the dma-buf locking convention requires of importers.
  *
- *   Order: session->lock -> dmabuf->resv. The exporter calls
+ *   engine->lock (mutex) serializes programming the engine and its bounce
+ *   buffer; it is taken inside dmabuf->resv, which keeps the mapping being
+ *   DMAed to alive. hwi_engines_lock guards the engine list and user counts.
+ *
+ *   Order: session->lock -> hwi_engines_lock -> device_lock, and
+ *   session->lock -> dmabuf->resv -> engine->lock. The exporter calls
  *   invalidate_mappings with resv held (vfio also holds its memory_lock),
  *   so the callback must never take session->lock; it touches only
  *   resv-protected state and the session's waitqueue/event counter.
@@ -47,6 +57,8 @@
 #include <linux/dma-resv.h>
 #include <linux/fs.h>
 #include <linux/iommu-dma.h>
+#include <linux/iopoll.h>
+#include <linux/list.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
@@ -65,6 +77,53 @@ MODULE_IMPORT_NS("DMA_BUF");
 /* QEMU's edu device: the default device to attach on behalf of. */
 #define HWI_EDU_VENDOR	0x1234
 #define HWI_EDU_DEVICE	0x11e8
+
+/*
+ * edu's DMA engine (QEMU hw/misc/edu.c): BAR0 registers and one channel
+ * between its 4 KiB buffer, at device address 0x40000, and a bus address.
+ * A transfer runs from a timer 100 ms (QEMU virtual clock) after the command.
+ */
+#define HWI_EDU_REGS_LEN	0x100
+#define HWI_EDU_REG_IDENT	0x00	/* 0xMMmm00ed: major, minor, 0xed */
+#define HWI_EDU_REG_DMA_SRC	0x80
+#define HWI_EDU_REG_DMA_DST	0x88
+#define HWI_EDU_REG_DMA_CNT	0x90
+#define HWI_EDU_REG_DMA_CMD	0x98
+#define HWI_EDU_CMD_RUN		BIT_ULL(0)	/* start; reads 1 while busy */
+#define HWI_EDU_CMD_TO_RAM	BIT_ULL(1)	/* edu buffer -> bus address */
+#define HWI_EDU_BUF_ADDR	0x40000
+#define HWI_EDU_BUF_SIZE	4096
+/*
+ * QEMU 7.2's edu_check_range wants a transfer to end strictly before the
+ * buffer's end (a later QEMU fixed that off-by-one), and a range it refuses
+ * is a hw_error() that kills the VM: the buffer's last byte is never used.
+ */
+#define HWI_EDU_WINDOW		(HWI_EDU_BUF_SIZE - 1)
+/*
+ * edu masks the bus address with its dma_mask property and silently DMAs to
+ * the truncated address. QEMU's default is 28 bits; an IMPORT that sets
+ * dma_mask_bits declares the edu's width (hwlab sets both from the lab).
+ */
+#define HWI_EDU_DEFAULT_REACH	DMA_BIT_MASK(28)
+/* 100 ms per transfer, plus room for a loaded host running TCG. */
+#define HWI_EDU_TIMEOUT_MS	2000
+#define HWI_EDU_POLL_US		2000
+
+struct hwi_engine {
+	struct list_head node;			/* hwi_engines */
+	unsigned int users;			/* hwi_engines_lock: imports holding it */
+	struct pci_dev *pdev;			/* ref */
+	void __iomem *regs;
+
+	/* lock */
+	struct mutex lock;
+	void *bounce;				/* HWI_EDU_BUF_SIZE coherent bytes */
+	dma_addr_t bounce_dma;
+	bool stalled;				/* a transfer timed out: bus master off */
+};
+
+static LIST_HEAD(hwi_engines);
+static DEFINE_MUTEX(hwi_engines_lock);
 
 struct hwi_session {
 	struct mutex lock;
@@ -89,6 +148,7 @@ struct hwi_import {
 	struct dma_buf *dmabuf;			/* ref from dma_buf_get */
 	struct dma_buf_attachment *attach;
 	bool pinned;				/* dma_buf_pin succeeded */
+	u64 dma_reach;				/* highest bus address the engine reaches */
 
 	/* resv */
 	struct sg_table *sgt;			/* current mapping or NULL */
@@ -97,6 +157,7 @@ struct hwi_import {
 	/* session */
 	u64 map_count;
 	u32 last_map_error;
+	struct hwi_engine *engine;		/* ref once DMA was used, or NULL */
 };
 
 /* ---- importer ops: the RDMA contract ---------------------------------- */
@@ -210,6 +271,178 @@ static int hwi_set_dma_mask(struct pci_dev *pdev, u32 bits)
 	return ret;
 }
 
+/* ---- the importer device's DMA engine (edu) ----------------------------- */
+
+/* Not for a device with a driver: its enable count and bus mastering are the driver's. */
+static struct hwi_engine *hwi_engine_create(struct pci_dev *pdev)
+{
+	struct hwi_engine *eng;
+	int ret;
+
+	if (pdev->vendor != HWI_EDU_VENDOR || pdev->device != HWI_EDU_DEVICE)
+		return ERR_PTR(-EOPNOTSUPP);
+	if (!(pci_resource_flags(pdev, 0) & IORESOURCE_MEM) ||
+	    pci_resource_len(pdev, 0) < HWI_EDU_REGS_LEN)
+		return ERR_PTR(-EIO);
+
+	eng = kzalloc_obj(*eng);
+	if (!eng)
+		return ERR_PTR(-ENOMEM);
+	mutex_init(&eng->lock);
+
+	device_lock(&pdev->dev);
+	if (pdev->dev.driver) {
+		ret = -EBUSY;
+		goto err_unlock;
+	}
+	ret = pci_enable_device(pdev);
+	if (ret)
+		goto err_unlock;
+	eng->regs = pci_iomap(pdev, 0, HWI_EDU_REGS_LEN);
+	if (!eng->regs) {
+		ret = -EIO;
+		goto err_disable;
+	}
+	/* An ID match with other registers would be programmed blindly. */
+	if ((readl(eng->regs + HWI_EDU_REG_IDENT) & 0xff) != 0xed) {
+		ret = -EIO;
+		goto err_unmap;
+	}
+	eng->bounce = dma_alloc_coherent(&pdev->dev, HWI_EDU_BUF_SIZE,
+					 &eng->bounce_dma, GFP_KERNEL);
+	if (!eng->bounce) {
+		ret = -ENOMEM;
+		goto err_unmap;
+	}
+	pci_set_master(pdev);
+	device_unlock(&pdev->dev);
+	eng->pdev = pci_dev_get(pdev);
+	eng->users = 1;
+	return eng;
+
+err_unmap:
+	pci_iounmap(pdev, eng->regs);
+err_disable:
+	pci_disable_device(pdev);
+err_unlock:
+	device_unlock(&pdev->dev);
+	mutex_destroy(&eng->lock);
+	kfree(eng);
+	return ERR_PTR(ret);
+}
+
+static void hwi_engine_destroy(struct hwi_engine *eng)
+{
+	struct pci_dev *pdev = eng->pdev;
+
+	/* First: a transfer that timed out must not land in the freed bounce. */
+	pci_clear_master(pdev);
+	dma_free_coherent(&pdev->dev, HWI_EDU_BUF_SIZE, eng->bounce,
+			  eng->bounce_dma);
+	pci_iounmap(pdev, eng->regs);
+	pci_disable_device(pdev);
+	pci_dev_put(pdev);
+	mutex_destroy(&eng->lock);
+	kfree(eng);
+}
+
+/* The engine of pdev, set up at its first user. */
+static int hwi_engine_get(struct pci_dev *pdev, struct hwi_engine **out)
+{
+	struct hwi_engine *eng;
+
+	mutex_lock(&hwi_engines_lock);
+	list_for_each_entry(eng, &hwi_engines, node) {
+		if (eng->pdev == pdev) {
+			eng->users++;
+			goto found;
+		}
+	}
+	eng = hwi_engine_create(pdev);
+	if (IS_ERR(eng)) {
+		mutex_unlock(&hwi_engines_lock);
+		return PTR_ERR(eng);
+	}
+	list_add(&eng->node, &hwi_engines);
+found:
+	mutex_unlock(&hwi_engines_lock);
+	*out = eng;
+	return 0;
+}
+
+static void hwi_engine_put(struct hwi_engine *eng)
+{
+	if (!eng)
+		return;
+	mutex_lock(&hwi_engines_lock);
+	if (!--eng->users) {
+		list_del(&eng->node);
+		hwi_engine_destroy(eng);
+	}
+	mutex_unlock(&hwi_engines_lock);
+}
+
+/*
+ * Registers written while edu is busy are silently ignored, so every transfer
+ * starts from idle. A transfer that does not finish may still run later:
+ * bus mastering goes off until the engine is idle again (hwi_engine_ready).
+ */
+static int hwi_edu_wait_idle(struct hwi_engine *eng)
+{
+	u64 cmd;
+	int ret;
+
+	lockdep_assert_held(&eng->lock);
+	ret = readq_poll_timeout(eng->regs + HWI_EDU_REG_DMA_CMD, cmd,
+				 !(cmd & HWI_EDU_CMD_RUN), HWI_EDU_POLL_US,
+				 HWI_EDU_TIMEOUT_MS * USEC_PER_MSEC);
+	if (ret && !eng->stalled) {
+		pci_clear_master(eng->pdev);
+		eng->stalled = true;
+		pci_warn(eng->pdev, "hwlab_importer: edu DMA did not finish in %d ms; bus mastering off\n",
+			 HWI_EDU_TIMEOUT_MS);
+	}
+	return ret;
+}
+
+/* Re-enable an engine whose late transfer has finished meanwhile. */
+static int hwi_engine_ready(struct hwi_engine *eng)
+{
+	int ret;
+
+	lockdep_assert_held(&eng->lock);
+	if (!eng->stalled)
+		return 0;
+	ret = hwi_edu_wait_idle(eng);
+	if (ret)
+		return ret;
+	pci_set_master(eng->pdev);
+	eng->stalled = false;
+	return 0;
+}
+
+/* One transfer between edu's buffer at edu_off and the bus address ram. */
+static int hwi_edu_xfer(struct hwi_engine *eng, dma_addr_t ram, u32 edu_off,
+			u32 cnt, bool to_ram)
+{
+	u64 edu = HWI_EDU_BUF_ADDR + edu_off;
+	int ret;
+
+	/* QEMU aborts the VM on a bad edu range: it must never be written. */
+	if (WARN_ON_ONCE(!cnt || edu_off >= HWI_EDU_WINDOW ||
+			 cnt > HWI_EDU_WINDOW - edu_off))
+		return -EINVAL;
+	ret = hwi_edu_wait_idle(eng);
+	if (ret)
+		return ret;
+	writeq(to_ram ? edu : ram, eng->regs + HWI_EDU_REG_DMA_SRC);
+	writeq(to_ram ? ram : edu, eng->regs + HWI_EDU_REG_DMA_DST);
+	writeq(cnt, eng->regs + HWI_EDU_REG_DMA_CNT);
+	writeq(HWI_EDU_CMD_RUN | (to_ram ? HWI_EDU_CMD_TO_RAM : 0),
+	       eng->regs + HWI_EDU_REG_DMA_CMD);
+	return hwi_edu_wait_idle(eng);
+}
+
 /*
  * Tear an import down. Caller holds session->lock or is ->release (no other
  * user of the session left), and has already removed imp from imports[].
@@ -233,6 +466,7 @@ static void hwi_import_destroy(struct hwi_import *imp)
 	/* After this no invalidate_mappings can reach imp. */
 	dma_buf_detach(dmabuf, imp->attach);
 	dma_buf_put(dmabuf);
+	hwi_engine_put(imp->engine);
 	/* attach->dev was used by the exporter's unmap/detach: put it last. */
 	pci_dev_put(imp->exporter);
 	pci_dev_put(imp->importer);
@@ -306,11 +540,13 @@ static long hwi_do_import(struct hwi_session *s,
 			goto err_put_pci;
 	}
 
+	imp->dma_reach = HWI_EDU_DEFAULT_REACH;
 	if (a->dma_mask_bits) {
 		a->stage = HWLAB_IMPORTER_STAGE_DMA_MASK;
 		ret = hwi_set_dma_mask(imp->importer, a->dma_mask_bits);
 		if (ret)
 			goto err_put_pci;
+		imp->dma_reach = DMA_BIT_MASK(a->dma_mask_bits);
 	}
 
 	a->stage = HWLAB_IMPORTER_STAGE_DMA_BUF_GET;
@@ -760,6 +996,184 @@ static long hwi_ioctl_wait(struct hwi_session *s, void __user *uarg)
 	return ret;
 }
 
+/* ---- DMA ---------------------------------------------------------------- */
+
+/*
+ * The piece of the mapping at byte pos (sg segments concatenated in order):
+ * its bus address and length, at most len. false if pos is past the mapping.
+ */
+static bool hwi_sgt_piece(struct sg_table *sgt, u64 pos, u64 len,
+			  dma_addr_t *addr, u64 *piece)
+{
+	struct scatterlist *sg;
+	u64 seg_start = 0;
+	int i;
+
+	for_each_sgtable_dma_sg(sgt, sg, i) {
+		u64 seg_len = sg_dma_len(sg);
+
+		if (pos - seg_start < seg_len) {
+			*addr = sg_dma_address(sg) + (pos - seg_start);
+			*piece = min(len, seg_len - (pos - seg_start));
+			return true;
+		}
+		seg_start += seg_len;
+	}
+	return false;
+}
+
+static bool hwi_reaches(u64 addr, u64 len, u64 reach)
+{
+	return addr <= reach && len - 1 <= reach - addr;
+}
+
+/*
+ * The whole request is checked before anything is programmed, so a refused
+ * call moves no byte: covered by the mapping (EINVAL), every bus address
+ * within the engine's reach (ERANGE: edu would truncate it and DMA elsewhere).
+ */
+static long hwi_dma_check(struct hwi_import *imp, u64 offset, u64 len)
+{
+	struct hwi_engine *eng = imp->engine;
+	dma_addr_t addr;
+	u64 pos, piece;
+
+	if (!hwi_reaches(eng->bounce_dma, HWI_EDU_WINDOW, imp->dma_reach))
+		return -ERANGE;
+	for (pos = 0; pos < len; pos += piece) {
+		if (!hwi_sgt_piece(imp->sgt, offset + pos, len - pos, &addr,
+				   &piece))
+			return -EINVAL;
+		if (!hwi_reaches(addr, piece, imp->dma_reach))
+			return -ERANGE;
+	}
+	return 0;
+}
+
+/*
+ * Moves a->len bytes between data and the mapping, in windows of at most
+ * HWI_EDU_WINDOW bytes. A window's pieces (one per sg segment it touches) sit
+ * at their offsets in edu's buffer, which one transfer moves to or from the
+ * bounce buffer. Runs under resv: the mapping cannot go away meanwhile.
+ */
+static long hwi_dma_locked(struct hwi_import *imp,
+			   const struct hwlab_importer_dma *a, u8 *data)
+{
+	bool to_buf = a->direction == HWLAB_IMPORTER_DMA_TO_BUF;
+	struct hwi_engine *eng = imp->engine;
+	u64 done, window, pos, piece;
+	dma_addr_t addr;
+	long ret;
+
+	dma_resv_assert_held(imp->dmabuf->resv);
+	ret = hwi_dma_check(imp, a->offset, a->len);
+	if (ret)
+		return ret;
+
+	ret = mutex_lock_interruptible(&eng->lock);
+	if (ret)
+		return ret;
+	ret = hwi_engine_ready(eng);
+	for (done = 0; !ret && done < a->len; done += window) {
+		window = min_t(u64, a->len - done, HWI_EDU_WINDOW);
+		if (to_buf) {
+			memcpy(eng->bounce, data + done, window);
+			ret = hwi_edu_xfer(eng, eng->bounce_dma, 0, window,
+					   false);
+		}
+		for (pos = 0; !ret && pos < window; pos += piece) {
+			/* hwi_dma_check walked the same pieces */
+			if (WARN_ON_ONCE(!hwi_sgt_piece(imp->sgt,
+							a->offset + done + pos,
+							window - pos, &addr,
+							&piece))) {
+				ret = -EINVAL;
+				break;
+			}
+			ret = hwi_edu_xfer(eng, addr, pos, piece, to_buf);
+		}
+		if (!ret && !to_buf) {
+			ret = hwi_edu_xfer(eng, eng->bounce_dma, 0, window, true);
+			if (!ret)
+				memcpy(data + done, eng->bounce, window);
+		}
+	}
+	mutex_unlock(&eng->lock);
+	return ret;
+}
+
+static long hwi_ioctl_dma(struct hwi_session *s, void __user *uarg)
+{
+	struct hwlab_importer_dma a;
+	struct hwi_import *imp;
+	struct dma_resv *resv;
+	void __user *ubuf;
+	u8 *data;
+	long ret;
+
+	if (copy_from_user(&a, uarg, sizeof(a)))
+		return -EFAULT;
+	if (a.pad || a.direction > HWLAB_IMPORTER_DMA_TO_BUF || !a.len ||
+	    a.len > HWLAB_IMPORTER_DMA_MAX)
+		return -EINVAL;
+	ubuf = u64_to_user_ptr(a.buf);
+
+	/* User bytes are staged here: nothing may fault under resv. */
+	data = kmalloc(a.len, GFP_KERNEL);
+	if (!data)
+		return -ENOMEM;
+	if (a.direction == HWLAB_IMPORTER_DMA_TO_BUF &&
+	    copy_from_user(data, ubuf, a.len)) {
+		ret = -EFAULT;
+		goto out_free;
+	}
+
+	mutex_lock(&s->lock);
+	imp = hwi_lookup(s, a.handle);
+	if (!imp) {
+		ret = -ENOENT;
+		goto out_unlock;
+	}
+	if (a.offset > imp->dmabuf->size ||
+	    a.len > imp->dmabuf->size - a.offset) {
+		ret = -EINVAL;
+		goto out_unlock;
+	}
+	if (!imp->engine) {
+		ret = hwi_engine_get(imp->importer, &imp->engine);
+		if (ret)
+			goto out_report;
+	}
+	resv = imp->dmabuf->resv;
+	ret = dma_resv_lock_interruptible(resv, NULL);
+	if (ret)
+		goto out_report;
+	/* Never mapped, unmapped, or dropped by invalidate_mappings (revoke). */
+	if (!imp->sgt)
+		ret = -ENODEV;
+	else
+		ret = hwi_dma_locked(imp, &a, data);
+	dma_resv_unlock(resv);
+
+out_report:
+	mutex_unlock(&s->lock);
+	if (!ret && a.direction == HWLAB_IMPORTER_DMA_FROM_BUF &&
+	    copy_to_user(ubuf, data, a.len))
+		ret = -EFAULT;
+	a.error = ret ? hwi_errno(ret) : 0;
+	ret = -(long)a.error;
+	if (copy_to_user(uarg, &a, sizeof(a)))
+		ret = -EFAULT;
+	kfree(data);
+	return ret;
+
+out_unlock:
+	mutex_unlock(&s->lock);
+out_free:
+	kfree(data);
+	return ret;
+}
+
 /* ---- file operations ---------------------------------------------------- */
 
 static long hwi_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -780,6 +1194,8 @@ static long hwi_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return hwi_ioctl_release(s, uarg);
 	case HWLAB_IMPORTER_IOCTL_WAIT:
 		return hwi_ioctl_wait(s, uarg);
+	case HWLAB_IMPORTER_IOCTL_DMA:
+		return hwi_ioctl_dma(s, uarg);
 	default:
 		return -ENOTTY;
 	}
@@ -841,10 +1257,14 @@ static int __init hwi_init(void)
 	return misc_register(&hwi_misc);
 }
 
-/* Open files pin the module (fops.owner), so no session outlives it. */
+/*
+ * Open files pin the module (fops.owner), so no session outlives it, nor an
+ * engine (held only by imports).
+ */
 static void __exit hwi_exit(void)
 {
 	misc_deregister(&hwi_misc);
+	WARN_ON(!list_empty(&hwi_engines));
 }
 
 module_init(hwi_init);

@@ -21,7 +21,7 @@
 
 #define HWLAB_IMPORTER_DEVICE		"/dev/hwlab_importer"
 #define HWLAB_IMPORTER_IOC_MAGIC	0xB9	/* unassigned in ioctl-number.rst */
-#define HWLAB_IMPORTER_ABI_VERSION	1
+#define HWLAB_IMPORTER_ABI_VERSION	2	/* 2: DMA */
 
 /* Imports one session (open file) may hold at once. */
 #define HWLAB_IMPORTER_MAX_IMPORTS	16
@@ -163,6 +163,33 @@ struct hwlab_importer_wait {
 	__u64 invalidate_count;			/* 16 out */
 };
 
+/* DMA directions */
+enum hwlab_importer_dma_direction {
+	HWLAB_IMPORTER_DMA_FROM_BUF = 0,	/* dma-buf -> user */
+	HWLAB_IMPORTER_DMA_TO_BUF = 1,		/* user -> dma-buf */
+};
+
+/* DMA moves at most this many bytes per call (the size of edu's buffer). */
+#define HWLAB_IMPORTER_DMA_MAX		4096
+
+/*
+ * DMA: copy between the current mapping of an import and userspace, using the
+ * importer device's own DMA engine (QEMU edu), so the bytes really travel over
+ * the DMA address the exporter's map_dma_buf returned. error: ENODEV = not
+ * mapped (e.g. invalidated by a revoke), ERANGE = an address beyond the edu's
+ * reach, ETIMEDOUT = engine did not finish, EOPNOTSUPP = importer device is
+ * not an edu; README.md lists every case. size 40
+ */
+struct hwlab_importer_dma {
+	__u32 handle;				/*  0 in */
+	__u32 direction;			/*  4 in: enum hwlab_importer_dma_direction */
+	__u64 offset;				/*  8 in: byte offset into the dma-buf (sg segments concatenated in order) */
+	__u64 len;				/* 16 in: 1..HWLAB_IMPORTER_DMA_MAX; offset+len within the dma-buf */
+	__u64 buf;				/* 24 in: user pointer to len bytes */
+	__u32 error;				/* 32 out: errno of the failed step */
+	__u32 pad;				/* 36 must be 0 */
+};
+
 #define HWLAB_IMPORTER_IOCTL_IMPORT	_IOWR(HWLAB_IMPORTER_IOC_MAGIC, 1, struct hwlab_importer_import)
 #define HWLAB_IMPORTER_IOCTL_MAP	_IOWR(HWLAB_IMPORTER_IOC_MAGIC, 2, struct hwlab_importer_map)
 #define HWLAB_IMPORTER_IOCTL_UNMAP	_IOWR(HWLAB_IMPORTER_IOC_MAGIC, 3, struct hwlab_importer_map)
@@ -170,5 +197,6 @@ struct hwlab_importer_wait {
 #define HWLAB_IMPORTER_IOCTL_REPORT	_IOWR(HWLAB_IMPORTER_IOC_MAGIC, 5, struct hwlab_importer_report)
 #define HWLAB_IMPORTER_IOCTL_RELEASE	_IOW(HWLAB_IMPORTER_IOC_MAGIC, 6, struct hwlab_importer_release)
 #define HWLAB_IMPORTER_IOCTL_WAIT	_IOWR(HWLAB_IMPORTER_IOC_MAGIC, 7, struct hwlab_importer_wait)
+#define HWLAB_IMPORTER_IOCTL_DMA	_IOWR(HWLAB_IMPORTER_IOC_MAGIC, 8, struct hwlab_importer_dma)
 
 #endif /* _UAPI_HWLAB_IMPORTER_H */
