@@ -316,8 +316,12 @@ const kernelSchema = strictObject({
   }
 });
 
-/** hwlab's default fragments for source builds: the lean guest base plus the feature under test. */
-export const DEFAULT_FRAGMENTS = ['guest-base.config', 'vfio-dmabuf.config'];
+/**
+ * hwlab's default fragments for source builds: the lean guest base, the
+ * feature under test, and the debug options that catch its bug class when it
+ * happens (lockdep, DMA-API debug, list/object debugging).
+ */
+export const DEFAULT_FRAGMENTS = ['guest-base.config', 'vfio-dmabuf.config', 'debug.config'];
 const configsDir = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../configs');
 
 const labSchema = orEmpty({}, strictObject({

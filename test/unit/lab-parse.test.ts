@@ -45,7 +45,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
       kind: 'source',
       source: { kind: 'debian-source', package: 'linux-source-7.2', suite: 'sid', mirror: 'http://deb.debian.org/debian' },
       patches: [],
-      config: { base: 'tinyconfig', fragments: ['guest-base.config', 'vfio-dmabuf.config'].map((f) => path.join(repo, 'configs', f)) },
+      config: { base: 'tinyconfig', fragments: ['guest-base.config', 'vfio-dmabuf.config', 'debug.config'].map((f) => path.join(repo, 'configs', f)) },
     },
     image: 'bookworm',
     machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [] },
