@@ -143,6 +143,12 @@ test('catalog: defaults, types and expect keys are validated', (t) => {
   t.false(resolveParams('reset-and-mem-toggle', { closeWhileMemOff: 'yes' }).ok);
   t.false(resolveParams('nope', {}).ok);
   t.is(BAD_INPUT_CASES.length, 9);
+  // String params with choices: map-type's expect names a row of the contract's map type table.
+  t.deepEqual(resolveParams('map-type', { expect: 'host-bridge-iova' }),
+    { ok: true, params: { region: 2, importer: 'edu0', expect: 'host-bridge-iova' } });
+  const wrong = resolveParams('map-type', { expect: 'iova' });
+  t.false(wrong.ok);
+  if (!wrong.ok) t.regex(wrong.errors[0], /map-type\.expect: must be one of bus-address, host-bridge-iova, host-bridge-direct, not-supported \(got "iova"\)/);
 });
 
 const DEV = { id: 'shm0', type: 'ivshmem-plain', bdf: '0000:7f:1f.7', iommuGroup: 42 };
@@ -204,4 +210,22 @@ test('runner bundled by esbuild (cjs, node18, koffi external) runs under plain n
   const noKoffi = runRunner(t, [out], CONFIG, { NODE_PATH: '' });
   t.is(noKoffi.status, 0);
   t.regex(noKoffi.stdout, /not ok 1 - probe threw: cannot load probes: Cannot find module 'koffi'/);
+});
+
+test('a point-level TODO (a known kernel imperfection) does not fail its probe', async (t) => {
+  const lines: string[] = [];
+  const tap = new Tap((l) => lines.push(l));
+  tap.header(2);
+  const known = await tap.subtest('rough edge', (s) => {
+    s.pass('the contract part holds');
+    s.ok(false, 'the knowingly imperfect part', { observed: 'un-revoked while suspended' }, { todo: 'known 7.2 behaviour' });
+  });
+  const broken = await tap.subtest('real failure', (s) => {
+    s.ok(false, 'not marked', {});
+  });
+  t.true(known.ok);
+  t.is(known.todo, 1);
+  t.false(broken.ok);
+  t.true(lines.includes('ok 1 - rough edge # time=' + lines.find((l) => l.startsWith('ok 1 - rough edge'))!.split('# time=')[1]));
+  t.true(lines.some((l) => /^ {4}not ok 2 - the knowingly imperfect part # TODO known 7.2 behaviour$/.test(l)));
 });
