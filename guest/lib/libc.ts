@@ -87,6 +87,9 @@ interface Fns {
   getrlimit: (res: number, buf: Buffer) => number;
   setrlimit: (res: number, buf: Buffer) => number;
   sysconf: (name: number) => number;
+  memfd_create: (name: string, flags: number) => number;
+  ftruncate: (fd: number, length: number | bigint) => number;
+  eventfd: (initval: number, flags: number) => number;
 }
 
 let fns: Fns | undefined;
@@ -108,6 +111,9 @@ function c(): Fns {
     getrlimit: lib.func('int getrlimit(int res, void *rlim)'),
     setrlimit: lib.func('int setrlimit(int res, const void *rlim)'),
     sysconf: lib.func('long sysconf(int name)'),
+    memfd_create: lib.func('int memfd_create(const char *name, unsigned int flags)'),
+    ftruncate: lib.func('int ftruncate(int fd, int64_t length)'),
+    eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   };
   return fns;
 }
@@ -164,6 +170,18 @@ export function setrlimit(resource: number, cur: bigint, max: bigint): void {
   b.writeBigUInt64LE(cur, 0);
   b.writeBigUInt64LE(max, 8);
   check(c().setrlimit(resource, b), 'setrlimit');
+}
+export const MFD_CLOEXEC = 1;
+export const EFD_NONBLOCK = 0o4000, EFD_CLOEXEC = 0o2000000;
+/** An anonymous shmem file: the kind of file IOMMU_IOAS_MAP_FILE can pin (memfd_pin_folios). */
+export function memfdCreate(name: string, flags = MFD_CLOEXEC): number {
+  return check(c().memfd_create(name, flags), 'memfd_create', name);
+}
+export function ftruncate(fd: number, length: number): void {
+  check(c().ftruncate(fd, length), 'ftruncate');
+}
+export function eventfd(initval = 0, flags = EFD_CLOEXEC): number {
+  return check(c().eventfd(initval, flags), 'eventfd');
 }
 export function pageSize(): number {
   return check(c().sysconf(_SC_PAGESIZE), 'sysconf');

@@ -2,6 +2,7 @@
 // byte layouts plus a small legacy group/container device handle. Struct
 // encoders are pure so they can be checked against known byte images.
 import { readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { DmabufAbi } from '../protocol.ts';
 import * as libc from './libc.ts';
@@ -282,4 +283,314 @@ export class VfioDevice {
   close(): void {
     for (const fd of [this.deviceFd, this.groupFd, this.containerFd]) libc.trySyscall(() => libc.close(fd));
   }
+}
+
+// ---- Hot reset and low-power features (revoke triggers) --------------------
+
+export const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO = io(12); // 0x3b70
+export const VFIO_DEVICE_PCI_HOT_RESET = io(13); //          0x3b71
+export const VFIO_PCI_HOT_RESET_FLAG_DEV_ID = 1 << 0;
+export const VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED = 1 << 1;
+
+export const VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY = 3;
+export const VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP = 4;
+export const VFIO_DEVICE_FEATURE_LOW_POWER_EXIT = 5;
+
+// struct vfio_pci_hot_reset_info { u32 argsz, flags, count; struct vfio_pci_dependent_device devices[]; }
+// struct vfio_pci_dependent_device { u32 group_id (or devid); u16 segment; u8 bus; u8 devfn; }  8 bytes
+export const HOT_RESET_INFO_HEADER_SIZE = 12;
+export const DEPENDENT_DEVICE_SIZE = 8;
+/** Room for maxDevices entries; the kernel answers ENOSPC with count filled in when that is too few. */
+export function encodeHotResetInfo(maxDevices: number): Buffer {
+  const b = Buffer.alloc(HOT_RESET_INFO_HEADER_SIZE + DEPENDENT_DEVICE_SIZE * maxDevices);
+  b.writeUInt32LE(b.length, 0);
+  return b;
+}
+export interface DependentDevice { groupId: number; segment: number; bus: number; devfn: number; bdf: string }
+export interface HotResetInfo { argsz: number; flags: number; count: number; devices: DependentDevice[] }
+export function decodeHotResetInfo(b: Buffer): HotResetInfo {
+  const count = b.readUInt32LE(8);
+  const room = Math.floor((b.length - HOT_RESET_INFO_HEADER_SIZE) / DEPENDENT_DEVICE_SIZE);
+  const devices = Array.from({ length: Math.min(count, room) }, (_, i) => {
+    const o = HOT_RESET_INFO_HEADER_SIZE + DEPENDENT_DEVICE_SIZE * i;
+    const segment = b.readUInt16LE(o + 4), bus = b.readUInt8(o + 6), devfn = b.readUInt8(o + 7);
+    const h = (n: number, w: number) => n.toString(16).padStart(w, '0');
+    return {
+      groupId: b.readUInt32LE(o), segment, bus, devfn,
+      bdf: `${h(segment, 4)}:${h(bus, 2)}:${h(devfn >> 3, 2)}.${devfn & 7}`,
+    };
+  });
+  return { argsz: b.readUInt32LE(0), flags: b.readUInt32LE(4), count, devices };
+}
+
+// struct vfio_pci_hot_reset { u32 argsz, flags, count; s32 group_fds[]; }
+export const HOT_RESET_HEADER_SIZE = 12;
+export function encodeHotReset(groupFds: number[]): Buffer {
+  const b = Buffer.alloc(HOT_RESET_HEADER_SIZE + 4 * groupFds.length);
+  b.writeUInt32LE(b.length, 0);
+  b.writeUInt32LE(groupFds.length, 8);
+  groupFds.forEach((fd, i) => b.writeInt32LE(fd, HOT_RESET_HEADER_SIZE + 4 * i));
+  return b;
+}
+
+/** LOW_POWER_ENTRY / LOW_POWER_EXIT: a bare SET feature header, no payload. */
+export function encodeLowPower(feature: number, flags = VFIO_DEVICE_FEATURE_SET): Buffer {
+  return encodeFeature(flags | feature, Buffer.alloc(0));
+}
+
+// struct vfio_device_low_power_entry_with_wakeup { s32 wakeup_eventfd; u32 reserved; }  after the header
+export function encodeLowPowerEntryWithWakeup(eventfd: number, flags = VFIO_DEVICE_FEATURE_SET): Buffer {
+  const p = Buffer.alloc(8);
+  p.writeInt32LE(eventfd, 0);
+  return encodeFeature(flags | VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP, p);
+}
+
+/** VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: which devices (and groups) a hot reset of dev would reset. */
+export function hotResetInfo(dev: VfioDevice): libc.SysResult<HotResetInfo> {
+  let b = encodeHotResetInfo(8);
+  let r = libc.trySyscall(() => libc.ioctl(dev.deviceFd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, b));
+  if (!r.ok && r.name === 'ENOSPC') {
+    b = encodeHotResetInfo(decodeHotResetInfo(b).count);
+    r = libc.trySyscall(() => libc.ioctl(dev.deviceFd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, b));
+  }
+  return r.ok ? { ok: true, value: decodeHotResetInfo(b) } : r;
+}
+
+/** VFIO_DEVICE_PCI_HOT_RESET with group fds as proof of ownership (legacy group interface). */
+export function hotReset(dev: VfioDevice, groupFds: number[]): libc.SysResult<number> {
+  return libc.trySyscall(() => libc.ioctl(dev.deviceFd, VFIO_DEVICE_PCI_HOT_RESET, encodeHotReset(groupFds)));
+}
+
+/** Any VFIO_DEVICE_FEATURE call with a prebuilt argument. */
+export function deviceFeature(dev: VfioDevice, arg: Buffer): libc.SysResult<number> {
+  return libc.trySyscall(() => libc.ioctl(dev.deviceFd, VFIO_DEVICE_FEATURE, arg));
+}
+
+// ---- Device cdev and iommufd binding (VFIO_DEVICE_CDEV) ---------------------
+
+export const VFIO_DEVICE_BIND_IOMMUFD = io(18); //      0x3b76
+export const VFIO_DEVICE_ATTACH_IOMMUFD_PT = io(19); // 0x3b77
+export const VFIO_DEVICE_DETACH_IOMMUFD_PT = io(20); // 0x3b78
+
+// struct vfio_device_bind_iommufd { u32 argsz, flags; s32 iommufd; u32 out_devid; u64 token_uuid_ptr; }  24 bytes
+export const BIND_IOMMUFD_SIZE = 24;
+export function encodeBindIommufd(iommufd: number): Buffer {
+  const b = Buffer.alloc(BIND_IOMMUFD_SIZE);
+  b.writeUInt32LE(BIND_IOMMUFD_SIZE, 0);
+  b.writeInt32LE(iommufd, 8);
+  return b;
+}
+export function decodeBindIommufdDevid(b: Buffer): number {
+  return b.readUInt32LE(12);
+}
+
+// struct vfio_device_attach_iommufd_pt { u32 argsz, flags, pt_id, pasid; }  16 bytes
+export const ATTACH_IOMMUFD_PT_SIZE = 16;
+export function encodeAttachIommufdPt(ptId: number): Buffer {
+  const b = Buffer.alloc(ATTACH_IOMMUFD_PT_SIZE);
+  b.writeUInt32LE(ATTACH_IOMMUFD_PT_SIZE, 0);
+  b.writeUInt32LE(ptId >>> 0, 8);
+  return b;
+}
+/** Attaching to an IOAS makes the kernel pick (or create) a HWPT and write its id back. */
+export function decodeAttachIommufdPtId(b: Buffer): number {
+  return b.readUInt32LE(8);
+}
+
+// struct vfio_device_detach_iommufd_pt { u32 argsz, flags, pasid; }  12 bytes
+export const DETACH_IOMMUFD_PT_SIZE = 12;
+export function encodeDetachIommufdPt(): Buffer {
+  const b = Buffer.alloc(DETACH_IOMMUFD_PT_SIZE);
+  b.writeUInt32LE(DETACH_IOMMUFD_PT_SIZE, 0);
+  return b;
+}
+
+/** /dev/vfio/devices/vfioN of a device bound to vfio-pci, or null when it has none (no cdev support, or not bound). */
+export function vfioCdevPath(bdf: string): string | null {
+  try {
+    const name = readdirSync(`/sys/bus/pci/devices/${bdf}/vfio-dev`).find((n) => /^vfio\d+$/.test(n));
+    return name ? `/dev/vfio/devices/${name}` : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A VFIO device opened through its cdev. Unlike the group path it has no
+ * container: until bindIommufd() only BIND is allowed, and DMA goes through
+ * whatever iommufd page table attachPt() names. A cdev can be open only once.
+ */
+export class VfioCdevDevice {
+  private cfg?: RegionInfo;
+  private constructor(readonly bdf: string, readonly path: string, readonly deviceFd: number) {}
+
+  static open(bdf: string): VfioCdevDevice {
+    const path = vfioCdevPath(bdf);
+    if (!path) throw new Error(`${bdf}: no vfio-dev/vfioN in sysfs (not bound to vfio-pci, or kernel without VFIO_DEVICE_CDEV)`);
+    return new VfioCdevDevice(bdf, path, libc.open(path, libc.O_RDWR | libc.O_CLOEXEC));
+  }
+
+  /** VFIO_DEVICE_BIND_IOMMUFD: returns the device's iommufd object id. */
+  bindIommufd(iommufd: number): number {
+    const b = encodeBindIommufd(iommufd);
+    libc.ioctl(this.deviceFd, VFIO_DEVICE_BIND_IOMMUFD, b);
+    return decodeBindIommufdDevid(b);
+  }
+
+  /** VFIO_DEVICE_ATTACH_IOMMUFD_PT to an IOAS or HWPT id; returns the HWPT id in use. */
+  attachPt(ptId: number): number {
+    const b = encodeAttachIommufdPt(ptId);
+    libc.ioctl(this.deviceFd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, b);
+    return decodeAttachIommufdPtId(b);
+  }
+
+  detachPt(): libc.SysResult<number> {
+    return libc.trySyscall(() => libc.ioctl(this.deviceFd, VFIO_DEVICE_DETACH_IOMMUFD_PT, encodeDetachIommufdPt()));
+  }
+
+  regionInfo(index: number): RegionInfo {
+    const b = encodeRegionInfo(index);
+    libc.ioctl(this.deviceFd, VFIO_DEVICE_GET_REGION_INFO, b);
+    return decodeRegionInfo(b);
+  }
+
+  private configOffset(offset: number, size: number): number {
+    if (![1, 2, 4].includes(size)) throw new RangeError(`config access size ${size}`);
+    this.cfg ??= this.regionInfo(VFIO_PCI_CONFIG_REGION_INDEX);
+    return this.cfg.offset + offset;
+  }
+
+  configRead(offset: number, size: 1 | 2 | 4): number {
+    const b = Buffer.alloc(size);
+    const n = libc.pread(this.deviceFd, b, this.configOffset(offset, size));
+    if (n !== size) throw new Error(`short config read at 0x${offset.toString(16)}: ${n}/${size}`);
+    return b.readUIntLE(0, size);
+  }
+
+  configWrite(offset: number, size: 1 | 2 | 4, value: number): void {
+    const b = Buffer.alloc(size);
+    b.writeUIntLE(value, 0, size);
+    const n = libc.pwrite(this.deviceFd, b, this.configOffset(offset, size));
+    if (n !== size) throw new Error(`short config write at 0x${offset.toString(16)}: ${n}/${size}`);
+  }
+
+  close(): void {
+    libc.trySyscall(() => libc.close(this.deviceFd));
+  }
+}
+
+/** Reads buf.length bytes at `offset` of the region whose file offset (RegionInfo.offset) is `regionOffset`; BARs go through vfio_pci_bar_rw. */
+export function regionRead(deviceFd: number, regionOffset: number, offset: number, buf: Buffer): void {
+  const n = libc.pread(deviceFd, buf, regionOffset + offset);
+  if (n !== buf.length) throw new Error(`short region read at 0x${offset.toString(16)}: ${n}/${buf.length}`);
+}
+
+export function regionWrite(deviceFd: number, regionOffset: number, offset: number, buf: Buffer): void {
+  const n = libc.pwrite(deviceFd, buf, regionOffset + offset);
+  if (n !== buf.length) throw new Error(`short region write at 0x${offset.toString(16)}: ${n}/${buf.length}`);
+}
+
+/**
+ * Binds a device that no probe targets (so the host left it alone) to
+ * vfio-pci from inside the guest, the way the host does it: driver_override,
+ * unbind, drivers_probe. release() puts it back: unbound from vfio-pci with the
+ * override cleared, and the kernel's own choice of driver (none for edu).
+ * A device already on vfio-pci is left as it is.
+ */
+export function claimForVfioPci(bdf: string): { previousDriver: string | null; release(): void } {
+  const dir = `/sys/bus/pci/devices/${bdf}`;
+  if (!existsSync(dir)) throw new Error(`no PCI device ${bdf}`);
+  const driverOf = () => {
+    try {
+      return basename(readlinkSync(`${dir}/driver`));
+    } catch {
+      return null;
+    }
+  };
+  const previousDriver = driverOf();
+  if (previousDriver === 'vfio-pci') return { previousDriver, release: () => {} };
+  writeFileSync(`${dir}/driver_override`, 'vfio-pci');
+  if (previousDriver) writeFileSync(`${dir}/driver/unbind`, bdf);
+  writeFileSync('/sys/bus/pci/drivers_probe', bdf);
+  if (driverOf() !== 'vfio-pci') throw new Error(`${bdf} did not bind to vfio-pci (driver now ${driverOf() ?? 'none'})`);
+  return {
+    previousDriver,
+    release: () => {
+      if (driverOf() === 'vfio-pci') writeFileSync(`${dir}/driver/unbind`, bdf);
+      writeFileSync(`${dir}/driver_override`, '\n');
+      try {
+        writeFileSync('/sys/bus/pci/drivers_probe', bdf);
+      } catch {
+        // No driver wants it (edu has none): drivers_probe says so with an error; nothing to undo.
+      }
+    },
+  };
+}
+
+// ---- Interrupts: the device request channel (VFIO_PCI_REQ_IRQ_INDEX) -------
+// vfio-pci's remove path signals the REQ eventfd and then waits for userspace
+// to close the device, repeating the request every 10 s; that is how QEMU
+// learns that an assigned device is being unplugged.
+
+export const VFIO_DEVICE_GET_IRQ_INFO = io(9); // 0x3b6d
+export const VFIO_DEVICE_SET_IRQS = io(10); //    0x3b6e
+
+export const VFIO_PCI_INTX_IRQ_INDEX = 0;
+export const VFIO_PCI_MSI_IRQ_INDEX = 1;
+export const VFIO_PCI_MSIX_IRQ_INDEX = 2;
+export const VFIO_PCI_ERR_IRQ_INDEX = 3;
+export const VFIO_PCI_REQ_IRQ_INDEX = 4;
+
+export const VFIO_IRQ_INFO_EVENTFD = 1 << 0;
+export const VFIO_IRQ_INFO_MASKABLE = 1 << 1;
+export const VFIO_IRQ_INFO_AUTOMASKED = 1 << 2;
+export const VFIO_IRQ_INFO_NORESIZE = 1 << 3;
+
+export const VFIO_IRQ_SET_DATA_NONE = 1 << 0;
+export const VFIO_IRQ_SET_DATA_BOOL = 1 << 1;
+export const VFIO_IRQ_SET_DATA_EVENTFD = 1 << 2;
+export const VFIO_IRQ_SET_ACTION_MASK = 1 << 3;
+export const VFIO_IRQ_SET_ACTION_UNMASK = 1 << 4;
+export const VFIO_IRQ_SET_ACTION_TRIGGER = 1 << 5;
+
+// struct vfio_irq_info { u32 argsz, flags, index, count; }  16 bytes
+export const IRQ_INFO_SIZE = 16;
+export function encodeIrqInfo(index: number): Buffer {
+  const b = Buffer.alloc(IRQ_INFO_SIZE);
+  b.writeUInt32LE(IRQ_INFO_SIZE, 0);
+  b.writeUInt32LE(index >>> 0, 8);
+  return b;
+}
+export interface IrqInfo { argsz: number; flags: number; index: number; count: number }
+export function decodeIrqInfo(b: Buffer): IrqInfo {
+  return { argsz: b.readUInt32LE(0), flags: b.readUInt32LE(4), index: b.readUInt32LE(8), count: b.readUInt32LE(12) };
+}
+
+// struct vfio_irq_set { u32 argsz, flags, index, start, count; u8 data[]; }  20-byte header
+export const IRQ_SET_HEADER_SIZE = 20;
+/**
+ * ACTION_TRIGGER with DATA_EVENTFD: one s32 per vector from `start`; an fd of
+ * -1 tears that vector's trigger down.
+ */
+export function encodeIrqSetEventfds(index: number, start: number, fds: number[]): Buffer {
+  const b = Buffer.alloc(IRQ_SET_HEADER_SIZE + 4 * fds.length);
+  b.writeUInt32LE(b.length, 0);
+  b.writeUInt32LE(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER, 4);
+  b.writeUInt32LE(index >>> 0, 8);
+  b.writeUInt32LE(start >>> 0, 12);
+  b.writeUInt32LE(fds.length, 16);
+  fds.forEach((fd, i) => b.writeInt32LE(fd, IRQ_SET_HEADER_SIZE + 4 * i));
+  return b;
+}
+
+/** VFIO_DEVICE_GET_IRQ_INFO for one IRQ index (count 0: the device has no such interrupt). */
+export function irqInfo(dev: VfioDevice, index: number): libc.SysResult<IrqInfo> {
+  const b = encodeIrqInfo(index);
+  const r = libc.trySyscall(() => libc.ioctl(dev.deviceFd, VFIO_DEVICE_GET_IRQ_INFO, b));
+  return r.ok ? { ok: true, value: decodeIrqInfo(b) } : r;
+}
+
+/** VFIO_DEVICE_SET_IRQS: eventfd triggers for vectors start.. of an IRQ index. */
+export function setIrqEventfds(dev: VfioDevice, index: number, start: number, fds: number[]): libc.SysResult<number> {
+  return libc.trySyscall(() => libc.ioctl(dev.deviceFd, VFIO_DEVICE_SET_IRQS, encodeIrqSetEventfds(index, start, fds)));
 }

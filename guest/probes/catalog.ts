@@ -12,6 +12,8 @@ export interface ParamSpec {
   description: string;
   /** For objects: the only keys allowed. */
   keys?: readonly string[];
+  /** For strings: the only values allowed. */
+  choices?: readonly string[];
 }
 
 /** Guest facilities a probe needs; the host provides them before the probes run. */
@@ -46,6 +48,15 @@ const region: ParamSpec = {
   name: 'region', type: 'number', default: 2,
   description: 'VFIO region index (BAR number) to export; ivshmem-plain has its RAM at BAR 2, edu and nvme registers at BAR 0',
 };
+
+const importerParam: ParamSpec = {
+  name: 'importer', type: 'string', default: 'edu0',
+  description: 'Endpoint id of the QEMU edu device the hwlab_importer module attaches for (its DMA engine does the data checks)',
+};
+
+/** Values of map-type's expect param: the rows of the contract's section 4 table. */
+export const MAP_TYPE_EXPECTATIONS = ['bus-address', 'host-bridge-iova', 'host-bridge-direct', 'not-supported'] as const;
+export type MapTypeExpectation = (typeof MAP_TYPE_EXPECTATIONS)[number];
 
 export const PROBES = {
   'dmabuf-export': {
@@ -88,6 +99,87 @@ export const PROBES = {
       },
     ],
   },
+  'importer-refusals': {
+    name: 'importer-refusals',
+    description: 'What an importer is refused: no-p2p and pinned attach EOPNOTSUPP; with COMMAND.MEM off a new attach and a map ENODEV (and the refusal order), a buffer born revoked; after MEM on, map and attach work again',
+    endpoints: ALL,
+    params: [region, importerParam],
+    requires: ['importer'],
+  },
+  'revoke-triggers': {
+    name: 'revoke-triggers',
+    description: 'Every revoke trigger of the contract the device offers (MEM off/on, PMCSR D3hot/D0, DEVCTL FLR, AF FLR, VFIO_DEVICE_RESET, PCI hot reset, low-power entry/exit, device close): invalidate, map and attach ENODEV while revoked, un-revoke only where the table says, then a fresh map and the DMA data path through it',
+    endpoints: ALL,
+    params: [region, importerParam],
+    requires: ['importer'],
+  },
+  'map-type': {
+    name: 'map-type',
+    description: 'Which p2pdma mapping the exporter made for the importer (bus address, host bridge IOVA or direct), judged from the sg addresses against the BAR\'s bus and CPU addresses, the topology and the importer\'s IOMMU domain; not-supported must fail the map with EINVAL',
+    endpoints: ALL,
+    params: [
+      region, importerParam,
+      {
+        name: 'expect', type: 'string', default: 'bus-address', choices: MAP_TYPE_EXPECTATIONS,
+        description: 'The map type this topology must give: bus-address, host-bridge-iova, host-bridge-direct or not-supported (map fails EINVAL)',
+      },
+    ],
+    requires: ['importer'],
+  },
+  'iommufd-map-file': {
+    name: 'iommufd-map-file',
+    description: 'iommufd as importer: IOMMU_IOAS_MAP_FILE of the whole dma-buf and a slice; MEM off revokes (new MAP_FILE ENODEV, areas unmapped); MEM on: a new MAP_FILE works, the old areas stay dead; device close revokes for good. With an edu DMA engine, DMA through the areas proves which are live',
+    endpoints: ['ivshmem-plain', 'nvme'],
+    params: [
+      region,
+      {
+        name: 'dmaEngine', type: 'string', default: 'edu0',
+        description: 'Endpoint id of an edu device the probe binds to vfio-pci and attaches to the IOAS to DMA through the areas; "" skips the data checks',
+      },
+    ],
+  },
+  'export-ranges': {
+    name: 'export-ranges',
+    description: 'Ranges ABI shapes (several, overlapping, repeated, out of order, whole BAR twice, 64 ranges): size is the sum of the lengths; a multi-range buffer is refused by MAP_FILE (EOPNOTSUPP); a buffer exported with MEM off is born revoked (MAP_FILE ENODEV until MEM on); the v0 single-range export where the lab speaks v0',
+    endpoints: ALL,
+    params: [region],
+  },
+  'lifetime': {
+    name: 'lifetime',
+    description: 'A dma-buf fd outliving the device fd (valid, sized, revoked for good); EMFILE from a full fd table leaks nothing; MEM off then device close (the 7.1 refcount_t regression) returns without a splat; bufinfo and the vfio_pci_core refcnt back to the baseline',
+    endpoints: ALL,
+    params: [region],
+  },
+  'rough-edges': {
+    name: 'rough-edges',
+    description: 'Low-power rough edges: after LOW_POWER_ENTRY without eventfd a COMMAND write with MEM=1 un-revokes while runtime PM is engaged; with the wakeup variant a wakeup does not un-revoke. Needs a PCI PM capability (nvme); skips on devices without one',
+    endpoints: ALL,
+    params: [region],
+  },
+  'stress': {
+    name: 'stress',
+    description: 'Threads concurrently exporting, MAP_FILE-importing, unmapping, toggling MEM, resetting and closing buffers and the device for a bounded time; then no splat, no stuck call, bufinfo and refcnt back to the baseline, the device still exports',
+    endpoints: ALL,
+    params: [
+      region,
+      { name: 'seconds', type: 'number', default: 5, description: 'How long the workers run' },
+      { name: 'workers', type: 'number', default: 3, description: 'Number of concurrent worker threads' },
+      { name: 'seed', type: 'number', default: 0, description: 'Seed of the operation mix; 0 picks one from the clock (printed in the TAP)' },
+    ],
+  },
+  'surprise-removal': {
+    name: 'surprise-removal',
+    description: 'The host hot-removes the exporter (QMP device_del; the guest\'s pciehp or acpiphp removes it) while its dma-buf is imported and mapped: the VFIO device request eventfd fires, closing the device fd invalidates the importer, the mapping is gone (DMA ENODEV), remap and a new attach fail ENODEV, the dma-buf fd stays valid and sized, the device leaves sysfs, release and close give no splat and empty bufinfo. The device is gone afterwards: list it last for its device. Skips when no hotplug driver manages the exporter\'s slot (kernel without CONFIG_HOTPLUG_PCI_ACPI / _PCIE)',
+    endpoints: ['ivshmem-plain', 'nvme'],
+    params: [
+      region, importerParam,
+      {
+        name: 'requestTimeout', type: 'number', default: 30,
+        description: 'Seconds to wait for vfio-pci\'s device request after device_del (pciehp alone waits 5 s after the attention button)',
+      },
+    ],
+    requires: ['importer'],
+  },
 } as const satisfies Record<string, ProbeSpec>;
 
 export type ProbeName = keyof typeof PROBES;
@@ -129,6 +221,7 @@ export function resolveParams(
         }
       }
     } else if (typeof v !== p.type) errors.push(`${where}: expected a ${p.type}`);
+    else if (p.choices && !p.choices.includes(v as string)) errors.push(`${where}: must be one of ${p.choices.join(', ')} (got ${JSON.stringify(v)})`);
     out[p.name] = v;
   }
   return errors.length ? { ok: false, errors } : { ok: true, params: out };

@@ -5,11 +5,29 @@ import type { Probe } from './common.ts';
 import dmabufBadInputs from './dmabuf-bad-inputs.ts';
 import dmabufExport from './dmabuf-export.ts';
 import dmabufFd from './dmabuf-fd.ts';
+import exportRanges from './export-ranges.ts';
+import importerRefusals from './importer-refusals.ts';
+import iommufdMapFile from './iommufd-map-file.ts';
+import lifetime from './lifetime.ts';
+import mapType from './map-type.ts';
 import resetAndMemToggle from './reset-and-mem-toggle.ts';
+import revokeTriggers from './revoke-triggers.ts';
+import roughEdges from './rough-edges.ts';
+import stress from './stress.ts';
+import surpriseRemoval from './surprise-removal.ts';
 
 export const PROBE_IMPLS: Record<ProbeName, Probe> = {
   'dmabuf-export': dmabufExport,
   'dmabuf-fd': dmabufFd,
   'dmabuf-bad-inputs': dmabufBadInputs,
   'reset-and-mem-toggle': resetAndMemToggle,
+  'importer-refusals': importerRefusals,
+  'revoke-triggers': revokeTriggers,
+  'map-type': mapType,
+  'iommufd-map-file': iommufdMapFile,
+  'export-ranges': exportRanges,
+  'lifetime': lifetime,
+  'rough-edges': roughEdges,
+  'stress': stress,
+  'surprise-removal': surpriseRemoval,
 };

@@ -167,3 +167,61 @@ test('sysfsIommuGroup reads the group number from the iommu_group link', (t) => 
   const link = readlinkSync(`/sys/bus/pci/devices/${withGroup}/iommu_group`);
   t.is(v.sysfsIommuGroup(withGroup), Number(link.split('/').pop()));
 });
+
+test('hot reset ioctl numbers and low-power feature ids', (t) => {
+  t.is(v.VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, 0x3b70);
+  t.is(v.VFIO_DEVICE_PCI_HOT_RESET, 0x3b71);
+  t.is(v.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, 3);
+  t.is(v.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP, 4);
+  t.is(v.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, 5);
+});
+
+test('hot reset info: 12-byte header, 8 bytes per dependent device (group, segment, bus, devfn)', (t) => {
+  t.deepEqual(v.encodeHotResetInfo(2), hex('1c000000 00000000 00000000 0000000000000000 0000000000000000'));
+  // Two devices: group 5 at 0000:03:00.0 and group 9 at 0001:04:1f.7 (devfn 0xff).
+  const r = v.decodeHotResetInfo(hex('1c000000 00000000 02000000 05000000 0000 03 00 09000000 0100 04 ff'));
+  t.deepEqual(r, {
+    argsz: 28, flags: 0, count: 2, devices: [
+      { groupId: 5, segment: 0, bus: 3, devfn: 0, bdf: '0000:03:00.0' },
+      { groupId: 9, segment: 1, bus: 4, devfn: 0xff, bdf: '0001:04:1f.7' },
+    ],
+  });
+  // ENOSPC reply: count says how many, no room for any entry.
+  t.deepEqual(v.decodeHotResetInfo(hex('0c000000 00000000 03000000')), { argsz: 12, flags: 0, count: 3, devices: [] });
+});
+
+test('hot reset: 12-byte header, then s32 group fds', (t) => {
+  t.deepEqual(v.encodeHotReset([7, 12]), hex('14000000 00000000 02000000 07000000 0c000000'));
+  t.deepEqual(v.encodeHotReset([]), hex('0c000000 00000000 00000000'));
+});
+
+test('low power entry/exit: bare SET header; entry with wakeup: s32 eventfd, u32 reserved', (t) => {
+  t.deepEqual(v.encodeLowPower(v.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY), hex('08000000 03000200'));
+  t.deepEqual(v.encodeLowPower(v.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT), hex('08000000 05000200'));
+  t.deepEqual(v.encodeLowPower(v.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, v.VFIO_DEVICE_FEATURE_PROBE | v.VFIO_DEVICE_FEATURE_SET),
+    hex('08000000 03000600'));
+  t.deepEqual(v.encodeLowPowerEntryWithWakeup(9), hex('10000000 04000200 09000000 00000000'));
+  t.deepEqual(v.encodeLowPowerEntryWithWakeup(-1), hex('10000000 04000200 ffffffff 00000000'));
+});
+
+test('irq ioctl numbers, indexes and flag bits', (t) => {
+  t.is(v.VFIO_DEVICE_GET_IRQ_INFO, 0x3b6d);
+  t.is(v.VFIO_DEVICE_SET_IRQS, 0x3b6e);
+  t.is(v.VFIO_PCI_ERR_IRQ_INDEX, 3);
+  t.is(v.VFIO_PCI_REQ_IRQ_INDEX, 4);
+  t.is(v.VFIO_IRQ_SET_DATA_EVENTFD | v.VFIO_IRQ_SET_ACTION_TRIGGER, 0x24);
+});
+
+test('irq info: 16 bytes, index at 8, count at 12', (t) => {
+  t.deepEqual(v.encodeIrqInfo(v.VFIO_PCI_REQ_IRQ_INDEX), hex('10000000 00000000 04000000 00000000'));
+  // vfio-pci's REQ reply: EVENTFD|NORESIZE, one vector.
+  t.deepEqual(v.decodeIrqInfo(hex('10000000 09000000 04000000 01000000')),
+    { argsz: 16, flags: v.VFIO_IRQ_INFO_EVENTFD | v.VFIO_IRQ_INFO_NORESIZE, index: 4, count: 1 });
+});
+
+test('irq set with eventfds: 20-byte header (argsz, flags, index, start, count), then s32 fds', (t) => {
+  t.deepEqual(v.encodeIrqSetEventfds(v.VFIO_PCI_REQ_IRQ_INDEX, 0, [7]),
+    hex('18000000 24000000 04000000 00000000 01000000 07000000'));
+  t.deepEqual(v.encodeIrqSetEventfds(v.VFIO_PCI_MSIX_IRQ_INDEX, 2, [5, -1]),
+    hex('1c000000 24000000 02000000 02000000 02000000 05000000 ffffffff'));
+});

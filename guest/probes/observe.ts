@@ -1,0 +1,100 @@
+// What the iommufd, lifetime, rough-edges and stress probes observe besides
+// ioctl results: PCI_COMMAND.MEM as read back, the dma-bufs vfio still owns
+// (debugfs bufinfo), the vfio_pci_core module's reference count (every live
+// vfio dma-buf holds one: dma_buf_export takes exp_info.owner), the process's
+// open fds, and kernel splats since a mark.
+import { readdirSync, readFileSync } from 'node:fs';
+import { describeSplats, findSplats, type Kmsg } from '../lib/kmsg.ts';
+import type * as libc from '../lib/libc.ts';
+import type { Subtest } from '../lib/tap.ts';
+import { PCI_COMMAND, PCI_COMMAND_MEMORY as MEM } from '../lib/vfio.ts';
+import { hex, readBufinfo } from './common.ts';
+
+export interface ConfigAccess {
+  configRead(offset: number, size: 1 | 2 | 4): number;
+  configWrite(offset: number, size: 1 | 2 | 4, value: number): void;
+}
+
+/** Writes PCI_COMMAND with MEM set or cleared (a revoke or un-revoke trigger) and reads it back. */
+export function setMemoryDecoding(dev: ConfigAccess, on: boolean): { before: number; after: number; ok: boolean } {
+  const before = dev.configRead(PCI_COMMAND, 2);
+  dev.configWrite(PCI_COMMAND, 2, on ? before | MEM : before & ~MEM);
+  const after = dev.configRead(PCI_COMMAND, 2);
+  return { before, after, ok: Boolean(after & MEM) === on };
+}
+
+export const commandDiag = (r: { before: number; after: number }) => ({ before: hex(r.before), after: hex(r.after) });
+
+export const VFIO_PCI_CORE = 'vfio_pci_core';
+
+/** /sys/module/<mod>/refcnt, or null without CONFIG_MODULE_UNLOAD (or the module not loaded). */
+export function moduleRefcnt(mod = VFIO_PCI_CORE): number | null {
+  try {
+    return Number(readFileSync(`/sys/module/${mod}/refcnt`, 'utf8').trim());
+  } catch {
+    return null;
+  }
+}
+
+/** Inodes of the dma-bufs vfio_pci_core exported that are still alive, or why they cannot be read. */
+export function vfioDmabufInos(): { ok: true; inos: number[] } | { ok: false; reason: string } {
+  const b = readBufinfo();
+  return b.ok ? { ok: true, inos: b.entries.filter((e) => e.expName === VFIO_PCI_CORE).map((e) => e.ino).sort((x, y) => x - y) } : b;
+}
+
+/** This process's open fd numbers, sorted. */
+export function openFds(): number[] {
+  return readdirSync('/proc/self/fd').map(Number).sort((a, b) => a - b);
+}
+
+/** What the vfio dma-buf leak checks compare: live buffers and module references. */
+export interface Baseline { inos: number[] | null; bufinfoReason?: string; refcnt: number | null }
+
+export function baseline(): Baseline {
+  const b = vfioDmabufInos();
+  return b.ok ? { inos: b.inos, refcnt: moduleRefcnt() } : { inos: null, bufinfoReason: b.reason, refcnt: moduleRefcnt() };
+}
+
+/** Points: bufinfo and the vfio_pci_core refcount are back where `base` was. */
+export function checkBackToBaseline(t: Subtest, base: Baseline, when: string): void {
+  const now = baseline();
+  if (base.inos && now.inos) {
+    t.equal(now.inos, base.inos, `${when}: the vfio dma-bufs in bufinfo are back to the baseline`, { leaked: now.inos.filter((i) => !base.inos!.includes(i)) });
+  } else {
+    t.skip(`${when}: bufinfo back to the baseline`, base.bufinfoReason ?? now.bufinfoReason ?? 'bufinfo unreadable');
+  }
+  if (base.refcnt !== null && now.refcnt !== null) {
+    t.equal(now.refcnt, base.refcnt, `${when}: /sys/module/${VFIO_PCI_CORE}/refcnt is back to the baseline`);
+  } else {
+    t.skip(`${when}: ${VFIO_PCI_CORE} refcnt back to the baseline`, `/sys/module/${VFIO_PCI_CORE}/refcnt not readable (module not loaded or no CONFIG_MODULE_UNLOAD)`);
+  }
+}
+
+/** One point: no kernel splat since the mark (then closes it). */
+export function checkNoSplats(t: Subtest, km: libc.SysResult<Kmsg>, what: string): void {
+  if (!km.ok) {
+    t.skip(`no kernel splat ${what}`, `/dev/kmsg unavailable: ${km.name}`);
+    return;
+  }
+  const splats = findSplats(km.value.read());
+  km.value.close();
+  t.ok(splats.length === 0, `no kernel splat ${what}`, { splats: describeSplats(splats) });
+}
+
+/** A page of u32 words tag<<20 | index: distinct per tag, never all-equal bytes. */
+export function pattern(tag: number, length: number): Buffer {
+  const b = Buffer.alloc(length);
+  for (let i = 0; i + 4 <= length; i += 4) b.writeUInt32LE(((tag << 20) | (i >> 2)) >>> 0, i);
+  return b;
+}
+
+/** Which of the named candidates `bytes` equals, else 'other' (with its first bytes for the diagnostics). */
+export function whichBytes(bytes: Buffer, candidates: Record<string, Buffer>): string {
+  for (const [name, c] of Object.entries(candidates)) if (bytes.equals(c)) return name;
+  return `other (starts ${bytes.subarray(0, 16).toString('hex')})`;
+}
+
+/** Sleeps without returning to the event loop (for polling a device register). */
+export function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}

@@ -1,0 +1,250 @@
+// stress: several threads at once exporting dma-bufs, importing them with
+// iommufd's MAP_FILE, unmapping, toggling PCI_COMMAND.MEM, resetting, closing
+// buffers and closing and reopening the device, for a bounded time. Then: no
+// kernel splat, nothing stuck (every worker done within the bound plus a
+// margin), the dma-bufs in bufinfo and the vfio_pci_core refcount back to the
+// baseline, and the device still opens and exports.
+//
+// Each worker is a syscall thread (worker_threads) driven from here, so the
+// ioctls really run in parallel while the bookkeeping stays in one place. The
+// workers share one group fd and each gets its own device fd from it, so a
+// worker's device close is sometimes the last one (vfio_pci_dma_buf_cleanup
+// racing the others' exports, revokes and imports).
+import { existsSync } from 'node:fs';
+import {
+  decodeIoasMapFileIova, decodeIoasUnmapLength, encodeIoasMapFile, encodeIoasUnmap, Iommufd, IOMMU_DEV,
+  IOMMU_IOAS_MAP_FILE, IOMMU_IOAS_UNMAP, type Area,
+} from '../lib/iommufd.ts';
+import { Kmsg } from '../lib/kmsg.ts';
+import * as libc from '../lib/libc.ts';
+import { SyscallThread, type TimedResult } from '../lib/systhread.ts';
+import {
+  encodeExport, PCI_COMMAND, PCI_COMMAND_MEMORY, VFIO_DEVICE_FEATURE, VFIO_DEVICE_FLAGS_RESET, VFIO_DEVICE_RESET,
+  VFIO_GROUP_GET_DEVICE_FD, VFIO_PCI_CONFIG_REGION_INDEX, VfioDevice, type DmaRange,
+} from '../lib/vfio.ts';
+import type { DmabufAbi } from '../protocol.ts';
+import { exportDiag, type ProbeContext } from './common.ts';
+import { baseline, checkBackToBaseline, checkNoSplats, commandDiag, setMemoryDecoding } from './observe.ts';
+
+/** Past the run time, how long workers get to wind down before they count as stuck. */
+const MARGIN_MS = 20_000;
+/** One call longer than this is a hang. */
+const CALL_DEADLINE_MS = 15_000;
+const MAX_BUFS = 8, MAX_AREAS = 16;
+
+type OpKind = 'open' | 'export' | 'map' | 'unmap' | 'closeBuf' | 'memOff' | 'memOn' | 'reset' | 'closeDev';
+const ALL_OPS: readonly OpKind[] = ['open', 'export', 'map', 'unmap', 'closeBuf', 'memOff', 'memOn', 'reset', 'closeDev'];
+const WEIGHTS: Record<Exclude<OpKind, 'open'>, number> = { export: 25, map: 20, unmap: 10, closeBuf: 15, memOff: 6, memOn: 8, reset: 4, closeDev: 5 };
+
+interface Env {
+  abi: DmabufAbi; bdf: string; groupFd: number; region: number; configOffset: number;
+  page: number; resetWorks: boolean; deadline: number;
+}
+interface Buf { fd: number; ranges: DmaRange[]; size: number }
+interface Unexpected { worker: number; op: OpKind; got: string; expected: string[]; detail?: string }
+interface WorkerReport {
+  worker: number; outcomes: Record<string, Record<string, number>>; maxMs: Record<string, number>;
+  unexpected: Unexpected[]; finishedAt: number; stuck: boolean;
+}
+
+/** mulberry32: a small seeded PRNG so a failing mix can be named by its seed. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = Math.imul(a ^ (a >>> 15), 1 | a);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+async function runWorker(worker: number, env: Env, thread: SyscallThread, iommufd: Iommufd, rand: () => number): Promise<WorkerReport> {
+  const report: WorkerReport = { worker, outcomes: {}, maxMs: {}, unexpected: [], finishedAt: 0, stuck: false };
+  const ioasId = iommufd.allocIoas();
+  let devFd = -1;
+  const bufs: Buf[] = [];
+  const areas: Area[] = [];
+  const pick = <T>(xs: T[]) => xs[Math.floor(rand() * xs.length)];
+  const note = (op: OpKind, r: TimedResult<unknown>, expected: string[], got = r.ok ? 'OK' : r.name, detail?: string) => {
+    (report.outcomes[op] ??= {})[got] = (report.outcomes[op]?.[got] ?? 0) + 1;
+    report.maxMs[op] = Math.max(report.maxMs[op] ?? 0, Math.round(r.ms));
+    if (!expected.includes(got)) report.unexpected.push({ worker, op, got, expected, detail });
+    if (!r.ok && r.name === 'HUNG') report.stuck = true;
+  };
+  const configWrite16 = async (op: OpKind, mem: boolean) => {
+    const b = Buffer.alloc(2);
+    const rd = await thread.pread(devFd, b, env.configOffset + PCI_COMMAND, CALL_DEADLINE_MS);
+    if (!rd.ok) return note(op, rd, ['OK'], undefined, 'reading PCI_COMMAND');
+    const cmd = b.readUInt16LE();
+    b.writeUInt16LE(mem ? cmd | PCI_COMMAND_MEMORY : cmd & ~PCI_COMMAND_MEMORY);
+    const wr = await thread.pwrite(devFd, b, env.configOffset + PCI_COMMAND, CALL_DEADLINE_MS);
+    note(op, wr, ['OK'], wr.ok && wr.value !== 2 ? `short write ${wr.value}` : undefined);
+  };
+  const closeDevice = async () => {
+    const fd = devFd;
+    devFd = -1; // close(2) releases the number at once; never close it twice
+    note('closeDev', await thread.close(fd, CALL_DEADLINE_MS), ['OK']);
+  };
+
+  while (Date.now() < env.deadline && !report.stuck) {
+    if (devFd < 0) {
+      const r = await thread.ioctl(env.groupFd, VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${env.bdf}\0`), CALL_DEADLINE_MS);
+      note('open', r, ['OK']);
+      if (r.ok) devFd = r.value;
+      continue;
+    }
+    const allowed = (Object.keys(WEIGHTS) as (keyof typeof WEIGHTS)[]).filter((op) => {
+      if (op === 'export') return bufs.length < MAX_BUFS;
+      if (op === 'map') return bufs.length > 0 && areas.length < MAX_AREAS;
+      if (op === 'unmap') return areas.length > 0;
+      if (op === 'closeBuf') return bufs.length > 0;
+      if (op === 'reset') return env.resetWorks;
+      return true;
+    });
+    let roll = rand() * allowed.reduce((n, op) => n + WEIGHTS[op], 0);
+    const op = allowed.find((o) => (roll -= WEIGHTS[o]) < 0) ?? allowed[0];
+    switch (op) {
+      case 'export': {
+        // One to four pages in the first eight; one in five buffers gets a second range (MAP_FILE refuses those).
+        const range = () => ({ offset: Math.floor(rand() * 4) * env.page, length: (1 + Math.floor(rand() * 4)) * env.page });
+        const ranges = env.abi === 'ranges' && rand() < 0.2 ? [range(), range()] : [range()];
+        const req = { region: env.region, ranges };
+        const r = await thread.ioctl(devFd, VFIO_DEVICE_FEATURE, encodeExport(env.abi, req), CALL_DEADLINE_MS);
+        note('export', r, ['OK'], undefined, r.ok ? undefined : JSON.stringify(exportDiag(env.abi, req, r)));
+        if (r.ok) bufs.push({ fd: r.value, ranges, size: ranges.reduce((n, x) => n + Number(x.length), 0) });
+        break;
+      }
+      case 'map': {
+        const b = pick(bufs);
+        const arg = encodeIoasMapFile({ ioasId, fd: b.fd, start: 0, length: b.size });
+        const r = await thread.ioctl(iommufd.fd, IOMMU_IOAS_MAP_FILE, arg, CALL_DEADLINE_MS);
+        // Revoked by another worker's MEM off, reset or last close: ENODEV. iommufd takes one range only: EOPNOTSUPP.
+        note('map', r, b.ranges.length === 1 ? ['OK', 'ENODEV'] : ['EOPNOTSUPP', 'ENODEV']);
+        if (r.ok) areas.push({ ioasId, iova: decodeIoasMapFileIova(arg), length: b.size });
+        break;
+      }
+      case 'unmap': {
+        const a = areas.splice(Math.floor(rand() * areas.length), 1)[0];
+        const arg = encodeIoasUnmap(ioasId, a.iova, a.length);
+        const r = await thread.ioctl(iommufd.fd, IOMMU_IOAS_UNMAP, arg, CALL_DEADLINE_MS);
+        const n = r.ok ? decodeIoasUnmapLength(arg) : 0;
+        note('unmap', r, ['OK'], r.ok && n !== a.length ? `unmapped ${n} of ${a.length}` : undefined);
+        break;
+      }
+      case 'closeBuf': {
+        const b = bufs.splice(Math.floor(rand() * bufs.length), 1)[0];
+        note('closeBuf', await thread.close(b.fd, CALL_DEADLINE_MS), ['OK']);
+        break;
+      }
+      case 'memOff': await configWrite16('memOff', false); break;
+      case 'memOn': await configWrite16('memOn', true); break;
+      case 'reset': {
+        // pci_try_reset_function gives EAGAIN when another thread holds the device lock.
+        note('reset', await thread.ioctl(devFd, VFIO_DEVICE_RESET, undefined, CALL_DEADLINE_MS), ['OK', 'EAGAIN']);
+        break;
+      }
+      case 'closeDev': await closeDevice(); break;
+    }
+  }
+  // Wind down through the thread too, so the last closes still race the other workers.
+  for (const b of bufs.splice(0)) if (!report.stuck) note('closeBuf', await thread.close(b.fd, CALL_DEADLINE_MS), ['OK']);
+  if (devFd >= 0 && !report.stuck) await closeDevice();
+  report.finishedAt = Date.now();
+  return report;
+}
+
+export default async function stress(ctx: ProbeContext): Promise<void> {
+  const { t, abi } = ctx;
+  const region = ctx.params.region as number;
+  const seconds = ctx.params.seconds as number;
+  const nWorkers = ctx.params.workers as number;
+  const seed = (ctx.params.seed as number) || (Date.now() % 2 ** 31);
+  const page = libc.pageSize();
+  const km = libc.trySyscall(() => Kmsg.mark());
+  if (!t.ok(nWorkers >= 1 && seconds >= 1, 'at least one worker for at least one second', { workers: nWorkers, seconds })) return;
+  if (!existsSync(IOMMU_DEV)) {
+    t.skip('concurrent export, MAP_FILE, revoke and close', `no ${IOMMU_DEV} (kernel without CONFIG_IOMMUFD)`);
+    return;
+  }
+  const base = baseline();
+  const dev = VfioDevice.open(ctx.device.bdf, ctx.device.iommuGroup);
+  const threads: SyscallThread[] = [];
+  const iommufds: Iommufd[] = [];
+  let deviceFdOpen = true;
+  try {
+    const size = dev.regionInfo(region).size;
+    if (!t.ok(size >= 8 * page, `region ${region} has at least eight pages`, { size, page })) return;
+    const on = setMemoryDecoding(dev, true);
+    if (!t.ok(on.ok, 'PCI_COMMAND.MEM is on before the stress', commandDiag(on))) return;
+    const env: Env = {
+      abi, bdf: ctx.device.bdf, groupFd: dev.groupFd, region, page,
+      configOffset: dev.regionInfo(VFIO_PCI_CONFIG_REGION_INDEX).offset,
+      resetWorks: Boolean(dev.info().flags & VFIO_DEVICE_FLAGS_RESET), deadline: 0,
+    };
+    for (let i = 0; i < nWorkers; i++) {
+      threads.push(await SyscallThread.start(CALL_DEADLINE_MS));
+      iommufds.push(Iommufd.open());
+    }
+    // Only the workers' device fds from here on, so their closes can be the last one.
+    libc.close(dev.deviceFd);
+    deviceFdOpen = false;
+    t.comment(`${nWorkers} workers for ${seconds} s, seed ${seed}, ${abi} ABI, region ${region} (${size} bytes), reset ${env.resetWorks ? 'available' : 'not offered'}`);
+
+    const start = Date.now();
+    env.deadline = start + seconds * 1000;
+    const bound = seconds * 1000 + MARGIN_MS;
+    const rand = prng(seed);
+    const running = threads.map((th, i) => runWorker(i, env, th, iommufds[i], prng(Math.floor(rand() * 2 ** 31))));
+    const settled: (WorkerReport | null)[] = running.map(() => null);
+    const failedWorkers: { worker: number; error: string }[] = [];
+    const tracked = running.map((p, i) => p.then((r) => { settled[i] = r; }, (e) => { failedWorkers.push({ worker: i, error: String(e) }); }));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(tracked), new Promise((res) => { timer = setTimeout(res, bound); })]);
+    clearTimeout(timer);
+
+    const reports = settled.filter((r): r is WorkerReport => r !== null);
+    const finished = reports.filter((r) => !r.stuck);
+    t.ok(finished.length === nWorkers && failedWorkers.length === 0,
+      `every worker finished within ${bound / 1000} s (run time plus ${MARGIN_MS / 1000} s), no call stuck in the kernel`, {
+        finished: finished.map((r) => ({ worker: r.worker, afterMs: r.finishedAt - start })),
+        stuck: reports.filter((r) => r.stuck).map((r) => ({ worker: r.worker, maxMs: r.maxMs })),
+        neverReturned: settled.flatMap((r, i) => (r ? [] : [i])),
+        failedWorkers,
+      });
+    const totals: Record<string, Record<string, number>> = {};
+    for (const r of reports) for (const [op, o] of Object.entries(r.outcomes)) for (const [k, n] of Object.entries(o)) (totals[op] ??= {})[k] = (totals[op][k] ?? 0) + n;
+    const maxMs: Record<string, number> = {};
+    for (const r of reports) for (const [op, ms] of Object.entries(r.maxMs)) maxMs[op] = Math.max(maxMs[op] ?? 0, ms);
+    t.comment(`outcomes: ${JSON.stringify(totals)}`);
+    t.comment(`slowest call per kind (ms): ${JSON.stringify(maxMs)}`);
+    const wanted = ALL_OPS.filter((op) => op !== 'reset' || env.resetWorks);
+    const missing = wanted.filter((op) => !totals[op]);
+    t.ok(missing.length === 0, 'every kind of operation ran at least once', { missing, outcomes: totals });
+    const unexpected = reports.flatMap((r) => r.unexpected);
+    t.ok(unexpected.length === 0, 'no operation gave an unexpected result', { count: unexpected.length, first: unexpected.slice(0, 20), seed });
+  } finally {
+    if (deviceFdOpen) libc.trySyscall(() => libc.close(dev.deviceFd));
+    for (const th of threads) await th.stop();
+    for (const i of iommufds) i.close();
+    for (const x of [dev.groupFd, dev.containerFd]) libc.trySyscall(() => libc.close(x));
+  }
+  afterStress(ctx, base);
+  checkNoSplats(t, km, 'during the stress');
+}
+
+/** The device still works, and nothing the workers made is left behind. */
+function afterStress(ctx: ProbeContext, base: ReturnType<typeof baseline>): void {
+  const { t, abi } = ctx;
+  const region = ctx.params.region as number;
+  const dev = VfioDevice.open(ctx.device.bdf, ctx.device.iommuGroup);
+  try {
+    const on = setMemoryDecoding(dev, true);
+    const req = { region, ranges: [{ offset: 0, length: libc.pageSize() }] };
+    const r = dev.exportDmabuf(abi, req);
+    if (r.ok && r.value > 0) libc.trySyscall(() => libc.close(r.value));
+    t.ok(on.ok && r.ok && r.value > 0, 'after the stress the device opens, decodes memory and exports', { command: commandDiag(on), ...exportDiag(abi, req, r) });
+  } finally {
+    dev.close();
+  }
+  checkBackToBaseline(t, base, 'after the stress');
+}
