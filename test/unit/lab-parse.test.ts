@@ -51,25 +51,30 @@ test('labs/default.yaml is the documented default lab', async (t) => {
     machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [] },
     iommu: { kind: 'intel', cachingMode: true, strict: false, passthrough: false },
     topology: {
-      rootPorts: [{ id: 'rp0' }, { id: 'rp1' }],
-      switches: [{ id: 'sw0', port: 'rp1', downstream: ['dp0', 'dp1'] }],
+      rootPorts: [{ id: 'rp0' }, { id: 'rp1' }, { id: 'rp2' }],
+      switches: [{ id: 'sw0', port: 'rp1', downstream: ['dp0', 'dp1', 'dp2'] }],
       endpoints: [
         { id: 'shm0', type: 'ivshmem-plain', port: 'rp0', memoryMiB: 64 },
         { id: 'shm1', type: 'ivshmem-plain', port: 'dp0', memoryMiB: 64 },
         { id: 'edu0', type: 'edu', port: 'dp1', dmaMaskBits: 64 },
+        { id: 'nvme0', type: 'nvme', port: 'dp2', cmbSizeMiB: 64, serial: 'nvme0' },
+        { id: 'shm2', type: 'ivshmem-plain', port: 'rp2', memoryMiB: 16 },
       ],
     },
     modules: ['vfio-pci'],
     dmabufAbi: 'ranges',
+    // Probe params are the catalog's business (test/unit/guest-tap.test.ts): here, which probe runs where.
     probes: [
-      { name: 'dmabuf-export', device: 'shm0', params: { ...region, offset: 0, length: 0 } },
-      { name: 'dmabuf-fd', device: 'shm0', params: region },
-      { name: 'dmabuf-bad-inputs', device: 'shm0', params: { ...region, expect: {} } },
-      { name: 'reset-and-mem-toggle', device: 'shm0', params: { ...region, closeWhileMemOff: false } },
-    ],
+      ['dmabuf-export', 'shm0'], ['dmabuf-fd', 'shm0'], ['dmabuf-bad-inputs', 'shm0'], ['reset-and-mem-toggle', 'shm0'],
+      ['map-type', 'shm1'], ['map-type', 'nvme0'], ['map-type', 'shm0'], ['importer-refusals', 'shm1'],
+      ['revoke-triggers', 'nvme0'], ['revoke-triggers', 'shm0'], ['iommufd-map-file', 'shm0'], ['export-ranges', 'shm0'],
+      ['lifetime', 'shm0'], ['rough-edges', 'nvme0'], ['stress', 'shm0'], ['surprise-removal', 'shm2'],
+    ].map(([name, device]) => ({ name, device })) as LabSpec['probes'],
     timeouts: { bootSec: 180, probesSec: 600, shutdownSec: 20 },
   };
-  t.deepEqual(lab, expected);
+  t.deepEqual({ ...lab, probes: lab.probes.map((p) => ({ name: p.name, device: p.device })) }, expected);
+  t.deepEqual(lab.probes[0].params, { ...region, offset: 0, length: 0 });
+  t.deepEqual(lab.probes.find((p) => p.device === 'nvme0' && p.name === 'map-type')?.params.expect, 'bus-address');
   t.true(lab.description.length > 0);
 });
 
@@ -180,7 +185,7 @@ test('probe cross-references and params', async (t) => {
   const f = fx('bad-probes.yaml');
   const e = await labError(loadLab(f, { catalog: catalogWithEduOnly }));
   t.is(e.message, [
-    `${f}:8:5: probes[0].name: unknown probe "dmabuf-exprot" (known: dmabuf-export, dmabuf-fd, dmabuf-bad-inputs, reset-and-mem-toggle, edu-only)`,
+    `${f}:8:5: probes[0].name: unknown probe "dmabuf-exprot" (known: dmabuf-export, dmabuf-fd, dmabuf-bad-inputs, reset-and-mem-toggle, importer-refusals, revoke-triggers, map-type, iommufd-map-file, export-ranges, lifetime, rough-edges, stress, surprise-removal, edu-only)`,
     `${f}:9:32: probes[1].device: "rp0" is a root port, not an endpoint`,
     `${f}:10:32: probes[2].device: no endpoint "shm9" (endpoints: shm0)`,
     `${f}:12:38: probes[3].params.expect.zero_length: expected an errno name like "EINVAL" or "OK"`,

@@ -183,6 +183,8 @@ test('labs/default.yaml builds the documented machine', async (t) => {
     shm0: ['10.0', '00.0'],
     shm1: ['11.0', '00.0', '00.0', '00.0'],
     edu0: ['11.0', '00.0', '01.0', '00.0'],
+    nvme0: ['11.0', '00.0', '02.0', '00.0'],
+    shm2: ['12.0', '00.0'],
   });
   t.is(devices(c.args)[0], '-device intel-iommu,intremap=on,caching-mode=on');
   t.true(c.args.includes('edu,id=edu0,bus=dp1,addr=0x0,dma_mask=0xffffffffffffffff'));
