@@ -7,6 +7,7 @@ import { loadLab, LabError } from '../lab/parse.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
 import { buildImage } from '../image/build.ts';
 import { runLab } from '../run/run-lab.ts';
+import { formatMutantsTable, runMutants } from '../run/mutants.ts';
 import { runDoctor } from './doctor.ts';
 import { listEntries, cacheRoot } from '../util/cache.ts';
 import { pruneCache } from './cache-cmd.ts';
@@ -18,6 +19,9 @@ const USAGE = `usage: hwlab <command> [options]
   run <lab.yaml> [--patch FILE]... [--runs-dir DIR] [--refresh] [--json]
                         build what the lab needs, boot it, run its probes, print results;
                         --patch applies FILE on top of the lab's series for this run
+  mutants <lab.yaml> [--dir DIR] [--only NN]... [--runs-dir DIR] [--no-baseline]
+                        run the lab once per known-bad patch in DIR (default test/data/broken),
+                        on top of the lab's series; exit 0 only if every patch was caught
   image build <recipe>  build (or reuse) the guest image images/<recipe>.yaml
   doctor [--install]    check host tools, a KVM that really works, disk space;
                         --install apt-installs the missing Debian packages
@@ -44,6 +48,20 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(`\nresults: ${path.join(out.runDir, 'results.json')}\n`);
       process.stdout.write(`${out.results.verdict.toUpperCase()}: total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, probes ${t.probes?.toFixed(1) ?? '-'} s, ${out.results.accelNote}\n`);
       return out.results.verdict === 'pass' ? 0 : 1;
+    }
+    case 'mutants': {
+      const { values, positionals } = parseArgs({
+        args: rest,
+        allowPositionals: true,
+        options: { dir: { type: 'string' }, only: { type: 'string', multiple: true }, 'runs-dir': { type: 'string' }, 'no-baseline': { type: 'boolean' } },
+      });
+      if (positionals.length !== 1) throw new UsageError('hwlab mutants takes exactly one lab file');
+      const lab = await loadLab(path.resolve(positionals[0]));
+      const summary = await runMutants(lab, {
+        progress, dir: values.dir, only: values.only, runsDir: values['runs-dir'], noBaseline: values['no-baseline'],
+      });
+      process.stdout.write(`\n${formatMutantsTable(summary)}\n\nsummary: ${path.join(summary.dir, 'summary.json')}\n`);
+      return summary.ok ? 0 : 1;
     }
     case 'image': {
       if (rest[0] !== 'build' || rest.length !== 2) throw new UsageError('usage: hwlab image build <recipe>');
