@@ -19,9 +19,10 @@ const USAGE = `usage: hwlab <command> [options]
   run <lab.yaml> [--patch FILE]... [--runs-dir DIR] [--refresh] [--json]
                         build what the lab needs, boot it, run its probes, print results;
                         --patch applies FILE on top of the lab's series for this run
-  mutants <lab.yaml> [--dir DIR] [--only NN]... [--runs-dir DIR] [--no-baseline]
+  mutants <lab.yaml> [--dir DIR] [--only NN]... [--runs-dir DIR] [--no-baseline] [--focus]
                         run the lab once per known-bad patch in DIR (default test/data/broken),
-                        on top of the lab's series; exit 0 only if every patch was caught
+                        on top of the lab's series; exit 0 only if every patch was caught;
+                        --focus runs only the probes each patch's Expected-catch names
   image build <recipe>  build (or reuse) the guest image images/<recipe>.yaml
   doctor [--install]    check host tools, a KVM that really works, disk space;
                         --install apt-installs the missing Debian packages
@@ -53,12 +54,12 @@ async function main(argv: string[]): Promise<number> {
       const { values, positionals } = parseArgs({
         args: rest,
         allowPositionals: true,
-        options: { dir: { type: 'string' }, only: { type: 'string', multiple: true }, 'runs-dir': { type: 'string' }, 'no-baseline': { type: 'boolean' } },
+        options: { dir: { type: 'string' }, only: { type: 'string', multiple: true }, 'runs-dir': { type: 'string' }, 'no-baseline': { type: 'boolean' }, focus: { type: 'boolean' } },
       });
       if (positionals.length !== 1) throw new UsageError('hwlab mutants takes exactly one lab file');
       const lab = await loadLab(path.resolve(positionals[0]));
       const summary = await runMutants(lab, {
-        progress, dir: values.dir, only: values.only, runsDir: values['runs-dir'], noBaseline: values['no-baseline'],
+        progress, dir: values.dir, only: values.only, runsDir: values['runs-dir'], noBaseline: values['no-baseline'], focus: values.focus,
       });
       process.stdout.write(`\n${formatMutantsTable(summary)}\n\nsummary: ${path.join(summary.dir, 'summary.json')}\n`);
       return summary.ok ? 0 : 1;

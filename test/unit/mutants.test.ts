@@ -206,6 +206,30 @@ test('runMutants: baseline first, one run per patch with it as the extra patch; 
   t.regex(table, /^1\/3 caught, 1 SURVIVED, 1 did-not-apply$/m);
 });
 
+test('runMutants --focus: the baseline runs every probe, each patch only its Expected-catch probes; a patch naming none is refused up front', async (t) => {
+  const dir = await tempCatalogue({
+    '01-a.patch': formatPatch('[PATCH] a', 'Expected-catch: dmabuf-fd'),
+    '02-b.patch': formatPatch('[PATCH] b', 'Expected-catch: dmabuf-bad-inputs, lifetime'),
+  });
+  const runsDir = await mkdtemp(path.join(tmpdir(), 'hwlab-mutants-runs-'));
+  t.teardown(() => Promise.all([rm(dir, { recursive: true, force: true }), rm(runsDir, { recursive: true, force: true })]));
+  const lab = { file: '/labs/default.yaml', name: 'default', probes: ['dmabuf-fd', 'dmabuf-bad-inputs', 'stress'].map((name) => ({ name, device: 'shm0', params: {} })) } as unknown as LabSpec;
+  const ran: string[][] = [];
+  const summary = await runMutants(lab, {
+    progress: silentProgress(), dir, runsDir, focus: true,
+    runOne: async (l) => {
+      ran.push(l.probes.map((p) => p.name));
+      return { results: results(l.probes.map((p) => probe(p.name, ran.length > 1 ? ['broken'] : []))) };
+    },
+  });
+  t.deepEqual(ran, [['dmabuf-fd', 'dmabuf-bad-inputs', 'stress'], ['dmabuf-fd'], ['dmabuf-bad-inputs']]);
+  t.deepEqual(summary.mutants.map((m) => m.verdict), ['caught', 'caught']);
+
+  const none = { ...lab, probes: [lab.probes[2]] } as LabSpec;
+  await t.throwsAsync(runMutants(none, { progress: silentProgress(), dir, runsDir, focus: true, runOne: async () => { throw new Error('must not run'); } }),
+    { message: /--focus: 01-a\.patch \(Expected-catch: dmabuf-fd\); 02-b\.patch .* names no probe of \/labs\/default\.yaml/ });
+});
+
 test('runMutants: a baseline that does not finish stops the catalogue (nothing could be judged)', async (t) => {
   const dir = await tempCatalogue({ '01-x.patch': formatPatch('[PATCH] x', 'Expected-catch: dmabuf-fd') });
   const runsDir = await mkdtemp(path.join(tmpdir(), 'hwlab-mutants-runs-'));
