@@ -126,6 +126,13 @@ export const PROBES = {
     ],
     requires: ['importer'],
   },
+  'importer-multirange': {
+    name: 'importer-multirange',
+    description: 'A dma-buf of two out-of-order ranges of one BAR, imported and mapped for the edu: the map succeeds, covers the sum of the ranges, and edu DMA reads each range\'s bytes at its dma-buf offset',
+    endpoints: ['ivshmem-plain', 'nvme'],
+    params: [region, importerParam],
+    requires: ['importer'],
+  },
   'iommufd-map-file': {
     name: 'iommufd-map-file',
     description: 'iommufd as importer: IOMMU_IOAS_MAP_FILE of the whole dma-buf and a slice; MEM off revokes (new MAP_FILE ENODEV, areas unmapped); MEM on: a new MAP_FILE works, the old areas stay dead; device close revokes for good. With an edu DMA engine, DMA through the areas proves which are live',

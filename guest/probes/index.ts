@@ -6,6 +6,7 @@ import dmabufBadInputs from './dmabuf-bad-inputs.ts';
 import dmabufExport from './dmabuf-export.ts';
 import dmabufFd from './dmabuf-fd.ts';
 import exportRanges from './export-ranges.ts';
+import importerMultirange from './importer-multirange.ts';
 import importerRefusals from './importer-refusals.ts';
 import iommufdMapFile from './iommufd-map-file.ts';
 import lifetime from './lifetime.ts';
@@ -24,6 +25,7 @@ export const PROBE_IMPLS: Record<ProbeName, Probe> = {
   'importer-refusals': importerRefusals,
   'revoke-triggers': revokeTriggers,
   'map-type': mapType,
+  'importer-multirange': importerMultirange,
   'iommufd-map-file': iommufdMapFile,
   'export-ranges': exportRanges,
   'lifetime': lifetime,
