@@ -133,6 +133,12 @@ export const PROBES = {
     params: [region, importerParam],
     requires: ['importer'],
   },
+  'rdma-reg-dmabuf-mr': {
+    name: 'rdma-reg-dmabuf-mr',
+    description: 'rdma-core ibv_reg_dmabuf_mr as the importer, where the guest has an RDMA device that imports dma-bufs (mlx5, irdma): register the exported BAR, and a registration while revoked fails ENODEV; skips with the reason otherwise (QEMU emulates no RDMA device)',
+    endpoints: ['ivshmem-plain', 'nvme'],
+    params: [region],
+  },
   'iommufd-map-file': {
     name: 'iommufd-map-file',
     description: 'iommufd as importer: IOMMU_IOAS_MAP_FILE of the whole dma-buf and a slice; MEM off revokes (new MAP_FILE ENODEV, areas unmapped); MEM on: a new MAP_FILE works, the old areas stay dead; device close revokes for good. With an edu DMA engine, DMA through the areas proves which are live',

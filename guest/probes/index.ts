@@ -11,6 +11,7 @@ import importerRefusals from './importer-refusals.ts';
 import iommufdMapFile from './iommufd-map-file.ts';
 import lifetime from './lifetime.ts';
 import mapType from './map-type.ts';
+import rdmaRegDmabufMr from './rdma-reg-dmabuf-mr.ts';
 import resetAndMemToggle from './reset-and-mem-toggle.ts';
 import revokeTriggers from './revoke-triggers.ts';
 import roughEdges from './rough-edges.ts';
@@ -26,6 +27,7 @@ export const PROBE_IMPLS: Record<ProbeName, Probe> = {
   'revoke-triggers': revokeTriggers,
   'map-type': mapType,
   'importer-multirange': importerMultirange,
+  'rdma-reg-dmabuf-mr': rdmaRegDmabufMr,
   'iommufd-map-file': iommufdMapFile,
   'export-ranges': exportRanges,
   'lifetime': lifetime,

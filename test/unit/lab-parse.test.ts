@@ -68,7 +68,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
       ['dmabuf-export', 'shm0'], ['dmabuf-fd', 'shm0'], ['dmabuf-bad-inputs', 'shm0'], ['reset-and-mem-toggle', 'shm0'],
       ['map-type', 'shm1'], ['map-type', 'nvme0'], ['map-type', 'shm0'], ['importer-refusals', 'shm1'],
       ['importer-multirange', 'shm1'], ['importer-multirange', 'shm0'],
-      ['revoke-triggers', 'nvme0'], ['revoke-triggers', 'shm0'], ['iommufd-map-file', 'shm0'], ['export-ranges', 'shm0'],
+      ['revoke-triggers', 'nvme0'], ['revoke-triggers', 'shm0'], ['rdma-reg-dmabuf-mr', 'shm0'], ['iommufd-map-file', 'shm0'], ['export-ranges', 'shm0'],
       ['lifetime', 'shm0'], ['rough-edges', 'nvme0'], ['stress', 'shm0'], ['surprise-removal', 'shm2'],
     ].map(([name, device]) => ({ name, device })) as LabSpec['probes'],
     timeouts: { bootSec: 180, probesSec: 600, shutdownSec: 20 },
@@ -188,7 +188,7 @@ test('probe cross-references and params', async (t) => {
   const f = fx('bad-probes.yaml');
   const e = await labError(loadLab(f, { catalog: catalogWithEduOnly }));
   t.is(e.message, [
-    `${f}:8:5: probes[0].name: unknown probe "dmabuf-exprot" (known: dmabuf-export, dmabuf-fd, dmabuf-bad-inputs, reset-and-mem-toggle, importer-refusals, revoke-triggers, map-type, importer-multirange, iommufd-map-file, export-ranges, lifetime, rough-edges, stress, surprise-removal, edu-only)`,
+    `${f}:8:5: probes[0].name: unknown probe "dmabuf-exprot" (known: dmabuf-export, dmabuf-fd, dmabuf-bad-inputs, reset-and-mem-toggle, importer-refusals, revoke-triggers, map-type, importer-multirange, rdma-reg-dmabuf-mr, iommufd-map-file, export-ranges, lifetime, rough-edges, stress, surprise-removal, edu-only)`,
     `${f}:9:32: probes[1].device: "rp0" is a root port, not an endpoint`,
     `${f}:10:32: probes[2].device: no endpoint "shm9" (endpoints: shm0)`,
     `${f}:12:38: probes[3].params.expect.zero_length: expected an errno name like "EINVAL" or "OK"`,
