@@ -182,15 +182,52 @@ export function sysfsIommuGroup(bdf: string): number | null {
 }
 
 /**
+ * What any open VFIO device fd offers, however it was opened (group or cdev):
+ * region info and PCI config space through vfio's virtualized config region.
+ */
+abstract class VfioDeviceFd {
+  private cfg?: RegionInfo;
+  abstract readonly deviceFd: number;
+
+  regionInfo(index: number): RegionInfo {
+    const b = encodeRegionInfo(index);
+    libc.ioctl(this.deviceFd, VFIO_DEVICE_GET_REGION_INFO, b);
+    return decodeRegionInfo(b);
+  }
+
+  private configOffset(offset: number, size: number): number {
+    if (![1, 2, 4].includes(size)) throw new RangeError(`config access size ${size}`);
+    this.cfg ??= this.regionInfo(VFIO_PCI_CONFIG_REGION_INDEX);
+    return this.cfg.offset + offset;
+  }
+
+  /** Reads PCI config space through vfio's (virtualized) config region. */
+  configRead(offset: number, size: 1 | 2 | 4): number {
+    const b = Buffer.alloc(size);
+    const n = libc.pread(this.deviceFd, b, this.configOffset(offset, size));
+    if (n !== size) throw new Error(`short config read at 0x${offset.toString(16)}: ${n}/${size}`);
+    return b.readUIntLE(0, size);
+  }
+
+  configWrite(offset: number, size: 1 | 2 | 4, value: number): void {
+    const b = Buffer.alloc(size);
+    b.writeUIntLE(value, 0, size);
+    const n = libc.pwrite(this.deviceFd, b, this.configOffset(offset, size));
+    if (n !== size) throw new Error(`short config write at 0x${offset.toString(16)}: ${n}/${size}`);
+  }
+}
+
+/**
  * A VFIO device opened through the legacy container/group interface.
  * group === null means noiommu: the group node is /dev/vfio/noiommu-N, N taken from sysfs.
  */
-export class VfioDevice {
-  private cfg?: RegionInfo;
+export class VfioDevice extends VfioDeviceFd {
   private constructor(
     readonly bdf: string, readonly containerFd: number, readonly groupFd: number,
     readonly deviceFd: number, readonly iommuType: number, readonly groupPath: string,
-  ) {}
+  ) {
+    super();
+  }
 
   static open(bdf: string, group: number | null): VfioDevice {
     const fds: number[] = [];
@@ -240,33 +277,6 @@ export class VfioDevice {
     const b = encodeDeviceInfo();
     libc.ioctl(this.deviceFd, VFIO_DEVICE_GET_INFO, b);
     return decodeDeviceInfo(b);
-  }
-
-  regionInfo(index: number): RegionInfo {
-    const b = encodeRegionInfo(index);
-    libc.ioctl(this.deviceFd, VFIO_DEVICE_GET_REGION_INFO, b);
-    return decodeRegionInfo(b);
-  }
-
-  private configOffset(offset: number, size: number): number {
-    if (![1, 2, 4].includes(size)) throw new RangeError(`config access size ${size}`);
-    this.cfg ??= this.regionInfo(VFIO_PCI_CONFIG_REGION_INDEX);
-    return this.cfg.offset + offset;
-  }
-
-  /** Reads PCI config space through vfio's (virtualized) config region. */
-  configRead(offset: number, size: 1 | 2 | 4): number {
-    const b = Buffer.alloc(size);
-    const n = libc.pread(this.deviceFd, b, this.configOffset(offset, size));
-    if (n !== size) throw new Error(`short config read at 0x${offset.toString(16)}: ${n}/${size}`);
-    return b.readUIntLE(0, size);
-  }
-
-  configWrite(offset: number, size: 1 | 2 | 4, value: number): void {
-    const b = Buffer.alloc(size);
-    b.writeUIntLE(value, 0, size);
-    const n = libc.pwrite(this.deviceFd, b, this.configOffset(offset, size));
-    if (n !== size) throw new Error(`short config write at 0x${offset.toString(16)}: ${n}/${size}`);
   }
 
   reset(): void {
@@ -420,9 +430,10 @@ export function vfioCdevPath(bdf: string): string | null {
  * container: until bindIommufd() only BIND is allowed, and DMA goes through
  * whatever iommufd page table attachPt() names. A cdev can be open only once.
  */
-export class VfioCdevDevice {
-  private cfg?: RegionInfo;
-  private constructor(readonly bdf: string, readonly path: string, readonly deviceFd: number) {}
+export class VfioCdevDevice extends VfioDeviceFd {
+  private constructor(readonly bdf: string, readonly path: string, readonly deviceFd: number) {
+    super();
+  }
 
   static open(bdf: string): VfioCdevDevice {
     const path = vfioCdevPath(bdf);
@@ -446,32 +457,6 @@ export class VfioCdevDevice {
 
   detachPt(): libc.SysResult<number> {
     return libc.trySyscall(() => libc.ioctl(this.deviceFd, VFIO_DEVICE_DETACH_IOMMUFD_PT, encodeDetachIommufdPt()));
-  }
-
-  regionInfo(index: number): RegionInfo {
-    const b = encodeRegionInfo(index);
-    libc.ioctl(this.deviceFd, VFIO_DEVICE_GET_REGION_INFO, b);
-    return decodeRegionInfo(b);
-  }
-
-  private configOffset(offset: number, size: number): number {
-    if (![1, 2, 4].includes(size)) throw new RangeError(`config access size ${size}`);
-    this.cfg ??= this.regionInfo(VFIO_PCI_CONFIG_REGION_INDEX);
-    return this.cfg.offset + offset;
-  }
-
-  configRead(offset: number, size: 1 | 2 | 4): number {
-    const b = Buffer.alloc(size);
-    const n = libc.pread(this.deviceFd, b, this.configOffset(offset, size));
-    if (n !== size) throw new Error(`short config read at 0x${offset.toString(16)}: ${n}/${size}`);
-    return b.readUIntLE(0, size);
-  }
-
-  configWrite(offset: number, size: 1 | 2 | 4, value: number): void {
-    const b = Buffer.alloc(size);
-    b.writeUIntLE(value, 0, size);
-    const n = libc.pwrite(this.deviceFd, b, this.configOffset(offset, size));
-    if (n !== size) throw new Error(`short config write at 0x${offset.toString(16)}: ${n}/${size}`);
   }
 
   close(): void {
