@@ -15,12 +15,16 @@ export interface ExecResult {
   stdout: string;
   stderr: string;
   durationMs: number;
+  /** The caller's AbortSignal ended the command; output is what arrived before. */
+  aborted?: boolean;
 }
 
 export interface ExecOptions {
   timeoutMs: number;
   onStdout?: (chunk: string) => void;
   onStderr?: (chunk: string) => void;
+  /** Ends the command early (closes its channel) and resolves with the output so far. */
+  signal?: AbortSignal;
 }
 
 export interface ConnectOptions {
@@ -103,7 +107,14 @@ export class GuestSession {
           stderr += s;
           opts.onStderr?.(s);
         });
+        const onAbort = () => {
+          resolve({ code: null, stdout, stderr, durationMs: Date.now() - start, aborted: true });
+          stream.close();
+        };
+        if (opts.signal?.aborted) return onAbort();
+        opts.signal?.addEventListener('abort', onAbort, { once: true });
         stream.on('close', (code: number | null, signal?: string) => {
+          opts.signal?.removeEventListener('abort', onAbort);
           resolve({ code, signal, stdout, stderr, durationMs: Date.now() - start });
         });
       });

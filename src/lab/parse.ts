@@ -397,10 +397,12 @@ const labSchema = orEmpty({}, strictObject({
     device: idSchema.optional(),
     params: orEmpty({}, z.record(z.string(), z.unknown())),
     expect_fail: z.string().min(1).optional(),
+    timeout: z.number().positive().optional(),
   })))),
   timeouts: orEmpty({}, strictObject({
     boot: positiveSeconds(180),
     probes: positiveSeconds(600),
+    probe: positiveSeconds(120),
     shutdown: positiveSeconds(20),
   })),
 }));
@@ -573,7 +575,7 @@ function checkProbes(src: YamlSource, raw: RawLab, topo: TopologySpec, catalog: 
     }
     // Defaults come from the catalog's own objects: never share them.
     const params = structuredClone(r.params);
-    const probe: ProbeSpec = { name: p.name, device: device.id, params };
+    const probe: ProbeSpec = { name: p.name, device: device.id, params, timeoutSec: p.timeout ?? raw.timeouts.probe };
     if (p.expect_fail !== undefined) probe.expectFail = p.expect_fail;
     out.push(probe);
   });
@@ -658,6 +660,7 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
     timeouts: {
       bootSec: raw.timeouts.boot,
       probesSec: raw.timeouts.probes,
+      probeSec: raw.timeouts.probe,
       shutdownSec: raw.timeouts.shutdown,
     },
   };

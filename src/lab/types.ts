@@ -133,6 +133,8 @@ export interface ProbeSpec {
   params: Record<string, unknown>;
   /** Known failure on this kernel: the probe's failures become TAP todo with this reason. */
   expectFail?: string;
+  /** Seconds this probe may run before the host calls it hung (`timeout`, else `timeouts.probe`). */
+  timeoutSec: number;
 }
 
 export interface TimeoutsSpec {
@@ -140,6 +142,8 @@ export interface TimeoutsSpec {
   bootSec: number;
   /** Seconds for all probes of one boot. */
   probesSec: number;
+  /** Default seconds for one probe; past it the probe is hung and the probe phase ends. */
+  probeSec: number;
   /** Seconds for a clean poweroff before QEMU is killed. */
   shutdownSec: number;
 }

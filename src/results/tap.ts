@@ -29,6 +29,17 @@ export interface ProbeResult {
   diagnostics?: Record<string, unknown>;
   /** Kernel reports attributed to this probe's time window (filled by the caller). */
   splats: Splat[];
+  /** The probe never started (an earlier probe hung): a failure that says nothing about this probe. */
+  notRun?: string;
+}
+
+/** A probe the host stopped waiting for (see src/run/probe-watchdog.ts). */
+export interface HungProbe {
+  index: number;
+  name: string;
+  timeoutSec: number;
+  /** Tasks in uninterruptible sleep with their kernel stacks, as the guest listed them. */
+  blockedTasks: string;
 }
 
 /** Name of the synthetic result that carries stream-level failures. */
@@ -186,4 +197,28 @@ export function tapSummary(results: readonly ProbeResult[]): TapSummary {
     else s.todo++;
   }
   return s;
+}
+
+/**
+ * After a probe timeout: the interrupted probe fails with a point of its own
+ * (it did not finish in its budget) carrying the blocked tasks, and the probes
+ * after it are reported as not run, so none of them reads as passed.
+ */
+export function markHungProbe(probes: ProbeResult[], hung: HungProbe, order: readonly string[]): void {
+  const diag = { error: `timed out: no result after ${hung.timeoutSec} s`, blockedTasks: hung.blockedTasks };
+  let p = probes.find((x) => x.name === hung.name && !x.ok && (x.diagnostics?.error as string | undefined)?.startsWith('interrupted'));
+  if (!p) {
+    p = { name: hung.name, ok: false, subtests: [], splats: [] };
+    const stream = probes.findIndex((x) => x.name === TAP_STREAM_PROBE);
+    probes.splice(stream === -1 ? probes.length : stream, 0, p);
+  }
+  p.ok = false;
+  p.diagnostics = { ...p.diagnostics, ...diag };
+  p.subtests.push({ id: p.subtests.length + 1, name: `finishes within ${hung.timeoutSec} s`, ok: false, diagnostics: diag });
+  const at = probes.indexOf(p) + 1;
+  const rest = order.slice(hung.index + 1).map((name): ProbeResult => ({
+    name, ok: false, subtests: [], splats: [], notRun: `not run: ${hung.name} hung before it`,
+    diagnostics: { error: `not run: ${hung.name} (probe ${hung.index + 1}) did not finish in ${hung.timeoutSec} s` },
+  }));
+  probes.splice(at, 0, ...rest);
 }

@@ -151,7 +151,8 @@ export function failuresOf(results: Pick<RunResults, 'probes' | 'splats' | 'verd
   const real = results.probes.filter((p) => p.name !== TAP_STREAM_PROBE);
   const repeated = (name: string) => (lab?.probes.filter((x) => x.name === name).length ?? 0) > 1;
   for (const p of results.probes) {
-    if (probeStatus(p) !== 'FAIL') continue;
+    // A probe that never ran says nothing about the patch; the one that hung before it does.
+    if (probeStatus(p) !== 'FAIL' || p.notRun !== undefined) continue;
     const subtests = p.subtests.filter((s) => !s.ok && s.todo === undefined && s.skip === undefined).map((s) => s.name);
     const spec = lab?.probes[real.indexOf(p)];
     const device = spec?.name === p.name && repeated(p.name) ? spec.device : undefined;
@@ -186,7 +187,19 @@ export function newFailures(run: readonly Catch[], baseline: readonly Catch[]): 
   return out;
 }
 
-export type MutantVerdict = 'caught' | 'SURVIVED' | 'build-failed' | 'did-not-apply' | 'error';
+export type MutantVerdict = 'caught' | 'SURVIVED' | 'inconclusive' | 'build-failed' | 'did-not-apply' | 'error';
+
+/** Run-level failures: they say the run broke, not what broke it (QEMU killed, SSH lost, runner crashed). */
+const RUN_LEVEL = new Set(['(run)', TAP_STREAM_PROBE]);
+
+/**
+ * Does this catch point at the kernel? A failing subtest or a kernel splat
+ * does; a run that merely stopped (or a probe cut off without a failing
+ * subtest) may be the host's doing, so it is inconclusive on its own.
+ */
+function isEvidence(c: Catch): boolean {
+  return !RUN_LEVEL.has(c.probe) && (c.subtests.length > 0 || c.splats.length > 0);
+}
 
 export interface MutantOutcome {
   patch: string;
@@ -224,7 +237,7 @@ export function judgeMutant(
   const caughtBy = newFailures(failuresOf(run.results, lab), baseline);
   return {
     ...base,
-    verdict: caughtBy.length ? 'caught' : 'SURVIVED',
+    verdict: caughtBy.some(isEvidence) ? 'caught' : caughtBy.length ? 'inconclusive' : 'SURVIVED',
     caughtBy,
     expectedHit: patch.expectedCatch.filter((n) => caughtBy.some((c) => c.probe === n)),
     runDir: run.results.runDir,
@@ -363,7 +376,7 @@ function capped(items: string[], prefix: string): string[] {
 
 /** What the EXPECTED column says: which expected probes caught it, and which the lab does not run. */
 function expectedCell(m: MutantOutcome): string {
-  if (m.verdict !== 'caught' && m.verdict !== 'SURVIVED') return '-';
+  if (m.verdict !== 'caught' && m.verdict !== 'SURVIVED' && m.verdict !== 'inconclusive') return '-';
   const parts: string[] = [];
   if (m.expectedHit.length === m.expectedCatch.length) parts.push('yes');
   else if (m.expectedHit.length) parts.push(`partly (${m.expectedHit.join(', ')})`);
@@ -402,6 +415,9 @@ export function formatMutantsTable(summary: Pick<MutantsSummary, 'baseline' | 'm
         details.push(...capped([...c.subtests, ...c.splats.map((s) => `kernel ${s}`)], `  ${catchLabel(c)}: `));
         if (!c.subtests.length && !c.splats.length) details.push(`  ${catchLabel(c)}: (probe failed without a failing subtest)`);
       }
+    } else if (m.verdict === 'inconclusive') {
+      details.push(`${m.patch}: inconclusive: the run broke without a failing subtest or kernel splat; run it again (--only ${m.number})`);
+      if (m.message) details.push(...m.message.split('\n').slice(0, 4).map((l) => `  ${l}`));
     } else if (m.verdict === 'SURVIVED') {
       details.push(`${m.patch}: SURVIVED, expected to be caught by ${m.expectedCatch.join(', ')}`);
     } else {
@@ -412,7 +428,7 @@ export function formatMutantsTable(summary: Pick<MutantsSummary, 'baseline' | 'm
   const total = summary.mutants.length;
   const caught = summary.mutants.filter((m) => m.verdict === 'caught').length;
   const count = (v: MutantVerdict) => summary.mutants.filter((m) => m.verdict === v).length;
-  const tally = `${caught}/${total} caught` + (['SURVIVED', 'build-failed', 'did-not-apply', 'error'] as const)
+  const tally = `${caught}/${total} caught` + (['SURVIVED', 'inconclusive', 'build-failed', 'did-not-apply', 'error'] as const)
     .filter((v) => count(v) > 0).map((v) => `, ${count(v)} ${v}`).join('');
   return [...out, '', ...details, '', tally].join('\n');
 }

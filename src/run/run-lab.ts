@@ -36,7 +36,8 @@ import { QemuMachine, writeCommandLine } from '../qemu/machine.ts';
 import { formatResultTable, judge, writeRunResults, type RunResults } from '../results/report.ts';
 import { attachSplatsToProbes } from '../results/report.ts';
 import { findSplats, probeWindowsFromConsole } from '../results/splat.ts';
-import { parseProbeTap, type ProbeResult } from '../results/tap.ts';
+import { markHungProbe, parseProbeTap, type HungProbe, type ProbeResult } from '../results/tap.ts';
+import { BLOCKED_TASKS_SCRIPT, ProbeWatchdog } from './probe-watchdog.ts';
 import { HwlabError, onCleanup } from '../util/cleanup.ts';
 import { ensureHostTools } from '../cli/doctor.ts';
 import type { Progress } from '../util/progress.ts';
@@ -217,6 +218,8 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
   let session: GuestSession | null = null;
   let tap = '';
   let probeError: string | null = null;
+  let blockedTasks: string | undefined;
+  let hung: HungProbe | undefined;
   const key = await ensureHwlabKey();
   try {
     t = Date.now();
@@ -327,12 +330,24 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
         await logHostRequest(`${req.verb} ${req.id}: ${(err as Error).message}`);
       }
     };
+    // A probe past its budget is hung (typically in the kernel): record what the
+    // guest's blocked tasks wait for, then end the probe phase with the TAP so far.
+    const stopProbes = new AbortController();
+    const watchdog = new ProbeWatchdog(lab.probes.map((p) => ({ name: p.name, timeoutSec: p.timeoutSec })), (to) => {
+      progress.info(`probe ${to.name} did not finish in ${to.timeoutSec} s; collecting blocked tasks`);
+      void s.sh(BLOCKED_TASKS_SCRIPT, [], { timeoutMs: 20_000 })
+        .then((b) => { blockedTasks = b.stdout.trim() || '(no task in uninterruptible sleep)'; })
+        .catch((err: Error) => { blockedTasks = `(could not list blocked tasks: ${err.message})`; })
+        .finally(() => stopProbes.abort());
+    });
     const r = await progress.run(`probes (${lab.probes.length})`, (step) => {
       let points = 0;
       const scanner = new HostRequestScanner(lab.topology.endpoints.map((e) => e.id));
       return s.exec(['node', `${GUEST_DIR}/${bundle.entry}`, `${GUEST_DIR}/config.json`], {
         timeoutMs: lab.timeouts.probesSec * 1000,
+        signal: stopProbes.signal,
         onStdout: (chunk) => {
+          watchdog.push(chunk);
           points += (chunk.match(/^\s*(not )?ok \d+/gm) ?? []).length;
           const sub = chunk.match(/# Subtest: (\S+)/g)?.pop();
           step.update(`${sub ? sub.slice(10) + ', ' : ''}${points} points`);
@@ -345,8 +360,14 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     }).catch((err: Error) => {
       probeError = err.message;
       return null;
-    });
-    if (r) {
+    }).finally(() => watchdog.stop());
+    if (r?.aborted && watchdog.timedOut) {
+      tap = r.stdout;
+      hung = { ...watchdog.timedOut, blockedTasks: blockedTasks ?? '(not collected)' };
+      probeError = `probe ${hung.name} did not finish in ${hung.timeoutSec} s; ${lab.probes.length - hung.index - 1} probe(s) after it not run`;
+      // The runner may sit in the kernel for good: best effort, and no give-back of devices it may hold.
+      await s.exec(['sh', '-c', 'kill -9 $(pidof node) 2>/dev/null; true'], { timeoutMs: 5000 }).catch(() => {});
+    } else if (r) {
       tap = r.stdout;
       if (r.stderr.trim()) await writeFile(path.join(runDir, 'probes-stderr.log'), r.stderr);
       if (r.code !== 0) probeError = `probe runner exited ${r.code}: ${r.stderr.trim().split('\n').slice(-5).join(' | ')}`;
@@ -355,7 +376,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
 
     await Promise.all(hostRequests);
     t = Date.now();
-    for (const id of Object.keys(devices)) {
+    for (const id of hung ? [] : Object.keys(devices)) {
       if (!lab.probes.some((p) => p.device === id) || removed.has(id)) continue;
       await s.unbindVfio(devices[id].bdf).catch((err) => {
         probeError ??= `could not give ${id} back: ${(err as Error).message}`;
@@ -386,6 +407,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
   const consoleText = existsSync(consoleLog) ? await readFile(consoleLog, 'utf8') : '';
   const splats = findSplats(consoleText);
   const probes: ProbeResult[] = parseProbeTap(tap);
+  if (hung) markHungProbe(probes, hung, lab.probes.map((p) => p.name));
   attachSplatsToProbes(probes, splats, probeWindowsFromConsole(consoleText));
   const verdict = judge(probes, splats);
   if (probeError) verdict.reasons.unshift(probeError);

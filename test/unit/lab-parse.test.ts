@@ -71,7 +71,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
       ['revoke-triggers', 'nvme0'], ['revoke-triggers', 'shm0'], ['rdma-reg-dmabuf-mr', 'shm0'], ['iommufd-map-file', 'shm0'], ['export-ranges', 'shm0'],
       ['lifetime', 'shm0'], ['rough-edges', 'nvme0'], ['stress', 'shm0'], ['surprise-removal', 'shm2'],
     ].map(([name, device]) => ({ name, device })) as LabSpec['probes'],
-    timeouts: { bootSec: 180, probesSec: 600, shutdownSec: 20 },
+    timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20 },
   };
   t.deepEqual({ ...lab, probes: lab.probes.map((p) => ({ name: p.name, device: p.device })) }, expected);
   t.deepEqual(lab.probes[0].params, { ...region, offset: 0, length: 0 });
@@ -94,11 +94,12 @@ test('shorthands, units and defaults', async (t) => {
   ]);
   t.deepEqual(lab.probes, [
     // Bare name: the first endpoint the probe accepts.
-    { name: 'dmabuf-export', device: 'nvme0', params: { region: 2, offset: 0, length: 0 } },
+    { name: 'dmabuf-export', device: 'nvme0', params: { region: 2, offset: 0, length: 0 }, timeoutSec: 120 },
     {
       name: 'dmabuf-bad-inputs', device: 'nvme0',
       params: { region: 2, expect: { zero_length: 'ENOENT' } },
       expectFail: 'zero length accepted before 7.2',
+      timeoutSec: 45,
     },
   ]);
 });

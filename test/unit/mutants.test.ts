@@ -12,7 +12,7 @@ import {
 } from '../../src/run/mutants.ts';
 import { judge, type RunResults } from '../../src/results/report.ts';
 import type { Splat } from '../../src/results/splat.ts';
-import type { ProbeResult } from '../../src/results/tap.ts';
+import { TAP_STREAM_PROBE, type ProbeResult } from '../../src/results/tap.ts';
 import { HwlabError } from '../../src/util/cleanup.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
@@ -160,6 +160,19 @@ test('judgeMutant: a clean run, or one failing only as the baseline does, SURVIV
   t.is(judgeMutant(mutant, lab, { results: results([probe('dmabuf-bad-inputs')]) }, [], 1).verdict, 'SURVIVED');
   const failing = results([probe('dmabuf-bad-inputs', ['probe: PROBE|GET -> OK'])]);
   t.is(judgeMutant(mutant, lab, { results: failing }, failuresOf(failing), 1).verdict, 'SURVIVED');
+});
+
+test('judgeMutant: a run that only broke (runner lost, TAP cut off, no failing subtest or splat) is inconclusive', (t) => {
+  const cutOff = results([probe('dmabuf-export', [], { ok: false })], { runReasons: ['probe runner exited undefined: '] });
+  cutOff.probes.push({ name: TAP_STREAM_PROBE, ok: false, subtests: [], splats: [] });
+  const o = judgeMutant(mutant, lab, { results: cutOff }, [], 1);
+  t.is(o.verdict, 'inconclusive');
+  t.deepEqual(o.caughtBy.map((c) => c.probe), ['dmabuf-export', TAP_STREAM_PROBE, '(run)']);
+  t.regex(formatMutantsTable({ baseline: null, mutants: [o] }), /16-reserved-flags-ignored\.patch: inconclusive: .*--only 16/);
+  // The same run with a splat in the kernel log is a catch: the kernel said what broke.
+  const oops = splat('BUG: unable to handle page fault', 7);
+  const withSplat = results([probe('dmabuf-export', [], { ok: false })], { splats: [oops], runReasons: ['probe runner exited undefined: '] });
+  t.is(judgeMutant(mutant, lab, { results: withSplat }, [], 1).verdict, 'caught');
 });
 
 test('judgeMutant: a patch that does not apply or build is a catalogue error, not a catch', (t) => {

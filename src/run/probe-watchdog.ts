@@ -1,0 +1,94 @@
+// Per-probe time budget, kept on the host. A probe that blocks in the kernel
+// (a revoke waiting forever for an importer that was never told) cannot be
+// interrupted from inside the guest's single node process, so the host watches
+// the TAP stream: a top-level "# Subtest:" line starts a probe's clock, its
+// closing test point stops it. When a clock runs out the caller collects the
+// guest's blocked tasks and ends the probe phase, keeping the TAP so far.
+
+export interface ProbeBudget {
+  name: string;
+  timeoutSec: number;
+}
+
+export interface ProbeTimeout {
+  /** Index of the probe in the lab's order. */
+  index: number;
+  name: string;
+  timeoutSec: number;
+}
+
+const SUBTEST = /^# Subtest: (.*)$/;
+const CLOSING_POINT = /^(not )?ok \d+/;
+
+export class ProbeWatchdog {
+  private buffered = '';
+  private started = 0;
+  private running: { index: number; timer: NodeJS.Timeout } | undefined;
+  private fired: ProbeTimeout | undefined;
+
+  constructor(
+    private readonly budgets: readonly ProbeBudget[],
+    private readonly onTimeout: (t: ProbeTimeout) => void,
+  ) {}
+
+  /** Feeds runner stdout; chunks may split lines anywhere. */
+  push(chunk: string): void {
+    this.buffered += chunk;
+    const lines = this.buffered.split('\n');
+    this.buffered = lines.pop() ?? '';
+    for (const line of lines) this.line(line);
+  }
+
+  /** The probe that ran out of time, if one did. */
+  get timedOut(): ProbeTimeout | undefined {
+    return this.fired;
+  }
+
+  /** Index of the probe running now (its subtest opened, not yet closed). */
+  get current(): number | undefined {
+    return this.running?.index;
+  }
+
+  /** How many probes have started (closed or not). */
+  get startedCount(): number {
+    return this.started;
+  }
+
+  stop(): void {
+    if (this.running) clearTimeout(this.running.timer);
+    this.running = undefined;
+  }
+
+  private line(line: string): void {
+    if (this.fired) return;
+    if (SUBTEST.test(line)) {
+      this.stop();
+      const index = this.started++;
+      const budget = this.budgets[index];
+      if (!budget) return;
+      const timer = setTimeout(() => {
+        this.fired = { index, name: budget.name, timeoutSec: budget.timeoutSec };
+        this.running = undefined;
+        this.onTimeout(this.fired);
+      }, budget.timeoutSec * 1000);
+      timer.unref();
+      this.running = { index, timer };
+    } else if (CLOSING_POINT.test(line)) {
+      this.stop();
+    }
+  }
+}
+
+/**
+ * Shell script (run with `sh -c`) that prints every task in uninterruptible
+ * sleep with its kernel stack: what a hung probe is waiting for. Fixed text,
+ * no lab values.
+ */
+export const BLOCKED_TASKS_SCRIPT = `for t in /proc/[0-9]*/task/[0-9]*; do
+  st=$(sed -n 's/^State:[[:space:]]*//p' "$t/status" 2>/dev/null)
+  case "$st" in D*)
+    tid=\${t##*/}
+    echo "task $(cat "$t/comm" 2>/dev/null) tid $tid state $st"
+    sed 's/^/  /' "$t/stack" 2>/dev/null
+  esac
+done`;
