@@ -4,7 +4,7 @@
 // subtest per probe. Nothing else crosses.
 
 export type DmabufAbi = 'ranges' | 'v0';
-export type EndpointType = 'ivshmem-plain' | 'edu' | 'nvme';
+export type EndpointType = 'ivshmem-plain' | 'edu' | 'nvme' | 'pci-testdev';
 
 export interface GuestDevice {
   /** Endpoint id from the lab. */

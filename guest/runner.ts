@@ -8,7 +8,7 @@ import type { Probe } from './probes/common.ts';
 import { Tap } from './lib/tap.ts';
 
 const ABIS: readonly DmabufAbi[] = ['ranges', 'v0'];
-const ENDPOINTS: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme'];
+const ENDPOINTS: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme', 'pci-testdev'];
 const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i;
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -92,6 +92,11 @@ function kmsgMarker(what: string): void {
 }
 
 async function main(argv: string[]): Promise<number> {
+  // The stress probe's worker processes are this same bundle started again.
+  if (argv[0] === '--stress-worker' && argv.length === 2) {
+    const { stressWorkerMain } = await import('./probes/stress.ts');
+    return stressWorkerMain(JSON.parse(argv[1]));
+  }
   if (argv.length !== 1) {
     process.stderr.write('usage: node runner.js <config.json>\n');
     return 2;

@@ -100,9 +100,10 @@ export function decodeRegionInfo(b: Buffer): RegionInfo {
 
 // struct vfio_device_feature { u32 argsz; u32 flags; u8 data[]; }
 export const FEATURE_HEADER_SIZE = 8;
-export function encodeFeature(flags: number, payload: Buffer): Buffer {
+export function encodeFeature(flags: number, payload: Buffer, argsz?: number): Buffer {
   const b = Buffer.alloc(FEATURE_HEADER_SIZE + payload.length);
-  b.writeUInt32LE(b.length, 0);
+  // argsz below the real size tests the kernel's length check; the buffer stays whole.
+  b.writeUInt32LE(argsz ?? b.length, 0);
   b.writeUInt32LE(flags >>> 0, 4);
   payload.copy(b, FEATURE_HEADER_SIZE);
   return b;
@@ -118,7 +119,7 @@ const DMABUF_GET = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_BUF;
  */
 export function encodeDmabufRanges(
   regionIndex: number, openFlags: number, flags: number, ranges: DmaRange[],
-  opts: { featureFlags?: number; nrRanges?: number } = {},
+  opts: { featureFlags?: number; nrRanges?: number; argsz?: number } = {},
 ): Buffer {
   const nr = opts.nrRanges ?? ranges.length;
   const p = Buffer.alloc(16 + 16 * Math.max(nr, ranges.length));
@@ -130,20 +131,20 @@ export function encodeDmabufRanges(
     p.writeBigUInt64LE(BigInt(r.offset), 16 + 16 * i);
     p.writeBigUInt64LE(BigInt(r.length), 24 + 16 * i);
   });
-  return encodeFeature(opts.featureFlags ?? DMABUF_GET, p);
+  return encodeFeature(opts.featureFlags ?? DMABUF_GET, p, opts.argsz);
 }
 
 /** v0 ABI: header + { u32 region_index, open_flags; u64 offset, length }. */
 export function encodeDmabufV0(
   regionIndex: number, openFlags: number, offset: U64, length: U64,
-  opts: { featureFlags?: number } = {},
+  opts: { featureFlags?: number; argsz?: number } = {},
 ): Buffer {
   const p = Buffer.alloc(24);
   p.writeUInt32LE(regionIndex >>> 0, 0);
   p.writeUInt32LE(openFlags >>> 0, 4);
   p.writeBigUInt64LE(BigInt(offset), 8);
   p.writeBigUInt64LE(BigInt(length), 16);
-  return encodeFeature(opts.featureFlags ?? DMABUF_GET, p);
+  return encodeFeature(opts.featureFlags ?? DMABUF_GET, p, opts.argsz);
 }
 
 export interface ExportRequest {
@@ -157,6 +158,8 @@ export interface ExportRequest {
   nrRangesOverride?: number;
   /** Full vfio_device_feature.flags; default GET|DMA_BUF. */
   featureFlags?: number;
+  /** vfio_device_feature.argsz instead of the encoded size. */
+  argsz?: number;
 }
 
 /** Builds the ioctl argument for either ABI; throws if the request cannot be expressed in v0. */
@@ -164,12 +167,12 @@ export function encodeExport(abi: DmabufAbi, r: ExportRequest): Buffer {
   const openFlags = r.openFlags ?? (libc.O_RDWR | libc.O_CLOEXEC);
   if (abi === 'ranges') {
     return encodeDmabufRanges(r.region, openFlags, r.flags ?? 0, r.ranges,
-      { featureFlags: r.featureFlags, nrRanges: r.nrRangesOverride });
+      { featureFlags: r.featureFlags, nrRanges: r.nrRangesOverride, argsz: r.argsz });
   }
   if (r.ranges.length !== 1 || (r.flags ?? 0) !== 0 || r.nrRangesOverride !== undefined) {
     throw new Error('v0 ABI takes exactly one range and has no flags/nr_ranges fields');
   }
-  return encodeDmabufV0(r.region, openFlags, r.ranges[0].offset, r.ranges[0].length, { featureFlags: r.featureFlags });
+  return encodeDmabufV0(r.region, openFlags, r.ranges[0].offset, r.ranges[0].length, { featureFlags: r.featureFlags, argsz: r.argsz });
 }
 
 /** IOMMU group number of a PCI device from sysfs, or null if it has none. */

@@ -39,14 +39,15 @@ const ALL: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme'];
 
 /** Case ids of dmabuf-bad-inputs, in the order they run. */
 export const BAD_INPUT_CASES = [
-  'rom_region', 'unaligned_offset', 'zero_length', 'flags_nonzero', 'nr_ranges_zero',
-  'range_past_end', 'set_without_probe', 'get_set_without_probe', 'probe',
+  'set_without_probe', 'get_set_without_probe', 'probe', 'argsz_short', 'flags_nonzero', 'nr_ranges_zero',
+  'rom_region', 'config_region', 'unimplemented_bar', 'upper_half_bar', 'io_bar',
+  'zero_length', 'unaligned_offset', 'lengths_wrap', 'offset_wraps', 'range_past_end',
 ] as const;
 export type BadInputCase = (typeof BAD_INPUT_CASES)[number];
 
 const region: ParamSpec = {
   name: 'region', type: 'number', default: 2,
-  description: 'VFIO region index (BAR number) to export; ivshmem-plain has its RAM at BAR 2, edu and nvme registers at BAR 0',
+  description: 'VFIO region index (BAR number) to export; ivshmem-plain has its RAM at BAR 2, pci-testdev its membar, edu and nvme registers at BAR 0',
 };
 
 const importerParam: ParamSpec = {
@@ -77,8 +78,8 @@ export const PROBES = {
   },
   'dmabuf-bad-inputs': {
     name: 'dmabuf-bad-inputs',
-    description: 'errno of VFIO_DEVICE_FEATURE_DMA_BUF for invalid requests (ROM region, unaligned, zero length, flags, nr_ranges, past end, SET, PROBE)',
-    endpoints: ALL,
+    description: 'errno of VFIO_DEVICE_FEATURE_DMA_BUF for each invalid request of the contract table: SET/PROBE, short argsz, flags, nr_ranges, ROM and config regions, unimplemented / upper-half / I/O BARs, zero length, unaligned, lengths or offset wrapping 64 bits, past the end',
+    endpoints: [...ALL, 'pci-testdev'],
     params: [
       region,
       {
@@ -171,12 +172,13 @@ export const PROBES = {
   },
   'stress': {
     name: 'stress',
-    description: 'Threads concurrently exporting, MAP_FILE-importing, unmapping, toggling MEM, resetting and closing buffers and the device for a bounded time; then no splat, no stuck call, bufinfo and refcnt back to the baseline, the device still exports',
+    description: 'Processes (each with several threads) concurrently exporting, MAP_FILE-importing, unmapping, toggling MEM, resetting and closing buffers and the device for a bounded time; then no splat, no stuck call, bufinfo and refcnt back to the baseline, the device still exports',
     endpoints: ALL,
     params: [
       region,
       { name: 'seconds', type: 'number', default: 5, description: 'How long the workers run' },
-      { name: 'workers', type: 'number', default: 3, description: 'Number of concurrent worker threads' },
+      { name: 'processes', type: 'number', default: 3, description: 'Number of worker processes, each given the VFIO group fd' },
+      { name: 'threads', type: 'number', default: 2, description: 'Syscall threads per worker process, each with its own device fd' },
       { name: 'seed', type: 'number', default: 0, description: 'Seed of the operation mix; 0 picks one from the clock (printed in the TAP)' },
     ],
   },

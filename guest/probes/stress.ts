@@ -1,15 +1,18 @@
-// stress: several threads at once exporting dma-bufs, importing them with
-// iommufd's MAP_FILE, unmapping, toggling PCI_COMMAND.MEM, resetting, closing
-// buffers and closing and reopening the device, for a bounded time. Then: no
-// kernel splat, nothing stuck (every worker done within the bound plus a
-// margin), the dma-bufs in bufinfo and the vfio_pci_core refcount back to the
-// baseline, and the device still opens and exports.
+// stress: several processes, each with several syscall threads, at once
+// exporting dma-bufs, importing them with iommufd's MAP_FILE, unmapping,
+// toggling PCI_COMMAND.MEM, resetting, closing buffers and closing and
+// reopening the device, for a bounded time. Then: no kernel splat, nothing
+// stuck (every worker done within the bound plus a margin), the dma-bufs in
+// bufinfo and the vfio_pci_core refcount back to the baseline, and the device
+// still opens and exports.
 //
-// Each worker is a syscall thread (worker_threads) driven from here, so the
-// ioctls really run in parallel while the bookkeeping stays in one place. The
-// workers share one group fd and each gets its own device fd from it, so a
-// worker's device close is sometimes the last one (vfio_pci_dma_buf_cleanup
-// racing the others' exports, revokes and imports).
+// The probe opens the VFIO group and hands it to each worker process as fd 3
+// (the runner started again with --stress-worker); each worker thread there
+// gets its own device fd from it. The probe closes its own device fd first, so
+// a worker's device close is sometimes the last one: vfio_pci_dma_buf_cleanup
+// racing other processes' exports, revokes and imports, across fd tables and
+// mms as real users (a VMM and an RDMA application) would.
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import {
   decodeIoasMapFileIova, decodeIoasUnmapLength, encodeIoasMapFile, encodeIoasUnmap, Iommufd, IOMMU_DEV,
@@ -153,64 +156,176 @@ async function runWorker(worker: number, env: Env, thread: SyscallThread, iommuf
   return report;
 }
 
+/** The group fd as a worker process receives it (stdio slot 3). */
+const INHERITED_GROUP_FD = 3;
+/** Node's cold start in a TCG guest under load, allowed on top of the run time. */
+const START_ALLOWANCE_MS = 20_000;
+
+export interface StressWorkerArgs {
+  process: number;
+  threads: number;
+  seeds: number[];
+  seconds: number;
+  env: Omit<Env, 'groupFd' | 'deadline'>;
+}
+
+interface ProcessReport { process: number; pid: number; reports: WorkerReport[]; startedAt: number }
+
+/**
+ * Entry of a worker process (`runner.cjs --stress-worker <json>`): starts its
+ * threads, says "ready", waits for "go" on stdin so every process runs in the
+ * same window, runs its workers on the inherited group fd and prints one JSON
+ * report line.
+ */
+export async function stressWorkerMain(args: StressWorkerArgs): Promise<number> {
+  const threads: SyscallThread[] = [];
+  const iommufds: Iommufd[] = [];
+  try {
+    for (let i = 0; i < args.threads; i++) {
+      threads.push(await SyscallThread.start(CALL_DEADLINE_MS));
+      iommufds.push(Iommufd.open());
+    }
+    process.stdout.write('ready\n');
+    await new Promise<void>((resolve, reject) => {
+      process.stdin.once('data', () => resolve());
+      process.stdin.once('end', () => reject(new Error('stdin closed before go')));
+    });
+    process.stdin.destroy();
+    const startedAt = Date.now();
+    const env: Env = { ...args.env, groupFd: INHERITED_GROUP_FD, deadline: startedAt + args.seconds * 1000 };
+    const reports = await Promise.all(threads.map((th, i) =>
+      runWorker(args.process * args.threads + i, env, th, iommufds[i], prng(args.seeds[i]))));
+    const out: ProcessReport = { process: args.process, pid: process.pid, reports, startedAt };
+    process.stdout.write(`${JSON.stringify(out)}\n`);
+    return reports.some((r) => r.stuck) ? 3 : 0;
+  } finally {
+    for (const th of threads) await th.stop();
+    for (const i of iommufds) i.close();
+  }
+}
+
+/** One worker process as the probe sees it. */
+class WorkerProcess {
+  private out = '';
+  private err = '';
+  private exited: string | null = null;
+  private readonly child: ChildProcess;
+  readonly closed: Promise<void>;
+
+  constructor(readonly args: StressWorkerArgs, groupFd: number) {
+    this.child = spawn(process.execPath, [process.argv[1], '--stress-worker', JSON.stringify(args)], {
+      stdio: ['pipe', 'pipe', 'pipe', groupFd],
+    });
+    this.child.stdout!.on('data', (d: Buffer) => { this.out += d.toString(); });
+    this.child.stderr!.on('data', (d: Buffer) => { this.err += d.toString(); });
+    this.closed = new Promise((resolve) => {
+      this.child.on('error', (e) => { this.exited ??= `could not start: ${e.message}`; resolve(); });
+      this.child.on('close', (code, signal) => { this.exited ??= `exited ${code ?? signal}`; resolve(); });
+    });
+  }
+
+  get ready(): boolean {
+    return this.out.startsWith('ready\n');
+  }
+
+  go(): void {
+    this.child.stdin!.end('go\n');
+  }
+
+  /** A thread blocked in the kernel keeps the process alive; SIGKILL ends what can be ended. */
+  kill(): void {
+    this.child.kill('SIGKILL');
+  }
+
+  result(): { report: ProcessReport | null; problem?: string } {
+    const line = this.out.trim().split('\n').pop() ?? '';
+    const tail = this.err.trim().slice(-400);
+    if (line.startsWith('{')) {
+      try {
+        return { report: JSON.parse(line) as ProcessReport };
+      } catch {
+        return { report: null, problem: `process ${this.args.process}: unreadable report ${line.slice(0, 200)}` };
+      }
+    }
+    return { report: null, problem: `process ${this.args.process} (pid ${this.child.pid}) ${this.exited ?? 'still running'} without a report${tail ? `: ${tail}` : ''}` };
+  }
+}
+
+/** Resolves when `cond` holds or `ms` passed; false on timeout. */
+async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
+
 export default async function stress(ctx: ProbeContext): Promise<void> {
   const { t, abi } = ctx;
   const region = ctx.params.region as number;
   const seconds = ctx.params.seconds as number;
-  const nWorkers = ctx.params.workers as number;
+  const nProcesses = ctx.params.processes as number;
+  const nThreads = ctx.params.threads as number;
+  const nWorkers = nProcesses * nThreads;
   const seed = (ctx.params.seed as number) || (Date.now() % 2 ** 31);
   const page = libc.pageSize();
   const km = libc.trySyscall(() => Kmsg.mark());
-  if (!t.ok(nWorkers >= 1 && seconds >= 1, 'at least one worker for at least one second', { workers: nWorkers, seconds })) return;
+  if (!t.ok(nWorkers >= 1 && seconds >= 1, 'at least one worker for at least one second', { processes: nProcesses, threads: nThreads, seconds })) return;
   if (!existsSync(IOMMU_DEV)) {
     t.skip('concurrent export, MAP_FILE, revoke and close', `no ${IOMMU_DEV} (kernel without CONFIG_IOMMUFD)`);
     return;
   }
   const base = baseline();
   const dev = VfioDevice.open(ctx.device.bdf, ctx.device.iommuGroup);
-  const threads: SyscallThread[] = [];
-  const iommufds: Iommufd[] = [];
   let deviceFdOpen = true;
   try {
     const size = dev.regionInfo(region).size;
     if (!t.ok(size >= 8 * page, `region ${region} has at least eight pages`, { size, page })) return;
     const on = setMemoryDecoding(dev, true);
     if (!t.ok(on.ok, 'PCI_COMMAND.MEM is on before the stress', commandDiag(on))) return;
-    const env: Env = {
-      abi, bdf: ctx.device.bdf, groupFd: dev.groupFd, region, page,
+    const env: StressWorkerArgs['env'] = {
+      abi, bdf: ctx.device.bdf, region, page,
       configOffset: dev.regionInfo(VFIO_PCI_CONFIG_REGION_INDEX).offset,
-      resetWorks: Boolean(dev.info().flags & VFIO_DEVICE_FLAGS_RESET), deadline: 0,
+      resetWorks: Boolean(dev.info().flags & VFIO_DEVICE_FLAGS_RESET),
     };
-    for (let i = 0; i < nWorkers; i++) {
-      threads.push(await SyscallThread.start(CALL_DEADLINE_MS));
-      iommufds.push(Iommufd.open());
-    }
     // Only the workers' device fds from here on, so their closes can be the last one.
     libc.close(dev.deviceFd);
     deviceFdOpen = false;
-    t.comment(`${nWorkers} workers for ${seconds} s, seed ${seed}, ${abi} ABI, region ${region} (${size} bytes), reset ${env.resetWorks ? 'available' : 'not offered'}`);
+    t.comment(`${nProcesses} processes x ${nThreads} threads for ${seconds} s, seed ${seed}, ${abi} ABI, region ${region} (${size} bytes), reset ${env.resetWorks ? 'available' : 'not offered'}`);
 
-    const start = Date.now();
-    env.deadline = start + seconds * 1000;
-    const bound = seconds * 1000 + MARGIN_MS;
     const rand = prng(seed);
-    const running = threads.map((th, i) => runWorker(i, env, th, iommufds[i], prng(Math.floor(rand() * 2 ** 31))));
-    const settled: (WorkerReport | null)[] = running.map(() => null);
-    const failedWorkers: { worker: number; error: string }[] = [];
-    const tracked = running.map((p, i) => p.then((r) => { settled[i] = r; }, (e) => { failedWorkers.push({ worker: i, error: String(e) }); }));
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(tracked), new Promise((res) => { timer = setTimeout(res, bound); })]);
-    clearTimeout(timer);
+    const workers = Array.from({ length: nProcesses }, (_, p) => new WorkerProcess({
+      process: p, threads: nThreads, seconds, env, seeds: Array.from({ length: nThreads }, () => Math.floor(rand() * 2 ** 31)),
+    }, dev.groupFd));
+    const allReady = await until(() => workers.every((w) => w.ready), START_ALLOWANCE_MS);
+    t.ok(allReady, `every worker process started its threads within ${START_ALLOWANCE_MS / 1000} s`, { ready: workers.map((w) => w.ready) });
+    // Everyone goes at once (or whoever is ready, so a slow start still gets judged).
+    const start = Date.now();
+    for (const w of workers) w.go();
+    const bound = seconds * 1000 + MARGIN_MS;
+    const closedInTime = await Promise.race([
+      Promise.all(workers.map((w) => w.closed)).then(() => true),
+      new Promise<boolean>((r) => setTimeout(() => r(false), bound).unref()),
+    ]);
+    if (!closedInTime) for (const w of workers) w.kill();
+    const procs = workers.map((w) => w.result());
 
-    const reports = settled.filter((r): r is WorkerReport => r !== null);
+    const reports = procs.flatMap((x) => x.report?.reports ?? []);
+    const problems = procs.flatMap((x) => (x.problem ? [x.problem] : []));
     const finished = reports.filter((r) => !r.stuck);
-    t.ok(finished.length === nWorkers && failedWorkers.length === 0,
+    const pids = new Set(procs.flatMap((x) => (x.report ? [x.report.pid] : [])));
+    t.ok(pids.size === nProcesses && !pids.has(process.pid), `${nProcesses} separate worker processes reported`, { pids: [...pids], problems });
+    t.ok(finished.length === nWorkers && problems.length === 0,
       `every worker finished within ${bound / 1000} s (run time plus ${MARGIN_MS / 1000} s), no call stuck in the kernel`, {
         finished: finished.map((r) => ({ worker: r.worker, afterMs: r.finishedAt - start })),
         stuck: reports.filter((r) => r.stuck).map((r) => ({ worker: r.worker, maxMs: r.maxMs })),
-        neverReturned: settled.flatMap((r, i) => (r ? [] : [i])),
-        failedWorkers,
+        problems,
       });
+    // The processes must really have overlapped, or this was a sequential test.
+    const starts = procs.flatMap((x) => (x.report ? [x.report.startedAt] : []));
+    const spread = starts.length ? Math.max(...starts) - Math.min(...starts) : 0;
+    t.ok(spread < seconds * 1000, `the worker processes ran at the same time (starts within ${spread} ms, run time ${seconds} s)`, { starts: starts.map((x) => x - start) });
     const totals: Record<string, Record<string, number>> = {};
     for (const r of reports) for (const [op, o] of Object.entries(r.outcomes)) for (const [k, n] of Object.entries(o)) (totals[op] ??= {})[k] = (totals[op][k] ?? 0) + n;
     const maxMs: Record<string, number> = {};
@@ -224,8 +339,6 @@ export default async function stress(ctx: ProbeContext): Promise<void> {
     t.ok(unexpected.length === 0, 'no operation gave an unexpected result', { count: unexpected.length, first: unexpected.slice(0, 20), seed });
   } finally {
     if (deviceFdOpen) libc.trySyscall(() => libc.close(dev.deviceFd));
-    for (const th of threads) await th.stop();
-    for (const i of iommufds) i.close();
     for (const x of [dev.groupFd, dev.containerFd]) libc.trySyscall(() => libc.close(x));
   }
   afterStress(ctx, base);

@@ -223,6 +223,11 @@ const idSchema = z.string().regex(ID_RE, 'must be a lowercase letter followed by
 const SIZE_RE = /^(\d+)\s*(M|MB|MiB|G|GB|GiB)?$/i;
 
 /** A size in MiB: `64M`, `2G`, `2048M`; a bare integer is MiB, like QEMU's -m. */
+// A BAR is a power of two (ivshmem's BAR2 is its backing memory, pci-testdev's membar is BAR2).
+const powerOfTwo = (n: number, ctx: z.RefinementCtx) => {
+  if ((n & (n - 1)) !== 0) ctx.addIssue({ code: 'custom', message: `must be a power of two (got ${n}M)` });
+};
+
 function sizeMiB(def?: number) {
   return z.unknown().transform((v, ctx): number => {
     if (v === undefined || v === null) {
@@ -365,10 +370,7 @@ const labSchema = orEmpty({}, strictObject({
         id: idSchema,
         type: z.literal('ivshmem-plain'),
         port: idSchema,
-        memory: sizeMiB(64).superRefine((n, ctx) => {
-          // BAR2 is the backing memory itself, and a BAR is a power of two.
-          if ((n & (n - 1)) !== 0) ctx.addIssue({ code: 'custom', message: `must be a power of two (got ${n}M)` });
-        }),
+        memory: sizeMiB(64).superRefine(powerOfTwo),
       }),
       strictObject({
         id: idSchema,
@@ -383,6 +385,12 @@ const labSchema = orEmpty({}, strictObject({
         cmb_size: sizeMiB(64),
         // NVMe's serial number field is 20 bytes; no commas (QEMU option syntax).
         serial: z.string().regex(/^[A-Za-z0-9_.-]{1,20}$/, 'must be 1-20 characters of A-Z, a-z, 0-9, _, . or -').optional(),
+      }),
+      strictObject({
+        id: idSchema,
+        type: z.literal('pci-testdev'),
+        port: idSchema,
+        membar: sizeMiB(4).superRefine(powerOfTwo),
       }),
     ]).array().superRefine((eps, ctx) => eps.forEach((e, i) => {
       if (e.type === 'nvme' && e.serial === undefined && e.id.length > 20) {
@@ -623,6 +631,8 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
         return { id: e.id, type: e.type, port: e.port, dmaMaskBits: e.dma_mask };
       case 'nvme':
         return { id: e.id, type: e.type, port: e.port, cmbSizeMiB: e.cmb_size, serial: e.serial ?? e.id };
+      case 'pci-testdev':
+        return { id: e.id, type: e.type, port: e.port, membarMiB: e.membar };
     }
   });
   const topology: TopologySpec = {

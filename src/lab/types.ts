@@ -114,9 +114,16 @@ export interface NvmeEndpoint extends EndpointBase {
   serial: string;
 }
 
-export type EndpointSpec = IvshmemEndpoint | EduEndpoint | NvmeEndpoint;
+/** QEMU's pci-testdev: BAR0 memory (one page), BAR1 I/O ports, BAR2 a 64-bit prefetchable BAR. */
+export interface PciTestdevEndpoint extends EndpointBase {
+  type: 'pci-testdev';
+  /** Size of BAR2 in MiB, power of two. */
+  membarMiB: number;
+}
+
+export type EndpointSpec = IvshmemEndpoint | EduEndpoint | NvmeEndpoint | PciTestdevEndpoint;
 export type EndpointType = EndpointSpec['type'];
-export const ENDPOINT_TYPES: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme'];
+export const ENDPOINT_TYPES: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme', 'pci-testdev'];
 
 export interface TopologySpec {
   rootPorts: RootPortSpec[];

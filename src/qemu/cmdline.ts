@@ -141,6 +141,9 @@ function endpointArgs(ep: EndpointSpec, memoryBackendDir: string): string[] {
     case 'nvme':
       // No drive: a controller without namespaces is enough to export its CMB.
       return ['-device', `nvme,${at},serial=${ep.serial},cmb_size_mb=${ep.cmbSizeMiB}`];
+    case 'pci-testdev':
+      // A conventional PCI device, the one QEMU endpoint with an I/O-port BAR and no guest driver.
+      return ['-device', `pci-testdev,${at},membar=${ep.membarMiB}M`];
   }
 }
 

@@ -51,7 +51,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
     machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [] },
     iommu: { kind: 'intel', cachingMode: true, strict: false, passthrough: false },
     topology: {
-      rootPorts: [{ id: 'rp0' }, { id: 'rp1' }, { id: 'rp2' }],
+      rootPorts: [{ id: 'rp0' }, { id: 'rp1' }, { id: 'rp2' }, { id: 'rp3' }],
       switches: [{ id: 'sw0', port: 'rp1', downstream: ['dp0', 'dp1', 'dp2'] }],
       endpoints: [
         { id: 'shm0', type: 'ivshmem-plain', port: 'rp0', memoryMiB: 64 },
@@ -59,13 +59,14 @@ test('labs/default.yaml is the documented default lab', async (t) => {
         { id: 'edu0', type: 'edu', port: 'dp1', dmaMaskBits: 64 },
         { id: 'nvme0', type: 'nvme', port: 'dp2', cmbSizeMiB: 64, serial: 'nvme0' },
         { id: 'shm2', type: 'ivshmem-plain', port: 'rp2', memoryMiB: 16 },
+        { id: 'iotest0', type: 'pci-testdev', port: 'rp3', membarMiB: 4 },
       ],
     },
     modules: ['vfio-pci'],
     dmabufAbi: 'ranges',
     // Probe params are the catalog's business (test/unit/guest-tap.test.ts): here, which probe runs where.
     probes: [
-      ['dmabuf-export', 'shm0'], ['dmabuf-fd', 'shm0'], ['dmabuf-bad-inputs', 'shm0'], ['reset-and-mem-toggle', 'shm0'],
+      ['dmabuf-export', 'shm0'], ['dmabuf-fd', 'shm0'], ['dmabuf-bad-inputs', 'shm0'], ['dmabuf-bad-inputs', 'iotest0'], ['reset-and-mem-toggle', 'shm0'],
       ['map-type', 'shm1'], ['map-type', 'nvme0'], ['map-type', 'shm0'], ['importer-refusals', 'shm1'],
       ['importer-multirange', 'shm1'], ['importer-multirange', 'shm0'],
       ['revoke-triggers', 'nvme0'], ['revoke-triggers', 'shm0'], ['rdma-reg-dmabuf-mr', 'shm0'], ['iommufd-map-file', 'shm0'], ['export-ranges', 'shm0'],
@@ -148,7 +149,7 @@ test('schema errors: all at once, each with file:line:col and field', async (t) 
     `${f}:13:21: topology.root_ports[1].id: must be a lowercase letter followed by a-z, 0-9, _ or - (it becomes a QEMU id) (got "Rp1")`,
     `${f}:15:7: topology.switches[0].port: is required`,
     `${f}:17:59: topology.endpoints[0].memory: must be a power of two (got 48M)`,
-    `${f}:18:25: topology.endpoints[1].type: must be one of ivshmem-plain, edu, nvme (got "edux")`,
+    `${f}:18:25: topology.endpoints[1].type: must be one of ivshmem-plain, edu, nvme, pci-testdev (got "edux")`,
     `${f}:19:51: topology.endpoints[2].dma_mask: must be at least 28 (got 12)`,
     `${f}:20:13: dmabuf_abi: must be one of ranges, v0 (got "v1")`,
     `${f}:21:19: timeouts.boot: must be greater than 0 (got 0)`,
@@ -193,7 +194,7 @@ test('probe cross-references and params', async (t) => {
     `${f}:9:32: probes[1].device: "rp0" is a root port, not an endpoint`,
     `${f}:10:32: probes[2].device: no endpoint "shm9" (endpoints: shm0)`,
     `${f}:12:38: probes[3].params.expect.zero_length: expected an errno name like "EINVAL" or "OK"`,
-    `${f}:12:46: probes[3].params.expect.bogus: unknown key "bogus" (known: rom_region, unaligned_offset, zero_length, flags_nonzero, nr_ranges_zero, range_past_end, set_without_probe, get_set_without_probe, probe)`,
+    `${f}:12:46: probes[3].params.expect.bogus: unknown key "bogus" (known: set_without_probe, get_set_without_probe, probe, argsz_short, flags_nonzero, nr_ranges_zero, rom_region, config_region, unimplemented_bar, upper_half_bar, io_bar, zero_length, unaligned_offset, lengths_wrap, offset_wraps, range_past_end)`,
     `${f}:12:71: probes[3].params.region: expected a non-negative integer`,
     `${f}:14:33: probes[4].params.closeWhileMemOff: expected true or false (got "yes")`,
     `${f}:14:51: probes[4].params.colour: unknown param "colour" for probe reset-and-mem-toggle (params: region, closeWhileMemOff)`,

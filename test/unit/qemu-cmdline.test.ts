@@ -156,6 +156,13 @@ test('nvme with a CMB, and root port slots in hex beyond 0x19', (t) => {
   t.deepEqual(c.pciPaths, { nvme0: ['1b.0', '00.0'] });
 });
 
+test('pci-testdev with its 64-bit membar', (t) => {
+  const c = buildQemuCommand(input(lab({
+    topology: { rootPorts: [{ id: 'rp0' }], endpoints: [{ id: 'iot0', type: 'pci-testdev', port: 'rp0', membarMiB: 4 }] },
+  })));
+  t.is(devices(c.args).at(-1), '-device pci-testdev,id=iot0,bus=rp0,addr=0x0,membar=4M');
+});
+
 test('commas in paths are escaped inside option strings only', (t) => {
   const c = buildQemuCommand(input(
     lab({ topology: { rootPorts: [{ id: 'rp0' }], endpoints: [{ id: 'shm0', type: 'ivshmem-plain', port: 'rp0', memoryMiB: 2 }] } }),
@@ -185,6 +192,7 @@ test('labs/default.yaml builds the documented machine', async (t) => {
     edu0: ['11.0', '00.0', '01.0', '00.0'],
     nvme0: ['11.0', '00.0', '02.0', '00.0'],
     shm2: ['12.0', '00.0'],
+    iotest0: ['13.0', '00.0'],
   });
   t.is(devices(c.args)[0], '-device intel-iommu,intremap=on,caching-mode=on');
   t.true(c.args.includes('edu,id=edu0,bus=dp1,addr=0x0,dma_mask=0xffffffffffffffff'));

@@ -73,6 +73,16 @@ test('dma_buf ranges ABI: nr_ranges override and bigint offsets', (t) => {
   t.deepEqual(probe, hex('18000000 0b000400 02000000 00000000 00000000 00000000'));
 });
 
+test('argsz override: the header says less than the buffer holds (the kernel must refuse, not read short)', (t) => {
+  const req = { region: 2, ranges: [{ offset: 0, length: 0x1000 }], argsz: v.FEATURE_HEADER_SIZE + 15 };
+  const r = v.encodeExport('ranges', req);
+  t.is(r.readUInt32LE(0), 23);
+  t.is(r.length, 8 + 16 + 16);
+  const v0 = v.encodeExport('v0', req);
+  t.is(v0.readUInt32LE(0), 23);
+  t.is(v0.length, 8 + 24);
+});
+
 test('dma_buf v0 ABI: u32 region, u32 open_flags, u64 offset, u64 length', (t) => {
   t.deepEqual(v.encodeDmabufV0(2, libc.O_RDWR | libc.O_CLOEXEC, 0x1000, 0x2000),
     hex('20000000 0b000100 02000000 02000800 0010000000000000 0020000000000000'));
