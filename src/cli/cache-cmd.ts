@@ -1,10 +1,48 @@
+import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { cacheRoot, isComplete } from '../util/cache.ts';
+import { cacheRoot, isComplete, listEntries, type CacheEntryInfo } from '../util/cache.ts';
+import { HwlabError } from '../util/cleanup.ts';
 
-/** Removes unfinished entries (.tmp-*, entries without a manifest); with all, the whole cache. */
-export async function pruneCache(opts: { all: boolean }): Promise<string[]> {
+/** Entries used this recently are never pruned by size: a running lab may be reading them. */
+export const IN_USE_MS = 15 * 60_000;
+
+/** "20G", "512M", "1.5T", "300000" (bytes) -> bytes. */
+export function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!m) throw new HwlabError(`--max-size: "${text}" is not a size (examples: 20G, 512M, 1T)`);
+  const mult = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[m[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
+  return Math.floor(Number(m[1]) * mult);
+}
+
+export function formatSize(bytes: number): string {
+  const units = ['B', 'K', 'M', 'G', 'T'];
+  let n = bytes;
+  let u = 0;
+  while (n >= 1024 && u < units.length - 1) { n /= 1024; u++; }
+  return `${n.toFixed(n < 10 && u > 0 ? 1 : 0)}${units[u]}`;
+}
+
+/** Disk use of a directory as du counts it (hard links once, sparse files by blocks). */
+export async function dirBytes(dir: string): Promise<number> {
+  const r = await execa('du', ['-s', '--block-size=1', dir], { timeout: 120_000 });
+  return Number(r.stdout.split(/\s/)[0]);
+}
+
+/** Complete entries with their size, least recently used first. */
+export async function entriesBySize(): Promise<Array<CacheEntryInfo & { bytes: number }>> {
+  const entries = await listEntries();
+  const sized = await Promise.all(entries.map(async (e) => ({ ...e, bytes: await dirBytes(e.dir) })));
+  return sized.sort((a, b) => (a.lastUsed ?? a.createdAt).localeCompare(b.lastUsed ?? b.createdAt));
+}
+
+/**
+ * Removes unfinished entries (.tmp-*, entries without a manifest); with all,
+ * the whole cache; with maxBytes, then the least recently used entries until
+ * the complete ones fit (never one used in the last IN_USE_MS).
+ */
+export async function pruneCache(opts: { all: boolean; maxBytes?: number; now?: number }): Promise<string[]> {
   const root = cacheRoot();
   const removed: string[] = [];
   if (!existsSync(root)) return removed;
@@ -20,6 +58,18 @@ export async function pruneCache(opts: { all: boolean }): Promise<string[]> {
         await rm(dir, { recursive: true, force: true });
         removed.push(dir);
       }
+    }
+  }
+  if (opts.maxBytes !== undefined && !opts.all) {
+    const now = opts.now ?? Date.now();
+    const entries = await entriesBySize();
+    let total = entries.reduce((n, e) => n + e.bytes, 0);
+    for (const e of entries) {
+      if (total <= opts.maxBytes) break;
+      if (now - Date.parse(e.lastUsed ?? e.createdAt) < IN_USE_MS) continue;
+      await rm(e.dir, { recursive: true, force: true });
+      removed.push(e.dir);
+      total -= e.bytes;
     }
   }
   return removed;

@@ -9,8 +9,8 @@ import { buildImage } from '../image/build.ts';
 import { runLab } from '../run/run-lab.ts';
 import { formatMutantsTable, runMutants } from '../run/mutants.ts';
 import { runDoctor } from './doctor.ts';
-import { listEntries, cacheRoot } from '../util/cache.ts';
-import { pruneCache } from './cache-cmd.ts';
+import { cacheRoot } from '../util/cache.ts';
+import { entriesBySize, formatSize, parseSize, pruneCache } from './cache-cmd.ts';
 import { HwlabError, runCleanups } from '../util/cleanup.ts';
 import { Progress } from '../util/progress.ts';
 
@@ -27,7 +27,9 @@ const USAGE = `usage: hwlab <command> [options]
   doctor [--install]    check host tools, a KVM that really works, disk space;
                         --install apt-installs the missing Debian packages
   cache ls              list cache entries (${cacheRoot()})
-  cache prune [--all]   remove unfinished entries (--all: everything)
+  cache prune [--all | --max-size SIZE]
+                        remove unfinished entries (--all: everything; --max-size 20G:
+                        then least recently used entries until the cache fits)
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -77,15 +79,23 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'cache': {
       if (rest[0] === 'ls') {
-        for (const e of await listEntries()) process.stdout.write(`${e.kind.padEnd(10)} ${e.key}  ${e.createdAt}  ${e.label}\n`);
+        const entries = await entriesBySize();
+        for (const e of entries) {
+          process.stdout.write(`${e.kind.padEnd(13)} ${e.key}  ${formatSize(e.bytes).padStart(6)}  used ${(e.lastUsed ?? e.createdAt).slice(0, 19)}  ${e.label}\n`);
+        }
+        process.stdout.write(`${entries.length} entries, ${formatSize(entries.reduce((n, e) => n + e.bytes, 0))} in ${cacheRoot()} (least recently used first)\n`);
         return 0;
       }
       if (rest[0] === 'prune') {
-        const removed = await pruneCache({ all: rest.includes('--all') });
+        const { values } = parseArgs({ args: rest.slice(1), options: { all: { type: 'boolean' }, 'max-size': { type: 'string' } } });
+        if (values.all && values['max-size'] !== undefined) throw new UsageError('cache prune: --all and --max-size exclude each other');
+        const maxBytes = values['max-size'] === undefined ? undefined : parseSize(values['max-size']);
+        const removed = await pruneCache({ all: values.all ?? false, maxBytes });
+        for (const r of removed) process.stdout.write(`removed ${r}\n`);
         process.stdout.write(`removed ${removed.length} entries\n`);
         return 0;
       }
-      throw new UsageError('usage: hwlab cache ls | hwlab cache prune [--all]');
+      throw new UsageError('usage: hwlab cache ls | hwlab cache prune [--all | --max-size SIZE]');
     }
     case undefined:
     case '-h':

@@ -4,7 +4,7 @@
 // an entry a later run would trust.
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, rmSync } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat, writeFile, readFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat, utimes, writeFile, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -38,6 +38,8 @@ export interface CacheEntryInfo {
   createdAt: string;
   label: string;
   bytes?: number;
+  /** When a run last used the entry (the manifest's mtime, touched on every hit). */
+  lastUsed?: string;
 }
 
 const MANIFEST = 'hwlab-entry.json';
@@ -61,7 +63,10 @@ export async function ensureEntry(
   build: (tmpDir: string) => Promise<void>,
 ): Promise<{ dir: string; hit: boolean }> {
   const dir = entryDir(kind, key);
-  if (isComplete(dir)) return { dir, hit: true };
+  if (isComplete(dir)) {
+    await markUsed(dir);
+    return { dir, hit: true };
+  }
   const parent = path.dirname(dir);
   await mkdir(parent, { recursive: true });
   const tmp = path.join(parent, `.tmp-${key}-${process.pid}-${randomBytes(4).toString('hex')}`);
@@ -94,6 +99,12 @@ export async function ensureEntry(
   }
 }
 
+/** Records a use of an entry for `cache prune --max-size` (least recently used go first). */
+export async function markUsed(dir: string): Promise<void> {
+  const now = new Date();
+  await utimes(path.join(dir, MANIFEST), now, now).catch(() => {});
+}
+
 export async function listEntries(): Promise<CacheEntryInfo[]> {
   const root = cacheRoot();
   const out: CacheEntryInfo[] = [];
@@ -105,7 +116,9 @@ export async function listEntries(): Promise<CacheEntryInfo[]> {
       const dir = path.join(kdir, key);
       if (!isComplete(dir)) continue;
       try {
-        out.push(JSON.parse(await readFile(path.join(dir, MANIFEST), 'utf8')));
+        const info = JSON.parse(await readFile(path.join(dir, MANIFEST), 'utf8')) as CacheEntryInfo;
+        info.lastUsed = (await stat(path.join(dir, MANIFEST))).mtime.toISOString();
+        out.push(info);
       } catch { /* unreadable manifest: not listed */ }
     }
   }

@@ -3,10 +3,11 @@
 // run would trust; the config key ignores patches that cannot change Kconfig.
 import test from 'ava';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { cacheKey, ensureEntry, entryDir, listEntries, stableJson } from '../../src/util/cache.ts';
+import { entriesBySize, IN_USE_MS, parseSize, pruneCache } from '../../src/cli/cache-cmd.ts';
 import { configKey, extractBuildErrors, touchedFiles } from '../../src/kernel/build.ts';
 import type { PatchFile } from '../../src/kernel/patches.ts';
 
@@ -101,4 +102,29 @@ test('withLock: a live holder blocks until the timeout; a dead holder\'s lock is
   await t.throwsAsync(withLock(file, 'x', 1000, async () => { throw new Error('boom'); }), { message: 'boom' });
   t.false(existsSync(file), 'released on failure too');
   await rm(dir, { recursive: true, force: true });
+});
+
+test.serial('prune --max-size: least recently used entries go first, a hit counts as a use, recent entries stay', async (t) => {
+  const mk = (key: string) => ensureEntry('lru', key, key, async (tmp) => { await writeFile(path.join(tmp, 'blob'), Buffer.alloc(256 * 1024, 1)); });
+  const a = await mk('a');
+  const b = await mk('b');
+  const c = await mk('c');
+  const now = Date.now();
+  const at = (dir: string, ago: number) => utimes(path.join(dir, 'hwlab-entry.json'), new Date(now - ago), new Date(now - ago));
+  await at(a.dir, 3 * IN_USE_MS);
+  await at(b.dir, 2 * IN_USE_MS);
+  await at(c.dir, 4 * IN_USE_MS);
+  // A hit on c makes it the most recently used.
+  t.true((await mk('c')).hit);
+  const before = (await entriesBySize()).filter((e) => e.kind === 'lru');
+  t.deepEqual(before.map((e) => e.key), ['a', 'b', 'c'], 'oldest use first');
+  const others = (await entriesBySize()).filter((e) => e.kind !== 'lru').reduce((n, e) => n + e.bytes, 0);
+  // Room for one of the three: a and b go (oldest use); c was used just now and stays even if over.
+  const removed = await pruneCache({ all: false, maxBytes: others + before[2].bytes, now });
+  t.deepEqual(removed.map((d) => path.basename(d)), ['a', 'b']);
+  const removedAll = await pruneCache({ all: false, maxBytes: 0, now });
+  t.false(removedAll.includes(c.dir), 'an entry used in the last minutes is never pruned by size');
+  t.is(parseSize('20G'), 20 * 2 ** 30);
+  t.is(parseSize('512MiB'), 512 * 2 ** 20);
+  t.throws(() => parseSize('lots'), { message: /--max-size: "lots" is not a size/ });
 });
