@@ -16,9 +16,10 @@ import { Progress } from '../util/progress.ts';
 
 const USAGE = `usage: hwlab <command> [options]
 
-  run <lab.yaml> [--patch FILE]... [--runs-dir DIR] [--refresh] [--json]
+  run <lab.yaml> [--patch FILE]... [--fragment FILE]... [--runs-dir DIR] [--refresh] [--json]
                         build what the lab needs, boot it, run its probes, print results;
-                        --patch applies FILE on top of the lab's series for this run
+                        --patch applies FILE on top of the lab's series for this run;
+                        --fragment merges a config fragment after the lab's (configs/kasan.config)
   mutants <lab.yaml> [--dir DIR] [--only NN]... [--runs-dir DIR] [--no-baseline] [--focus]
                         run the lab once per known-bad patch in DIR (default test/data/broken),
                         on top of the lab's series; exit 0 only if every patch was caught;
@@ -40,11 +41,14 @@ async function main(argv: string[]): Promise<number> {
       const { values, positionals } = parseArgs({
         args: rest,
         allowPositionals: true,
-        options: { 'runs-dir': { type: 'string' }, refresh: { type: 'boolean' }, json: { type: 'boolean' }, patch: { type: 'string', multiple: true } },
+        options: {
+          'runs-dir': { type: 'string' }, refresh: { type: 'boolean' }, json: { type: 'boolean' },
+          patch: { type: 'string', multiple: true }, fragment: { type: 'string', multiple: true },
+        },
       });
       if (positionals.length !== 1) throw new UsageError('hwlab run takes exactly one lab file');
       const lab = await loadLab(path.resolve(positionals[0]));
-      const out = await runLab(lab, { progress, runsDir: values['runs-dir'], refresh: values.refresh, extraPatches: values.patch });
+      const out = await runLab(lab, { progress, runsDir: values['runs-dir'], refresh: values.refresh, extraPatches: values.patch, extraFragments: values.fragment });
       if (values.json) process.stdout.write(JSON.stringify(out.results, null, 2) + '\n');
       else process.stdout.write(`\n${out.table}\n`);
       const t = out.results.timings;

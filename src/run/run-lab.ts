@@ -53,6 +53,8 @@ export interface RunOptions {
   refresh?: boolean;
   /** Patch files applied on top of the lab's series for this run (`--patch`). */
   extraPatches?: string[];
+  /** Config fragments merged after the lab's for this run (`--fragment`), e.g. configs/kasan.config. */
+  extraFragments?: string[];
 }
 
 export interface RunOutcome {
@@ -115,6 +117,9 @@ async function prepareKernel(lab: LabSpec, opts: RunOptions, logDir: string): Pr
   const spec = lab.kernel;
   const extra = (opts.extraPatches ?? []).map((p) => ({ kind: 'file' as const, path: path.resolve(p) }));
   if (spec.kind === 'debian-prebuilt') {
+    if (opts.extraFragments?.length) {
+      throw new HwlabError(`--fragment needs a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
+    }
     const stock = await progress.run(`kernel ${spec.package}`, (s) => fetchDebianKernel(spec, s, { refresh: opts.refresh }), (k) => `${k.package} ${k.version}`);
     if (!spec.driver) {
       if (extra.length) {
@@ -132,7 +137,11 @@ async function prepareKernel(lab: LabSpec, opts: RunOptions, logDir: string): Pr
   }
   const tree = await progress.run('kernel source', (s) => resolveKernelTree(spec.source, s), (t) => t.label);
   const patches = await loadPatchSeries([...spec.patches, ...extra]);
-  const fragments = await Promise.all(spec.config.fragments.map(async (file) => ({ file, text: await readFile(file, 'utf8') })));
+  const fragmentFiles = [...spec.config.fragments, ...(opts.extraFragments ?? []).map((f) => path.resolve(f))];
+  const fragments = await Promise.all(fragmentFiles.map(async (file) => ({
+    file,
+    text: await readFile(file, 'utf8').catch((err: Error) => { throw new HwlabError(`config fragment ${file}: ${err.message}`); }),
+  })));
   const built = await progress.run(`kernel build (${patches.length} patches, ${fragments.length} fragments)`,
     (step) => buildKernel({ tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log'), step }),
     (k) => `${k.release} ${k.built ? `built in ${k.buildSeconds?.toFixed(0)} s${k.incrementalFrom ? ` (incremental from ${k.incrementalFrom})` : ''}` : 'from cache, make not run'}`);
