@@ -368,7 +368,11 @@ function caughtByCell(m: MutantOutcome, width = 60): string {
 }
 
 /** Up to DETAIL_LINES of items, then how many more. */
-function capped(items: string[], prefix: string): string[] {
+function capped(all: string[], prefix: string): string[] {
+  // A report the kernel repeats (a hung task every 30 s) is one line with a count.
+  const counts = new Map<string, number>();
+  for (const s of all) counts.set(s, (counts.get(s) ?? 0) + 1);
+  const items = [...counts].map(([s, n]) => (n > 1 ? `${s} (x${n})` : s));
   const shown = items.slice(0, DETAIL_LINES).map((s) => `${prefix}${s}`);
   if (items.length > DETAIL_LINES) shown.push(`${prefix}... and ${items.length - DETAIL_LINES} more`);
   return shown;

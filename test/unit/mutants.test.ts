@@ -270,3 +270,12 @@ test('formatMutantsTable: catchers listed once and cut to fit, subtests capped u
   t.notRegex(table, /probe-number-0: e$/m);
   t.regex(table, /^baseline FAIL .*do not count as catches:\n {2}revoke-triggers\(shm0\): edu DMA$/m);
 });
+
+test('formatMutantsTable: a kernel report repeated in one probe is one line with its count', (t) => {
+  const hung = [30, 61, 92].map((s, i) => ({ ...splat('INFO: task hung in vfio_pci_dma_buf_move', 100 + i), kind: 'hung task' as const, timestampSec: s }));
+  const run = results([probe('importer-refusals', ['finishes within 120 s'], { splats: hung })]);
+  const o = judgeMutant(mutant, lab, { results: run }, [], 1);
+  const table = formatMutantsTable({ baseline: null, mutants: [o] });
+  t.regex(table, /importer-refusals: kernel hung task: INFO: task hung in vfio_pci_dma_buf_move \(x3\)/);
+  t.is(table.match(/task hung in/g)?.length, 1);
+});
