@@ -228,8 +228,16 @@ export class VfioDevice extends VfioDeviceFd {
   private constructor(
     readonly bdf: string, readonly containerFd: number, readonly groupFd: number,
     readonly deviceFd: number, readonly iommuType: number, readonly groupPath: string,
+    /** False for a device opened from another's group (sibling()): close() leaves group and container open. */
+    private readonly ownsGroup = true,
   ) {
     super();
+  }
+
+  /** Another device of the same IOMMU group (e.g. a second function), through the group fd already open. */
+  static sibling(of: VfioDevice, bdf: string): VfioDevice {
+    const dev = libc.ioctl(of.groupFd, VFIO_GROUP_GET_DEVICE_FD, Buffer.from(`${bdf}\0`));
+    return new VfioDevice(bdf, of.containerFd, of.groupFd, dev, of.iommuType, of.groupPath, false);
   }
 
   static open(bdf: string, group: number | null): VfioDevice {
@@ -294,7 +302,7 @@ export class VfioDevice extends VfioDeviceFd {
 
   /** Closes device, group, container in that order; closing the group fd detaches it from the container. */
   close(): void {
-    for (const fd of [this.deviceFd, this.groupFd, this.containerFd]) libc.trySyscall(() => libc.close(fd));
+    for (const fd of this.ownsGroup ? [this.deviceFd, this.groupFd, this.containerFd] : [this.deviceFd]) libc.trySyscall(() => libc.close(fd));
   }
 }
 

@@ -26,6 +26,15 @@ export interface ProbeSpec {
   params: readonly ParamSpec[];
   /** 'importer': hwlab builds hwlab_importer.ko against the lab's kernel and loads it. */
   requires?: readonly ProbeRequirement[];
+  /** Params naming further endpoints the probe opens through VFIO: the host binds them to vfio-pci too. */
+  vfioParams?: readonly string[];
+}
+
+/** Endpoint ids a probe opens through VFIO: its own device and those its vfioParams name. */
+export function vfioEndpointsOf(probe: { name: string; device: string; params: Record<string, unknown> }): string[] {
+  const spec = isProbeName(probe.name) ? (PROBES[probe.name] as ProbeSpec) : undefined;
+  const extra = (spec?.vfioParams ?? []).map((p) => probe.params[p]).filter((v): v is string => typeof v === 'string');
+  return [probe.device, ...extra];
 }
 
 /** What a set of probes needs from the host. */
@@ -194,6 +203,17 @@ export const PROBES = {
       },
     ],
     requires: ['importer'],
+  },
+  'hot-reset-set': {
+    name: 'hot-reset-set',
+    description: 'VFIO_DEVICE_PCI_HOT_RESET resets every device of the reset set (two functions of one device), so it revokes the dma-bufs of both, not only of the device whose fd made the call: both importers invalidated, both mappings gone, both remap after the reset (un-revoked where MEM came back). Skips when the partner is not in the reset set',
+    endpoints: ['ivshmem-plain', 'nvme'],
+    params: [
+      region, importerParam,
+      { name: 'partner', type: 'string', default: '', description: 'Endpoint id of the other device in the reset set (e.g. function 1 on the same port); opened through VFIO too' },
+    ],
+    requires: ['importer'],
+    vfioParams: ['partner'],
   },
 } as const satisfies Record<string, ProbeSpec>;
 

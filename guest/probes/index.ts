@@ -6,6 +6,7 @@ import dmabufBadInputs from './dmabuf-bad-inputs.ts';
 import dmabufExport from './dmabuf-export.ts';
 import dmabufFd from './dmabuf-fd.ts';
 import exportRanges from './export-ranges.ts';
+import hotResetSet from './hot-reset-set.ts';
 import importerMultirange from './importer-multirange.ts';
 import importerRefusals from './importer-refusals.ts';
 import iommufdMapFile from './iommufd-map-file.ts';
@@ -34,4 +35,5 @@ export const PROBE_IMPLS: Record<ProbeName, Probe> = {
   'rough-edges': roughEdges,
   'stress': stress,
   'surprise-removal': surpriseRemoval,
+  'hot-reset-set': hotResetSet,
 };

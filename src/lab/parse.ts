@@ -370,18 +370,21 @@ const labSchema = orEmpty({}, strictObject({
         id: idSchema,
         type: z.literal('ivshmem-plain'),
         port: idSchema,
+        function: z.number().int().min(0).max(7).default(0),
         memory: sizeMiB(64).superRefine(powerOfTwo),
       }),
       strictObject({
         id: idSchema,
         type: z.literal('edu'),
         port: idSchema,
+        function: z.number().int().min(0).max(7).default(0),
         dma_mask: z.number().int().min(28).max(64).default(28),
       }),
       strictObject({
         id: idSchema,
         type: z.literal('nvme'),
         port: idSchema,
+        function: z.number().int().min(0).max(7).default(0),
         cmb_size: sizeMiB(64),
         // NVMe's serial number field is 20 bytes; no commas (QEMU option syntax).
         serial: z.string().regex(/^[A-Za-z0-9_.-]{1,20}$/, 'must be 1-20 characters of A-Z, a-z, 0-9, _, . or -').optional(),
@@ -390,6 +393,7 @@ const labSchema = orEmpty({}, strictObject({
         id: idSchema,
         type: z.literal('pci-testdev'),
         port: idSchema,
+        function: z.number().int().min(0).max(7).default(0),
         membar: sizeMiB(4).superRefine(powerOfTwo),
       }),
     ]).array().superRefine((eps, ctx) => eps.forEach((e, i) => {
@@ -470,7 +474,7 @@ function checkTopology(src: YamlSource, topo: TopologySpec): void {
   if (nPorts > MAX_PORTS) src.add([...T], `at most ${MAX_PORTS} root and downstream ports in all (got ${nPorts})`);
 
   const portNames = [...ids].filter(([, v]) => v.kind === 'root port' || v.kind === 'downstream port').map(([k]) => k);
-  const users = new Map<string, { what: string; at: Path }>();
+  const users = new Map<string, { what: string; at: Path; functions: Set<number> | null }>();
   const plug = (what: string, port: string, at: Path): boolean => {
     const decl = ids.get(port);
     if (!decl) {
@@ -481,16 +485,28 @@ function checkTopology(src: YamlSource, topo: TopologySpec): void {
       src.add(at, `"${port}" is ${article(decl.kind)} ${decl.kind}, not a root port or downstream port`);
       return false;
     }
+    // One device per port; endpoints may share one as the functions of a multifunction device.
     const prev = users.get(port);
-    if (prev) {
-      src.add(at, `port "${port}" is already used by ${prev.what} at ${src.at(prev.at)} (one device per port)`);
+    const fn = fnOf(what);
+    if (prev && (fn === null || prev.functions === null || prev.functions.has(fn))) {
+      src.add(at, `port "${port}" is already used by ${prev.what} at ${src.at(prev.at)} (one device per port${fn !== null && prev.functions !== null ? `; endpoints sharing a port need distinct function numbers, and function ${fn} is taken` : ''})`);
       return false;
     }
-    users.set(port, { what, at });
+    if (prev) prev.functions!.add(fn!);
+    else users.set(port, { what, at, functions: fn === null ? null : new Set([fn]) });
     return true;
   };
+  const fnOfEndpoint = new Map(topo.endpoints.map((ep) => [`endpoint "${ep.id}"`, ep.function ?? 0]));
+  const fnOf = (what: string): number | null => fnOfEndpoint.get(what) ?? null;
   topo.switches.forEach((sw, i) => plug(`switch "${sw.id}"`, sw.port, [...T, 'switches', i, 'port']));
   topo.endpoints.forEach((ep, i) => plug(`endpoint "${ep.id}"`, ep.port, [...T, 'endpoints', i, 'port']));
+  // A multifunction device needs its function 0: Linux scans functions 1-7 only after finding it.
+  for (const [port, u] of users) {
+    if (u.functions && !u.functions.has(0)) {
+      const i = topo.endpoints.findIndex((ep) => ep.port === port);
+      src.add([...T, 'endpoints', i, 'function'], `port "${port}" has functions ${[...u.functions].join(', ')} but no function 0, which the guest needs to find the others`);
+    }
+  }
 
   // A switch must hang below a root port; a chain that loops never does.
   const owner = new Map<string, SwitchSpec>();
@@ -581,6 +597,15 @@ function checkProbes(src: YamlSource, raw: RawLab, topo: TopologySpec, catalog: 
       for (const e of r.errors) src.add(...locateCatalogError(e, p.params, paramsAt, at));
       return;
     }
+    // Params naming another endpoint the probe opens through VFIO must name one.
+    for (const name of spec.vfioParams ?? []) {
+      const v = r.params[name];
+      const other = endpoints.find((e) => e.id === v);
+      const where: Path = p.params[name] === undefined ? at : [...paramsAt, name];
+      if (!other) src.add(where, `${p.name}.${name}: ${v === '' ? 'required' : `no endpoint "${String(v)}"`} (endpoints: ${endpoints.map((e) => e.id).join(', ')})`);
+      else if (other.id === device.id) src.add(where, `${p.name}.${name}: must be another endpoint than the probe's device "${device.id}"`);
+      else if (!spec.endpoints.includes(other.type)) src.add(where, `${p.name}.${name}: "${other.id}" is ${other.type}; it takes ${spec.endpoints.join(', ')}`);
+    }
     // Defaults come from the catalog's own objects: never share them.
     const params = structuredClone(r.params);
     const probe: ProbeSpec = { name: p.name, device: device.id, params, timeoutSec: p.timeout ?? raw.timeouts.probe };
@@ -624,15 +649,16 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
 
   const t = raw.topology;
   const endpoints: EndpointSpec[] = t.endpoints.map((e) => {
+    const fn = e.function ? { function: e.function } : {};
     switch (e.type) {
       case 'ivshmem-plain':
-        return { id: e.id, type: e.type, port: e.port, memoryMiB: e.memory };
+        return { id: e.id, type: e.type, port: e.port, ...fn, memoryMiB: e.memory };
       case 'edu':
-        return { id: e.id, type: e.type, port: e.port, dmaMaskBits: e.dma_mask };
+        return { id: e.id, type: e.type, port: e.port, ...fn, dmaMaskBits: e.dma_mask };
       case 'nvme':
-        return { id: e.id, type: e.type, port: e.port, cmbSizeMiB: e.cmb_size, serial: e.serial ?? e.id };
+        return { id: e.id, type: e.type, port: e.port, ...fn, cmbSizeMiB: e.cmb_size, serial: e.serial ?? e.id };
       case 'pci-testdev':
-        return { id: e.id, type: e.type, port: e.port, membarMiB: e.membar };
+        return { id: e.id, type: e.type, port: e.port, ...fn, membarMiB: e.membar };
     }
   });
   const topology: TopologySpec = {

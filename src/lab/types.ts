@@ -93,6 +93,12 @@ interface EndpointBase {
   id: string;
   /** Id of a root port or switch downstream port. */
   port: string;
+  /**
+   * PCI function number (1-7) when several endpoints share a port as one
+   * multifunction device; absent for function 0. Functions of one device share
+   * a slot reset, so VFIO_DEVICE_PCI_HOT_RESET resets them together.
+   */
+  function?: number;
 }
 
 export interface IvshmemEndpoint extends EndpointBase {

@@ -59,8 +59,8 @@ export function optValue(v: string): string {
  */
 const addr = (slot: number): string => `0x${slot.toString(16)}`;
 
-/** `slot.fn` as Linux prints it in a BDF: two hex digits, function 0. */
-const devfn = (slot: number): string => `${slot.toString(16).padStart(2, '0')}.0`;
+/** `slot.fn` as Linux prints it in a BDF: two hex digits, then the function. */
+const devfn = (slot: number, fn = 0): string => `${slot.toString(16).padStart(2, '0')}.${fn}`;
 
 /** Kernel command-line words that make the guest use (or knowingly not use) the vIOMMU. */
 export function iommuKernelWords(iommu: IommuSpec): string[] {
@@ -122,8 +122,10 @@ function switchesInCreationOrder(lab: LabSpec): SwitchSpec[] {
   return ordered;
 }
 
-function endpointArgs(ep: EndpointSpec, memoryBackendDir: string): string[] {
-  const at = `id=${ep.id},bus=${ep.port},addr=${addr(0)}`;
+function endpointArgs(ep: EndpointSpec, memoryBackendDir: string, multifunction: boolean): string[] {
+  // Function 0 of a multifunction device says so; QEMU then accepts functions 1-7 in the slot.
+  const slot = multifunction ? `${addr(0)}.${ep.function ?? 0}${ep.function ? '' : ',multifunction=on'}` : addr(0);
+  const at = `id=${ep.id},bus=${ep.port},addr=${slot}`;
   switch (ep.type) {
     case 'ivshmem-plain': {
       // share=on: the host (and tests) can see the same bytes the guest's BAR2 shows.
@@ -208,8 +210,9 @@ export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
   for (const ep of topology.endpoints) {
     const parent = portPath.get(ep.port);
     if (!parent) throw new Error(`endpoint ${ep.id}: no port ${ep.port} (parseLab rejects this)`);
-    args.push(...endpointArgs(ep, input.memoryBackendDir));
-    pciPaths[ep.id] = [...parent, devfn(0)];
+    const shared = topology.endpoints.filter((x) => x.port === ep.port).length > 1;
+    args.push(...endpointArgs(ep, input.memoryBackendDir, shared));
+    pciPaths[ep.id] = [...parent, devfn(0, ep.function ?? 0)];
   }
 
   return { binary: 'qemu-system-x86_64', args, pciPaths, append };

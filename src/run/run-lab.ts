@@ -26,7 +26,7 @@ import { verifyReplacedModules } from '../guest/modules-buildid.ts';
 import { buildDriverOverlay, type DriverOverlay } from '../kernel/driver-build.ts';
 import { buildHwlabModule, type HwlabModule, type ModuleTarget } from '../kernel/extmod.ts';
 import { guestModuleBuildIds } from '../guest/modules-buildid.ts';
-import { requirementsOf } from '../../guest/probes/catalog.ts';
+import { requirementsOf, vfioEndpointsOf } from '../../guest/probes/catalog.ts';
 import type { KernelArtifact } from '../kernel/types.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { bundleProbes } from '../probes/bundle.ts';
@@ -282,7 +282,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
         }
       }
       const found = await findPciDevices(s, cmd.pciPaths);
-      const used = [...new Set(lab.probes.map((p) => p.device))];
+      const used = [...new Set(lab.probes.flatMap((p) => vfioEndpointsOf(p)))];
       for (const id of used) {
         step.update(`bind ${id} (${found[id].bdf}) to vfio-pci`);
         found[id].driver = await s.bindVfio(found[id].bdf);
@@ -386,7 +386,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     await Promise.all(hostRequests);
     t = Date.now();
     for (const id of hung ? [] : Object.keys(devices)) {
-      if (!lab.probes.some((p) => p.device === id) || removed.has(id)) continue;
+      if (!lab.probes.some((p) => vfioEndpointsOf(p).includes(id)) || removed.has(id)) continue;
       await s.unbindVfio(devices[id].bdf).catch((err) => {
         probeError ??= `could not give ${id} back: ${(err as Error).message}`;
       });

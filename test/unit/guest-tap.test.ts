@@ -134,7 +134,7 @@ test('bufinfo object lines are parsed, attachment lines skipped', (t) => {
 
 test('catalog: defaults, types and expect keys are validated', (t) => {
   t.deepEqual(Object.keys(PROBES), ['dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'reset-and-mem-toggle', 'importer-refusals',
-    'revoke-triggers', 'map-type', 'importer-multirange', 'rdma-reg-dmabuf-mr', 'iommufd-map-file', 'export-ranges', 'lifetime', 'rough-edges', 'stress', 'surprise-removal']);
+    'revoke-triggers', 'map-type', 'importer-multirange', 'rdma-reg-dmabuf-mr', 'iommufd-map-file', 'export-ranges', 'lifetime', 'rough-edges', 'stress', 'surprise-removal', 'hot-reset-set']);
   t.deepEqual(resolveParams('dmabuf-export', {}), { ok: true, params: { region: 2, offset: 0, length: 0 } });
   t.deepEqual(resolveParams('dmabuf-bad-inputs', { expect: { zero_length: 'ENOENT' } }, 'edu'),
     { ok: true, params: { region: 2, expect: { zero_length: 'ENOENT' } } });

@@ -51,7 +51,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
     machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [] },
     iommu: { kind: 'intel', cachingMode: true, strict: false, passthrough: false },
     topology: {
-      rootPorts: [{ id: 'rp0' }, { id: 'rp1' }, { id: 'rp2' }, { id: 'rp3' }],
+      rootPorts: [{ id: 'rp0' }, { id: 'rp1' }, { id: 'rp2' }, { id: 'rp3' }, { id: 'rp4' }],
       switches: [{ id: 'sw0', port: 'rp1', downstream: ['dp0', 'dp1', 'dp2'] }],
       endpoints: [
         { id: 'shm0', type: 'ivshmem-plain', port: 'rp0', memoryMiB: 64 },
@@ -60,6 +60,8 @@ test('labs/default.yaml is the documented default lab', async (t) => {
         { id: 'nvme0', type: 'nvme', port: 'dp2', cmbSizeMiB: 64, serial: 'nvme0' },
         { id: 'shm2', type: 'ivshmem-plain', port: 'rp2', memoryMiB: 16 },
         { id: 'iotest0', type: 'pci-testdev', port: 'rp3', membarMiB: 4 },
+        { id: 'shm3', type: 'ivshmem-plain', port: 'rp4', memoryMiB: 16 },
+        { id: 'shm4', type: 'ivshmem-plain', port: 'rp4', memoryMiB: 16, function: 1 },
       ],
     },
     modules: ['vfio-pci'],
@@ -70,7 +72,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
       ['map-type', 'shm1'], ['map-type', 'nvme0'], ['map-type', 'shm0'], ['importer-refusals', 'shm1'],
       ['importer-multirange', 'shm1'], ['importer-multirange', 'shm0'],
       ['revoke-triggers', 'nvme0'], ['revoke-triggers', 'shm0'], ['rdma-reg-dmabuf-mr', 'shm0'], ['iommufd-map-file', 'shm0'], ['export-ranges', 'shm0'],
-      ['lifetime', 'shm0'], ['rough-edges', 'nvme0'], ['stress', 'shm0'], ['surprise-removal', 'shm2'],
+      ['lifetime', 'shm0'], ['rough-edges', 'nvme0'], ['stress', 'shm0'], ['hot-reset-set', 'shm3'], ['surprise-removal', 'shm2'],
     ].map(([name, device]) => ({ name, device })) as LabSpec['probes'],
     timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20 },
   };
@@ -178,7 +180,7 @@ test('topology cross-references', async (t) => {
     `${f}:7:24: topology.switches[1].port: no port "rp9" (ports: rp0, rp1, rp2, dp0, dp1, dp2, dp3, dp4)`,
     `${f}:8:24: topology.switches[2].port: switch "sw2" is not below any root port: its port "dp4" leads back into a loop of switches`,
     `${f}:9:24: topology.switches[3].port: switch "sw3" is not below any root port: its port "dp3" leads back into a loop of switches`,
-    `${f}:12:46: topology.endpoints[1].port: port "dp0" is already used by endpoint "shm0" at 11:46 (one device per port)`,
+    `${f}:12:46: topology.endpoints[1].port: port "dp0" is already used by endpoint "shm0" at 11:46 (one device per port; endpoints sharing a port need distinct function numbers, and function 0 is taken)`,
     `${f}:13:13: topology.endpoints[2].id: duplicate id "rp0" (already the root port at 4:16)`,
     `${f}:14:36: topology.endpoints[3].port: port "rp1" is already used by switch "sw0" at 6:24 (one device per port)`,
     `${f}:15:36: topology.endpoints[4].port: no port "nowhere" (ports: rp0, rp1, rp2, dp0, dp1, dp2, dp3, dp4)`,
@@ -190,7 +192,7 @@ test('probe cross-references and params', async (t) => {
   const f = fx('bad-probes.yaml');
   const e = await labError(loadLab(f, { catalog: catalogWithEduOnly }));
   t.is(e.message, [
-    `${f}:8:5: probes[0].name: unknown probe "dmabuf-exprot" (known: dmabuf-export, dmabuf-fd, dmabuf-bad-inputs, reset-and-mem-toggle, importer-refusals, revoke-triggers, map-type, importer-multirange, rdma-reg-dmabuf-mr, iommufd-map-file, export-ranges, lifetime, rough-edges, stress, surprise-removal, edu-only)`,
+    `${f}:8:5: probes[0].name: unknown probe "dmabuf-exprot" (known: dmabuf-export, dmabuf-fd, dmabuf-bad-inputs, reset-and-mem-toggle, importer-refusals, revoke-triggers, map-type, importer-multirange, rdma-reg-dmabuf-mr, iommufd-map-file, export-ranges, lifetime, rough-edges, stress, surprise-removal, hot-reset-set, edu-only)`,
     `${f}:9:32: probes[1].device: "rp0" is a root port, not an endpoint`,
     `${f}:10:32: probes[2].device: no endpoint "shm9" (endpoints: shm0)`,
     `${f}:12:38: probes[3].params.expect.zero_length: expected an errno name like "EINVAL" or "OK"`,
@@ -256,4 +258,22 @@ test('kernel sections: source builds, fast path, and what each refuses', (t) => 
   t.regex(err('kernel:\n  debian: linux-source-7.2\n  path: /src/linux\n'), /kernel: needs exactly one of debian, path, tarball \(got debian, path\)/);
   t.regex(err('kernel:\n  debian: linux-source-7.2\n  patches: [nope.patch]\n'), /kernel\.patches\[0\]: .*nope\.patch does not exist/);
   t.regex(err('kernel:\n  debian: linux-headers-7.2\n'), /must be linux-image-<version> \(prebuilt\) or linux-source-<version>/);
+});
+
+test('endpoints sharing a port as the functions of one device; function 0 is required', (t) => {
+  const topo = (fns: number[]) => `${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n${fns.map((f, i) => `    - { id: s${i}, type: ivshmem-plain, port: rp0, memory: 16M, function: ${f} }\n`).join('')}`;
+  const lab = inline(topo([0, 1]));
+  t.deepEqual(lab.topology.endpoints.map((e) => [e.id, e.function]), [['s0', undefined], ['s1', 1]]);
+  const noZero = t.throws(() => inline(topo([1, 2])), { instanceOf: LabError });
+  t.regex(noZero.message, /inline\.yaml:\d+:\d+: topology\.endpoints\[0\]\.function: port "rp0" has functions 1, 2 but no function 0/);
+  const twice = t.throws(() => inline(topo([0, 0])), { instanceOf: LabError });
+  t.regex(twice.message, /endpoints sharing a port need distinct function numbers, and function 0 is taken/);
+});
+
+test('a param naming another VFIO endpoint must name one, not the probe\'s own device', (t) => {
+  const lab = (partner: string) => `${MINIMAL}topology:\n  root_ports: [rp0, rp1]\n  endpoints:\n    - { id: a, type: ivshmem-plain, port: rp0, memory: 16M }\n    - { id: b, type: ivshmem-plain, port: rp0, memory: 16M, function: 1 }\n    - { id: edu0, type: edu, port: rp1 }\nprobes:\n  - { name: hot-reset-set, device: a, params: { partner: ${partner} } }\n`;
+  t.is(inline(lab('b')).probes[0].params.partner, 'b');
+  t.regex(t.throws(() => inline(lab('zz')), { instanceOf: LabError }).message, /probes\[0\]\.params\.partner: hot-reset-set\.partner: no endpoint "zz" \(endpoints: a, b, edu0\)/);
+  t.regex(t.throws(() => inline(lab('a')), { instanceOf: LabError }).message, /hot-reset-set\.partner: must be another endpoint than the probe's device "a"/);
+  t.regex(t.throws(() => inline(lab('edu0')), { instanceOf: LabError }).message, /"edu0" is edu; it takes ivshmem-plain, nvme/);
 });

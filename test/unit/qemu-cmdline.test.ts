@@ -163,6 +163,21 @@ test('pci-testdev with its 64-bit membar', (t) => {
   t.is(devices(c.args).at(-1), '-device pci-testdev,id=iot0,bus=rp0,addr=0x0,membar=4M');
 });
 
+test('two endpoints on one port: a multifunction device, function 0 says so, paths end in the function', (t) => {
+  const c = buildQemuCommand(input(lab({
+    topology: {
+      rootPorts: [{ id: 'rp0' }],
+      endpoints: [
+        { id: 'f0', type: 'ivshmem-plain', port: 'rp0', memoryMiB: 16 },
+        { id: 'f1', type: 'ivshmem-plain', port: 'rp0', memoryMiB: 16, function: 1 },
+      ],
+    },
+  })));
+  t.true(c.args.includes('ivshmem-plain,id=f0,bus=rp0,addr=0x0.0,multifunction=on,memdev=mem-f0'));
+  t.true(c.args.includes('ivshmem-plain,id=f1,bus=rp0,addr=0x0.1,memdev=mem-f1'));
+  t.deepEqual(c.pciPaths, { f0: ['10.0', '00.0'], f1: ['10.0', '00.1'] });
+});
+
 test('commas in paths are escaped inside option strings only', (t) => {
   const c = buildQemuCommand(input(
     lab({ topology: { rootPorts: [{ id: 'rp0' }], endpoints: [{ id: 'shm0', type: 'ivshmem-plain', port: 'rp0', memoryMiB: 2 }] } }),
@@ -193,6 +208,8 @@ test('labs/default.yaml builds the documented machine', async (t) => {
     nvme0: ['11.0', '00.0', '02.0', '00.0'],
     shm2: ['12.0', '00.0'],
     iotest0: ['13.0', '00.0'],
+    shm3: ['14.0', '00.0'],
+    shm4: ['14.0', '00.1'],
   });
   t.is(devices(c.args)[0], '-device intel-iommu,intremap=on,caching-mode=on');
   t.true(c.args.includes('edu,id=edu0,bus=dp1,addr=0x0,dma_mask=0xffffffffffffffff'));
