@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { cacheKey, cacheRoot, ensureEntry, isComplete, sha256 } from '../util/cache.ts';
+import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha256 } from '../util/cache.ts';
 import { HwlabError } from '../util/cleanup.ts';
 import { makeExt4 } from '../util/ext4.ts';
 import { withLock } from '../util/lock.ts';
@@ -247,9 +247,39 @@ async function runMake(args: string[], req: KernelBuildRequest, src: string, obj
 export async function buildKernel(req: KernelBuildRequest): Promise<BuiltKernel> {
   const work = workDir(req.tree);
   await mkdir(work, { recursive: true });
+  // A cache hit needs neither src/ nor obj/: no waiting for another build of the same tree.
+  const hit = await cachedBuild(req);
+  if (hit) return hit;
   // One build per tree at a time: builds of a tree share src/ and obj/.
   return withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000, () => buildKernelLocked(req, work),
     (pid) => req.step.update(`waiting for hwlab process ${pid}, which is building this tree`));
+}
+
+/** The finished entry for this request when both the config and the build are cached; otherwise null. */
+async function cachedBuild(req: KernelBuildRequest): Promise<BuiltKernel | null> {
+  const configDir = entryDir('kconfig', configKey(req));
+  if (!isComplete(configDir)) return null;
+  const configSha = sha256(await readFile(path.join(configDir, 'config'), 'utf8'));
+  const key = cacheKey({ v: 1, tree: req.tree.id, patches: req.patches.map((p) => p.sha256), config: configSha, compiler: await compilerId() });
+  const dir = entryDir('kernel-build', key);
+  if (!isComplete(dir)) return null;
+  await markUsed(configDir);
+  await markUsed(dir);
+  return builtFromEntry(req, dir, key, configSha, false);
+}
+
+async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string, configSha: string, built: boolean, buildSeconds?: number, incrementalFrom?: string): Promise<BuiltKernel> {
+  const manifest = JSON.parse(await readFile(path.join(dir, 'build.json'), 'utf8')) as BuildManifest;
+  if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${manifest.finishedAt} in ${manifest.buildSeconds.toFixed(0)} s)\n`);
+  return {
+    ...artifactInEntry(dir, key, { source: 'built', package: req.tree.label, version: req.tree.version, release: manifest.release }),
+    objDir: path.join(dir, 'obj'),
+    built,
+    buildSeconds,
+    incrementalFrom,
+    patches: req.patches.map((p) => ({ name: p.name, sha256: p.sha256, origin: p.origin })),
+    configSha256: configSha,
+  };
 }
 
 async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise<BuiltKernel> {
@@ -326,15 +356,5 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
     await writeFile(path.join(tmp, 'build.json'), JSON.stringify(manifest, null, 2));
     await writeFile(path.join(tmp, 'kernel.json'), JSON.stringify({ package: req.tree.label, version: req.tree.version, release }, null, 2));
   });
-  const manifest = JSON.parse(await readFile(path.join(dir, 'build.json'), 'utf8')) as BuildManifest;
-  if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${manifest.finishedAt} in ${manifest.buildSeconds.toFixed(0)} s)\n`);
-  return {
-    ...artifactInEntry(dir, key, { source: 'built', package: req.tree.label, version: req.tree.version, release: manifest.release }),
-    objDir: path.join(dir, 'obj'),
-    built,
-    buildSeconds,
-    incrementalFrom,
-    patches: patchesInfo,
-    configSha256: configSha,
-  };
+  return builtFromEntry(req, dir, key, configSha, built, buildSeconds, incrementalFrom);
 }
