@@ -92,9 +92,11 @@ export class GuestSession {
 
   private execRaw(command: string, opts: ExecOptions): Promise<ExecResult> {
     const start = Date.now();
+    let channel: { close(): void } | undefined;
     const p = new Promise<ExecResult>((resolve, reject) => {
       this.client.exec(command, (err, stream) => {
         if (err) return reject(err);
+        channel = stream;
         let stdout = '';
         let stderr = '';
         stream.on('data', (d: Buffer) => {
@@ -119,7 +121,11 @@ export class GuestSession {
         });
       });
     });
-    return withTimeout(p, opts.timeoutMs, `guest command "${command.slice(0, 80)}"`);
+    // On timeout the channel is closed too: no more output arrives for a command we gave up on.
+    return withTimeout(p, opts.timeoutMs, `guest command "${command.slice(0, 80)}"`).catch((err: unknown) => {
+      channel?.close();
+      throw err;
+    });
   }
 
   /** Runs argv and throws with its stderr when it exits non-zero. */

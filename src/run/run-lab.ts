@@ -349,6 +349,8 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
         .catch((err: Error) => { blockedTasks = `(could not list blocked tasks: ${err.message})`; })
         .finally(() => stopProbes.abort());
     });
+    // Everything the runner printed, kept even when the whole probe phase times out.
+    let streamed = '';
     const r = await progress.run(`probes (${lab.probes.length})`, (step) => {
       let points = 0;
       const scanner = new HostRequestScanner(lab.topology.endpoints.map((e) => e.id));
@@ -356,6 +358,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
         timeoutMs: lab.timeouts.probesSec * 1000,
         signal: stopProbes.signal,
         onStdout: (chunk) => {
+          streamed += chunk;
           watchdog.push(chunk);
           points += (chunk.match(/^\s*(not )?ok \d+/gm) ?? []).length;
           const sub = chunk.match(/# Subtest: (\S+)/g)?.pop();
@@ -368,6 +371,8 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
       });
     }).catch((err: Error) => {
       probeError = err.message;
+      // The probes that finished keep their results; the one cut off fails as interrupted.
+      tap = streamed;
       return null;
     }).finally(() => watchdog.stop());
     if (r?.aborted && watchdog.timedOut) {
