@@ -255,12 +255,17 @@ export async function buildKernel(req: KernelBuildRequest): Promise<BuiltKernel>
     (pid) => req.step.update(`waiting for hwlab process ${pid}, which is building this tree`));
 }
 
+/** Key of a kernel-build entry: the source, the exact series, the final config and the compiler. */
+function buildKey(req: KernelBuildRequest, configSha: string, compiler: string): string {
+  return cacheKey({ v: 1, tree: req.tree.id, patches: req.patches.map((p) => p.sha256), config: configSha, compiler });
+}
+
 /** The finished entry for this request when both the config and the build are cached; otherwise null. */
 async function cachedBuild(req: KernelBuildRequest): Promise<BuiltKernel | null> {
   const configDir = entryDir('kconfig', configKey(req));
   if (!isComplete(configDir)) return null;
   const configSha = sha256(await readFile(path.join(configDir, 'config'), 'utf8'));
-  const key = cacheKey({ v: 1, tree: req.tree.id, patches: req.patches.map((p) => p.sha256), config: configSha, compiler: await compilerId() });
+  const key = buildKey(req, configSha, await compilerId());
   const dir = entryDir('kernel-build', key);
   if (!isComplete(dir)) return null;
   await markUsed(configDir);
@@ -290,7 +295,7 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
   const compiler = await compilerId();
   const configText = await finalConfig(req, src);
   const configSha = sha256(configText);
-  const key = cacheKey({ v: 1, tree: req.tree.id, patches: req.patches.map((p) => p.sha256), config: configSha, compiler });
+  const key = buildKey(req, configSha, compiler);
 
   let built = false;
   let buildSeconds: number | undefined;

@@ -475,7 +475,8 @@ function checkTopology(src: YamlSource, topo: TopologySpec): void {
 
   const portNames = [...ids].filter(([, v]) => v.kind === 'root port' || v.kind === 'downstream port').map(([k]) => k);
   const users = new Map<string, { what: string; at: Path; functions: Set<number> | null }>();
-  const plug = (what: string, port: string, at: Path): boolean => {
+  /** fn: the endpoint's PCI function; null for a switch, which takes the whole port. */
+  const plug = (what: string, port: string, at: Path, fn: number | null): boolean => {
     const decl = ids.get(port);
     if (!decl) {
       src.add(at, `no port "${port}" (ports: ${portNames.join(', ') || 'none; add topology.root_ports'})`);
@@ -487,7 +488,6 @@ function checkTopology(src: YamlSource, topo: TopologySpec): void {
     }
     // One device per port; endpoints may share one as the functions of a multifunction device.
     const prev = users.get(port);
-    const fn = fnOf(what);
     if (prev && (fn === null || prev.functions === null || prev.functions.has(fn))) {
       src.add(at, `port "${port}" is already used by ${prev.what} at ${src.at(prev.at)} (one device per port${fn !== null && prev.functions !== null ? `; endpoints sharing a port need distinct function numbers, and function ${fn} is taken` : ''})`);
       return false;
@@ -496,10 +496,8 @@ function checkTopology(src: YamlSource, topo: TopologySpec): void {
     else users.set(port, { what, at, functions: fn === null ? null : new Set([fn]) });
     return true;
   };
-  const fnOfEndpoint = new Map(topo.endpoints.map((ep) => [`endpoint "${ep.id}"`, ep.function ?? 0]));
-  const fnOf = (what: string): number | null => fnOfEndpoint.get(what) ?? null;
-  topo.switches.forEach((sw, i) => plug(`switch "${sw.id}"`, sw.port, [...T, 'switches', i, 'port']));
-  topo.endpoints.forEach((ep, i) => plug(`endpoint "${ep.id}"`, ep.port, [...T, 'endpoints', i, 'port']));
+  topo.switches.forEach((sw, i) => plug(`switch "${sw.id}"`, sw.port, [...T, 'switches', i, 'port'], null));
+  topo.endpoints.forEach((ep, i) => plug(`endpoint "${ep.id}"`, ep.port, [...T, 'endpoints', i, 'port'], ep.function ?? 0));
   // A multifunction device needs its function 0: Linux scans functions 1-7 only after finding it.
   for (const [port, u] of users) {
     if (u.functions && !u.functions.has(0)) {

@@ -228,6 +228,8 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
   let tap = '';
   let probeError: string | null = null;
   let blockedTasks: string | undefined;
+  /** Endpoints the probes open through VFIO: bound to vfio-pci before, given back after. */
+  const vfioIds = new Set(lab.probes.flatMap((p) => vfioEndpointsOf(p)));
   let hung: HungProbe | undefined;
   const key = await ensureHwlabKey();
   try {
@@ -282,8 +284,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
         }
       }
       const found = await findPciDevices(s, cmd.pciPaths);
-      const used = [...new Set(lab.probes.flatMap((p) => vfioEndpointsOf(p)))];
-      for (const id of used) {
+      for (const id of vfioIds) {
         step.update(`bind ${id} (${found[id].bdf}) to vfio-pci`);
         found[id].driver = await s.bindVfio(found[id].bdf);
       }
@@ -391,7 +392,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     await Promise.all(hostRequests);
     t = Date.now();
     for (const id of hung ? [] : Object.keys(devices)) {
-      if (!lab.probes.some((p) => vfioEndpointsOf(p).includes(id)) || removed.has(id)) continue;
+      if (!vfioIds.has(id) || removed.has(id)) continue;
       await s.unbindVfio(devices[id].bdf).catch((err) => {
         probeError ??= `could not give ${id} back: ${(err as Error).message}`;
       });
