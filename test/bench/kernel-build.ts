@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { loadLab } from '../../src/lab/parse.ts';
 import { prepareLab, runLab } from '../../src/run/run-lab.ts';
 import { resolveKernelTree } from '../../src/kernel/source.ts';
-import { runCleanups } from '../../src/util/cleanup.ts';
+import { onCleanup, runCleanups } from '../../src/util/cleanup.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -22,6 +22,8 @@ if (lab.kernel.kind !== 'source') throw new Error('labs/default.yaml must build 
 const progress = silentProgress();
 const fmt = (s: number) => `${s.toFixed(2)} s`;
 const scratch = await mkdtemp(path.join(os.tmpdir(), 'hwlab-kbench-'));
+// Removed on Ctrl-C / SIGTERM too: the cold builds leave gigabytes here.
+const forgetScratch = onCleanup(() => rm(scratch, { recursive: true, force: true }));
 
 const tree = await resolveKernelTree(lab.kernel.source, progress.step('tree'));
 let t = Date.now();
@@ -102,5 +104,6 @@ if (values.cold) {
     console.log(`ratio defconfig / lean                       ${(big.secs / lean.secs).toFixed(2)} wall, ${(big.cpu / lean.cpu).toFixed(2)} CPU   (target >= 3)`);
   }
 }
+forgetScratch();
 await rm(scratch, { recursive: true, force: true });
 await runCleanups();
