@@ -14,6 +14,8 @@ export interface ParamSpec {
   keys?: readonly string[];
   /** For strings: the only values allowed. */
   choices?: readonly string[];
+  /** For strings naming another endpoint of the lab: the type that endpoint must have (checked when the lab is parsed). */
+  endpointType?: EndpointType;
 }
 
 /** Guest facilities a probe needs; the host provides them before the probes run. */
@@ -60,7 +62,7 @@ const region: ParamSpec = {
 };
 
 const importerParam: ParamSpec = {
-  name: 'importer', type: 'string', default: 'edu0',
+  name: 'importer', type: 'string', default: 'edu0', endpointType: 'edu',
   description: 'Endpoint id of the QEMU edu device the hwlab_importer module attaches for (its DMA engine does the data checks)',
 };
 

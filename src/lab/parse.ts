@@ -595,6 +595,21 @@ function checkProbes(src: YamlSource, raw: RawLab, topo: TopologySpec, catalog: 
       for (const e of r.errors) src.add(...locateCatalogError(e, p.params, paramsAt, at));
       return;
     }
+    // Params naming an endpoint of a given type (the importer's edu) must name one,
+    // default included: a lab without it fails here, not in the guest.
+    for (const ps of spec.params) {
+      if (!ps.endpointType) continue;
+      const v = r.params[ps.name];
+      const other = endpoints.find((e) => e.id === v);
+      const where: Path = p.params[ps.name] === undefined ? at : [...paramsAt, ps.name];
+      const given = p.params[ps.name] === undefined ? ` (the default; set params.${ps.name})` : '';
+      if (!other) {
+        const ofType = endpoints.filter((e) => e.type === ps.endpointType).map((e) => e.id);
+        src.add(where, `${p.name}.${ps.name}: no endpoint "${String(v)}"${given}; it names the ${ps.endpointType} endpoint the probe uses (${ps.endpointType} endpoints in this lab: ${ofType.join(', ') || 'none'})`);
+      } else if (other.type !== ps.endpointType) {
+        src.add(where, `${p.name}.${ps.name}: "${other.id}" is ${other.type}; it must be ${ps.endpointType}`);
+      }
+    }
     // Params naming another endpoint the probe opens through VFIO must name one.
     for (const name of spec.vfioParams ?? []) {
       const v = r.params[name];

@@ -270,6 +270,17 @@ test('endpoints sharing a port as the functions of one device; function 0 is req
   t.regex(twice.message, /endpoints sharing a port need distinct function numbers, and function 0 is taken/);
 });
 
+test('the importer param (default edu0) must name an edu endpoint of the lab, caught at parse time', (t) => {
+  const lab = (endpoints: string, params = '') =>
+    `${MINIMAL}topology:\n  root_ports: [rp0, rp1]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0, memory: 16M }\n${endpoints}probes:\n  - { name: importer-refusals, device: shm0${params} }\n`;
+  t.is(inline(lab('    - { id: edu0, type: edu, port: rp1 }\n')).probes[0].params.importer, 'edu0');
+  const none = t.throws(() => inline(lab('')), { instanceOf: LabError }).message;
+  t.regex(none, /inline\.yaml:\d+:\d+: probes\[0\]: importer-refusals\.importer: no endpoint "edu0" \(the default; set params\.importer\); it names the edu endpoint the probe uses \(edu endpoints in this lab: none\)/);
+  const other = lab('    - { id: dma1, type: edu, port: rp1 }\n', ', params: { importer: shm0 }');
+  t.regex(t.throws(() => inline(other), { instanceOf: LabError }).message, /probes\[0\]\.params\.importer: importer-refusals\.importer: "shm0" is ivshmem-plain; it must be edu/);
+  t.is(inline(lab('    - { id: dma1, type: edu, port: rp1 }\n', ', params: { importer: dma1 }')).probes[0].params.importer, 'dma1');
+});
+
 test('a param naming another VFIO endpoint must name one, not the probe\'s own device', (t) => {
   const lab = (partner: string) => `${MINIMAL}topology:\n  root_ports: [rp0, rp1]\n  endpoints:\n    - { id: a, type: ivshmem-plain, port: rp0, memory: 16M }\n    - { id: b, type: ivshmem-plain, port: rp0, memory: 16M, function: 1 }\n    - { id: edu0, type: edu, port: rp1 }\nprobes:\n  - { name: hot-reset-set, device: a, params: { partner: ${partner} } }\n`;
   t.is(inline(lab('b')).probes[0].params.partner, 'b');
