@@ -62,6 +62,22 @@ test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci
   t.deepEqual(await qemuProcessesMentioning(runDir), [], 'no QEMU left running');
 });
 
+test.serial('smoke lab: the local loop reuses the default lab\'s kernel build and passes its quick checks', async (t) => {
+  const dir = runsDir();
+  const r = await hwlab(['run', path.join(repoRoot, 'labs/smoke.yaml'), '--runs-dir', dir]);
+  t.is(r.exitCode, 0, r.all);
+  // Same config as the default lab, built just before: make must not run again.
+  t.regex(r.all ?? '', /from cache, make not run/);
+  const { results } = await readRun(dir);
+  t.is(results.verdict, 'pass');
+  t.is(results.health, 'clean');
+  t.is(results.kernel.source, 'built');
+  const lab = await loadLab(path.join(repoRoot, 'labs/smoke.yaml'));
+  t.deepEqual(results.probes.map((p) => p.name), lab.probes.map((p) => p.name));
+  t.true(results.probes.every((p) => p.ok && p.subtests.length >= 1 && p.subtests.every((s) => s.ok)));
+  t.log(`smoke lab: total ${results.timings.total?.toFixed(1)} s, probes ${results.timings.probes?.toFixed(1)} s`);
+});
+
 test.serial('prebuilt lab: Debian linux-image-7.2 passes the same probes without a build', async (t) => {
   const dir = runsDir();
   const r = await hwlab(['run', path.join(repoRoot, 'labs/prebuilt.yaml'), '--runs-dir', dir]);
