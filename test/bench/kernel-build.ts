@@ -1,7 +1,9 @@
 // Kernel build benchmark (issue B). Prints figures; asserts nothing.
-//   node --import tsx test/bench/kernel-build.ts            no-change rebuild, one-file change to results
+//   node --import tsx test/bench/kernel-build.ts            no-change rebuild, one-file change to results,
+//                                                            the same change through the prebuilt+driver fast path
 //   node --import tsx test/bench/kernel-build.ts --cold [lean|defconfig|both]
-//        also cold builds: lean base vs x86_64_defconfig (same source, same flags, ccache off; ~45 min for both)
+//        also cold builds: lean base vs x86_64_defconfig (same source, same flags, ccache off; ~45 min for both),
+//        each with the feature fragment (what a lab builds), or with --bases-only without it
 import { execa } from 'execa';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -11,11 +13,14 @@ import { fileURLToPath } from 'node:url';
 import { loadLab } from '../../src/lab/parse.ts';
 import { prepareLab, runLab } from '../../src/run/run-lab.ts';
 import { resolveKernelTree } from '../../src/kernel/source.ts';
+import { headersForPrebuilt } from '../../src/kernel/driver-build.ts';
 import { onCleanup, runCleanups } from '../../src/util/cleanup.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const { values } = parseArgs({ options: { cold: { type: 'string' }, 'skip-warm': { type: 'boolean', default: false } } });
+const { values } = parseArgs({
+  options: { cold: { type: 'string' }, 'skip-warm': { type: 'boolean', default: false }, 'bases-only': { type: 'boolean', default: false } },
+});
 if (values.cold !== undefined && !['lean', 'defconfig', 'both'].includes(values.cold)) throw new Error('--cold takes lean, defconfig or both');
 const lab = await loadLab(path.join(repoRoot, 'labs/default.yaml'));
 if (lab.kernel.kind !== 'source') throw new Error('labs/default.yaml must build from source');
@@ -38,25 +43,54 @@ if (!values['skip-warm']) {
   const noChange = (Date.now() - t) / 1000;
   console.log(`no-change rebuild (kernel+image+initramfs)   ${fmt(noChange)}   make ran: ${'built' in again.kernel && again.kernel.built}   (target < 2 s, no make)`);
 
-  // 2. One-file change in drivers/vfio/pci, all the way to results. The change
-  //    is new code (not a comment), so neither the build cache nor ccache can skip it.
+  // 2. One-file change in drivers/vfio/pci, all the way to results, in the local
+  //    loop's lab (labs/smoke.yaml: same kernel config as the default lab). The
+  //    change is new code (not a comment), so neither the build cache nor ccache
+  //    can skip it. Then another such change through the whole suite (labs/default.yaml).
+  const smoke = await loadLab(path.join(repoRoot, 'labs/smoke.yaml'));
+  for (const [which, target, note] of [[smoke, 'smoke', '(target <= 90 s)'], [lab, 'default', '(the whole suite, for comparison)']] as const) {
+    const patchFile = await oneFileChange(tree.dir, `source-${target}`);
+    t = Date.now();
+    const out = await runLab(which, { progress, runsDir: scratch, extraPatches: [patchFile] });
+    const oneFile = (Date.now() - t) / 1000;
+    const k = out.results.kernel;
+    const tm = out.results.timings;
+    console.log(`one-file change -> results, labs/${target}.yaml ${fmt(oneFile)}   build ${fmt(k.buildSeconds ?? 0)}, boot to SSH ${fmt(tm.boot_to_ssh ?? 0)}, probes ${fmt(tm.probes ?? 0)}, verdict ${out.results.verdict}   ${note}`);
+  }
+
+  // 3. The same kind of change through the fast path: the prebuilt Debian kernel,
+  //    drivers/vfio/pci rebuilt against its headers (labs/fastpath.yaml).
+  const fast = await loadLab(path.join(repoRoot, 'labs/fastpath.yaml'));
+  if (fast.kernel.kind !== 'debian-prebuilt') throw new Error('labs/fastpath.yaml must use a prebuilt kernel');
+  t = Date.now();
+  const fastPrep = await prepareLab(fast, { progress }, scratch);
+  console.log(`fast path warm-up (kernel, headers, tools)   ${fmt((Date.now() - t) / 1000)}`);
+  // The patch is made against the source tree matching the prebuilt kernel, which may differ from the default lab's.
+  const { tree: fastTree } = await headersForPrebuilt(fastPrep.kernel, fast.kernel, progress.step('headers'));
+  const fastPatch = await oneFileChange(fastTree.dir, 'fast');
+  t = Date.now();
+  const fastOut = await runLab(fast, { progress, runsDir: scratch, extraPatches: [fastPatch] });
+  const fastSecs = (Date.now() - t) / 1000;
+  const fk = fastOut.results.kernel;
+  console.log(`fast path: one-file change -> results        ${fmt(fastSecs)}   driver build ${fmt(fk.buildSeconds ?? 0)}, boot to SSH ${fmt(fastOut.results.timings.boot_to_ssh ?? 0)}, probes ${fmt(fastOut.results.timings.probes ?? 0)}, verdict ${fastOut.results.verdict}`);
+}
+
+/** A patch adding new code (a unique string) to vfio_pci_core.c, so no cache can skip the rebuild. */
+async function oneFileChange(treeDir: string, tag: string): Promise<string> {
   const rel = 'drivers/vfio/pci/vfio_pci_core.c';
-  const orig = await readFile(path.join(tree.dir, rel), 'utf8');
-  const token = `hwlab_bench_${Date.now().toString(36)}`;
+  const orig = await readFile(path.join(treeDir, rel), 'utf8');
+  const token = `hwlab_bench_${tag.replace(/\W/g, '_')}_${Date.now().toString(36)}`;
   const changed = `${orig}\nstatic const char ${token}[] __used = "${token}";\n`;
-  const a = path.join(scratch, 'a', rel);
-  const b = path.join(scratch, 'b', rel);
+  const dir = path.join(scratch, `patch-${tag}`);
+  const a = path.join(dir, 'a', rel);
+  const b = path.join(dir, 'b', rel);
   await execa('mkdir', ['-p', path.dirname(a), path.dirname(b)]);
   await writeFile(a, orig);
   await writeFile(b, changed);
-  const diff = await execa('diff', ['-u', `a/${rel}`, `b/${rel}`], { cwd: scratch, reject: false });
-  const patchFile = path.join(scratch, 'one-file-change.patch');
+  const diff = await execa('diff', ['-u', `a/${rel}`, `b/${rel}`], { cwd: dir, reject: false });
+  const patchFile = path.join(scratch, `one-file-change-${tag}.patch`);
   await writeFile(patchFile, diff.stdout + '\n');
-  t = Date.now();
-  const out = await runLab(lab, { progress, runsDir: scratch, extraPatches: [patchFile] });
-  const oneFile = (Date.now() - t) / 1000;
-  const k = out.results.kernel;
-  console.log(`one-file change in drivers/vfio/pci -> results ${fmt(oneFile)}   build ${fmt(k.buildSeconds ?? 0)}, verdict ${out.results.verdict}   (target <= 90 s)`);
+  return patchFile;
 }
 
 /** Sum of the children's user and system time in bash `times` output (its second line: "0m1.5s 0m0.3s"). */
@@ -70,7 +104,7 @@ export function cpuSeconds(timesOutput: string): number {
   }, 0);
 }
 
-// 3. Cold builds of the same source with the lean base and with x86_64_defconfig.
+// 4. Cold builds of the same source with the lean base and with x86_64_defconfig.
 if (values.cold) {
   const { assembleConfig } = await import('../../src/kernel/config.ts');
   const fragments = await Promise.all(lab.kernel.config.fragments.map(async (file) => ({ file, text: await readFile(file, 'utf8') })));
@@ -95,11 +129,14 @@ if (values.cold) {
   };
   // The bases compared with the feature fragment only: debug options cost the same on either base.
   const base = (name: string) => fragments.filter((f) => path.basename(f.file) === name);
-  const feature = base('vfio-dmabuf.config');
+  // --bases-only: the two bases as they are, without the feature fragment (a
+  // kernel that cannot run the labs, but the literal base-vs-base comparison).
+  const feature = values['bases-only'] ? [] : base('vfio-dmabuf.config');
+  const what = values['bases-only'] ? 'alone' : '+ feature';
   const lean = values.cold === 'defconfig' ? undefined : await cold('tinyconfig', [...base('guest-base.config'), ...feature]);
-  if (lean !== undefined) console.log(`cold build, lean base (tinyconfig + fragments) ${fmt(lean.secs)} wall, ${fmt(lean.cpu)} CPU`);
+  if (lean !== undefined) console.log(`cold build, lean base (tinyconfig + guest-base) ${what} ${fmt(lean.secs)} wall, ${fmt(lean.cpu)} CPU`);
   const big = values.cold === 'lean' ? undefined : await cold('x86_64_defconfig', feature);
-  if (big !== undefined) console.log(`cold build, x86_64_defconfig + feature       ${fmt(big.secs)} wall, ${fmt(big.cpu)} CPU`);
+  if (big !== undefined) console.log(`cold build, x86_64_defconfig ${what}       ${fmt(big.secs)} wall, ${fmt(big.cpu)} CPU`);
   if (lean !== undefined && big !== undefined) {
     console.log(`ratio defconfig / lean                       ${(big.secs / lean.secs).toFixed(2)} wall, ${(big.cpu / lean.cpu).toFixed(2)} CPU   (target >= 3)`);
   }
