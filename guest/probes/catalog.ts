@@ -14,8 +14,15 @@ export interface ParamSpec {
   keys?: readonly string[];
   /** For strings: the only values allowed. */
   choices?: readonly string[];
-  /** For strings naming another endpoint of the lab: the type that endpoint must have (checked when the lab is parsed). */
-  endpointType?: EndpointType;
+  /** For strings naming another endpoint of the lab (checked when the lab is parsed, default included). */
+  endpoint?: EndpointRef;
+}
+
+export interface EndpointRef {
+  /** Types the named endpoint may have; default: the types the probe itself takes. */
+  types?: readonly EndpointType[];
+  /** The probe opens it through VFIO too: the host binds it to vfio-pci, and it must not be the probe's own device. */
+  vfio?: boolean;
 }
 
 /** Guest facilities a probe needs; the host provides them before the probes run. */
@@ -28,14 +35,12 @@ export interface ProbeSpec {
   params: readonly ParamSpec[];
   /** 'importer': hwlab builds hwlab_importer.ko against the lab's kernel and loads it. */
   requires?: readonly ProbeRequirement[];
-  /** Params naming further endpoints the probe opens through VFIO: the host binds them to vfio-pci too. */
-  vfioParams?: readonly string[];
 }
 
-/** Endpoint ids a probe opens through VFIO: its own device and those its vfioParams name. */
+/** Endpoint ids a probe opens through VFIO: its own device and those its `endpoint: { vfio }` params name. */
 export function vfioEndpointsOf(probe: { name: string; device: string; params: Record<string, unknown> }): string[] {
   const spec = isProbeName(probe.name) ? (PROBES[probe.name] as ProbeSpec) : undefined;
-  const extra = (spec?.vfioParams ?? []).map((p) => probe.params[p]).filter((v): v is string => typeof v === 'string');
+  const extra = (spec?.params ?? []).filter((ps) => ps.endpoint?.vfio).map((ps) => probe.params[ps.name]).filter((v): v is string => typeof v === 'string');
   return [probe.device, ...extra];
 }
 
@@ -62,7 +67,7 @@ const region: ParamSpec = {
 };
 
 const importerParam: ParamSpec = {
-  name: 'importer', type: 'string', default: 'edu0', endpointType: 'edu',
+  name: 'importer', type: 'string', default: 'edu0', endpoint: { types: ['edu'] },
   description: 'Endpoint id of the QEMU edu device the hwlab_importer module attaches for (its DMA engine does the data checks)',
 };
 
@@ -212,10 +217,12 @@ export const PROBES = {
     endpoints: ['ivshmem-plain', 'nvme'],
     params: [
       region, importerParam,
-      { name: 'partner', type: 'string', default: '', description: 'Endpoint id of the other device in the reset set (e.g. function 1 on the same port); opened through VFIO too' },
+      {
+        name: 'partner', type: 'string', default: '', endpoint: { vfio: true },
+        description: 'Endpoint id of the other device in the reset set (e.g. function 1 on the same port); opened through VFIO too',
+      },
     ],
     requires: ['importer'],
-    vfioParams: ['partner'],
   },
 } as const satisfies Record<string, ProbeSpec>;
 

@@ -595,29 +595,27 @@ function checkProbes(src: YamlSource, raw: RawLab, topo: TopologySpec, catalog: 
       for (const e of r.errors) src.add(...locateCatalogError(e, p.params, paramsAt, at));
       return;
     }
-    // Params naming an endpoint of a given type (the importer's edu) must name one,
-    // default included: a lab without it fails here, not in the guest.
+    // Params naming another endpoint (the importer's edu, a reset-set partner) must
+    // name one of the right type, default included: a lab without it fails here, not in the guest.
     for (const ps of spec.params) {
-      if (!ps.endpointType) continue;
-      const v = r.params[ps.name];
-      const other = endpoints.find((e) => e.id === v);
-      const where: Path = p.params[ps.name] === undefined ? at : [...paramsAt, ps.name];
-      const given = p.params[ps.name] === undefined ? ` (the default; set params.${ps.name})` : '';
-      if (!other) {
-        const ofType = endpoints.filter((e) => e.type === ps.endpointType).map((e) => e.id);
-        src.add(where, `${p.name}.${ps.name}: no endpoint "${String(v)}"${given}; it names the ${ps.endpointType} endpoint the probe uses (${ps.endpointType} endpoints in this lab: ${ofType.join(', ') || 'none'})`);
-      } else if (other.type !== ps.endpointType) {
-        src.add(where, `${p.name}.${ps.name}: "${other.id}" is ${other.type}; it must be ${ps.endpointType}`);
-      }
-    }
-    // Params naming another endpoint the probe opens through VFIO must name one.
-    for (const name of spec.vfioParams ?? []) {
+      if (!ps.endpoint) continue;
+      const name = ps.name;
       const v = r.params[name];
+      const types = ps.endpoint.types ?? spec.endpoints;
       const other = endpoints.find((e) => e.id === v);
       const where: Path = p.params[name] === undefined ? at : [...paramsAt, name];
-      if (!other) src.add(where, `${p.name}.${name}: ${v === '' ? 'required' : `no endpoint "${String(v)}"`} (endpoints: ${endpoints.map((e) => e.id).join(', ')})`);
-      else if (other.id === device.id) src.add(where, `${p.name}.${name}: must be another endpoint than the probe's device "${device.id}"`);
-      else if (!spec.endpoints.includes(other.type)) src.add(where, `${p.name}.${name}: "${other.id}" is ${other.type}; it takes ${spec.endpoints.join(', ')}`);
+      if (!other) {
+        const given = p.params[name] === undefined && v !== '' ? ` (the default; set params.${name})` : '';
+        const ofType = endpoints.filter((e) => types.includes(e.type)).map((e) => e.id);
+        const known = ps.endpoint.types
+          ? `; it names the ${types.join(' or ')} endpoint the probe uses (${types.join(' or ')} endpoints in this lab: ${ofType.join(', ') || 'none'})`
+          : ` (endpoints: ${endpoints.map((e) => e.id).join(', ')})`;
+        src.add(where, `${p.name}.${name}: ${v === '' ? 'required' : `no endpoint "${String(v)}"`}${given}${known}`);
+      } else if (ps.endpoint.vfio && other.id === device.id) {
+        src.add(where, `${p.name}.${name}: must be another endpoint than the probe's device "${device.id}"`);
+      } else if (!types.includes(other.type)) {
+        src.add(where, `${p.name}.${name}: "${other.id}" is ${other.type}; ${types.length === 1 ? `it must be ${types[0]}` : `it takes ${types.join(', ')}`}`);
+      }
     }
     // Defaults come from the catalog's own objects: never share them.
     const params = structuredClone(r.params);
