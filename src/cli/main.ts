@@ -19,9 +19,9 @@ const USAGE = `usage: hwlab <command> [options]
   run <lab.yaml> [--patch FILE]... [--fragment FILE]... [--runs-dir DIR] [--refresh] [--json]
                         build what the lab needs, boot it, run its probes, print results;
                         --patch applies FILE on top of the lab's series for this run;
-                        --fragment merges a config fragment after the lab's (configs/kasan.config)
+                        --fragment merges a config fragment after the lab's (labs/configs/kasan.config)
   mutants <lab.yaml> [--dir DIR] [--only NN]... [--runs-dir DIR] [--no-baseline] [--focus]
-                        run the lab once per known-bad patch in DIR (default test/data/broken),
+                        run the lab once per known-bad patch in DIR (default labs/mutants),
                         on top of the lab's series; exit 0 only if every patch was caught;
                         --focus runs only the probes each patch's Expected-catch names
   image build <recipe>  build (or reuse) the guest image images/<recipe>.yaml

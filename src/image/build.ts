@@ -9,7 +9,7 @@ import { cacheKey, ensureEntry } from '../util/cache.ts';
 import { HwlabError } from '../util/cleanup.ts';
 import { makeExt4 } from '../util/ext4.ts';
 import type { Step } from '../util/progress.ts';
-import { ensureHwlabKey } from '../guest/keys.ts';
+import { ensureHwlabKey } from '../session/keys.ts';
 import type { ImageRecipe } from './recipe.ts';
 import { GUEST_INIT, SSHD_CONFIG } from './guest-files.ts';
 

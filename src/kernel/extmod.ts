@@ -1,4 +1,4 @@
-// hwlab's own kernel modules (guest/kmod/<name>/, e.g. the hwlab_importer
+// hwlab's own kernel modules (src/guest/kmod/<name>/, e.g. the hwlab_importer
 // dma-buf importer), built with M= against the kernel a lab boots: against the
 // build tree of a kernel built from source, or against the matching
 // linux-headers for a prebuilt Debian kernel. Cached by (module sources,
@@ -19,7 +19,7 @@ import type { PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
 import type { KernelArtifact } from './types.ts';
 
-export const KMOD_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../guest/kmod');
+export const KMOD_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../guest/kmod');
 
 /** A module of hwlab's, built for one kernel. */
 export interface HwlabModule {
@@ -63,7 +63,7 @@ export async function buildHwlabModule(name: string, target: ModuleTarget, logFi
   const { dir } = await ensureEntry('kmod', key, `${name} for ${target.kernel.release}`, async (tmp) => {
     const work = path.join(tmp, 'src');
     await execa('cp', ['-r', '--', srcDir, work]);
-    step.update(`make M=guest/kmod/${name}`);
+    step.update(`make M=src/guest/kmod/${name}`);
     const make = (h: Pick<PreparedHeaders, 'dir' | 'makeArgs'>) => makeModules(h, work, (s) => log.push(s), step);
     try {
       const kos = target.kind === 'built'
@@ -71,7 +71,7 @@ export async function buildHwlabModule(name: string, target: ModuleTarget, logFi
           (src) => make({ dir: src, makeArgs: [`O=${target.kernel.objDir}`, 'ARCH=x86_64'] }))
         : await make(prebuilt!);
       const ko = kos.find((k) => path.basename(k) === `${name}.ko`);
-      if (!ko) throw new HwlabError(`make M=guest/kmod/${name} produced ${kos.join(', ') || 'no modules'}, not ${name}.ko`);
+      if (!ko) throw new HwlabError(`make M=src/guest/kmod/${name} produced ${kos.join(', ') || 'no modules'}, not ${name}.ko`);
       // Like INSTALL_MOD_STRIP=1: debug info out, the build-id note stays.
       await execa('strip', ['--strip-debug', '-o', path.join(tmp, `${name}.ko`), path.join(work, ko)]);
     } finally {

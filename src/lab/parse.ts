@@ -12,7 +12,7 @@ import {
   type ProbeSpec, type SwitchSpec, type TopologySpec, type KernelSpec, type KernelSourceSpec, type PatchSourceSpec,
 } from './types.ts';
 import { DEFAULT_DRIVER_DIRS } from '../kernel/driver-build.ts';
-import { PROBES, resolveParams, type ProbeSpec as CatalogProbe } from '../../guest/probes/catalog.ts';
+import { PROBES, resolveParams, type ProbeSpec as CatalogProbe } from '../guest/probes/catalog.ts';
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -327,7 +327,7 @@ const kernelSchema = strictObject({
  * happens (lockdep, DMA-API debug, list/object debugging).
  */
 export const DEFAULT_FRAGMENTS = ['guest-base.config', 'vfio-dmabuf.config', 'debug.config'];
-const configsDir = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../configs');
+const configsDir = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../labs/configs');
 
 const labSchema = orEmpty({}, strictObject({
   name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, ., _ or - (it names result directories)').optional(),

@@ -1,4 +1,4 @@
-// The in-guest probe runner: guest/runner.ts bundled by esbuild into one
+// The in-guest probe runner: src/guest/runner.ts bundled by esbuild into one
 // CommonJS file, plus koffi's package with only the linux_x64 native module.
 import * as esbuild from 'esbuild';
 import { copyFile, mkdir } from 'node:fs/promises';
@@ -18,7 +18,7 @@ export async function bundleProbes(outDir: string): Promise<ProbeBundle> {
   await mkdir(outDir, { recursive: true });
   const runner = path.join(outDir, 'runner.cjs');
   await esbuild.build({
-    entryPoints: [path.join(repoRoot, 'guest/runner.ts')],
+    entryPoints: [path.join(repoRoot, 'src/guest/runner.ts')],
     bundle: true,
     platform: 'node',
     format: 'cjs',

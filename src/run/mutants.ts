@@ -21,7 +21,7 @@ import type { Progress } from '../util/progress.ts';
 import { runLab, type RunOptions, type RunOutcome } from './run-lab.ts';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const DEFAULT_CATALOGUE_DIR = path.join(repoRoot, 'test/data/broken');
+export const DEFAULT_CATALOGUE_DIR = path.join(repoRoot, 'labs/mutants');
 
 // ---------------------------------------------------------------------------
 // The catalogue: files and their headers.
@@ -262,7 +262,7 @@ export interface MutantsSummary {
 
 export interface MutantsOptions {
   progress: Progress;
-  /** Catalogue directory (default test/data/broken). */
+  /** Catalogue directory (default labs/mutants). */
   dir?: string;
   /** `--only` selectors: patch numbers or names. */
   only?: string[];

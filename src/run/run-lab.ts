@@ -9,11 +9,11 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { GuestRunConfig } from '../../guest/protocol.ts';
-import { findPciDevices, type GuestPciDevice } from '../guest/pci.ts';
-import { ensureHwlabKey } from '../guest/keys.ts';
-import { GuestSession } from '../guest/session.ts';
-import { HostRequestScanner, type HostRequest } from '../guest/host-requests.ts';
+import type { GuestRunConfig } from '../guest/protocol.ts';
+import { findPciDevices, type GuestPciDevice } from '../session/pci.ts';
+import { ensureHwlabKey } from '../session/keys.ts';
+import { GuestSession } from '../session/session.ts';
+import { HostRequestScanner, type HostRequest } from '../session/host-requests.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
 import { buildInitramfs } from '../image/initramfs.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
@@ -21,12 +21,12 @@ import { fetchDebianKernel } from '../kernel/debian.ts';
 import { buildKernel, type BuiltKernel } from '../kernel/build.ts';
 import { loadPatchSeries } from '../kernel/patches.ts';
 import { resolveKernelTree } from '../kernel/source.ts';
-import { verifyLoadedModules } from '../guest/modules.ts';
-import { verifyReplacedModules } from '../guest/modules-buildid.ts';
+import { verifyLoadedModules } from '../session/modules.ts';
+import { verifyReplacedModules } from '../session/modules-buildid.ts';
 import { buildDriverOverlay, type DriverOverlay } from '../kernel/driver-build.ts';
 import { buildHwlabModule, type HwlabModule, type ModuleTarget } from '../kernel/extmod.ts';
-import { guestModuleBuildIds } from '../guest/modules-buildid.ts';
-import { requirementsOf, vfioEndpointsOf } from '../../guest/probes/catalog.ts';
+import { guestModuleBuildIds } from '../session/modules-buildid.ts';
+import { requirementsOf, vfioEndpointsOf } from '../guest/probes/catalog.ts';
 import type { KernelArtifact } from '../kernel/types.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { bundleProbes } from '../probes/bundle.ts';
@@ -53,7 +53,7 @@ export interface RunOptions {
   refresh?: boolean;
   /** Patch files applied on top of the lab's series for this run (`--patch`). */
   extraPatches?: string[];
-  /** Config fragments merged after the lab's for this run (`--fragment`), e.g. configs/kasan.config. */
+  /** Config fragments merged after the lab's for this run (`--fragment`), e.g. labs/configs/kasan.config. */
   extraFragments?: string[];
 }
 

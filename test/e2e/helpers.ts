@@ -10,7 +10,7 @@ import type { RunResults } from '../../src/results/report.ts';
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 export function hwlab(args: string[], opts: { timeoutMs?: number } = {}): ResultPromise<{ reject: false; all: true }> {
-  return execa('node', [path.join(repoRoot, 'bin/hwlab.js'), ...args], {
+  return execa('node', [path.join(repoRoot, 'src/cli/hwlab.js'), ...args], {
     cwd: repoRoot,
     reject: false,
     all: true,

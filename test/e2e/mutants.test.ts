@@ -1,5 +1,5 @@
 // The catalogue of known-bad kernels against the default lab: every patch in
-// test/data/broken must be caught. A patch that survives names a hole in the
+// labs/mutants must be caught. A patch that survives names a hole in the
 // probes; one that does not apply or build is a broken catalogue entry. One to
 // five minutes per patch under TCG (incremental build of drivers/vfio/pci, boot,
 // probes).

@@ -2,7 +2,7 @@
 // clean kernel; the self-test lab must fail and say why; a broken lab file
 // must be refused before anything boots; Ctrl-C must leave no QEMU behind.
 import test from 'ava';
-import { BAD_INPUT_CASES } from '../../guest/probes/catalog.ts';
+import { BAD_INPUT_CASES } from '../../src/guest/probes/catalog.ts';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';

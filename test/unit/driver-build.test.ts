@@ -5,7 +5,7 @@ import { mkdir, mkdtemp, readFile, rm, stat, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildIdFromNotes, parseBuildIdDumps, parseOdHex } from '../../src/guest/modules-buildid.ts';
+import { buildIdFromNotes, parseBuildIdDumps, parseOdHex } from '../../src/session/modules-buildid.ts';
 import {
   applyConfigChanges,
   assertPatchesConfined,

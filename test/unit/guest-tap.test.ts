@@ -8,10 +8,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Parser, type FinalResults, type Result } from 'tap-parser';
-import { classify, findSplats, parseRecord } from '../../guest/lib/kmsg.ts';
-import { Tap } from '../../guest/lib/tap.ts';
-import { parseBufinfo } from '../../guest/probes/common.ts';
-import { BAD_INPUT_CASES, PROBES, resolveParams } from '../../guest/probes/catalog.ts';
+import { classify, findSplats, parseRecord } from '../../src/guest/lib/kmsg.ts';
+import { Tap } from '../../src/guest/lib/tap.ts';
+import { parseBufinfo } from '../../src/guest/probes/common.ts';
+import { BAD_INPUT_CASES, PROBES, resolveParams } from '../../src/guest/probes/catalog.ts';
 
 interface Parsed { final: FinalResults; points: Result[]; children: { final: FinalResults; points: Result[] }[] }
 
@@ -187,25 +187,25 @@ function checkMissingDeviceRun(t: import('ava').ExecutionContext, stdout: string
 }
 
 test('runner from source: missing device gives not-ok probes, exit 0', (t) => {
-  const r = runRunner(t, ['--import', 'tsx', 'guest/runner.ts'], CONFIG);
+  const r = runRunner(t, ['--import', 'tsx', 'src/guest/runner.ts'], CONFIG);
   checkMissingDeviceRun(t, r.stdout, r.status);
 });
 
 test('runner: bad config exits 2 with nothing on stdout', (t) => {
   const bad = { ...CONFIG, probes: [{ ...CONFIG.probes[0], params: { region: 'two' } }] };
-  const r = runRunner(t, ['--import', 'tsx', 'guest/runner.ts'], bad);
+  const r = runRunner(t, ['--import', 'tsx', 'src/guest/runner.ts'], bad);
   t.is(r.status, 2);
   t.is(r.stdout, '');
   t.regex(r.stderr, /dmabuf-export\.region: expected a non-negative integer/);
-  t.is(runRunner(t, ['--import', 'tsx', 'guest/runner.ts'], '{not json').status, 2);
-  t.is(runRunner(t, ['--import', 'tsx', 'guest/runner.ts'], { abi: 'v1', probes: [] }).status, 2);
+  t.is(runRunner(t, ['--import', 'tsx', 'src/guest/runner.ts'], '{not json').status, 2);
+  t.is(runRunner(t, ['--import', 'tsx', 'src/guest/runner.ts'], { abi: 'v1', probes: [] }).status, 2);
 });
 
 test('runner bundled by esbuild (cjs, node18, koffi external) runs under plain node', async (t) => {
   const out = join(mkdtempSync(join(tmpdir(), 'hwlab-bundle-')), 'runner.js');
   t.teardown(() => rmSync(join(out, '..'), { recursive: true, force: true }));
   await build({
-    entryPoints: ['guest/runner.ts'], bundle: true, platform: 'node', format: 'cjs', target: 'node18',
+    entryPoints: ['src/guest/runner.ts'], bundle: true, platform: 'node', format: 'cjs', target: 'node18',
     external: ['koffi'], outfile: out, logLevel: 'silent',
   });
   // The guest has node_modules/koffi beside the bundle; here NODE_PATH stands in for it.

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { HostRequestScanner } from '../../src/guest/host-requests.ts';
+import { HostRequestScanner } from '../../src/session/host-requests.ts';
 
 test('a request line is recognised, also when split across chunks and indented inside a subtest', (t) => {
   const s = new HostRequestScanner(['shm0', 'nvme0']);

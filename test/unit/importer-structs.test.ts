@@ -7,11 +7,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as libc from '../../guest/lib/libc.ts';
-import * as imp from '../../guest/lib/importer.ts';
+import * as libc from '../../src/guest/lib/libc.ts';
+import * as imp from '../../src/guest/lib/importer.ts';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
-const HEADER_DIR = fileURLToPath(new URL('../../guest/kmod/hwlab_importer', import.meta.url));
+const HEADER_DIR = fileURLToPath(new URL('../../src/guest/kmod/hwlab_importer', import.meta.url));
 const hasGcc = spawnSync('gcc', ['--version'], { stdio: 'ignore' }).status === 0;
 
 test('ioctl numbers are _IOWR(0xb9, n, struct) (RELEASE _IOW)', (t) => {

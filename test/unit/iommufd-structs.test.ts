@@ -7,11 +7,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as iommufd from '../../guest/lib/iommufd.ts';
-import * as libc from '../../guest/lib/libc.ts';
-import { SyscallThread } from '../../guest/lib/systhread.ts';
-import * as v from '../../guest/lib/vfio.ts';
-import { pattern, whichBytes } from '../../guest/probes/observe.ts';
+import * as iommufd from '../../src/guest/lib/iommufd.ts';
+import * as libc from '../../src/guest/lib/libc.ts';
+import { SyscallThread } from '../../src/guest/lib/systhread.ts';
+import * as v from '../../src/guest/lib/vfio.ts';
+import { pattern, whichBytes } from '../../src/guest/probes/observe.ts';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 

@@ -74,7 +74,7 @@ test('index: inherited dependencies across sourced files, selects with their sel
 });
 
 test('the real lean config satisfies what vfio-dmabuf.config asks', (t) => {
-  const frag = readFileSync(path.join(REPO, 'configs/vfio-dmabuf.config'), 'utf8');
+  const frag = readFileSync(path.join(REPO, 'labs/configs/vfio-dmabuf.config'), 'utf8');
   const req = requestedValues([{ file: 'configs/vfio-dmabuf.config', text: frag }]);
   t.true(req.size > 10);
   t.deepEqual(verifyConfig(req, lean, index), []);
@@ -185,7 +185,7 @@ const haveTree = TREE !== '' && existsSync(path.join(TREE, 'scripts/kconfig/merg
 const treeTest = haveTree ? test.serial : test.serial.skip;
 
 const repoFragment = (name: string) => ({
-  file: `configs/${name}`, text: readFileSync(path.join(REPO, 'configs', name), 'utf8'),
+  file: `configs/${name}`, text: readFileSync(path.join(REPO, 'labs/configs', name), 'utf8'),
 });
 
 treeTest('kernel-tree: tinyconfig + guest-base + vfio-dmabuf gives the lab kernel', async (t) => {

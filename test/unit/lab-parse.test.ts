@@ -45,7 +45,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
       kind: 'source',
       source: { kind: 'debian-source', package: 'linux-source-7.2', suite: 'sid', mirror: 'http://deb.debian.org/debian' },
       patches: [],
-      config: { base: 'tinyconfig', fragments: ['guest-base.config', 'vfio-dmabuf.config', 'debug.config'].map((f) => path.join(repo, 'configs', f)) },
+      config: { base: 'tinyconfig', fragments: ['guest-base.config', 'vfio-dmabuf.config', 'debug.config'].map((f) => path.join(repo, 'labs/configs', f)) },
     },
     image: 'bookworm',
     machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [] },
@@ -247,10 +247,10 @@ test('kernel sections: source builds, fast path, and what each refuses', (t) => 
   const ok = parseLab(`kernel:\n  debian: linux-image-7.2\n  driver: {}\n  patches: [../test/fixtures/patches/vfio-zero-length-enoent.patch]\n${base}`, file);
   t.like(ok.kernel, { kind: 'debian-prebuilt', driver: { dirs: ['drivers/vfio/pci'] } });
   t.deepEqual((ok.kernel as { patches: unknown }).patches, [{ kind: 'file', path: path.join(repo, 'test/fixtures/patches/vfio-zero-length-enoent.patch') }]);
-  const src = parseLab(`kernel:\n  tarball: ../package.json\n  config: { base: defconfig, fragments: [../configs/debug.config] }\n${base}`, file);
+  const src = parseLab(`kernel:\n  tarball: ../package.json\n  config: { base: defconfig, fragments: [../labs/configs/debug.config] }\n${base}`, file);
   t.deepEqual(src.kernel, {
     kind: 'source', source: { kind: 'tarball', path: path.join(repo, 'package.json') }, patches: [],
-    config: { base: 'defconfig', fragments: [path.join(repo, 'configs/debug.config')] },
+    config: { base: 'defconfig', fragments: [path.join(repo, 'labs/configs/debug.config')] },
   });
   const err = (text: string) => t.throws(() => parseLab(text + base, file), { instanceOf: LabError }).message;
   t.regex(err('kernel:\n  debian: linux-image-7.2\n  patches: [x.patch]\n'), /kernel-test\.yaml:3:\d+: kernel\.patches: a prebuilt kernel \(linux-image-7\.2\) takes patches only with driver:/);

@@ -2,7 +2,7 @@ import test from 'ava';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { isProbeName } from '../../guest/probes/catalog.ts';
+import { isProbeName } from '../../src/guest/probes/catalog.ts';
 import { KernelBuildError } from '../../src/kernel/build.ts';
 import { parseDiff, PatchApplyError, stripPath, type PatchFile } from '../../src/kernel/patches.ts';
 import type { LabSpec } from '../../src/lab/types.ts';

@@ -2,7 +2,7 @@
 // hand-built config space image: the shape of QEMU's nvme (PM, MSI-X, PCIe
 // with FLR) plus an ACS extended capability and an AF capability.
 import test from 'ava';
-import * as pc from '../../guest/lib/pci-config.ts';
+import * as pc from '../../src/guest/lib/pci-config.ts';
 
 function image(): Buffer {
   const b = Buffer.alloc(4096);

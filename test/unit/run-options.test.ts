@@ -12,6 +12,6 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 test('--fragment on a prebuilt Debian kernel is refused, naming the lab and the package', async (t) => {
   const lab = await loadLab(path.join(repo, 'test/fixtures/labs/shorthand.yaml'));
   t.is(lab.kernel.kind, 'debian-prebuilt');
-  const err = await t.throwsAsync(prepareLab(lab, { progress: silentProgress(), extraFragments: [path.join(repo, 'configs/kasan.config')] }));
+  const err = await t.throwsAsync(prepareLab(lab, { progress: silentProgress(), extraFragments: [path.join(repo, 'labs/configs/kasan.config')] }));
   t.regex(err!.message, /--fragment needs a kernel built from source; .*shorthand\.yaml uses the prebuilt linux-image-7\.2/);
 });

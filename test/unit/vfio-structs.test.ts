@@ -5,8 +5,8 @@ import koffi from 'koffi';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as libc from '../../guest/lib/libc.ts';
-import * as v from '../../guest/lib/vfio.ts';
+import * as libc from '../../src/guest/lib/libc.ts';
+import * as v from '../../src/guest/lib/vfio.ts';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 
