@@ -2,12 +2,14 @@
 // one subtest per probe in config order. Exit 0 whatever the probes found (the
 // host judges the TAP), 2 for an unusable config, 1 only if the runner itself broke.
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { DmabufAbi, EndpointType, GuestDevice, GuestProbeRequest, GuestRunConfig } from './protocol.ts';
+import {
+  DMABUF_ABIS, formatProbeMarker, RUNNER_EXIT, STRESS_WORKER_FLAG,
+  type DmabufAbi, type EndpointType, type GuestDevice, type GuestProbeRequest, type GuestRunConfig, type ProbeMarker,
+} from '../protocol/protocol.ts';
 import { isProbeName, resolveParams, type ProbeName } from './probes/catalog.ts';
 import type { Probe } from './probes/common.ts';
 import { Tap } from './lib/tap.ts';
 
-const ABIS: readonly DmabufAbi[] = ['ranges', 'v0'];
 const ENDPOINTS: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme', 'pci-testdev'];
 const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i;
 
@@ -17,7 +19,7 @@ const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object
 function parseConfig(raw: unknown): { ok: true; config: GuestRunConfig } | { ok: false; errors: string[] } {
   const errors: string[] = [];
   if (!isObj(raw)) return { ok: false, errors: ['config is not a JSON object'] };
-  if (!ABIS.includes(raw.abi as DmabufAbi)) errors.push(`abi must be one of ${ABIS.join(', ')}`);
+  if (!DMABUF_ABIS.includes(raw.abi as DmabufAbi)) errors.push(`abi must be one of ${DMABUF_ABIS.join(', ')}`);
   if (!Array.isArray(raw.probes)) return { ok: false, errors: [...errors, 'probes must be an array'] };
   const probes: GuestProbeRequest[] = [];
   const devices: Record<string, GuestDevice> = {};
@@ -69,13 +71,13 @@ async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
   tap.header(config.probes.length);
   for (const [i, p] of config.probes.entries()) {
     const d = p.device;
-    kmsgMarker(`begin ${i + 1} ${p.name}`);
+    kmsgMarker({ edge: 'begin', index: i + 1, probe: p.name });
     await tap.subtest(p.name, async (t) => {
       t.comment(`device ${d.id} (${d.type}) at ${d.bdf}, iommu group ${d.iommuGroup ?? 'none (noiommu)'}, ${config.abi} ABI`);
       if (!impls) throw new Error(`cannot load probes: ${loadError instanceof Error ? loadError.message : String(loadError)}`);
       await impls[p.name as ProbeName]({ device: d, devices: config.devices, abi: config.abi, params: p.params, t });
     }, { todo: p.expectFail });
-    kmsgMarker(`end ${i + 1} ${p.name}`);
+    kmsgMarker({ edge: 'end', index: i + 1, probe: p.name });
   }
 }
 
@@ -83,9 +85,9 @@ async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
  * Probe boundaries in the kernel log: the host reads them from the serial
  * console and attaches each splat to the probe that was running.
  */
-function kmsgMarker(what: string): void {
+function kmsgMarker(m: ProbeMarker): void {
   try {
-    writeFileSync('/dev/kmsg', `hwlab-probe: ${what}\n`);
+    writeFileSync('/dev/kmsg', `${formatProbeMarker(m)}\n`);
   } catch {
     // No /dev/kmsg (not the guest): splats then stay unattributed, still failing the run.
   }
@@ -93,28 +95,28 @@ function kmsgMarker(what: string): void {
 
 async function main(argv: string[]): Promise<number> {
   // The stress probe's worker processes are this same bundle started again.
-  if (argv[0] === '--stress-worker' && argv.length === 2) {
+  if (argv[0] === STRESS_WORKER_FLAG && argv.length === 2) {
     const { stressWorkerMain } = await import('./probes/stress.ts');
     return stressWorkerMain(JSON.parse(argv[1]));
   }
   if (argv.length !== 1) {
     process.stderr.write('usage: node runner.js <config.json>\n');
-    return 2;
+    return RUNNER_EXIT.badConfig;
   }
   let raw: unknown;
   try {
     raw = JSON.parse(readFileSync(argv[0], 'utf8'));
   } catch (e) {
     process.stderr.write(`runner: cannot read config ${argv[0]}: ${(e as Error).message}\n`);
-    return 2;
+    return RUNNER_EXIT.badConfig;
   }
   const parsed = parseConfig(raw);
   if (!parsed.ok) {
     process.stderr.write(`runner: bad config ${argv[0]}:\n${parsed.errors.map((e) => `  ${e}\n`).join('')}`);
-    return 2;
+    return RUNNER_EXIT.badConfig;
   }
   await run(parsed.config);
-  return 0;
+  return RUNNER_EXIT.ok;
 }
 
 // exitCode rather than exit(): stdout is a pipe over ssh and must drain first.
@@ -123,6 +125,6 @@ main(process.argv.slice(2)).then(
   (e) => {
     process.stdout.write(`Bail out! runner crashed: ${String(e instanceof Error ? e.message : e).replace(/\n/g, ' ')}\n`);
     process.stderr.write(`${e instanceof Error ? e.stack : String(e)}\n`);
-    process.exitCode = 1;
+    process.exitCode = RUNNER_EXIT.crashed;
   },
 );

@@ -1,5 +1,7 @@
 // Files hwlab places in the guest. They are part of the image cache key, so
-// editing them rebuilds the image.
+// editing them rebuilds the image. The lines they log are the protocol's
+// (src/protocol/protocol.ts): the host waits for the ready line.
+import { BOOT_FAILURE_MESSAGES, INIT_LOG_PREFIX, INITRAMFS_LOG_PREFIX, READY_MESSAGE } from '../protocol/protocol.ts';
 
 /**
  * PID 1 after switch_root: mounts, network for the SSH forward, sshd. No
@@ -8,7 +10,7 @@
 export const GUEST_INIT = `#!/bin/sh
 # hwlab guest init (PID 1). Messages go to /dev/kmsg so they land in the console log.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-log() { echo "hwlab-init: $*" > /dev/kmsg; }
+log() { echo "${INIT_LOG_PREFIX} $*" > /dev/kmsg; }
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
@@ -25,7 +27,7 @@ i=0
 while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 || log "network setup failed"
 mkdir -p /run/sshd
-/usr/sbin/sshd -E /run/sshd.log && log "sshd started" || log "sshd failed to start"
+/usr/sbin/sshd -E /run/sshd.log && log "${READY_MESSAGE}" || log "${BOOT_FAILURE_MESSAGES.sshd}"
 # Benchmarks boot with hwlab.bare to time a bare boot-to-poweroff of the same kernel and image.
 case " $(cat /proc/cmdline) " in *" hwlab.bare "*) log "bare boot done, powering off"; busybox poweroff -f ;; esac
 # Stay PID 1; hwlab powers the guest off over SSH or QMP.
@@ -55,17 +57,17 @@ $bb mkdir -p /proc /sys /dev /newroot
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
 $bb mount -t devtmpfs devtmpfs /dev
-fail() { echo "hwlab-initramfs: $*" > /dev/kmsg; $bb sleep 1; $bb poweroff -f; }
+fail() { echo "${INITRAMFS_LOG_PREFIX} $*" > /dev/kmsg; $bb sleep 1; $bb poweroff -f; }
 for m in $($bb cat /modules.list); do
-  $bb insmod /mods/$m || echo "hwlab-initramfs: insmod $m failed" > /dev/kmsg
+  $bb insmod /mods/$m || echo "${INITRAMFS_LOG_PREFIX} insmod $m failed" > /dev/kmsg
 done
 i=0
 until root=$($bb findfs LABEL=hwlab-root 2>/dev/null); do
-  i=$((i+1)); [ $i -gt 200 ] && fail "root disk (LABEL=hwlab-root) did not appear"
+  i=$((i+1)); [ $i -gt 200 ] && fail "${BOOT_FAILURE_MESSAGES.rootDisk}"
   $bb sleep 0.05
 done
-$bb mount -t ext4 -o rw "$root" /newroot || fail "cannot mount $root"
-mods=$($bb findfs LABEL=hwlab-mods 2>/dev/null) && { $bb mount -t ext4 -o ro "$mods" /newroot/lib/modules || fail "cannot mount modules disk $mods"; }
+$bb mount -t ext4 -o rw "$root" /newroot || fail "${BOOT_FAILURE_MESSAGES.mount} $root"
+mods=$($bb findfs LABEL=hwlab-mods 2>/dev/null) && { $bb mount -t ext4 -o ro "$mods" /newroot/lib/modules || fail "${BOOT_FAILURE_MESSAGES.mount} modules disk $mods"; }
 $bb mount --move /dev /newroot/dev
 $bb umount /proc /sys
 exec $bb switch_root /newroot /sbin/hwlab-init

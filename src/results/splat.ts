@@ -3,6 +3,8 @@
 // block of console lines, and only anchored starts count, so driver names or
 // user text that merely contain "BUG"/"WARNING" never raise a splat.
 
+import { parseProbeMarker } from '../protocol/protocol.ts';
+
 export type SplatKind =
   | 'WARNING'
   | 'BUG'
@@ -461,7 +463,7 @@ export function attributeSplats(splats: readonly Splat[], windows: readonly Prob
   return { byProbe, unattributed };
 }
 
-const MARKER = /^\[\s*(\d+\.\d+)\]\s+hwlab-probe: (begin|end) (\d+) (\S+)\s*$/;
+const TIMESTAMPED = /^\[\s*(\d+\.\d+)\]\s+(.*)$/;
 
 /**
  * Probe windows from the markers the guest runner writes to /dev/kmsg
@@ -473,12 +475,13 @@ export function probeWindowsFromConsole(consoleText: string): ProbeWindow[] {
   const open = new Map<string, number>();
   const windows: ProbeWindow[] = [];
   for (const line of consoleText.split(/\r?\n/)) {
-    const m = MARKER.exec(line.trim());
+    const ts = TIMESTAMPED.exec(line.trim());
+    const m = ts ? parseProbeMarker(ts[2]) : null;
     if (!m) continue;
-    const key = `${m[3]} ${m[4]}`;
-    if (m[2] === 'begin') open.set(key, Number(m[1]));
+    const key = `${m.index} ${m.probe}`;
+    if (m.edge === 'begin') open.set(key, Number(ts![1]));
     else if (open.has(key)) {
-      windows.push({ probe: key, startSec: open.get(key)!, endSec: Number(m[1]) });
+      windows.push({ probe: key, startSec: open.get(key)!, endSec: Number(ts![1]) });
       open.delete(key);
     }
   }

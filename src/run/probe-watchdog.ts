@@ -5,6 +5,8 @@
 // closing test point stops it. When a clock runs out the caller collects the
 // guest's blocked tasks and ends the probe phase, keeping the TAP so far.
 
+import { isTopLevelPoint, subtestName } from '../protocol/protocol.ts';
+
 export interface ProbeBudget {
   name: string;
   timeoutSec: number;
@@ -17,8 +19,6 @@ export interface ProbeTimeout {
   timeoutSec: number;
 }
 
-const SUBTEST = /^# Subtest: (.*)$/;
-const CLOSING_POINT = /^(not )?ok \d+/;
 
 export class ProbeWatchdog {
   private buffered = '';
@@ -61,7 +61,7 @@ export class ProbeWatchdog {
 
   private line(line: string): void {
     if (this.fired) return;
-    if (SUBTEST.test(line)) {
+    if (subtestName(line) !== null) {
       this.stop();
       const index = this.started++;
       const budget = this.budgets[index];
@@ -73,7 +73,7 @@ export class ProbeWatchdog {
       }, budget.timeoutSec * 1000);
       timer.unref();
       this.running = { index, timer };
-    } else if (CLOSING_POINT.test(line)) {
+    } else if (isTopLevelPoint(line)) {
       this.stop();
     }
   }

@@ -9,7 +9,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { GuestRunConfig } from '../guest/protocol.ts';
+import { bootFailure, countPoints, GUEST_CONFIG_FILE, GUEST_DIR, GUEST_KMOD_DIR, READY_LINE, subtestName, type GuestRunConfig } from '../protocol/protocol.ts';
 import { findPciDevices, type GuestPciDevice } from '../session/pci.ts';
 import { ensureHwlabKey } from '../session/keys.ts';
 import { GuestSession } from '../session/session.ts';
@@ -43,7 +43,6 @@ import { ensureHostTools } from '../cli/doctor.ts';
 import type { Progress } from '../util/progress.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const GUEST_DIR = '/run/hwlab';
 
 export interface RunOptions {
   progress: Progress;
@@ -86,15 +85,13 @@ async function consoleTail(file: string): Promise<string> {
   return (lines[lines.length - 1] ?? '').replace(/^\[\s*[\d.]+\]\s*/, '').slice(0, 70);
 }
 
-const SSHD_UP = 'hwlab-init: sshd started';
-const BOOT_FAILED = /hwlab-init: sshd failed|hwlab-initramfs: .*(did not appear|cannot mount)|Kernel panic - not syncing/;
 
 async function waitForConsole(consoleLog: string, m: QemuMachine, deadline: number, update: (line: string) => void): Promise<void> {
   for (;;) {
     const text = existsSync(consoleLog) ? await readFile(consoleLog, 'utf8') : '';
-    if (text.includes(SSHD_UP)) return;
-    const failed = text.match(BOOT_FAILED);
-    if (failed) throw new HwlabError(`boot failed: "${failed[0]}" (see ${consoleLog})`);
+    if (text.includes(READY_LINE)) return;
+    const failed = text.split('\n').map((l) => bootFailure(l) ?? (/Kernel panic - not syncing.*/.exec(l)?.[0] ?? null)).find(Boolean);
+    if (failed) throw new HwlabError(`boot failed: "${failed}" (see ${consoleLog})`);
     if (m.hasExited) throw new HwlabError(`QEMU exited during boot (${JSON.stringify(m.exit)}); see ${consoleLog} and qemu-stderr.log`);
     if (Date.now() > deadline) throw new HwlabError(`guest did not start sshd before the boot timeout; last console line: ${await consoleTail(consoleLog)}`);
     update(await consoleTail(consoleLog));
@@ -272,8 +269,8 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
       }
       if (hwlabModules.length) {
         step.update(`insmod ${hwlabModules.map((m) => m.name).join(' ')}`);
-        await s.upload(hwlabModules.map((m) => ({ local: m.ko, remote: `${GUEST_DIR}/kmod/${m.name}.ko` })));
-        for (const m of hwlabModules) await s.check(['insmod', `${GUEST_DIR}/kmod/${m.name}.ko`], 60_000);
+        await s.upload(hwlabModules.map((m) => ({ local: m.ko, remote: `${GUEST_KMOD_DIR}/${m.name}.ko` })));
+        for (const m of hwlabModules) await s.check(['insmod', `${GUEST_KMOD_DIR}/${m.name}.ko`], 60_000);
         // The same proof as for the driver under test: the guest runs the .ko just built.
         const ids = await guestModuleBuildIds(s, hwlabModules.map((m) => m.name));
         for (const m of hwlabModules) {
@@ -318,7 +315,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     await progress.run('upload probes', () =>
       s.upload([
         ...bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_DIR}/${f.relative}` })),
-        { local: configFile, remote: `${GUEST_DIR}/config.json` },
+        { local: configFile, remote: GUEST_CONFIG_FILE },
       ]));
     // Requests the probes make of the host (hot removal through QMP), served while they run.
     const hostLog: string[] = [];
@@ -355,15 +352,15 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     const r = await progress.run(`probes (${lab.probes.length})`, (step) => {
       let points = 0;
       const scanner = new HostRequestScanner(lab.topology.endpoints.map((e) => e.id));
-      return s.exec(['node', `${GUEST_DIR}/${bundle.entry}`, `${GUEST_DIR}/config.json`], {
+      return s.exec(['node', `${GUEST_DIR}/${bundle.entry}`, GUEST_CONFIG_FILE], {
         timeoutMs: lab.timeouts.probesSec * 1000,
         signal: stopProbes.signal,
         onStdout: (chunk) => {
           streamed += chunk;
           watchdog.push(chunk);
-          points += (chunk.match(/^\s*(not )?ok \d+/gm) ?? []).length;
-          const sub = chunk.match(/# Subtest: (\S+)/g)?.pop();
-          step.update(`${sub ? sub.slice(10) + ', ' : ''}${points} points`);
+          points += countPoints(chunk);
+          const sub = chunk.split('\n').map(subtestName).filter(Boolean).pop();
+          step.update(`${sub ? `${sub}, ` : ''}${points} points`);
           for (const req of scanner.push(chunk)) {
             if ('error' in req) void logHostRequest(`refused: ${req.error}`);
             else hostRequests.push(serveHostRequest(req));

@@ -1,12 +1,12 @@
-// Requests to the host while a probe runs (see src/guest/host-requests.ts):
-// a TAP comment line the host watches for. The host acts asynchronously and
+// Requests to the host while a probe runs (the protocol's request line, see
+// src/protocol/protocol.ts): a TAP comment line the host watches for. The host acts asynchronously and
 // does not answer; the probe observes the effect (e.g. the device leaving sysfs).
 import { existsSync } from 'node:fs';
+import { formatHostRequest } from '../../protocol/protocol.ts';
 
 /** Asks the host to hot-remove the endpoint with this lab id (QMP device_del). */
 export function requestDeviceDel(endpointId: string): void {
-  if (!/^[A-Za-z0-9_.-]+$/.test(endpointId)) throw new Error(`"${endpointId}" is not an endpoint id`);
-  process.stdout.write(`# hwlab-request: device_del ${endpointId}\n`);
+  process.stdout.write(`${formatHostRequest({ verb: 'device_del', id: endpointId })}\n`);
 }
 
 /** Polls until the PCI device is gone from sysfs; false on timeout. */

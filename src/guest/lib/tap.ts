@@ -13,6 +13,7 @@
 //   not ok 1 - dmabuf-export # time=12.3ms
 import { isDeepStrictEqual } from 'node:util';
 import { stringify } from 'yaml';
+import { SUBTEST_PREFIX, TAP_VERSION_LINE } from '../../protocol/protocol.ts';
 
 export type Writer = (line: string) => void;
 export type Diag = Record<string, unknown>;
@@ -99,7 +100,7 @@ export class Tap {
   constructor(private readonly out: Writer = (l) => process.stdout.write(`${l}\n`)) {}
 
   header(plan: number): void {
-    this.out('TAP version 14');
+    this.out(TAP_VERSION_LINE);
     this.out(`1..${plan}`);
   }
 
@@ -115,7 +116,7 @@ export class Tap {
   async subtest(name: string, fn: (t: Subtest) => void | Promise<void>, opts: { todo?: string } = {}): Promise<SubtestSummary> {
     const id = ++this.n;
     const t = new Subtest(this.out, opts.todo);
-    this.out(`# Subtest: ${escapeName(name)}`);
+    this.out(`${SUBTEST_PREFIX}${escapeName(name)}`);
     const start = performance.now();
     try {
       await fn(t);

@@ -4,7 +4,7 @@
 import { readlinkSync } from 'node:fs';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import type { DmabufAbi } from '../protocol.ts';
+import type { DmabufAbi } from '../../protocol/protocol.ts';
 import * as libc from './libc.ts';
 
 // All VFIO ioctls are _IO(';', 100 + n): no size/direction bits, argsz carries the size.

@@ -1,7 +1,7 @@
 // What probes exist and what parameters they take. Pure data plus a pure
 // validator: imported by the host to check lab files, and by the guest runner
 // to fill defaults. Must not import anything that touches koffi.
-import type { EndpointType } from '../protocol.ts';
+import type { EndpointType } from '../../protocol/protocol.ts';
 
 export type ParamType = 'number' | 'string' | 'boolean' | 'object';
 

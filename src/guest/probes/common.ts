@@ -1,7 +1,7 @@
 // Shared plumbing for probes: the context they receive and small helpers
 // around the VFIO device, dma-buf fds and the dma-buf debugfs listing.
 import { readFileSync } from 'node:fs';
-import type { DmabufAbi, GuestDevice } from '../protocol.ts';
+import type { DmabufAbi, GuestDevice } from '../../protocol/protocol.ts';
 import * as libc from '../lib/libc.ts';
 import type { Subtest } from '../lib/tap.ts';
 import { VfioDevice, type ExportRequest } from '../lib/vfio.ts';

@@ -10,7 +10,7 @@ import { Importer } from '../lib/importer.ts';
 import { Kmsg } from '../lib/kmsg.ts';
 import * as libc from '../lib/libc.ts';
 import { hotReset, hotResetInfo, PCI_COMMAND, PCI_COMMAND_MEMORY as MEM, VfioDevice } from '../lib/vfio.ts';
-import type { GuestDevice } from '../protocol.ts';
+import type { GuestDevice } from '../../protocol/protocol.ts';
 import { closeFd, deviceById, hex, type ProbeContext } from './common.ts';
 import { ensureMemoryOn, exportBar, importDiag, importerDevice, importFor, result } from './importer-common.ts';
 import { baseline, checkBackToBaseline, checkNoSplats } from './observe.ts';

@@ -4,7 +4,7 @@
 // mapping, compared with the exporter's BAR read and written through VFIO).
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readlinkSync, realpathSync, writeFileSync } from 'node:fs';
-import type { GuestDevice } from '../protocol.ts';
+import type { GuestDevice } from '../../protocol/protocol.ts';
 import { Importer, type ImportMode, type ImportOut, type IoctlResult } from '../lib/importer.ts';
 import * as libc from '../lib/libc.ts';
 import type { Subtest } from '../lib/tap.ts';

@@ -14,7 +14,7 @@
 // too short to catch is a skip that says so, never a pass.
 // Device close is permanent and runs last: reopening must not revive anything.
 import { readFileSync, existsSync } from 'node:fs';
-import type { GuestDevice } from '../protocol.ts';
+import type { GuestDevice } from '../../protocol/protocol.ts';
 import { Importer } from '../lib/importer.ts';
 import * as libc from '../lib/libc.ts';
 import { SyscallThread, type TimedResult } from '../lib/systhread.ts';

@@ -25,7 +25,7 @@ import {
   encodeExport, PCI_COMMAND, PCI_COMMAND_MEMORY, VFIO_DEVICE_FEATURE, VFIO_DEVICE_FLAGS_RESET, VFIO_DEVICE_RESET,
   VFIO_GROUP_GET_DEVICE_FD, VFIO_PCI_CONFIG_REGION_INDEX, VfioDevice, type DmaRange,
 } from '../lib/vfio.ts';
-import type { DmabufAbi } from '../protocol.ts';
+import { STRESS_WORKER_FLAG, type DmabufAbi } from '../../protocol/protocol.ts';
 import { exportDiag, type ProbeContext } from './common.ts';
 import { baseline, checkBackToBaseline, checkNoSplats, commandDiag, setMemoryDecoding } from './observe.ts';
 
@@ -213,7 +213,7 @@ class WorkerProcess {
   readonly closed: Promise<void>;
 
   constructor(readonly args: StressWorkerArgs, groupFd: number) {
-    this.child = spawn(process.execPath, [process.argv[1], '--stress-worker', JSON.stringify(args)], {
+    this.child = spawn(process.execPath, [process.argv[1], STRESS_WORKER_FLAG, JSON.stringify(args)], {
       stdio: ['pipe', 'pipe', 'pipe', groupFd],
     });
     this.child.stdout!.on('data', (d: Buffer) => { this.out += d.toString(); });
