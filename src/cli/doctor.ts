@@ -7,7 +7,7 @@ import { statfs, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { cacheRoot } from '../util/cache.ts';
 import { HwlabError } from '../util/cleanup.ts';
-import { probeKvm } from '../qemu/accel.ts';
+import { probeKvm } from '../machine/accel.ts';
 
 /** Command -> Debian package that provides it. */
 export const HOST_TOOLS: Record<string, string> = {

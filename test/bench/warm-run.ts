@@ -9,8 +9,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadLab } from '../../src/lab/parse.ts';
 import { prepareLab, runLab } from '../../src/run/run-lab.ts';
-import { decideAccel } from '../../src/qemu/accel.ts';
-import { buildQemuCommand } from '../../src/qemu/cmdline.ts';
+import { decideAccel } from '../../src/machine/accel.ts';
+import { buildQemuCommand } from '../../src/machine/cmdline.ts';
 import { runCleanups } from '../../src/util/cleanup.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 

@@ -1,7 +1,7 @@
 import test from 'ava';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildQemuCommand, iommuKernelWords, optValue, type QemuLaunchInput } from '../../src/qemu/cmdline.ts';
+import { buildQemuCommand, iommuKernelWords, optValue, type QemuLaunchInput } from '../../src/machine/cmdline.ts';
 import { loadLab } from '../../src/lab/parse.ts';
 import type { IommuSpec, LabSpec, TopologySpec } from '../../src/lab/types.ts';
 
