@@ -3,7 +3,20 @@
 // O_NONBLOCK makes read() fail EAGAIN at the end instead of blocking.
 import * as libc from './libc.ts';
 
-export interface KmsgRecord { level: number; facility: number; seq: number; usec: number; message: string }
+export interface KmsgRecord {
+  level: number;
+  /** 0 for the kernel; a write to /dev/kmsg from userspace is 1 (user) unless it says otherwise. */
+  facility: number;
+  seq: number;
+  usec: number;
+  /** Unescaped: a record of several lines has '\n' in it. */
+  message: string;
+}
+
+/** /dev/kmsg escapes control characters and '\' as \xHH; a record's own lines come as \x0a. */
+function unescape(s: string): string {
+  return s.replace(/\\x([0-9a-f]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+}
 
 /** Parses one /dev/kmsg record; returns null for something that is not one. */
 export function parseRecord(raw: string): KmsgRecord | null {
@@ -11,7 +24,7 @@ export function parseRecord(raw: string): KmsgRecord | null {
   if (semi < 0) return null;
   const [prio, seq, usec] = raw.slice(0, semi).split(',').map(Number);
   if (![prio, seq, usec].every(Number.isFinite)) return null;
-  const message = raw.slice(semi + 1).split('\n')[0]; // continuation lines are " KEY=value" metadata
+  const message = unescape(raw.slice(semi + 1).split('\n')[0]); // continuation lines are " KEY=value" metadata
   return { level: prio & 7, facility: prio >> 3, seq, usec, message };
 }
 
