@@ -1,6 +1,7 @@
 // Kernel log records since a mark, via /dev/kmsg: each read() returns exactly
 // one record "prio,seq,usec,flags[,...];message\n[ KEY=value\n...]". Opening
-// O_NONBLOCK makes read() fail EAGAIN at the end instead of blocking.
+// O_NONBLOCK makes read() fail EAGAIN at the end instead of blocking. Finding
+// kernel reports in the records is src/report's job, shared with the host.
 import * as libc from './libc.ts';
 
 export interface KmsgRecord {
@@ -26,36 +27,6 @@ export function parseRecord(raw: string): KmsgRecord | null {
   if (![prio, seq, usec].every(Number.isFinite)) return null;
   const message = unescape(raw.slice(semi + 1).split('\n')[0]); // continuation lines are " KEY=value" metadata
   return { level: prio & 7, facility: prio >> 3, seq, usec, message };
-}
-
-// First lines of the splats a probe must not cause.
-const SPLAT_PATTERNS: [string, RegExp][] = [
-  ['kasan', /\bKASAN:/], // before 'bug': KASAN reports start "BUG: KASAN:"
-  ['warning', /^WARNING:/],
-  ['bug', /^BUG:/],
-  ['oops', /^Oops\b|\bOops: /],
-  ['refcount', /refcount_t:/],
-  ['lockdep', /possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage/],
-  ['dma-api', /DMA-API:/],
-  ['panic', /Kernel panic/],
-  ['hung-task', /blocked for more than \d+ seconds/],
-];
-
-export function classify(message: string): string | null {
-  for (const [kind, re] of SPLAT_PATTERNS) if (re.test(message)) return kind;
-  return null;
-}
-
-export interface Splat { kind: string; record: KmsgRecord; context: string[] }
-
-/** Splat records, each with the records following it (call trace) as context. */
-export function findSplats(records: KmsgRecord[], contextLines = 25): Splat[] {
-  const out: Splat[] = [];
-  records.forEach((r, i) => {
-    const kind = classify(r.message);
-    if (kind) out.push({ kind, record: r, context: records.slice(i + 1, i + 1 + contextLines).map((x) => x.message) });
-  });
-  return out;
 }
 
 export class Kmsg {
@@ -94,9 +65,4 @@ export class Kmsg {
   close(): void {
     libc.trySyscall(() => libc.close(this.fd));
   }
-}
-
-/** Splat diagnostics in a compact form for TAP YAML. */
-export function describeSplats(splats: Splat[]): { kind: string; line: string; trace: string[] }[] {
-  return splats.map((s) => ({ kind: s.kind, line: s.record.message, trace: s.context }));
 }
