@@ -34,8 +34,9 @@ import { decideAccel } from '../machine/accel.ts';
 import { buildQemuCommand } from '../machine/cmdline.ts';
 import { QemuMachine, writeCommandLine } from '../machine/machine.ts';
 import { formatResultTable, judge, writeRunResults, type RunResults } from '../results/report.ts';
-import { attachSplatsToProbes } from '../results/report.ts';
-import { findSplats, probeWindowsFromConsole } from '../results/splat.ts';
+import { dedupByTitle } from '../report/kernel-report.ts';
+import { findConsoleReports } from '../report/scan.ts';
+import { attachKernelReports, probeWindowsFromConsole } from '../results/attribution.ts';
 import { markHungProbe, parseProbeTap, type HungProbe, type ProbeResult } from '../results/tap.ts';
 import { BLOCKED_TASKS_SCRIPT, ProbeWatchdog } from './probe-watchdog.ts';
 import { HwlabError, onCleanup } from '../util/cleanup.ts';
@@ -417,11 +418,12 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
 
   await writeFile(path.join(runDir, 'probes.tap'), tap);
   const consoleText = existsSync(consoleLog) ? await readFile(consoleLog, 'utf8') : '';
-  const splats = findSplats(consoleText);
+  const found = findConsoleReports(consoleText);
   const probes: ProbeResult[] = parseProbeTap(tap);
   if (hung) markHungProbe(probes, hung, lab.probes.map((p) => p.name));
-  attachSplatsToProbes(probes, splats, probeWindowsFromConsole(consoleText));
-  const verdict = judge(probes, splats);
+  attachKernelReports(probes, found, probeWindowsFromConsole(consoleText));
+  const kernelReports = dedupByTitle(found);
+  const verdict = judge(probes, kernelReports);
   if (probeError) verdict.reasons.unshift(probeError);
   const results: RunResults = {
     lab: lab.name,
@@ -438,8 +440,8 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     accel: accel.accel,
     accelNote: accel.note,
     probes,
-    splats,
-    health: splats.length ? 'splat' : 'clean',
+    kernelReports,
+    health: kernelReports.length ? 'kernel-report' : 'clean',
     verdict: probeError ? 'fail' : verdict.verdict,
     verdictReasons: verdict.reasons,
     timings: { ...timings, total: (Date.now() - t0) / 1000 },

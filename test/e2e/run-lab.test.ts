@@ -49,13 +49,14 @@ test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci
   const consoleLog = await readFile(path.join(runDir, 'console.log'), 'utf8');
   t.regex(consoleLog, /Linux version 7\.2\.\d+/);
   t.regex(consoleLog, /DMAR: IOMMU enabled/);
-  // Probe windows for splat attribution come from these markers.
+  // Probe windows for kernel report attribution come from these markers.
   t.regex(consoleLog, new RegExp(`hwlab-probe: begin 1 dmabuf-export[\\s\\S]*hwlab-probe: end ${lab.probes.length} ${lab.probes[lab.probes.length - 1].name}`));
   // The debug kernel: lockdep is on, so a lock-order problem in a probe would have been reported.
   t.regex(consoleLog, /RCU lockdep checking is enabled/);
   // surprise-removal had the host hot-remove its device through QMP.
   t.regex(await readFile(path.join(runDir, 'host-requests.log'), 'utf8'), /device_del shm2: done/);
-  t.true(results.probes.every((p) => p.splats.length === 0));
+  t.true(results.probes.every((p) => p.kernelReports.length === 0));
+  t.deepEqual(results.kernelReports, []);
   const cmdline = await readFile(path.join(runDir, 'qemu-cmdline.sh'), 'utf8');
   t.regex(cmdline, /restrict=on/);
   t.regex(cmdline, /hostfwd=tcp:127\.0\.0\.1:\d+-:22/);

@@ -65,7 +65,7 @@ test('a hung probe catches a mutant; the probes it kept from running do not', (t
   markHungProbe(probes, hung, ['dmabuf-export', 'importer-refusals', 'lifetime']);
   const reasons = ['probe importer-refusals did not finish in 120 s; 1 probe(s) after it not run', ...judge(probes, []).reasons];
   const results: RunResults = {
-    lab: 'default', startedAt: '', kernel: { package: 'p', version: 'v', release: 'r' }, accel: 'tcg', probes, splats: [],
+    lab: 'default', startedAt: '', kernel: { package: 'p', version: 'v', release: 'r' }, accel: 'tcg', probes, kernelReports: [],
     health: 'clean', verdict: 'fail', verdictReasons: reasons, timings: {}, runDir: '/runs/x',
   };
   const lab = { probes: ['dmabuf-export', 'importer-refusals', 'lifetime'].map((name) => ({ name, device: 'shm0', params: {}, timeoutSec: 120 })) } as unknown as LabSpec;
