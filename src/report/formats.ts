@@ -37,7 +37,7 @@ export interface ReportFormat {
   /** Values from later lines of the report: group 1 of the first line matching. */
   body?: Record<string, RegExp>;
   func?: readonly FuncSource[];
-  /** Frames that are this kind's own mechanics, skipped on top of SKIP_ALWAYS ('pc' and 'stack' only). */
+  /** Functions that are this kind's own mechanics, skipped on top of SKIP_ALWAYS, wherever {FUNC} comes from. */
   skip?: RegExp;
   /** The kernel is unusable afterwards (the task was killed or the kernel stopped). */
   fatal: boolean;
@@ -45,6 +45,8 @@ export interface ReportFormat {
   specificity: number;
   /** A message printed inside a WARN (after its cut-here, before its WARNING line), not a report of its own. */
   insideWarn?: boolean;
+  /** Where its 'stack' begins, when not at a "Call Trace:" line. */
+  traceStart?: RegExp;
   /** The report ends with a line of '=' (KASAN). */
   closedBySeparator?: boolean;
 }
@@ -67,7 +69,7 @@ export const SKIP_ALWAYS = re(
       String.raw`do_error_trap|do_trap|do_invalid_op|invalid_op|exc_\w+|asm_exc_\w+|die|__die\w*|oops_\w+|bust_spinlocks`,
       String.raw`_?copy_(?:from|to)_user\w*|__copy_(?:from|to)_user\w*|raw_copy_\w+|copy_user_\w+|rep_movs_alternative`,
       String.raw`print_report|print_address_description\w*|kasan_\w+|__kasan_\w+|__asan_\w+|check_region_inline|kfence_\w+|__kfence_\w+`,
-      String.raw`ubsan_\w+|__ubsan_\w+`,
+      String.raw`ubsan_\w+|__ubsan_\w+|__sanitizer_\w+|__tsan_\w+|__msan_\w+|__kmsan_\w+|kmsan_\w+|__kcsan_\w+|kcsan_\w+`,
       String.raw`__might_resched|__might_sleep|___might_sleep|__might_fault|might_fault|__schedule_bug`,
       String.raw`lock_acquire\w*|lock_release|__lock_acquire|lock_acquired|lock_contended|lockdep_\w+|__lockdep_\w+|print_\w+_bug|mark_lock\w*`,
       String.raw`nmi_cpu_backtrace\w*|nmi_trigger_cpumask_backtrace|arch_trigger_cpumask_backtrace|trigger_\w*backtrace\w*`,
@@ -96,10 +98,18 @@ const STALL_SKIP = re(
     [
       String.raw`rcu_\w+|__rcu_\w+|print_cpu_stall\w*|print_other_cpu_stall\w*|check_cpu_stall\w*|update_process_times|tick_\w+|__tick_\w+`,
       String.raw`__hrtimer_\w+|hrtimer_\w+|__sysvec_\w+|sysvec_\w+|asm_sysvec_\w+|smp_apic_timer_interrupt|apic_timer_interrupt|local_apic_timer_interrupt`,
-      String.raw`irq_exit\w*|__irq_exit_rcu|handle_softirqs|__do_softirq|do_softirq\w*|run_ksoftirqd|watchdog_timer_fn|queue_stop_cpus_work`,
+      String.raw`irq_exit\w*|__irq_exit_rcu|irqentry_\w+|handle_softirqs|__do_softirq|do_softirq\w*|run_ksoftirqd|watchdog_timer_fn|queue_stop_cpus_work`,
     ].join('|') +
     ')$',
 );
+
+/** The allocator: where a bad free is caught or a leak was allocated, never who got it wrong. */
+const ALLOC_SKIP = re(
+  String.raw`^(?:k?free|kfree\w*|kvfree\w*|krealloc\w*|kmem_cache_\w+|__kmem_cache_\w+|slab_\w+|__slab_\w+|kmalloc\w*|__kmalloc\w*|__do_kmalloc\w*|kzalloc\w*|kvmalloc\w*|__kvmalloc\w*|kcalloc\w*|kmemdup\w*|vmalloc\w*|__vmalloc\w*|vfree|kmemleak_\w+|alloc_pages\w*|__alloc_pages\w*|free_pages\w*|__free_pages\w*)$`,
+);
+
+/** A stalled CPU's report also lists tasks that merely sleep in the way. */
+const STALL_OR_SLEEP = re(`${STALL_SKIP.source}|${SLEEP_SKIP.source}`);
 
 /** The lock and unlock paths lockdep reports from. */
 const LOCK_SKIP = re(
@@ -136,11 +146,13 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
     insideWarn: true,
   },
   {
+    // A double or invalid free is caught in kfree: the frame under the allocator names it.
     kind: 'KASAN',
     start: re(String.raw`^BUG: KASAN: (?<what>.+?) in ${FUNC_AT}`),
     title: 'KASAN: {what}[ {access}] in {FUNC}',
     body: { access: /^(Read|Write) of size/ },
-    func: ['start'],
+    func: ['start', 'stack'],
+    skip: ALLOC_SKIP,
     fatal: false,
     specificity: 5,
     closedBySeparator: true,
@@ -148,8 +160,11 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
   {
     kind: 'KFENCE',
     start: re(String.raw`^BUG: KFENCE: (?<what>.+?) in ${FUNC_AT}`),
-    title: 'KFENCE: {what} in {FUNC}',
-    func: ['start'],
+    title: 'KFENCE: {what}[ in {FUNC}]',
+    func: ['start', 'stack'],
+    skip: ALLOC_SKIP,
+    // KFENCE prints its stacks without a "Call Trace:" line, under the access or corruption line.
+    traceStart: /^(?:Corrupted memory|Out-of-bounds (?:read|write)|Use-after-free (?:read|write)|Invalid (?:read|write)|Invalid free of) /,
     fatal: false,
     specificity: 5,
     closedBySeparator: true,
@@ -226,13 +241,24 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
     specificity: 4,
   },
   {
+    // kmemleak's report (the debugfs file echoed to the console): named by who allocated, under the allocator.
+    kind: 'kmemleak',
+    start: /^BUG: memory leak\s*$/,
+    title: 'memory leak in {FUNC}',
+    noFunc: 'memory leak',
+    func: ['stack'],
+    skip: ALLOC_SKIP,
+    fatal: false,
+    specificity: 4,
+  },
+  {
     // rcu_sched/rcu_preempt, self-detected or not, expedited or not: one bug reaches the console any of these ways.
     kind: 'RCU stall',
     start: /^(?:rcu: )?INFO: rcu_\w+ (?:self-)?detected (?:expedited )?stalls?\b/,
     title: 'INFO: rcu detected stall in {FUNC}',
     noFunc: 'INFO: rcu detected stall',
     func: ['pc', 'task-stack'],
-    skip: STALL_SKIP,
+    skip: STALL_OR_SLEEP,
     fatal: false,
     specificity: 4,
   },
@@ -241,8 +267,9 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
     start: /^(?:watchdog: )?BUG: soft lockup - CPU#\d+ stuck for \d+s!/,
     title: 'BUG: soft lockup in {FUNC}',
     noFunc: 'BUG: soft lockup',
-    func: ['pc', 'task-stack'],
-    skip: STALL_SKIP,
+    // The registers and stack are the interrupted context's, softirqs included: no IRQ frames to drop.
+    func: ['pc', 'stack'],
+    skip: STALL_OR_SLEEP,
     fatal: false,
     specificity: 4,
   },
@@ -251,8 +278,8 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
     start: /^(?:watchdog: )?Watchdog detected hard LOCKUP on cpu \d+/,
     title: 'hard LOCKUP in {FUNC}',
     noFunc: 'hard LOCKUP',
-    func: ['pc', 'task-stack'],
-    skip: STALL_SKIP,
+    func: ['pc', 'stack'],
+    skip: STALL_OR_SLEEP,
     fatal: false,
     specificity: 4,
   },
@@ -376,6 +403,7 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
     specificity: 1,
   },
   {
+    // A panic that only says it follows the report before it is merged into that report (see PANIC_AFTER).
     kind: 'panic',
     start: /^Kernel panic - not syncing: ?(?<reason>.*?)\s*$/,
     title: 'Kernel panic - not syncing: {reason}',
@@ -384,6 +412,13 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
   },
 ];
 
+/**
+ * Panic reasons that are the previous report's consequence (panic_on_oops, panic_on_warn,
+ * softlockup_panic, hung_task_panic, ...): such a panic makes that report fatal instead of
+ * being a report of its own, however long the report before it was.
+ */
+export const PANIC_AFTER = /^(?:Fatal exception|(?:kernel: )?panic_on_warn set|softlockup: hung tasks|hung_task: blocked tasks|Hard LOCKUP|RCU Stall|Oops)/;
+
 // ---------------------------------------------------------------------------
 // Naming a report from its lines.
 
@@ -391,15 +426,21 @@ const PC = re(String.raw`^(?:RIP: [0-9a-f]{4}:|pc : |PC is at |NIP \[[0-9a-f]+\]
 /** x86/arm64 "[<addr>] ? func+0x1/0x2 [mod]" ("?" marks an unreliable frame) and arm "[<addr>] (func) from [<addr>] (caller+0x1/0x2)". */
 const FRAME = re(String.raw`^\s*(?:\[<[0-9a-f]+>\] )?(?<unreliable>\? )?${FUNC_AT}`);
 const ARM_FRAME = re(String.raw`^\s*\[<[0-9a-f]+>\] \((?<func>${SYM})(?:${OFF})?\) from `);
-const TRACE_START = /^\s*(?:Call [Tt]race|Backtrace):/;
+const TRACE_START = /^\s*(?:Call [Tt]race|Backtrace|backtrace(?: \(crc [0-9a-f]+\))?):/;
 /** Where the first trace ends: the task's end marker, or the stacks KASAN adds after it. */
 const TRACE_END = /^\s*<\/TASK>|^(?:Allocated|Freed) by task \d+|^The buggy address/;
 const IRQ_OPEN = /^\s*<(?:IRQ|NMI|SOFTIRQ)>\s*$/;
 const IRQ_CLOSE = /^\s*<\/(?:IRQ|NMI|SOFTIRQ)>\s*$/;
 
-/** Drops compiler clone suffixes (.cold, .isra.0, .constprop.0, .part.0, .llvm.123) so titles stay stable across builds. */
+/**
+ * Drops compiler clone suffixes (.cold, .isra.0, .constprop.0, .part.0, .llvm.123) so titles stay
+ * stable across builds, and names a syscall by itself whatever the arch wrapper (__x64_sys_ioctl,
+ * __se_sys_ioctl, __do_sys_ioctl: sys_ioctl).
+ */
 export function cleanFunc(name: string): string {
-  return name.replace(/\.(?:cold|isra|constprop|part|llvm|lto_priv)(?:\.\d+)*.*$/, '');
+  return name
+    .replace(/\.(?:cold|isra|constprop|part|llvm|lto_priv)(?:\.\d+)*.*$/, '')
+    .replace(/^__(?:x64|ia32|x32|arm64|riscv|s390x?|se|do)_(?:compat_)?sys_/, 'sys_');
 }
 
 function skipped(func: string, format: ReportFormat): boolean {
@@ -422,7 +463,7 @@ function stackFunc(block: readonly ReportLine[], format: ReportFormat, taskOnly:
   let irq = 0;
   for (const l of block) {
     if (!inTrace) {
-      inTrace = TRACE_START.test(l.text);
+      inTrace = (format.traceStart ?? TRACE_START).test(l.text);
       continue;
     }
     if (TRACE_END.test(l.text)) break;
@@ -440,7 +481,7 @@ function stackFunc(block: readonly ReportLine[], format: ReportFormat, taskOnly:
 function findFunc(format: ReportFormat, startFunc: string | undefined, block: readonly ReportLine[]): string | undefined {
   for (const src of format.func ?? []) {
     let f: string | undefined;
-    if (src === 'start') f = startFunc && cleanFunc(startFunc);
+    if (src === 'start') f = startFunc && !skipped(cleanFunc(startFunc), format) ? cleanFunc(startFunc) : undefined;
     else if (src === 'pc') f = pcFunc(block, format);
     else if (src === 'stack' || src === 'task-stack') f = stackFunc(block, format, src === 'task-stack');
     else {

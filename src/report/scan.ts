@@ -5,7 +5,7 @@
 // raises, a panic_on_warn panic) and is named by the most specific of them.
 // Each report is returned once per occurrence; dedupByTitle counts them.
 
-import { CUT_HERE_FALLBACK, fallbackTitle, REPORT_FORMATS, titleOf, type ReportFormat } from './formats.ts';
+import { CUT_HERE_FALLBACK, fallbackTitle, PANIC_AFTER, REPORT_FORMATS, titleOf, type ReportFormat } from './formats.ts';
 import type { KernelReport } from './kernel-report.ts';
 import { consoleLines, kmsgLines, type KmsgLike, type ReportLine } from './lines.ts';
 
@@ -119,13 +119,14 @@ export function findKernelReports(lines: readonly ReportLine[]): KernelReport[] 
     const ts = block.find((b) => b.ts !== undefined)?.ts;
     if (ts !== undefined) report.timestampSec = ts;
 
-    if (prev && report.kind === 'panic' && start - prevEnd <= PANIC_MERGE_GAP) {
-      // "Kernel panic - not syncing: Fatal exception" right after an oops is that oops' consequence.
+    const consequence = report.kind === 'panic' && (start - prevEnd <= PANIC_MERGE_GAP || PANIC_AFTER.test(primary?.groups.reason ?? ''));
+    if (prev && consequence) {
+      // "Kernel panic - not syncing: Fatal exception" after an oops is that oops' consequence.
       prev.fatal = true;
-      prev.excerpt = lines
-        .slice(prev.line - 1, end)
-        .map((b) => b.raw)
-        .join('\n');
+      // The excerpt runs on to the panic, within the cap (the panic line itself is always kept).
+      const from = prev.line - 1;
+      const upTo = Math.min(end, from + MAX_EXCERPT_LINES);
+      prev.excerpt = [...lines.slice(from, upTo), ...(upTo < end ? lines.slice(start, end) : [])].map((b) => b.raw).join('\n');
     } else {
       out.push(report);
       prev = report;

@@ -69,7 +69,7 @@ const shape = (rs: KernelReport[], withLine: boolean) =>
 const files = readdirSync(DIR).filter((f) => f.endsWith('.txt')).sort();
 
 test('the golden directory has cases', (t) => {
-  t.true(files.length >= 15, `${files.length} golden files`);
+  t.true(files.length >= 30, `${files.length} golden files`);
 });
 
 for (const file of files) {

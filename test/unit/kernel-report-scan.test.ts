@@ -102,7 +102,9 @@ test('title helpers: clone suffixes, optional parts, offsets and addresses', (t)
   t.is(cleanFunc('vfio_pci_dma_buf_move.cold'), 'vfio_pci_dma_buf_move');
   t.is(cleanFunc('ath9k_init_htc_services.constprop.0'), 'ath9k_init_htc_services');
   t.is(cleanFunc('foo.isra.0.cold'), 'foo');
-  t.is(cleanFunc('__se_sys_mremap'), '__se_sys_mremap');
+  t.is(cleanFunc('__se_sys_mremap'), 'sys_mremap');
+  t.is(cleanFunc('__x64_sys_ioctl'), 'sys_ioctl');
+  t.is(cleanFunc('vfio_pci_core_ioctl'), 'vfio_pci_core_ioctl');
   t.is(renderTitle('KASAN: {what}[ {access}] in {FUNC}', { what: 'use-after-free', FUNC: 'f' }), 'KASAN: use-after-free in f');
   t.is(renderTitle('KASAN: {what}[ {access}] in {FUNC}', { what: 'use-after-free', access: 'Read', FUNC: 'f' }), 'KASAN: use-after-free Read in f');
   t.is(sanitizeTitle('BUG: Dentry ffff88801f2e4c38 still in use  (1)'), 'BUG: Dentry still in use (1)');
