@@ -12,6 +12,7 @@ import { parseRecord } from '../../src/guest/lib/kmsg.ts';
 import { findKmsgReports } from '../../src/report/scan.ts';
 import { Tap } from '../../src/guest/lib/tap.ts';
 import { parseBufinfo } from '../../src/guest/probes/common.ts';
+import { checkNoKernelReportsIn } from '../../src/guest/probes/observe.ts';
 import { BAD_INPUT_CASES, PROBES, resolveParams } from '../../src/guest/probes/catalog.ts';
 
 interface Parsed { final: FinalResults; points: Result[]; children: { final: FinalResults; points: Result[] }[] }
@@ -111,6 +112,33 @@ test('kmsg records parse, unescaped; the shared scanner finds reports in them', 
   const s = findKmsgReports(recs);
   t.deepEqual(s.map((x) => [x.kind, x.title, x.line, x.timestampSec]), [['refcount', 'refcount_t: underflow in vfio_pci_dma_buf_move', 2, 1.000001]]);
   t.true(s[0].excerpt.startsWith('[    1.000001] ------------[ cut here ]------------\n'));
+});
+
+test('the shared "no kernel report" point: pass, fail with each title once, lost records, skip', async (t) => {
+  const rec = (seq: number, message: string) => ({ level: 4, facility: 0, seq, usec: 2_000_000 + seq, message });
+  const warn = (seq: number, cpu: number) => [
+    rec(seq, '------------[ cut here ]------------'),
+    rec(seq + 1, `WARNING: hwlab_importer.c:176 at hwi_invalidate_mappings+0x32/0x78 [hwlab_importer], CPU#${cpu}: node/160`),
+    rec(seq + 2, '---[ end trace 0000000000000000 ]---'),
+  ];
+  const lines: string[] = [];
+  const tap = new Tap((l) => lines.push(l));
+  await tap.subtest('p', (s) => {
+    checkNoKernelReportsIn(s, { ok: true, value: [rec(1, 'vfio-pci 0000:01:00.0: resetting')] }, 'when clean');
+    // Records 4..9 were overwritten: the count (2) is what survived.
+    checkNoKernelReportsIn(s, { ok: true, value: [...warn(1, 0), ...warn(10, 1)] }, 'when it WARNed');
+    checkNoKernelReportsIn(s, { ok: false, errno: 13, name: 'EACCES' }, 'without kmsg');
+  });
+  const [child] = parse(lines.join('\n') + '\n').children;
+  t.deepEqual(child.points.map((p) => [p.name, p.ok, p.skip]), [
+    ['no kernel report when clean', true, false],
+    ['no kernel report when it WARNed', false, false],
+    ['no kernel report without kmsg', true, '/dev/kmsg unavailable: EACCES'],
+  ]);
+  const diag = child.points[1].diag;
+  t.is(diag.kmsgRecordsLost, 6);
+  t.deepEqual(diag.kernelReports.map((r: { kind: string; title: string; count: number; excerpt: string[] }) => [r.kind, r.title, r.count, r.excerpt.length]),
+    [['WARNING', 'WARNING in hwi_invalidate_mappings', 2, 3]]);
 });
 
 test('bufinfo object lines are parsed, attachment lines skipped', (t) => {
