@@ -387,9 +387,10 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
     specificity: 1,
   },
   {
-    // x86 "Oops: 0002 [#1]" after a page fault report, arm "Internal error: Oops: 5 [#1]".
+    // x86 after a page fault report: "Oops: 0002 [#1]", since 6.x "Oops: Oops: 0002 [#1]" (die() names its caller
+    // "Oops"); arm "Internal error: Oops: 5 [#1]".
     kind: 'Oops',
-    start: /^(?:Oops: [0-9a-f]{4}|Internal error: Oops[^:]*: [0-9a-f]+) \[#\d+\]/,
+    start: /^(?:Oops: (?:Oops: )?[0-9a-f]{4}|Internal error: Oops[^:]*: [0-9a-f]+) \[#\d+\]/,
     title: 'Oops[ in {FUNC}]',
     func: ['pc', 'stack'],
     fatal: true,

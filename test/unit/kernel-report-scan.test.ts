@@ -98,6 +98,13 @@ test('diagnostics carry kind, title, count and the first excerpt lines', (t) => 
   ] });
 });
 
+test('7.x "Oops: Oops: 0002 [#1]" on its own is an Oops; under a page-fault BUG it only makes the BUG fatal', (t) => {
+  const oops = ['[    9.404204] Oops: Oops: 0002 [#1] SMP', '[    9.404787] RIP: 0010:vfio_device_put_registration+0xa/0x35 [vfio]'];
+  t.deepEqual(findConsoleReports(oops.join('\n')).map((r) => [r.kind, r.title, r.fatal]), [['Oops', 'Oops in vfio_device_put_registration', true]]);
+  const bug = ['[    9.403509] BUG: unable to handle page fault for address: ffffc90000a00000', '[    9.403863] #PF: supervisor read access in kernel mode', ...oops];
+  t.deepEqual(findConsoleReports(bug.join('\n')).map((r) => [r.kind, r.title, r.fatal]), [['BUG', 'BUG: unable to handle page fault in vfio_device_put_registration', true]]);
+});
+
 test('title helpers: clone suffixes, optional parts, offsets and addresses', (t) => {
   t.is(cleanFunc('vfio_pci_dma_buf_move.cold'), 'vfio_pci_dma_buf_move');
   t.is(cleanFunc('ath9k_init_htc_services.constprop.0'), 'ath9k_init_htc_services');
