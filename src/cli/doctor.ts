@@ -6,8 +6,9 @@ import { existsSync } from 'node:fs';
 import { statfs, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { cacheRoot } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import { probeKvm } from '../machine/accel.ts';
+import { InfraError } from '../util/errors.ts';
 
 /** Command -> Debian package that provides it. */
 export const HOST_TOOLS: Record<string, string> = {
@@ -57,14 +58,14 @@ export async function missingPackages(): Promise<string[]> {
 export async function installPackages(pkgs: string[], log: (l: string) => void): Promise<void> {
   if (pkgs.length === 0) return;
   if (process.getuid?.() !== 0) {
-    throw new HwlabError(`missing host packages: ${pkgs.join(' ')}`, `run as root, or: sudo apt-get install ${pkgs.join(' ')}`);
+    throw new InfraError(`missing host packages: ${pkgs.join(' ')}`, `run as root, or: sudo apt-get install ${pkgs.join(' ')}`);
   }
   log(`installing host packages: ${pkgs.join(' ')}`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   const upd = await execa('apt-get', ['-q', 'update'], { reject: false, env, timeout: 600_000 });
-  if (upd.exitCode !== 0) throw new HwlabError(`apt-get update failed:\n${upd.stderr.trim()}`);
+  if (upd.exitCode !== 0) throw new InfraError(`apt-get update failed:\n${upd.stderr.trim()}`);
   const r = await execa('apt-get', ['-q', '-y', 'install', '--no-install-recommends', ...pkgs], { reject: false, env, timeout: 1_800_000 });
-  if (r.exitCode !== 0) throw new HwlabError(`apt-get install ${pkgs.join(' ')} failed:\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
+  if (r.exitCode !== 0) throw new InfraError(`apt-get install ${pkgs.join(' ')} failed:\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
 }
 
 /** Used by `hwlab run`: install what is missing when we can, else say what to do. */
@@ -72,7 +73,7 @@ export async function ensureHostTools(log: (l: string) => void): Promise<void> {
   const missing = await missingPackages();
   if (missing.length) await installPackages(missing, log);
   if (process.getuid?.() !== 0) {
-    throw new HwlabError('hwlab needs root: debootstrap and chroot build the guest image', 'run it as root (CI runs as root)');
+    throw new InfraError('hwlab needs root: debootstrap and chroot build the guest image', 'run it as root (CI runs as root)');
   }
 }
 

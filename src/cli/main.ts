@@ -11,8 +11,9 @@ import { formatMutantsTable, runMutants } from '../run/mutants.ts';
 import { runDoctor } from './doctor.ts';
 import { cacheRoot } from '../util/cache.ts';
 import { entriesBySize, formatSize, parseSize, pruneCache } from './cache-cmd.ts';
-import { HwlabError, runCleanups } from '../util/cleanup.ts';
+import { runCleanups } from '../util/cleanup.ts';
 import { Progress } from '../util/progress.ts';
+import { HwlabError } from '../util/errors.ts';
 
 const USAGE = `usage: hwlab <command> [options]
 

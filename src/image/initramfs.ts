@@ -7,9 +7,10 @@ import { chmod, copyFile, mkdir, readFile, writeFile, symlink } from 'node:fs/pr
 import path from 'node:path';
 import type { KernelArtifact } from '../kernel/types.ts';
 import { cacheKey, ensureEntry } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { GuestImage } from './build.ts';
 import { INITRAMFS_INIT } from './guest-files.ts';
+import { InfraError } from '../util/errors.ts';
 
 /** What the initramfs must load to mount an ext4 root on virtio-blk. */
 export const BOOT_MODULES = ['virtio_blk', 'ext4'];
@@ -55,7 +56,7 @@ export function moduleLoadOrder(idx: ModuleIndex, wanted: string[]): string[] {
     if (seen.has(n) || idx.builtin.has(n)) return;
     if (!idx.path.has(n)) {
       if (soft) return; // a soft dependency may be built in or absent
-      throw new HwlabError(`module ${name} is neither built in nor in modules.dep`);
+      throw new InfraError(`module ${name} is neither built in nor in modules.dep`);
     }
     seen.add(n);
     for (const p of idx.pre.get(n) ?? []) visit(p, true);

@@ -14,7 +14,7 @@ import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:
 import os from 'node:os';
 import path from 'node:path';
 import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha256 } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import { makeExt4 } from '../util/ext4.ts';
 import { withLock } from '../util/lock.ts';
 import type { Step } from '../util/progress.ts';
@@ -22,6 +22,7 @@ import { assembleConfig } from './config.ts';
 import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
 import { artifactInEntry, type KernelArtifact } from './types.ts';
+import { InfraError, InputError, isDiskFull } from '../util/errors.ts';
 
 /** Fixed so that unchanged sources give unchanged objects (and ccache hits). */
 const REPRODUCIBLE_ENV = {
@@ -54,7 +55,7 @@ export interface BuiltKernel extends KernelArtifact {
   configSha256: string;
 }
 
-export class KernelBuildError extends HwlabError {}
+export class KernelBuildError extends InputError {}
 
 function workDir(tree: KernelTree): string {
   return path.join(cacheRoot(), 'kbuild-work', cacheKey({ tree: tree.id }));
@@ -77,7 +78,7 @@ export function touchedFiles(patches: PatchFile[]): string[] {
 
 async function compilerId(): Promise<string> {
   const r = await execa('gcc', ['--version'], { reject: false });
-  if (r.exitCode !== 0) throw new HwlabError('gcc is not installed', 'apt-get install gcc make flex bison bc libelf-dev libssl-dev');
+  if (r.exitCode !== 0) throw new InfraError('gcc is not installed', 'apt-get install gcc make flex bison bc libelf-dev libssl-dev');
   return r.stdout.split('\n')[0];
 }
 
@@ -238,6 +239,7 @@ async function runMake(args: string[], req: KernelBuildRequest, src: string, obj
   const r = await child;
   if (r.exitCode !== 0) {
     const errors = extractBuildErrors(String(r.all));
+    if (isDiskFull(String(r.all))) throw new InfraError(`make ${args.join(' ')} failed: the disk is full (No space left on device); full log: ${req.logFile}`, 'free space, e.g. hwlab cache prune --max-size 20G', 'disk-full');
     throw new KernelBuildError(
       `make ${args.join(' ')} failed (exit ${r.exitCode}); full log: ${req.logFile}\n${errors.length ? errors.join('\n') : String(r.all).split('\n').slice(-20).join('\n')}`,
     );
@@ -331,7 +333,7 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
       // Compare values, not text: the header comment names ARCH and the tool versions.
       const values = (t: string) => t.split('\n').filter((l) => l && !l.startsWith('# ') || / is not set$/.test(l)).join('\n');
       if (values(after) !== values(configText)) {
-        throw new KernelBuildError('olddefconfig changed the verified config in the build tree; the source tree and the config cache disagree');
+        throw new InfraError('olddefconfig changed the verified config in the build tree; the source tree and the config cache disagree');
       }
       await runMake(['bzImage', 'modules'], req, src, obj, log);
       req.step.update('modules_install');

@@ -7,9 +7,10 @@
 import { mkdir, readFile, writeFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { Step } from '../util/progress.ts';
 import { buildKconfigIndex, explainMismatch, type KconfigIndex } from './kconfig.ts';
+import { InputError } from '../util/errors.ts';
 
 export interface Requested {
   /** As parseDotConfig gives it: y, m, n, a number, or a string without its quotes. */
@@ -28,7 +29,7 @@ export interface ConfigMismatch {
   explanation: string;
 }
 
-export class ConfigError extends HwlabError {
+export class ConfigError extends InputError {
   constructor(message: string, readonly mismatches: ConfigMismatch[] = [], hint?: string) {
     super(message, hint);
     this.name = 'ConfigError';

@@ -4,8 +4,9 @@ import { execa, type ResultPromise } from 'execa';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
-import { onCleanup, HwlabError, withTimeout } from '../util/cleanup.ts';
+import { onCleanup, withTimeout } from '../util/cleanup.ts';
 import type { QemuCommand } from './cmdline.ts';
+import { InfraError } from '../util/errors.ts';
 
 export interface QmpReply {
   return?: unknown;
@@ -47,7 +48,7 @@ export class QmpClient {
         await c.execute('qmp_capabilities');
         return c;
       } catch (err) {
-        if (Date.now() > deadline) throw new HwlabError(`QMP socket ${path} did not answer: ${(err as Error).message}`);
+        if (Date.now() > deadline) throw new InfraError(`QMP socket ${path} did not answer: ${(err as Error).message}`);
         await new Promise((r) => setTimeout(r, 100));
       }
     }
@@ -109,7 +110,7 @@ export class QemuMachine {
 
   async qmpClient(timeoutMs = 10_000): Promise<QmpClient> {
     if (!this.qmp) {
-      if (this.exited) throw new HwlabError('QEMU has exited');
+      if (this.exited) throw new InfraError('QEMU has exited');
       this.qmp = await QmpClient.connect(this.opts.qmpSocket, timeoutMs);
     }
     return this.qmp;

@@ -16,9 +16,10 @@ import { KernelBuildError } from '../kernel/build.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { judge, type RunResults } from '../results/report.ts';
 import { probeStatus, TAP_STREAM_PROBE } from '../results/tap.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { Progress } from '../util/progress.ts';
 import { runLab, type RunOptions, type RunOutcome } from './run-lab.ts';
+import { InfraError, InputError } from '../util/errors.ts';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const DEFAULT_CATALOGUE_DIR = path.join(repoRoot, 'labs/mutants');
@@ -58,7 +59,7 @@ export function parseMutantHeader(text: string, where: string): MutantHeader {
     else inSubject = false;
   }
   subject = subject?.replace(/^(\s*\[[^\]]*\]\s*)+/, '').trim();
-  if (!subject) throw new HwlabError(`${where}: no Subject: header (catalogue patches are git format-patch files)`);
+  if (!subject) throw new InputError(`${where}: no Subject: header (catalogue patches are git format-patch files)`);
 
   const expected: string[] = [];
   for (const l of lines.slice(i)) {
@@ -66,12 +67,12 @@ export function parseMutantHeader(text: string, where: string): MutantHeader {
     const m = l.match(/^expected-catch:\s*(.*)$/i);
     if (!m) continue;
     for (const name of m[1].split(/[,\s]+/).filter(Boolean)) {
-      if (!PROBE_NAME_RE.test(name)) throw new HwlabError(`${where}: Expected-catch: "${name}" is not a probe name`);
+      if (!PROBE_NAME_RE.test(name)) throw new InputError(`${where}: Expected-catch: "${name}" is not a probe name`);
       if (!expected.includes(name)) expected.push(name);
     }
   }
   if (expected.length === 0) {
-    throw new HwlabError(`${where}: no "Expected-catch: <probe>[, <probe>...]" trailer in the commit message`);
+    throw new InputError(`${where}: no "Expected-catch: <probe>[, <probe>...]" trailer in the commit message`);
   }
   return { subject, expectedCatch: expected };
 }
@@ -98,7 +99,7 @@ export function selectorMatches(selector: string, p: Pick<MutantPatch, 'name' | 
  */
 export async function loadCatalogue(dir: string, only: readonly string[] = []): Promise<MutantPatch[]> {
   const entries = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
-    throw new HwlabError(`catalogue directory ${dir}: ${err.code === 'ENOENT' ? 'does not exist' : err.message}`);
+    throw new InputError(`catalogue directory ${dir}: ${err.code === 'ENOENT' ? 'does not exist' : err.message}`);
   });
   const all: MutantPatch[] = [];
   for (const name of entries.sort()) {
@@ -109,10 +110,10 @@ export async function loadCatalogue(dir: string, only: readonly string[] = []): 
   }
   all.sort((a, b) => a.number - b.number || a.name.localeCompare(b.name));
   const dup = all.find((p, k) => k > 0 && all[k - 1].number === p.number);
-  if (dup) throw new HwlabError(`${dir}: two patches share the number ${dup.number}`);
-  if (all.length === 0) throw new HwlabError(`${dir}: no NN-name.patch files`);
+  if (dup) throw new InputError(`${dir}: two patches share the number ${dup.number}`);
+  if (all.length === 0) throw new InputError(`${dir}: no NN-name.patch files`);
   const unknown = only.filter((s) => !all.some((p) => selectorMatches(s, p)));
-  if (unknown.length) throw new HwlabError(`--only ${unknown.join(', ')}: no such patch in ${dir} (have ${all.map((p) => p.number).join(', ')})`);
+  if (unknown.length) throw new InputError(`--only ${unknown.join(', ')}: no such patch in ${dir} (have ${all.map((p) => p.number).join(', ')})`);
   return only.length ? all.filter((p) => only.some((s) => selectorMatches(s, p))) : all;
 }
 
@@ -298,7 +299,7 @@ export async function runMutants(lab: LabSpec, opts: MutantsOptions): Promise<Mu
   if (opts.focus) {
     const none = patches.filter((p) => labFor(p).probes.length === 0);
     if (none.length) {
-      throw new HwlabError(`--focus: ${none.map((p) => `${p.name} (Expected-catch: ${p.expectedCatch.join(', ') || 'none'})`).join('; ')} names no probe of ${lab.file}`);
+      throw new InputError(`--focus: ${none.map((p) => `${p.name} (Expected-catch: ${p.expectedCatch.join(', ') || 'none'})`).join('; ')} names no probe of ${lab.file}`);
     }
   }
   const dir = path.join(opts.runsDir ?? path.join(repoRoot, 'runs'), `mutants-${lab.name}-${stamp()}`);
@@ -320,7 +321,7 @@ export async function runMutants(lab: LabSpec, opts: MutantsOptions): Promise<Mu
       // Without a baseline nothing can be judged: the same failure would stop every mutant.
       summary.baseline = { verdict: 'error', failures: [], message: err instanceof Error ? err.message : String(err) };
       await save();
-      throw new HwlabError(`the baseline run of ${lab.file} (no extra patch) did not finish: ${summary.baseline.message}`);
+      throw new InfraError(`the baseline run of ${lab.file} (no extra patch) did not finish: ${summary.baseline.message}`);
     }
     await save();
   }

@@ -38,9 +38,10 @@ import { attachSplatsToProbes } from '../results/report.ts';
 import { findSplats, probeWindowsFromConsole } from '../results/splat.ts';
 import { markHungProbe, parseProbeTap, type HungProbe, type ProbeResult } from '../results/tap.ts';
 import { BLOCKED_TASKS_SCRIPT, ProbeWatchdog } from './probe-watchdog.ts';
-import { HwlabError, onCleanup } from '../util/cleanup.ts';
+import { onCleanup } from '../util/cleanup.ts';
 import { ensureHostTools } from '../cli/doctor.ts';
 import type { Progress } from '../util/progress.ts';
+import { InfraError, InputError } from '../util/errors.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -91,9 +92,9 @@ async function waitForConsole(consoleLog: string, m: QemuMachine, deadline: numb
     const text = existsSync(consoleLog) ? await readFile(consoleLog, 'utf8') : '';
     if (text.includes(READY_LINE)) return;
     const failed = text.split('\n').map((l) => bootFailure(l) ?? (/Kernel panic - not syncing.*/.exec(l)?.[0] ?? null)).find(Boolean);
-    if (failed) throw new HwlabError(`boot failed: "${failed}" (see ${consoleLog})`);
-    if (m.hasExited) throw new HwlabError(`QEMU exited during boot (${JSON.stringify(m.exit)}); see ${consoleLog} and qemu-stderr.log`);
-    if (Date.now() > deadline) throw new HwlabError(`guest did not start sshd before the boot timeout; last console line: ${await consoleTail(consoleLog)}`);
+    if (failed) throw new InfraError(`boot failed: "${failed}" (see ${consoleLog})`);
+    if (m.hasExited) throw new InfraError(`QEMU exited during boot (${JSON.stringify(m.exit)}); see ${consoleLog} and qemu-stderr.log`);
+    if (Date.now() > deadline) throw new InfraError(`guest did not start sshd before the boot timeout; last console line: ${await consoleTail(consoleLog)}`);
     update(await consoleTail(consoleLog));
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -115,12 +116,12 @@ async function prepareKernel(lab: LabSpec, opts: RunOptions, logDir: string): Pr
   const extra = (opts.extraPatches ?? []).map((p) => ({ kind: 'file' as const, path: path.resolve(p) }));
   if (spec.kind === 'debian-prebuilt') {
     if (opts.extraFragments?.length) {
-      throw new HwlabError(`--fragment needs a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
+      throw new InputError(`--fragment needs a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
     }
     const stock = await progress.run(`kernel ${spec.package}`, (s) => fetchDebianKernel(spec, s, { refresh: opts.refresh }), (k) => `${k.package} ${k.version}`);
     if (!spec.driver) {
       if (extra.length) {
-        throw new HwlabError(`--patch needs kernel.driver (the fast path) or a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
+        throw new InputError(`--patch needs kernel.driver (the fast path) or a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
       }
       return { kernel: stock, target: { kind: 'prebuilt', kernel: stock, debian: spec } };
     }
@@ -137,7 +138,7 @@ async function prepareKernel(lab: LabSpec, opts: RunOptions, logDir: string): Pr
   const fragmentFiles = [...spec.config.fragments, ...(opts.extraFragments ?? []).map((f) => path.resolve(f))];
   const fragments = await Promise.all(fragmentFiles.map(async (file) => ({
     file,
-    text: await readFile(file, 'utf8').catch((err: Error) => { throw new HwlabError(`config fragment ${file}: ${err.message}`); }),
+    text: await readFile(file, 'utf8').catch((err: Error) => { throw new InputError(`config fragment ${file}: ${err.message}`); }),
   })));
   const built = await progress.run(`kernel build (${patches.length} patches, ${fragments.length} fragments)`,
     (step) => buildKernel({ tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log'), step }),
@@ -245,7 +246,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
         timeoutMs: Math.max(5000, deadline - Date.now()),
         onRetry: () => {
           if (m.hasExited) {
-            throw new HwlabError(`QEMU exited during boot (${JSON.stringify(m.exit)}); see ${consoleLog} and qemu-stderr.log`);
+            throw new InfraError(`QEMU exited during boot (${JSON.stringify(m.exit)}); see ${consoleLog} and qemu-stderr.log`);
           }
         },
       });
@@ -275,7 +276,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
         const ids = await guestModuleBuildIds(s, hwlabModules.map((m) => m.name));
         for (const m of hwlabModules) {
           if (ids.get(m.name) !== m.buildId) {
-            throw new HwlabError(`${m.name} in the guest has build-id ${ids.get(m.name) ?? '(none: not loaded)'}, hwlab built ${m.buildId}`);
+            throw new InfraError(`${m.name} in the guest has build-id ${ids.get(m.name) ?? '(none: not loaded)'}, hwlab built ${m.buildId}`);
           }
           verified.push({ module: m.name, buildId: m.buildId });
         }

@@ -5,8 +5,9 @@ import { execa } from 'execa';
 import path from 'node:path';
 import { readModuleIndex } from '../image/initramfs.ts';
 import type { KernelArtifact } from '../kernel/types.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { GuestSession } from './session.ts';
+import { InfraError } from '../util/errors.ts';
 
 export async function verifyLoadedModules(session: GuestSession, kernel: KernelArtifact): Promise<Array<{ module: string; srcversion: string }>> {
   const idx = await readModuleIndex(kernel);
@@ -19,7 +20,7 @@ export async function verifyLoadedModules(session: GuestSession, kernel: KernelA
     if (!rel) continue; // built in, or not ours
     const host = (await execa('modinfo', ['-F', 'srcversion', path.join(modDir, rel)])).stdout.trim();
     if (host !== guestVersion) {
-      throw new HwlabError(`module ${name} in the guest has srcversion ${guestVersion}, the build produced ${host}: the guest is not running the driver just built`);
+      throw new InfraError(`module ${name} in the guest has srcversion ${guestVersion}, the build produced ${host}: the guest is not running the driver just built`);
     }
     verified.push({ module: name, srcversion: host });
   }

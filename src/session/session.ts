@@ -3,7 +3,8 @@
 // devices between drivers. Commands are argument arrays; each argument is
 // quoted for the guest's shell, so no lab value is ever parsed as shell code.
 import { Client, type ConnectConfig } from 'ssh2';
-import { HwlabError, withTimeout } from '../util/cleanup.ts';
+import { withTimeout } from '../util/cleanup.ts';
+import { InfraError } from '../util/errors.ts';
 
 export function shq(arg: string): string {
   return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
@@ -71,13 +72,13 @@ export class GuestSession {
         client.end();
         lastError = (err as Error).message;
         if (/verification failed/i.test(lastError)) {
-          throw new HwlabError(`guest SSH host key does not match the image's recorded key (port ${opts.port})`);
+          throw new InfraError(`guest SSH host key does not match the image's recorded key (port ${opts.port})`);
         }
         opts.onRetry?.(attempt, lastError);
         await new Promise((r) => setTimeout(r, 250));
       }
     }
-    throw new HwlabError(`SSH to the guest on 127.0.0.1:${opts.port} did not come up in ${(opts.timeoutMs / 1000).toFixed(0)} s (last error: ${lastError})`);
+    throw new InfraError(`SSH to the guest on 127.0.0.1:${opts.port} did not come up in ${(opts.timeoutMs / 1000).toFixed(0)} s (last error: ${lastError})`);
   }
 
   /** Runs argv in the guest. Output is streamed to the callbacks and collected. */
@@ -132,7 +133,7 @@ export class GuestSession {
   async check(argv: string[], timeoutMs = 60_000): Promise<string> {
     const r = await this.exec(argv, { timeoutMs });
     if (r.code !== 0) {
-      throw new HwlabError(`guest: ${argv.join(' ')} exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 2000)}`);
+      throw new InfraError(`guest: ${argv.join(' ')} exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 2000)}`);
     }
     return r.stdout;
   }
@@ -151,7 +152,7 @@ export class GuestSession {
           resolve();
         } catch (e) {
           sftp.end();
-          reject(new HwlabError(`SFTP upload failed: ${(e as Error).message}`));
+          reject(new InfraError(`SFTP upload failed: ${(e as Error).message}`));
         }
       });
     });
@@ -179,7 +180,7 @@ echo "$1" > /sys/bus/pci/drivers_probe
 [ "$(basename "$(readlink "$d/driver")")" = vfio-pci ] || { echo "$1 did not bind to vfio-pci" >&2; exit 4; }
 echo "$old"`;
     const r = await this.sh(script, [bdf], { timeoutMs: 60_000 });
-    if (r.code !== 0) throw new HwlabError(`binding ${bdf} to vfio-pci failed: ${r.stderr.trim()}`);
+    if (r.code !== 0) throw new InfraError(`binding ${bdf} to vfio-pci failed: ${r.stderr.trim()}`);
     return r.stdout.trim() || null;
   }
 
@@ -191,7 +192,7 @@ d=/sys/bus/pci/devices/$1
 echo > "$d/driver_override"
 echo "$1" > /sys/bus/pci/drivers_probe || true`;
     const r = await this.sh(script, [bdf], { timeoutMs: 60_000 });
-    if (r.code !== 0) throw new HwlabError(`unbinding ${bdf} from vfio-pci failed: ${r.stderr.trim()}`);
+    if (r.code !== 0) throw new InfraError(`unbinding ${bdf} from vfio-pci failed: ${r.stderr.trim()}`);
   }
 
   close(): void {

@@ -20,7 +20,7 @@ import {
 import { fetchDebianKernel } from '../../src/kernel/debian.ts';
 import { loadPatchSeries, type PatchFile } from '../../src/kernel/patches.ts';
 import { cacheRoot, sha256 } from '../../src/util/cache.ts';
-import { HwlabError } from '../../src/util/cleanup.ts';
+import { InputError } from '../../src/util/errors.ts';
 import type { Step } from '../../src/util/progress.ts';
 
 const PATCHES = fileURLToPath(new URL('../fixtures/patches/', import.meta.url));
@@ -52,12 +52,12 @@ test('a patch confined to the driver dirs is accepted', async (t) => {
 test('a patch touching core code or a shared header is refused, naming the files and the patches', (t) => {
   const p1 = patch('0001-vfio.patch', diff('drivers/vfio/pci/vfio_pci_core.c') + diff('include/linux/vfio_pci_core.h'));
   const p2 = patch('0002-mm.patch', diff('mm/memory.c'));
-  const err = t.throws(() => assertPatchesConfined([p1, p2], ['drivers/vfio/pci']), { instanceOf: HwlabError })!;
+  const err = t.throws(() => assertPatchesConfined([p1, p2], ['drivers/vfio/pci']), { instanceOf: InputError })!;
   t.regex(err.message, /fast path rebuilds only drivers\/vfio\/pci/);
   t.regex(err.message, /include\/linux\/vfio_pci_core\.h  \(0001-vfio\.patch\)/);
   t.regex(err.message, /mm\/memory\.c  \(0002-mm\.patch\)/);
   t.notRegex(err.message, /vfio_pci_core\.c/);
-  t.regex((err as HwlabError).hint ?? '', /from source .*linux-source/);
+  t.regex((err as InputError).hint ?? '', /from source .*linux-source/);
 });
 
 test('a dir prefix is not a dir: drivers/vfio/pcix is outside drivers/vfio/pci', (t) => {
@@ -65,7 +65,7 @@ test('a dir prefix is not a dir: drivers/vfio/pcix is outside drivers/vfio/pci',
   const err = t.throws(() => assertPatchesConfined([p], ['drivers/vfio/pci']))!;
   t.regex(err.message, /drivers\/vfio\/pcix\/a\.c/);
   // A file in another driver dir suggests adding the dir.
-  t.regex((err as HwlabError).hint ?? '', /kernel\.driver\.dirs/);
+  t.regex((err as InputError).hint ?? '', /kernel\.driver\.dirs/);
   t.notThrows(() => assertPatchesConfined([p], ['drivers/vfio/pci', 'drivers/vfio/pcix']));
 });
 

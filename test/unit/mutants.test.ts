@@ -13,7 +13,7 @@ import {
 import { judge, type RunResults } from '../../src/results/report.ts';
 import type { Splat } from '../../src/results/splat.ts';
 import { TAP_STREAM_PROBE, type ProbeResult } from '../../src/results/tap.ts';
-import { HwlabError } from '../../src/util/cleanup.ts';
+import { InfraError, InputError } from '../../src/util/errors.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
 const formatPatch = (subject: string, message: string, diffExtra = '') => `From 0123456789abcdef0123456789abcdef01234567 Mon Sep 17 00:00:00 2001
@@ -48,7 +48,7 @@ test('parseMutantHeader: folded subject without [PATCH] prefix, trailer names sp
 
 test('parseMutantHeader: a trailer-like line inside the diff does not count', (t) => {
   const text = formatPatch('[PATCH] vfio/pci: x', 'Body without a trailer.', '\n+Expected-catch: dmabuf-fd');
-  const err = t.throws(() => parseMutantHeader(text, 'x.patch'), { instanceOf: HwlabError });
+  const err = t.throws(() => parseMutantHeader(text, 'x.patch'), { instanceOf: InputError });
   t.regex(err!.message, /^x\.patch: no "Expected-catch/);
 });
 
@@ -250,7 +250,7 @@ test('runMutants: a baseline that does not finish stops the catalogue (nothing c
   let runs = 0;
   await t.throwsAsync(runMutants({ file: '/l.yaml', name: 'l', probes: [] } as unknown as LabSpec, {
     progress: silentProgress(), dir, runsDir,
-    runOne: async () => { runs++; throw new HwlabError('gcc is not installed'); },
+    runOne: async () => { runs++; throw new InfraError('gcc is not installed'); },
   }), { message: /baseline run of \/l\.yaml .* did not finish: gcc is not installed/ });
   t.is(runs, 1);
 });
