@@ -55,7 +55,12 @@ export interface BuiltKernel extends KernelArtifact {
   configSha256: string;
 }
 
-export class KernelBuildError extends InputError {}
+/** A patched tree that does not build (compile or link errors): the series is at fault. */
+export class KernelBuildError extends InputError {
+  constructor(message: string, hint?: string) {
+    super(message, hint, 'build-failed');
+  }
+}
 
 function workDir(tree: KernelTree): string {
   return path.join(cacheRoot(), 'kbuild-work', cacheKey({ tree: tree.id }));

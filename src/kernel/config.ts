@@ -31,8 +31,7 @@ export interface ConfigMismatch {
 
 export class ConfigError extends InputError {
   constructor(message: string, readonly mismatches: ConfigMismatch[] = [], hint?: string) {
-    super(message, hint);
-    this.name = 'ConfigError';
+    super(message, hint, 'config-does-not-hold');
   }
 }
 

@@ -357,8 +357,7 @@ export class PatchApplyError extends InputError {
     readonly appliedBefore: PatchFile[],
     readonly toolOutput: string,
   ) {
-    super(PatchApplyError.format(patch, index, total, failures, appliedBefore, toolOutput), 'refresh the patch against this kernel tree, or drop it from the series');
-    this.name = 'PatchApplyError';
+    super(PatchApplyError.format(patch, index, total, failures, appliedBefore, toolOutput), 'refresh the patch against this kernel tree, or drop it from the series', 'patch-does-not-apply');
   }
 
   private static format(patch: PatchFile, index: number, total: number, failures: PatchFailure[], before: PatchFile[], out: string): string {
