@@ -5,7 +5,7 @@ import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readFile, writeFile, symlink } from 'node:fs/promises';
 import path from 'node:path';
-import type { KernelArtifact } from '../kernel/types.ts';
+import type { Kernel } from '../kernel/types.ts';
 import { cacheKey, ensureEntry } from '../util/cache.ts';
 
 import type { GuestImage } from './build.ts';
@@ -67,13 +67,13 @@ export function moduleLoadOrder(idx: ModuleIndex, wanted: string[]): string[] {
   return order;
 }
 
-export async function readModuleIndex(kernel: KernelArtifact): Promise<ModuleIndex> {
+export async function readModuleIndex(kernel: Kernel): Promise<ModuleIndex> {
   const dir = path.join(kernel.modulesRoot, 'lib/modules', kernel.release);
   const read = async (f: string) => (existsSync(path.join(dir, f)) ? readFile(path.join(dir, f), 'utf8') : '');
   return parseModuleIndex(await read('modules.dep'), await read('modules.softdep'), await read('modules.builtin'));
 }
 
-export async function buildInitramfs(kernel: KernelArtifact, image: GuestImage): Promise<string> {
+export async function buildInitramfs(kernel: Kernel, image: GuestImage): Promise<string> {
   const key = cacheKey({ v: 1, kernel: kernel.cacheKey, image: image.cacheKey, init: INITRAMFS_INIT, mods: BOOT_MODULES });
   const { dir } = await ensureEntry('initramfs', key, `initramfs ${kernel.release} + ${image.recipe}`, async (tmp) => {
     const idx = await readModuleIndex(kernel);

@@ -21,7 +21,7 @@ import type { Step } from '../util/progress.ts';
 import { assembleConfig } from './config.ts';
 import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
-import { artifactInEntry, type KernelArtifact } from './types.ts';
+import { filesInEntry, type SourceKernel } from './types.ts';
 import { InfraError, InputError, isDiskFull } from '../util/errors.ts';
 
 /** Fixed so that unchanged sources give unchanged objects (and ccache hits). */
@@ -43,17 +43,6 @@ export interface KernelBuildRequest {
   jobs?: number;
 }
 
-export interface BuiltKernel extends KernelArtifact {
-  /** The O= build directory kept in the entry (for M= module builds and incremental rebuilds). */
-  objDir: string;
-  /** Whether make ran for this request (false: the cached entry was reused). */
-  built: boolean;
-  buildSeconds?: number;
-  /** How the build started: from scratch, or from an earlier entry's objects. */
-  incrementalFrom?: string;
-  patches: Array<{ name: string; sha256: string; origin: string }>;
-  configSha256: string;
-}
 
 /** A patched tree that does not build (compile or link errors): the series is at fault. */
 export class KernelBuildError extends InputError {
@@ -251,7 +240,7 @@ async function runMake(args: string[], req: KernelBuildRequest, src: string, obj
   }
 }
 
-export async function buildKernel(req: KernelBuildRequest): Promise<BuiltKernel> {
+export async function buildKernel(req: KernelBuildRequest): Promise<SourceKernel> {
   const work = workDir(req.tree);
   await mkdir(work, { recursive: true });
   // A cache hit needs neither src/ nor obj/: no waiting for another build of the same tree.
@@ -268,7 +257,7 @@ function buildKey(req: KernelBuildRequest, configSha: string, compiler: string):
 }
 
 /** The finished entry for this request when both the config and the build are cached; otherwise null. */
-async function cachedBuild(req: KernelBuildRequest): Promise<BuiltKernel | null> {
+async function cachedBuild(req: KernelBuildRequest): Promise<SourceKernel | null> {
   const configDir = entryDir('kconfig', configKey(req));
   if (!isComplete(configDir)) return null;
   const configSha = sha256(await readFile(path.join(configDir, 'config'), 'utf8'));
@@ -280,11 +269,12 @@ async function cachedBuild(req: KernelBuildRequest): Promise<BuiltKernel | null>
   return builtFromEntry(req, dir, key, configSha, false);
 }
 
-async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string, configSha: string, built: boolean, buildSeconds?: number, incrementalFrom?: string): Promise<BuiltKernel> {
+async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string, configSha: string, built: boolean, buildSeconds?: number, incrementalFrom?: string): Promise<SourceKernel> {
   const manifest = JSON.parse(await readFile(path.join(dir, 'build.json'), 'utf8')) as BuildManifest;
   if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${manifest.finishedAt} in ${manifest.buildSeconds.toFixed(0)} s)\n`);
   return {
-    ...artifactInEntry(dir, key, { source: 'built', package: req.tree.label, version: req.tree.version, release: manifest.release }),
+    kind: 'source',
+    ...filesInEntry(dir, key, { package: req.tree.label, version: req.tree.version, release: manifest.release }),
     objDir: path.join(dir, 'obj'),
     built,
     buildSeconds,
@@ -294,7 +284,7 @@ async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string,
   };
 }
 
-async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise<BuiltKernel> {
+async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise<SourceKernel> {
   const src = path.join(work, 'src');
   const obj = path.join(work, 'obj');
   await mkdir(work, { recursive: true });

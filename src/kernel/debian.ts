@@ -10,7 +10,7 @@ import { cacheRoot, ensureEntry, cacheKey } from '../util/cache.ts';
 
 import type { Step } from '../util/progress.ts';
 import { makeExt4 } from '../util/ext4.ts';
-import { artifactInEntry, type KernelArtifact } from './types.ts';
+import { filesInEntry, type StockKernel } from './types.ts';
 import { InfraError, InputError } from '../util/errors.ts';
 
 const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
@@ -138,7 +138,7 @@ export async function aptDownloadExtract(apt: string, pkgs: string[], workDir: s
 }
 
 /** Fetches and unpacks the kernel; cached by package and exact version. */
-export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts: { refresh?: boolean } = {}): Promise<KernelArtifact> {
+export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts: { refresh?: boolean } = {}): Promise<StockKernel> {
   step.update('resolving');
   const res = await resolveDebianKernel(spec, opts);
   const key = cacheKey({ v: 2, package: res.package, version: res.version, mirror: spec.mirror });
@@ -172,6 +172,6 @@ export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts
     await makeExt4(path.join(tmp, 'modroot/lib/modules'), path.join(tmp, 'modules.ext4'), 'hwlab-mods');
     await writeFile(path.join(tmp, 'kernel.json'), JSON.stringify(res, null, 2));
   });
-  return artifactInEntry(dir, key, { source: 'debian-prebuilt', package: res.package, version: res.version, release: res.release });
+  return { kind: 'stock', ...filesInEntry(dir, key, { package: res.package, version: res.version, release: res.release }) };
 }
 

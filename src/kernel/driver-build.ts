@@ -29,14 +29,15 @@ import { extractBuildErrors, KernelBuildError, touchedFiles } from './build.ts';
 import { aptDir, aptDownloadExtract, aptOptions } from './debian.ts';
 import { applySeries, scratchCopy, type PatchFile } from './patches.ts';
 import { resolveKernelTree, type KernelTree } from './source.ts';
-import { artifactInEntry, type KernelArtifact } from './types.ts';
+import { configSettings } from './dotconfig.ts';
+import { filesInEntry, type OverlayKernel, type ReplacedModule, type StockKernel } from './types.ts';
 import { InfraError, InputError } from '../util/errors.ts';
 
 export const DEFAULT_DRIVER_DIRS = ['drivers/vfio/pci'];
 
 export interface DriverBuildRequest {
   /** The prebuilt Debian kernel (fetchDebianKernel's result), release e.g. 7.2.13+deb14-amd64. */
-  kernel: KernelArtifact;
+  kernel: StockKernel;
   /** Suite and mirror the kernel came from: the headers and linux-source are fetched from the same place. */
   debian: Pick<DebianKernelSpec, 'suite' | 'mirror'>;
   /** Tree-relative driver directories to rebuild; default DEFAULT_DRIVER_DIRS. */
@@ -46,38 +47,6 @@ export interface DriverBuildRequest {
   logFile: string;
   step: Step;
   jobs?: number;
-}
-
-export interface ReplacedModule {
-  /** Module name as the kernel knows it (dashes as underscores): vfio_pci_core. */
-  module: string;
-  /** Path under lib/modules/<release> of the rebuilt .ko. */
-  path: string;
-  /** GNU build-id of the rebuilt .ko (hex): what /sys/module/<name>/notes/.note.gnu.build-id shows once loaded. */
-  buildId: string;
-  /** The stock module it replaced (relative path), absent for a module the stock kernel does not have. */
-  stock?: string;
-}
-
-export interface DriverOverlay extends KernelArtifact {
-  /** Rebuilt modules now in the modules tree in place of the stock ones. */
-  replaced: ReplacedModule[];
-  /** Rebuilt modules the stock kernel did not ship (a patch that adds a module). */
-  added: ReplacedModule[];
-  headers: { package: string; version: string };
-  compiler: {
-    /** CONFIG_CC_VERSION_TEXT of the Debian kernel. */
-    kernel: string;
-    /** `--version` line of the compiler that built the modules. */
-    used: string;
-    /** Set when they differ: what was adapted. */
-    note?: string;
-  };
-  dirs: string[];
-  patches: Array<{ name: string; sha256: string; origin: string }>;
-  /** Whether make ran for this request (false: cached entry reused). */
-  built: boolean;
-  buildSeconds?: number;
 }
 
 // ---------------------------------------------------------------------------
@@ -146,16 +115,6 @@ export function upstreamVersion(debianVersion: string): string {
  */
 export const TOOLCHAIN_SYMBOL = /^CONFIG_(CC_HAS_|CC_CAN_|CC_IS_|CC_VERSION_TEXT$|CC_OPT_|GCC_VERSION$|GCC_ASM_|CLANG_VERSION$|AS_|LD_VERSION$|LD_IS_|LD_CAN_|LD_ORPHAN_WARN|TOOLS_SUPPORT_|PAHOLE_)/;
 
-/** `CONFIG_X=value` lines of a .config / auto.conf ("is not set" lines and comments are skipped). */
-export function parseConfigValues(text: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const line of text.split('\n')) {
-    const m = line.match(/^(CONFIG_[A-Za-z0-9_]+)=(.*)$/);
-    if (m) out.set(m[1], m[2]);
-  }
-  return out;
-}
-
 export interface ConfigChange {
   symbol: string;
   /** Value in the Debian kernel's config (undefined: not set). */
@@ -216,7 +175,7 @@ export interface PreparedHeaders {
   version: string;
   /** Extra make arguments every module build against these headers needs (CC=...). */
   makeArgs: string[];
-  compiler: DriverOverlay['compiler'];
+  compiler: OverlayKernel['compiler'];
   cacheKey: string;
 }
 
@@ -358,7 +317,7 @@ export function headerDepends(depends: string): Array<{ name: string; version?: 
  *   (the kernel only registers BTF a module carries).
  */
 export async function prepareHeaders(
-  kernel: KernelArtifact,
+  kernel: Pick<StockKernel, 'package' | 'version' | 'release'>,
   debian: Pick<DebianKernelSpec, 'suite' | 'mirror'>,
   tree: KernelTree,
   step: Step,
@@ -390,7 +349,7 @@ export async function prepareHeaders(
     await relocate(root, headersDir);
     await rm(path.join(headersDir, 'vmlinux'), { force: true });
 
-    const config = parseConfigValues(await readFile(path.join(headersDir, '.config'), 'utf8'));
+    const config = configSettings(await readFile(path.join(headersDir, '.config'), 'utf8'));
     const ccText = JSON.parse(config.get('CONFIG_CC_VERSION_TEXT') ?? '""') as string;
     const cc = await chooseCompiler(ccText);
 
@@ -409,7 +368,7 @@ export async function prepareHeaders(
       const log: string[] = [];
       step.update('kconfig with the host toolchain');
       await kmake(tree.dir, obj, ['olddefconfig'], cc.cc, log, step, 'olddefconfig');
-      const hostConf = parseConfigValues(await readFile(path.join(obj, '.config'), 'utf8'));
+      const hostConf = configSettings(await readFile(path.join(obj, '.config'), 'utf8'));
       if (!cc.exact) {
         changes = toolchainChanges(config, hostConf);
         kept = [...new Set([...config.keys(), ...hostConf.keys()])]
@@ -596,9 +555,9 @@ const modName = (rel: string) => path.basename(rel).replace(/\.ko(\.(xz|zst|gz))
 interface DriverManifest {
   release: string;
   headers: { package: string; version: string };
-  compiler: DriverOverlay['compiler'];
+  compiler: OverlayKernel['compiler'];
   dirs: string[];
-  patches: DriverOverlay['patches'];
+  patches: OverlayKernel['patches'];
   replaced: ReplacedModule[];
   added: ReplacedModule[];
   /** Stock modules under the dirs that the build did not produce (left as shipped). */
@@ -614,7 +573,7 @@ interface DriverManifest {
  * Used by the fast path and by hwlab's own modules on prebuilt kernels.
  */
 export async function headersForPrebuilt(
-  kernel: KernelArtifact,
+  kernel: Pick<StockKernel, 'package' | 'version' | 'release'>,
   debian: Pick<DebianKernelSpec, 'suite' | 'mirror'>,
   step: Step,
 ): Promise<{ tree: KernelTree; headers: PreparedHeaders }> {
@@ -634,11 +593,11 @@ export async function headersForPrebuilt(
   return { tree, headers: await prepareHeaders(kernel, debian, tree, step) };
 }
 
-export async function buildDriverOverlay(req: DriverBuildRequest): Promise<DriverOverlay> {
+export async function buildOverlayKernel(req: DriverBuildRequest): Promise<OverlayKernel> {
   const { kernel, step } = req;
   const dirs = normalizeDriverDirs(req.dirs.length ? req.dirs : DEFAULT_DRIVER_DIRS);
   assertPatchesConfined(req.patches, dirs);
-  if (kernel.source !== 'debian-prebuilt') {
+  if (kernel.kind !== 'stock') {
     throw new InputError(`the driver fast path needs a prebuilt Debian kernel; ${kernel.package} was built from source (rebuild it with the patches instead)`);
   }
   const { tree, headers } = await headersForPrebuilt(kernel, req.debian, step);
@@ -749,7 +708,8 @@ export async function buildDriverOverlay(req: DriverBuildRequest): Promise<Drive
   const m = JSON.parse(await readFile(path.join(dir, 'driver.json'), 'utf8')) as DriverManifest;
   if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${m.finishedAt} in ${m.buildSeconds.toFixed(0)} s)\n`);
   return {
-    ...artifactInEntry(dir, key, { source: kernel.source, package: kernel.package, version: kernel.version, release: kernel.release }),
+    kind: 'overlay',
+    ...filesInEntry(dir, key, { package: kernel.package, version: kernel.version, release: kernel.release }),
     replaced: m.replaced,
     added: m.added,
     headers: m.headers,

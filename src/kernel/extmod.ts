@@ -13,11 +13,11 @@ import type { DebianKernelSpec } from '../lab/types.ts';
 import { cacheKey, ensureEntry, sha256 } from '../util/cache.ts';
 
 import type { Step } from '../util/progress.ts';
-import { withPatchedSource, type BuiltKernel } from './build.ts';
+import { withPatchedSource } from './build.ts';
 import { elfBuildId, headersForPrebuilt, makeModules, type PreparedHeaders } from './driver-build.ts';
 import type { PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
-import type { KernelArtifact } from './types.ts';
+import type { SourceKernel, StockKernel } from './types.ts';
 import { InfraError } from '../util/errors.ts';
 
 export const KMOD_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../guest/kmod');
@@ -37,8 +37,8 @@ export interface HwlabModule {
 
 /** How to reach a kernel's build interface. */
 export type ModuleTarget =
-  | { kind: 'built'; kernel: BuiltKernel; tree: KernelTree; patches: PatchFile[] }
-  | { kind: 'prebuilt'; kernel: KernelArtifact; debian: Pick<DebianKernelSpec, 'suite' | 'mirror'> };
+  | { kind: 'built'; kernel: SourceKernel; tree: KernelTree; patches: PatchFile[] }
+  | { kind: 'prebuilt'; kernel: StockKernel; debian: Pick<DebianKernelSpec, 'suite' | 'mirror'> };
 
 async function sourceFiles(dir: string): Promise<Array<{ name: string; text: string }>> {
   if (!existsSync(dir)) throw new InfraError(`no module sources at ${dir}`);

@@ -9,13 +9,9 @@ import path from 'node:path';
 import type { Accel } from '../lab/types.ts';
 import { cacheRoot } from '../util/cache.ts';
 import { InfraError } from '../util/errors.ts';
+import type { AccelDecision } from './instance.ts';
 
 
-export interface AccelDecision {
-  accel: 'kvm' | 'tcg';
-  /** One line saying why, shown to the user and kept in the results. */
-  note: string;
-}
 
 const MEMO_TTL_MS = 24 * 3600 * 1000;
 

@@ -3,7 +3,7 @@
 // build-id of the .ko hwlab built. Works for any module (no dependence on
 // CONFIG_MODULE_SRCVERSION_ALL), and tells two builds of the same source apart.
 
-import type { GuestSession } from './session.ts';
+import { check, sh, type GuestShell } from './commands.ts';
 import { InfraError } from '../util/errors.ts';
 
 const NT_GNU_BUILD_ID = 3;
@@ -68,14 +68,14 @@ const norm = (n: string) => n.replace(/-/g, '_');
  * Build-ids of loaded modules, keyed by module name (dashes as underscores).
  * Modules that are not loaded (or built in: no notes) are absent from the map.
  */
-export async function guestModuleBuildIds(session: GuestSession, names: string[]): Promise<Map<string, string>> {
+export async function guestModuleBuildIds(guest: GuestShell, names: string[]): Promise<Map<string, string>> {
   const mods = [...new Set(names.map(norm))];
   for (const m of mods) if (!/^[A-Za-z0-9_]+$/.test(m)) throw new InfraError(`"${m}" is not a module name`);
   if (mods.length === 0) return new Map();
   const script =
     'for m in "$@"; do f="/sys/module/$m/notes/.note.gnu.build-id"; echo "== $m"; ' +
     'if [ -r "$f" ]; then od -An -tx1 -v "$f" || exit 1; fi; done';
-  const r = await session.sh(script, mods, { timeoutMs: 30_000 });
+  const r = await sh(guest, script, mods, { timeoutMs: 30_000 });
   if (r.code !== 0) throw new InfraError(`reading module build-ids in the guest failed (exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
   return parseBuildIdDumps(r.stdout);
 }
@@ -87,11 +87,11 @@ export async function guestModuleBuildIds(session: GuestSession, names: string[]
  * must also be loaded; the rest are reported as not loaded.
  */
 export async function verifyReplacedModules(
-  session: GuestSession,
+  guest: GuestShell,
   replaced: Array<{ module: string; buildId: string }>,
   mustBeLoaded: string[] = [],
 ): Promise<{ verified: string[]; notLoaded: string[] }> {
-  const got = await guestModuleBuildIds(session, replaced.map((m) => m.module));
+  const got = await guestModuleBuildIds(guest, replaced.map((m) => m.module));
   const problems: string[] = [];
   const verified: string[] = [];
   const notLoaded: string[] = [];

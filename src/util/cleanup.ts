@@ -41,7 +41,7 @@ function install(): void {
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: NodeJS.Timeout;
   const timeout = new Promise<never>((_, reject) => {
-    t = setTimeout(() => reject(new InfraError(`${what}: timed out after ${(ms / 1000).toFixed(0)} s`)), ms);
+    t = setTimeout(() => reject(new InfraError(`${what}: timed out after ${(ms / 1000).toFixed(0)} s`, undefined, 'timeout')), ms);
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }
