@@ -107,6 +107,18 @@ test.serial('self-test lab: a wrong errno expectation fails the run and names th
   t.regex(results.outcome.title, /^dmabuf-bad-inputs: zero_length:/);
 });
 
+test.serial('a boot that cannot finish in time is infra: exit 3, the boot phase named, no QEMU left', async (t) => {
+  const dir = runsDir();
+  const r = await hwlab(['run', path.join(repoRoot, 'labs/selftest-boot-timeout.yaml'), '--runs-dir', dir]);
+  t.is(r.exitCode, 3, r.all);
+  const { runDir, results } = await readRun(dir);
+  t.deepEqual([results.outcome.class, results.outcome.code, results.failure?.phase], ['infra', 'boot-timeout', 'boot']);
+  t.deepEqual(results.splats, []);
+  t.deepEqual(results.probes, []);
+  t.regex(r.all ?? '', /^INFRA \(boot-timeout\): the guest did not start sshd in 1 s/m);
+  t.deepEqual(await qemuProcessesMentioning(runDir), [], 'no QEMU left running');
+});
+
 test.serial('a lab file with errors is refused with file:line:col before anything boots', async (t) => {
   const r = await hwlab(['run', path.join(repoRoot, 'test/fixtures/labs/bad-schema.yaml')], { timeoutMs: 60_000 });
   t.is(r.exitCode, 2);
