@@ -3,7 +3,8 @@
 // broken environment.
 import { parseArgs } from 'node:util';
 import path from 'node:path';
-import { loadLab, LabError } from '../lab/parse.ts';
+import { loadLab } from '../lab/parse.ts';
+import { YamlError } from '../util/yaml.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
 import { buildImage } from '../image/build.ts';
 import { runLab } from '../run/run-lab.ts';
@@ -121,7 +122,7 @@ main(process.argv.slice(2))
   })
   .catch(async (err) => {
     await runCleanups();
-    if (err instanceof LabError) process.stderr.write(`hwlab: invalid lab file:\n${err.message}\n`);
+    if (err instanceof YamlError) process.stderr.write(`hwlab: invalid lab file:\n${err.message}\n`);
     else if (err instanceof UsageError) process.stderr.write(`hwlab: ${err.message}\n\n${USAGE}`);
     else if (err instanceof HwlabError) process.stderr.write(`hwlab: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`);
     else if (err?.name === 'ZodError' || /^\/.*\.yaml:/.test(err?.message ?? '')) process.stderr.write(`hwlab: ${err.message}\n`);

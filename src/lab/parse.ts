@@ -1,10 +1,9 @@
 // Lab files (labs/*.yaml) -> LabSpec. YAML is parsed with its node ranges
-// kept, so every problem (syntax, schema, cross-reference) is reported as
-// `file:line:col: path: message`, all of them at once, in one LabError.
+// kept (src/util/yaml.ts), so every problem (syntax, schema, cross-reference)
+// is reported as `file:line:col: path: message`, all of them at once, in one YamlError.
 import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { LineCounter, parseDocument, isMap, isSeq, isScalar, isAlias, type Document } from 'yaml';
 import { z } from 'zod';
 import {
   ACCELS, DMABUF_ABIS, IOMMU_KINDS,
@@ -12,206 +11,8 @@ import {
   type ProbeSpec, type SwitchSpec, type TopologySpec, type KernelSpec, type KernelSourceSpec, type PatchSourceSpec,
 } from './types.ts';
 import { DEFAULT_DRIVER_DIRS } from '../kernel/driver-build.ts';
+import { describe, orEmpty, readYaml, strictObject, TYPE_WORDS, validate, valueAt, YamlError, type Path, type YamlSource } from '../util/yaml.ts';
 import { PROBES, resolveParams, type ProbeSpec as CatalogProbe } from '../guest/probes/catalog.ts';
-
-// ---------------------------------------------------------------------------
-// Errors
-
-export interface LabIssue {
-  /** The file as given to parseLab/loadLab. */
-  file: string;
-  /** 1-based. */
-  line: number;
-  /** 1-based. */
-  col: number;
-  /** Dotted path into the YAML as written (snake_case), e.g. `topology.endpoints[1].dma_mask`; '' for the whole file. */
-  path: string;
-  message: string;
-}
-
-export function formatIssue(i: LabIssue): string {
-  return `${i.file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`;
-}
-
-/** Everything wrong with a lab file; `message` has one `file:line:col: path: message` line per issue. */
-export class LabError extends Error {
-  readonly issues: LabIssue[];
-  constructor(issues: LabIssue[]) {
-    const sorted = [...issues].sort((a, b) => a.line - b.line || a.col - b.col);
-    super(sorted.map(formatIssue).join('\n'));
-    this.name = 'LabError';
-    this.issues = sorted;
-  }
-}
-
-type Path = (string | number)[];
-
-function pathString(p: Path): string {
-  let s = '';
-  for (const seg of p) s += typeof seg === 'number' ? `[${seg}]` : s ? `.${seg}` : seg;
-  return s;
-}
-
-/** A parsed YAML document plus what is needed to point at its nodes. */
-export class YamlSource {
-  readonly issues: LabIssue[] = [];
-  constructor(
-    readonly file: string,
-    readonly doc: Document,
-    private readonly lines: LineCounter,
-  ) {}
-
-  /** Offset of the node at `p`, or of its deepest existing ancestor (shorthand forms, missing keys). */
-  private offset(p: Path, atKey: boolean): number {
-    let node: unknown = this.doc.contents;
-    let best = rangeStart(node) ?? 0;
-    for (let i = 0; i < p.length; i++) {
-      const seg = p[i];
-      if (isAlias(node)) break;
-      if (isMap(node)) {
-        const pair = node.items.find((it) => (isScalar(it.key) ? it.key.value : it.key) === seg);
-        if (!pair) break;
-        if (atKey && i === p.length - 1) return rangeStart(pair.key) ?? best;
-        // `key:` with nothing after it: point at the key, not at the empty value after the colon.
-        const value = pair.value;
-        const empty = isScalar(value) && value.value === null && value.source === '';
-        node = empty || value == null ? pair.key : value;
-      } else if (isSeq(node) && typeof seg === 'number') {
-        node = node.items[seg];
-      } else break;
-      best = rangeStart(node) ?? best;
-    }
-    return best;
-  }
-
-  where(p: Path, atKey = false): { line: number; col: number } {
-    return this.lines.linePos(this.offset(p, atKey));
-  }
-
-  add(p: Path, message: string, atKey = false): void {
-    this.issues.push({ file: this.file, ...this.where(p, atKey), path: pathString(p), message });
-  }
-
-  /** `12:5`, for messages that refer to another place in the same file. */
-  at(p: Path): string {
-    const { line, col } = this.where(p);
-    return `${line}:${col}`;
-  }
-
-  fail(): never {
-    throw new LabError(this.issues);
-  }
-}
-
-function rangeStart(node: unknown): number | undefined {
-  const r = (node as { range?: [number, number, number] } | null | undefined)?.range;
-  return r ? r[0] : undefined;
-}
-
-// ---------------------------------------------------------------------------
-// Generic YAML + zod
-
-function describe(v: unknown): string {
-  if (v === null) return 'null';
-  if (Array.isArray(v)) return 'a list';
-  if (typeof v === 'object') return 'a map';
-  if (typeof v === 'string') return JSON.stringify(v);
-  return String(v);
-}
-
-const TYPE_WORDS: Record<string, string> = {
-  string: 'a string', number: 'a number', integer: 'an integer', boolean: 'true or false',
-  object: 'a map', array: 'a list', bigint: 'an integer',
-};
-
-function valueAt(data: unknown, p: Path): unknown {
-  let v = data;
-  for (const seg of p) {
-    // A scalar with segments left is a shorthand (`iommu: foo` checked as
-    // `iommu.type`): the scalar is the value in question.
-    if (v === null || typeof v !== 'object') return v;
-    v = (v as Record<string | number, unknown>)[seg];
-  }
-  return v;
-}
-
-/** zod issue -> one or more located issues with our wording. */
-function reportZodIssue(src: YamlSource, data: unknown, issue: z.ZodIssue): void {
-  const p = issue.path;
-  const got = valueAt(data, p);
-  switch (issue.code) {
-    case 'unrecognized_keys':
-      // strictObject() puts the allowed keys in the message; a plain .strict() leaves zod's wording.
-      for (const k of issue.keys) {
-        src.add([...p, k], `unknown key "${k}"${issue.message.startsWith('allowed: ') ? ` (${issue.message})` : ''}`, true);
-      }
-      return;
-    case 'invalid_type':
-      if (issue.received === 'undefined') src.add(p, 'is required');
-      else src.add(p, `expected ${TYPE_WORDS[issue.expected] ?? issue.expected} (got ${describe(got)})`);
-      return;
-    case 'invalid_enum_value':
-      src.add(p, `must be one of ${issue.options.join(', ')} (got ${describe(issue.received)})`);
-      return;
-    case 'invalid_union_discriminator':
-      src.add(p, got === undefined
-        ? `is required (one of ${issue.options.join(', ')})`
-        : `must be one of ${issue.options.join(', ')} (got ${describe(got)})`);
-      return;
-    case 'too_small':
-      if (issue.type === 'array') src.add(p, `must have at least ${issue.minimum} ${issue.minimum === 1 ? 'entry' : 'entries'}`);
-      else if (issue.type === 'string') src.add(p, 'must not be empty');
-      else src.add(p, `must be ${issue.inclusive ? 'at least' : 'greater than'} ${issue.minimum} (got ${describe(got)})`);
-      return;
-    case 'too_big':
-      if (issue.type === 'array') src.add(p, `must have at most ${issue.maximum} entries`);
-      else src.add(p, `must be ${issue.inclusive ? 'at most' : 'less than'} ${issue.maximum} (got ${describe(got)})`);
-      return;
-    case 'invalid_string':
-      src.add(p, `${issue.message} (got ${describe(got)})`);
-      return;
-    default:
-      src.add(p, issue.message);
-  }
-}
-
-/** Parse YAML keeping ranges; syntax errors are thrown as a LabError. */
-export function readYaml(text: string, file: string): { src: YamlSource; data: unknown } {
-  const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
-  const src = new YamlSource(file, doc, lines);
-  for (const e of doc.errors) {
-    src.issues.push({ file, ...lines.linePos(e.pos[0]), path: '', message: e.message.split('\n')[0] });
-  }
-  if (src.issues.length) src.fail();
-  return { src, data: doc.toJS() };
-}
-
-/** Validate already-read YAML with a zod schema; schema issues are added to src (not thrown). */
-export function validate<S extends z.ZodTypeAny>(src: YamlSource, data: unknown, schema: S): z.output<S> | undefined {
-  const r = schema.safeParse(data);
-  if (r.success) return r.data;
-  for (const issue of r.error.issues) reportZodIssue(src, data, issue);
-  return undefined;
-}
-
-/** Parse + validate any hwlab YAML file (labs, image recipes); throws LabError with located issues. */
-export function parseYamlWith<S extends z.ZodTypeAny>(text: string, file: string, schema: S): z.output<S> {
-  const { src, data } = readYaml(text, file);
-  const out = validate(src, data ?? {}, schema);
-  if (out === undefined || src.issues.length) src.fail();
-  return out;
-}
-
-/** z.object(...).strict() whose unknown-key issue carries the allowed keys. */
-function strictObject<S extends z.ZodRawShape>(shape: S) {
-  return z.object(shape).strict(`allowed: ${Object.keys(shape).join(', ')}`);
-}
-
-/** `key:` with no value means "use the defaults" for optional sections and lists. */
-function orEmpty<T extends z.ZodTypeAny>(empty: unknown, schema: T) {
-  return z.preprocess((v) => (v === null || v === undefined ? empty : v), schema);
-}
 
 // ---------------------------------------------------------------------------
 // The lab schema (snake_case, as written)
@@ -746,13 +547,13 @@ function kernelSpec(src: YamlSource, k: RawKernel, labDir: string): KernelSpec {
   return { kind: 'source', source, patches, config: { base: k.config.base, fragments } };
 }
 
-/** Read and parse a lab file; every problem is thrown as one LabError. */
+/** Read and parse a lab file; every problem is thrown as one YamlError. */
 export async function loadLab(file: string, opts: ParseOptions = {}): Promise<LabSpec> {
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {
-    throw new LabError([{ file, line: 1, col: 1, path: '', message: `cannot read lab file: ${(e as Error).message}` }]);
+    throw new YamlError([{ file, line: 1, col: 1, path: '', message: `cannot read lab file: ${(e as Error).message}` }]);
   }
   return parseLab(text, file, opts);
 }

@@ -1,7 +1,8 @@
 import test from 'ava';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_CATALOG, LabError, loadLab, parseLab, type ProbeCatalog } from '../../src/lab/parse.ts';
+import { DEFAULT_CATALOG, loadLab, parseLab, type ProbeCatalog } from '../../src/lab/parse.ts';
+import { YamlError } from '../../src/util/yaml.ts';
 import type { LabSpec } from '../../src/lab/types.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -10,15 +11,15 @@ const fixtureImages = path.join(fixtures, 'images');
 // Messages carry the file as given; give fixtures relative to the repo so expectations are stable.
 const fx = (name: string) => path.relative(process.cwd(), path.join(fixtures, 'labs', name));
 
-async function labError(p: Promise<unknown> | (() => unknown)): Promise<LabError> {
+async function labError(p: Promise<unknown> | (() => unknown)): Promise<YamlError> {
   try {
     if (typeof p === 'function') p();
     else await p;
   } catch (e) {
-    if (e instanceof LabError) return e;
+    if (e instanceof YamlError) return e;
     throw e;
   }
-  throw new Error('expected a LabError, got a lab');
+  throw new Error('expected a YamlError, got a lab');
 }
 
 /** A catalog with one extra probe that only takes edu devices (every real probe takes all types). */
@@ -160,7 +161,7 @@ test('schema errors: all at once, each with file:line:col and field', async (t) 
 });
 
 test('bare-string iommu with a bad value points at the value', (t) => {
-  const e = t.throws(() => parseLab(`${MINIMAL}iommu: foo\n`, 'labs/x.yaml'), { instanceOf: LabError });
+  const e = t.throws(() => parseLab(`${MINIMAL}iommu: foo\n`, 'labs/x.yaml'), { instanceOf: YamlError });
   t.is(e.message, 'labs/x.yaml:3:8: iommu.type: must be one of intel, amd, virtio, none (got "foo")');
 });
 
@@ -206,7 +207,7 @@ test('probe cross-references and params', async (t) => {
 
 test('a probe on a device type it does not accept', (t) => {
   const text = `${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0 }\nprobes:\n  - { name: edu-only, device: shm0 }\n`;
-  const e = t.throws(() => parseLab(text, 'labs/x.yaml', { imagesDir: fixtureImages, catalog: catalogWithEduOnly }), { instanceOf: LabError });
+  const e = t.throws(() => parseLab(text, 'labs/x.yaml', { imagesDir: fixtureImages, catalog: catalogWithEduOnly }), { instanceOf: YamlError });
   t.is(e.message, 'labs/x.yaml:8:31: probes[0].device: probe edu-only does not work on ivshmem-plain ("shm0"); it takes edu');
 });
 
@@ -217,28 +218,15 @@ test('image recipe must exist; the path tried is named', async (t) => {
 });
 
 test('empty file and wrong top-level type', (t) => {
-  const empty = t.throws(() => parseLab('', 'labs/empty.yaml', { imagesDir: fixtureImages }), { instanceOf: LabError });
+  const empty = t.throws(() => parseLab('', 'labs/empty.yaml', { imagesDir: fixtureImages }), { instanceOf: YamlError });
   t.is(empty.message, 'labs/empty.yaml:1:1: kernel: is required\nlabs/empty.yaml:1:1: image: is required');
-  const list = t.throws(() => parseLab('- a\n- b\n', 'labs/list.yaml'), { instanceOf: LabError });
+  const list = t.throws(() => parseLab('- a\n- b\n', 'labs/list.yaml'), { instanceOf: YamlError });
   t.is(list.message, 'labs/list.yaml:1:1: expected a map (got a list)');
 });
 
-test('unreadable file is a LabError too', async (t) => {
+test('unreadable file is a YamlError too', async (t) => {
   const e = await labError(loadLab('labs/does-not-exist.yaml'));
   t.regex(e.message, /^labs\/does-not-exist\.yaml:1:1: cannot read lab file: ENOENT/);
-});
-
-test('parseYamlWith: the same located errors for any schema', async (t) => {
-  const { parseYamlWith } = await import('../../src/lab/parse.ts');
-  const { z } = await import('zod');
-  const schema = z.object({ suite: z.string(), packages: z.array(z.string()).default([]) }).strict();
-  t.deepEqual(parseYamlWith('suite: sid\n', 'images/x.yaml', schema), { suite: 'sid', packages: [] });
-  const e = t.throws(() => parseYamlWith('suite: 1\nextra: 2\npackages: [a, 3]\n', 'images/x.yaml', schema), { instanceOf: LabError });
-  t.is(e.message, [
-    'images/x.yaml:1:8: suite: expected a string (got 1)',
-    'images/x.yaml:2:1: extra: unknown key "extra"',
-    'images/x.yaml:3:15: packages[1]: expected a string (got 3)',
-  ].join('\n'));
 });
 
 test('kernel sections: source builds, fast path, and what each refuses', (t) => {
@@ -252,7 +240,7 @@ test('kernel sections: source builds, fast path, and what each refuses', (t) => 
     kind: 'source', source: { kind: 'tarball', path: path.join(repo, 'package.json') }, patches: [],
     config: { base: 'defconfig', fragments: [path.join(repo, 'labs/configs/debug.config')] },
   });
-  const err = (text: string) => t.throws(() => parseLab(text + base, file), { instanceOf: LabError }).message;
+  const err = (text: string) => t.throws(() => parseLab(text + base, file), { instanceOf: YamlError }).message;
   t.regex(err('kernel:\n  debian: linux-image-7.2\n  patches: [x.patch]\n'), /kernel-test\.yaml:3:\d+: kernel\.patches: a prebuilt kernel \(linux-image-7\.2\) takes patches only with driver:/);
   t.regex(err('kernel:\n  debian: linux-source-7.2\n  driver: {}\n'), /kernel\.driver: only applies to a prebuilt kernel/);
   t.regex(err('kernel:\n  debian: linux-source-7.2\n  path: /src/linux\n'), /kernel: needs exactly one of debian, path, tarball \(got debian, path\)/);
@@ -264,9 +252,9 @@ test('endpoints sharing a port as the functions of one device; function 0 is req
   const topo = (fns: number[]) => `${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n${fns.map((f, i) => `    - { id: s${i}, type: ivshmem-plain, port: rp0, memory: 16M, function: ${f} }\n`).join('')}`;
   const lab = inline(topo([0, 1]));
   t.deepEqual(lab.topology.endpoints.map((e) => [e.id, e.function]), [['s0', undefined], ['s1', 1]]);
-  const noZero = t.throws(() => inline(topo([1, 2])), { instanceOf: LabError });
+  const noZero = t.throws(() => inline(topo([1, 2])), { instanceOf: YamlError });
   t.regex(noZero.message, /inline\.yaml:\d+:\d+: topology\.endpoints\[0\]\.function: port "rp0" has functions 1, 2 but no function 0/);
-  const twice = t.throws(() => inline(topo([0, 0])), { instanceOf: LabError });
+  const twice = t.throws(() => inline(topo([0, 0])), { instanceOf: YamlError });
   t.regex(twice.message, /endpoints sharing a port need distinct function numbers, and function 0 is taken/);
 });
 
@@ -274,17 +262,17 @@ test('the importer param (default edu0) must name an edu endpoint of the lab, ca
   const lab = (endpoints: string, params = '') =>
     `${MINIMAL}topology:\n  root_ports: [rp0, rp1]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0, memory: 16M }\n${endpoints}probes:\n  - { name: importer-refusals, device: shm0${params} }\n`;
   t.is(inline(lab('    - { id: edu0, type: edu, port: rp1 }\n')).probes[0].params.importer, 'edu0');
-  const none = t.throws(() => inline(lab('')), { instanceOf: LabError }).message;
+  const none = t.throws(() => inline(lab('')), { instanceOf: YamlError }).message;
   t.regex(none, /inline\.yaml:\d+:\d+: probes\[0\]: importer-refusals\.importer: no endpoint "edu0" \(the default; set params\.importer\); it names the edu endpoint the probe uses \(edu endpoints in this lab: none\)/);
   const other = lab('    - { id: dma1, type: edu, port: rp1 }\n', ', params: { importer: shm0 }');
-  t.regex(t.throws(() => inline(other), { instanceOf: LabError }).message, /probes\[0\]\.params\.importer: importer-refusals\.importer: "shm0" is ivshmem-plain; it must be edu/);
+  t.regex(t.throws(() => inline(other), { instanceOf: YamlError }).message, /probes\[0\]\.params\.importer: importer-refusals\.importer: "shm0" is ivshmem-plain; it must be edu/);
   t.is(inline(lab('    - { id: dma1, type: edu, port: rp1 }\n', ', params: { importer: dma1 }')).probes[0].params.importer, 'dma1');
 });
 
 test('a param naming another VFIO endpoint must name one, not the probe\'s own device', (t) => {
   const lab = (partner: string) => `${MINIMAL}topology:\n  root_ports: [rp0, rp1]\n  endpoints:\n    - { id: a, type: ivshmem-plain, port: rp0, memory: 16M }\n    - { id: b, type: ivshmem-plain, port: rp0, memory: 16M, function: 1 }\n    - { id: edu0, type: edu, port: rp1 }\nprobes:\n  - { name: hot-reset-set, device: a, params: { partner: ${partner} } }\n`;
   t.is(inline(lab('b')).probes[0].params.partner, 'b');
-  t.regex(t.throws(() => inline(lab('zz')), { instanceOf: LabError }).message, /probes\[0\]\.params\.partner: hot-reset-set\.partner: no endpoint "zz" \(endpoints: a, b, edu0\)/);
-  t.regex(t.throws(() => inline(lab('a')), { instanceOf: LabError }).message, /hot-reset-set\.partner: must be another endpoint than the probe's device "a"/);
-  t.regex(t.throws(() => inline(lab('edu0')), { instanceOf: LabError }).message, /"edu0" is edu; it takes ivshmem-plain, nvme/);
+  t.regex(t.throws(() => inline(lab('zz')), { instanceOf: YamlError }).message, /probes\[0\]\.params\.partner: hot-reset-set\.partner: no endpoint "zz" \(endpoints: a, b, edu0\)/);
+  t.regex(t.throws(() => inline(lab('a')), { instanceOf: YamlError }).message, /hot-reset-set\.partner: must be another endpoint than the probe's device "a"/);
+  t.regex(t.throws(() => inline(lab('edu0')), { instanceOf: YamlError }).message, /"edu0" is edu; it takes ivshmem-plain, nvme/);
 });
