@@ -39,7 +39,7 @@ import { findSplats, probeWindowsFromConsole } from '../results/splat.ts';
 import { markHungProbe, parseProbeTap, type HungProbe, type ProbeResult } from '../results/tap.ts';
 import { BLOCKED_TASKS_SCRIPT, ProbeWatchdog } from './probe-watchdog.ts';
 import { HwlabError, onCleanup } from '../util/cleanup.ts';
-import { ensureHostTools } from '../cli/doctor.ts';
+import { ensureHostTools } from '../util/host-tools.ts';
 import type { Progress } from '../util/progress.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
