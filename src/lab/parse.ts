@@ -6,11 +6,10 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import {
-  ACCELS, DMABUF_ABIS, IOMMU_KINDS,
+  ACCELS, DEFAULT_DRIVER_DIRS, DMABUF_ABIS, IOMMU_KINDS,
   type Accel, type DmabufAbi, type EndpointSpec, type IommuKind, type IommuSpec, type LabSpec,
   type ProbeSpec, type SwitchSpec, type TopologySpec, type KernelSpec, type KernelSourceSpec, type PatchSourceSpec,
 } from './types.ts';
-import { DEFAULT_DRIVER_DIRS } from '../kernel/driver-build.ts';
 import { describe, orEmpty, readYaml, strictObject, TYPE_WORDS, validate, valueAt, YamlError, type Path, type YamlSource } from '../util/yaml.ts';
 import { PROBES, resolveParams, type ProbeSpec as CatalogProbe } from '../guest/probes/catalog.ts';
 
@@ -533,7 +532,7 @@ function kernelSpec(src: YamlSource, k: RawKernel, labDir: string): KernelSpec {
     return {
       kind: 'debian-prebuilt', package: k.debian, flavour: k.flavour, suite: k.suite, mirror: k.mirror,
       patches: patchSpecs(),
-      ...(k.driver ? { driver: { dirs: k.driver.dirs ?? DEFAULT_DRIVER_DIRS } } : {}),
+      ...(k.driver ? { driver: { dirs: k.driver.dirs ?? [...DEFAULT_DRIVER_DIRS] } } : {}),
     };
   }
   const source: KernelSourceSpec =

@@ -24,13 +24,16 @@ export interface DebianKernelSpec {
   /** Debian mirror to use. */
   mirror: string;
   /**
-   * Fast path: rebuild these driver directories from the matching
-   * linux-source with `patches` against the kernel's linux-headers, and
-   * replace the stock modules in the guest.
+   * Fast path: rebuild these driver directories (default DEFAULT_DRIVER_DIRS)
+   * from the matching linux-source with `patches` against the kernel's
+   * linux-headers, and replace the stock modules in the guest.
    */
   driver?: { dirs: string[] };
   patches: PatchSourceSpec[];
 }
+
+/** Driver directories the fast path rebuilds when a lab's `kernel.driver` names none: the subject's driver. */
+export const DEFAULT_DRIVER_DIRS = ['drivers/vfio/pci'];
 
 /** Where the kernel source comes from (build-from-source labs). */
 export type KernelSourceSpec =
