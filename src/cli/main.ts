@@ -3,7 +3,7 @@
 // broken environment.
 import { parseArgs } from 'node:util';
 import path from 'node:path';
-import { loadLab } from '../lab/parse.ts';
+import { loadLab } from '../lab/load.ts';
 import { YamlError } from '../util/yaml.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
 import { buildImage } from '../image/build.ts';

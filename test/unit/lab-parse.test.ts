@@ -1,7 +1,8 @@
 import test from 'ava';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_CATALOG, loadLab, parseLab, type ProbeCatalog } from '../../src/lab/parse.ts';
+import { DEFAULT_CATALOG, type ProbeCatalog } from '../../src/lab/checks.ts';
+import { loadLab, parseLab } from '../../src/lab/load.ts';
 import { YamlError } from '../../src/util/yaml.ts';
 import type { LabSpec } from '../../src/lab/types.ts';
 
@@ -275,4 +276,15 @@ test('a param naming another VFIO endpoint must name one, not the probe\'s own d
   t.regex(t.throws(() => inline(lab('zz')), { instanceOf: YamlError }).message, /probes\[0\]\.params\.partner: hot-reset-set\.partner: no endpoint "zz" \(endpoints: a, b, edu0\)/);
   t.regex(t.throws(() => inline(lab('a')), { instanceOf: YamlError }).message, /hot-reset-set\.partner: must be another endpoint than the probe's device "a"/);
   t.regex(t.throws(() => inline(lab('edu0')), { instanceOf: YamlError }).message, /"edu0" is edu; it takes ivshmem-plain, nvme/);
+});
+
+test('slot plan limits: root ports, downstream ports, ports in all (src/lab/slots.ts)', (t) => {
+  const ids = (p: string, n: number) => `[${Array.from({ length: n }, (_, i) => `${p}${i}`).join(', ')}]`;
+  const err = (topo: string) => t.throws(() => inline(`${MINIMAL}topology:\n${topo}`), { instanceOf: YamlError }).message;
+  t.regex(err(`  root_ports: ${ids('r', 16)}\n`), /inline\.yaml:4:81: topology\.root_ports\[15\]: at most 15 root ports fit on pcie\.0 \(slots 0x10-0x1e\)$/);
+  t.regex(err(`  root_ports: [rp0]\n  switches:\n    - { id: sw0, port: rp0, downstream: ${ids('d', 33)} }\n`),
+    /topology\.switches\[0\]\.downstream\[32\]: a switch has at most 32 downstream ports$/);
+  const switches = Array.from({ length: 8 }, (_, i) => `    - { id: s${i}, port: r${i}, downstream: ${ids(`d${i}x`, 32)} }\n`).join('');
+  t.regex(err(`  root_ports: ${ids('r', 15)}\n  switches:\n${switches}`), /inline\.yaml:4:3: topology: at most 255 root and downstream ports in all \(got 271\)$/);
+  t.regex(err('  root_ports: [rp0]\n  endpoints:\n    - { id: e0, type: edu, port: rp0, function: 8 }\n'), /topology\.endpoints\[0\]\.function: must be at most 7 \(got 8\)$/);
 });

@@ -2,7 +2,7 @@ import test from 'ava';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildQemuCommand, iommuKernelWords, optValue, type QemuLaunchInput } from '../../src/machine/cmdline.ts';
-import { loadLab } from '../../src/lab/parse.ts';
+import { loadLab } from '../../src/lab/load.ts';
 import type { IommuSpec, LabSpec, TopologySpec } from '../../src/lab/types.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
