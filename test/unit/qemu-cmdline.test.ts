@@ -214,3 +214,11 @@ test('labs/default.yaml builds the documented machine', async (t) => {
   t.is(devices(c.args)[0], '-device intel-iommu,intremap=on,caching-mode=on');
   t.true(c.args.includes('edu,id=edu0,bus=dp1,addr=0x0,dma_mask=0xffffffffffffffff'));
 });
+
+test('a LabSpec built in code that breaks the slot plan is refused with the lab stage\'s words', (t) => {
+  const rootPorts = Array.from({ length: 16 }, (_, i) => ({ id: `rp${i}` }));
+  t.throws(() => buildQemuCommand(input(lab({ topology: { rootPorts } }))), { message: /slot plan: at most 15 root ports fit on pcie\.0 \(slots 0x10-0x1e\)/ });
+  const downstream = Array.from({ length: 32 }, (_, j) => `d${j}`);
+  const switches = Array.from({ length: 8 }, (_, i) => ({ id: `s${i}`, port: `rp${i}`, downstream: downstream.map((d) => `${d}x${i}`) }));
+  t.throws(() => buildQemuCommand(input(lab({ topology: { rootPorts: rootPorts.slice(0, 15), switches } }))), { message: /at most 255 root and downstream ports in all \(got 271\)/ });
+});
