@@ -213,6 +213,11 @@ export function endpointKind(t: EndpointType): EndpointKind {
   return ENDPOINT_KINDS[t] as unknown as EndpointKind;
 }
 
+/** What the guest knows about a kind. */
+export function guestFacts(t: EndpointType): GuestFacts {
+  return ENDPOINT_KINDS[t].guest;
+}
+
 /** Kinds with a capability, in table order. */
 export function kindsWith(cap: Capability): EndpointType[] {
   return ENDPOINT_TYPES.filter((t) => CAPABILITIES[cap](ENDPOINT_KINDS[t].guest));

@@ -4,7 +4,10 @@
 // everything; a stage that needs something from it means that thing belongs
 // in a stage or in src/util). The checks are tested on tiny synthetic file
 // sets first, so that a check that can never fail does not pass unnoticed.
+// Also: the in-guest probe bundle holds no host-only code (zod, the lab
+// parser), though the guest imports the table of endpoint kinds from src/lab.
 import test from 'ava';
+import * as esbuild from 'esbuild';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -152,4 +155,15 @@ test('src/: no import cycles', (t) => {
 
 test('src/: only src/cli imports src/cli', (t) => {
   t.deepEqual(cliImports(importGraph(sourceFiles('src'))), []);
+});
+
+test('the in-guest bundle (src/guest/runner.ts) pulls in no zod and no host-only lab code', async (t) => {
+  // The same entry and options as src/probes/bundle.ts, without writing the file.
+  const r = await esbuild.build({
+    entryPoints: [path.join(repo, 'src/guest/runner.ts')], bundle: true, platform: 'node', format: 'cjs', target: 'node18',
+    external: ['koffi'], write: false, metafile: true, logLevel: 'silent',
+  });
+  const inputs = Object.keys(r.metafile.inputs);
+  t.true(inputs.some((i) => i.endsWith('src/lab/endpoints.ts')), 'the table of endpoint kinds is in (the guest needs its facts)');
+  t.deepEqual(inputs.filter((i) => /node_modules\/zod\/|src\/lab\/(schema|checks|load|slots)\.ts$|src\/util\/yaml\.ts$|src\/cli\//.test(i)), []);
 });
