@@ -194,6 +194,16 @@ export const ENDPOINT_KINDS = {
     guest: { exportBar: 2, contents: 'nothing', dmaEngine: false },
     qemu: (ep, q) => ['-device', `pci-testdev,${q.at},membar=${ep.membarMiB}M`],
   }),
+  'secondary-vga': kind({
+    doc: 'QEMU\'s secondary (non-boot) standard VGA, conventional PCI, class 0x0380 (display, not VGA-compatible, so the VGA arbiter and VFIO\'s VGA region leave it alone): BAR0 is its VRAM (32-bit, prefetchable, RAM behind it), BAR2 a 4 KiB register page. A second kind of memory exporter, with no driver bound in the lean guest kernel (no DRM).',
+    fields: {
+      /** VRAM size (BAR0), MiB, power of two, at most 512 (QEMU rounds other sizes up and clamps larger ones). */
+      vgamemMiB: { kind: 'mib', key: 'vgamem', default: 16, powerOfTwo: true, max: 512 },
+    },
+    slot: { functions: 1 },
+    guest: { exportBar: 0, contents: 'memory', dmaEngine: false },
+    qemu: (ep, q) => ['-device', `secondary-vga,${q.at},vgamem_mb=${ep.vgamemMiB}`],
+  }),
 } as const;
 
 export type EndpointType = keyof typeof ENDPOINT_KINDS;

@@ -40,12 +40,13 @@ test('guest facts: an exported BAR is a BAR, and capabilities are predicates of 
 
 test('which endpoints each probe takes, derived from capabilities', (t) => {
   const takes = Object.fromEntries(Object.values(PROBES).map((p) => [p.name, [...p.endpoints]]));
-  const deviceMemory = ['ivshmem-plain', 'edu', 'nvme'];
-  const memory = ['ivshmem-plain', 'nvme'];
+  // secondary-vga: VRAM behind BAR0, so it goes wherever memory does.
+  const deviceMemory = ['ivshmem-plain', 'edu', 'nvme', 'secondary-vga'];
+  const memory = ['ivshmem-plain', 'nvme', 'secondary-vga'];
   t.deepEqual(takes, {
     'dmabuf-export': deviceMemory,
     'dmabuf-fd': deviceMemory,
-    'dmabuf-bad-inputs': ['ivshmem-plain', 'edu', 'nvme', 'pci-testdev'],
+    'dmabuf-bad-inputs': ['ivshmem-plain', 'edu', 'nvme', 'pci-testdev', 'secondary-vga'],
     'reset-and-mem-toggle': deviceMemory,
     'importer-refusals': deviceMemory,
     'revoke-triggers': deviceMemory,

@@ -23,7 +23,7 @@ async function labError(p: Promise<unknown> | (() => unknown)): Promise<YamlErro
   throw new Error('expected a YamlError, got a lab');
 }
 
-/** A catalog with one extra probe that only takes edu devices (every real probe takes all types). */
+/** A catalog with one extra probe that only takes edu devices. */
 const catalogWithEduOnly: ProbeCatalog = {
   probes: {
     ...DEFAULT_CATALOG.probes,
@@ -153,7 +153,7 @@ test('schema errors: all at once, each with file:line:col and field', async (t) 
     `${f}:13:21: topology.root_ports[1].id: must be a lowercase letter followed by a-z, 0-9, _ or - (it becomes a QEMU id) (got "Rp1")`,
     `${f}:15:7: topology.switches[0].port: is required`,
     `${f}:17:59: topology.endpoints[0].memory: must be a power of two (got 48M)`,
-    `${f}:18:25: topology.endpoints[1].type: must be one of ivshmem-plain, edu, nvme, pci-testdev (got "edux")`,
+    `${f}:18:25: topology.endpoints[1].type: must be one of ivshmem-plain, edu, nvme, pci-testdev, secondary-vga (got "edux")`,
     `${f}:19:51: topology.endpoints[2].dma_mask: must be at least 28 (got 12)`,
     `${f}:20:13: dmabuf_abi: must be one of ranges, v0 (got "v1")`,
     `${f}:21:19: timeouts.boot: must be greater than 0 (got 0)`,
@@ -287,4 +287,27 @@ test('slot plan limits: root ports, downstream ports, ports in all (src/lab/slot
   const switches = Array.from({ length: 8 }, (_, i) => `    - { id: s${i}, port: r${i}, downstream: ${ids(`d${i}x`, 32)} }\n`).join('');
   t.regex(err(`  root_ports: ${ids('r', 15)}\n  switches:\n${switches}`), /inline\.yaml:4:3: topology: at most 255 root and downstream ports in all \(got 271\)$/);
   t.regex(err('  root_ports: [rp0]\n  endpoints:\n    - { id: e0, type: edu, port: rp0, function: 8 }\n'), /topology\.endpoints\[0\]\.function: must be at most 7 \(got 8\)$/);
+});
+
+test('secondary-vga: VRAM size in MiB, a power of two, at most 512; region defaults to BAR0', (t) => {
+  const lab = (ep: string) => inline(`${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n    - { id: vga0, type: secondary-vga, port: rp0${ep} }\nprobes: [dmabuf-export, export-ranges]\n`);
+  const ok = lab('');
+  t.deepEqual(ok.topology.endpoints, [{ id: 'vga0', type: 'secondary-vga', port: 'rp0', vgamemMiB: 16 }]);
+  t.deepEqual(ok.probes.map((p) => [p.name, p.device, p.params.region]), [['dmabuf-export', 'vga0', 0], ['export-ranges', 'vga0', 0]]);
+  t.like(lab(', vgamem: 512M').topology.endpoints[0], { vgamemMiB: 512 });
+  const err = (ep: string) => t.throws(() => lab(ep), { instanceOf: YamlError }).message;
+  t.regex(err(', vgamem: 24M'), /inline\.yaml:6:59: topology\.endpoints\[0\]\.vgamem: must be a power of two \(got 24M\)$/);
+  t.regex(err(', vgamem: 1G'), /topology\.endpoints\[0\]\.vgamem: must be at most 512M \(got 1024M\)$/);
+  t.regex(err(', memory: 16M'), /topology\.endpoints\[0\]\.memory: unknown key "memory" \(allowed: id, type, port, function, vgamem\)$/);
+});
+
+test('labs/vga.yaml: the quick checks on a secondary-vga, exporting its VRAM (BAR0)', async (t) => {
+  const lab = await loadLab(path.join(repo, 'labs', 'vga.yaml'));
+  t.deepEqual(lab.topology.endpoints, [
+    { id: 'vga0', type: 'secondary-vga', port: 'dp0', vgamemMiB: 16 },
+    { id: 'edu0', type: 'edu', port: 'dp1', dmaMaskBits: 64 },
+  ]);
+  t.deepEqual(lab.probes.map((p) => [p.name, p.device, p.params.region]), [
+    'dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'export-ranges', 'reset-and-mem-toggle', 'importer-refusals', 'importer-multirange', 'lifetime',
+  ].map((name) => [name, 'vga0', 0]));
 });

@@ -163,6 +163,14 @@ test('pci-testdev with its 64-bit membar', (t) => {
   t.is(devices(c.args).at(-1), '-device pci-testdev,id=iot0,bus=rp0,addr=0x0,membar=4M');
 });
 
+test('secondary-vga with its VRAM size', (t) => {
+  const c = buildQemuCommand(input(lab({
+    topology: { rootPorts: [{ id: 'rp0' }], endpoints: [{ id: 'vga0', type: 'secondary-vga', port: 'rp0', vgamemMiB: 32 }] },
+  })));
+  t.is(devices(c.args).at(-1), '-device secondary-vga,id=vga0,bus=rp0,addr=0x0,vgamem_mb=32');
+  t.deepEqual(c.pciPaths, { vga0: ['10.0', '00.0'] });
+});
+
 test('two endpoints on one port: a multifunction device, function 0 says so, paths end in the function', (t) => {
   const c = buildQemuCommand(input(lab({
     topology: {
