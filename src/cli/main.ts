@@ -4,7 +4,8 @@
 // not build, 3 the host or the emulator failed.
 import { parseArgs } from 'node:util';
 import path from 'node:path';
-import { loadLab, LabError } from '../lab/parse.ts';
+import { loadLab } from '../lab/load.ts';
+import { YamlError } from '../util/yaml.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
 import { buildImage } from '../image/build.ts';
 import { runLab } from '../run/run-lab.ts';
@@ -130,11 +131,14 @@ main(process.argv.slice(2))
   })
   .catch(async (err) => {
     await runCleanups();
-    if (err instanceof LabError) process.stderr.write(`hwlab: invalid lab file:\n${err.message}\n`);
+    if (err instanceof YamlError) {
+      const files = [...new Set(err.issues.map((i) => i.file))].join(', ');
+      process.stderr.write(`hwlab: ${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in ${files}:\n${err.message}\n`);
+    }
     else if (err instanceof UsageError) process.stderr.write(`hwlab: ${err.message}\n\n${USAGE}`);
     else if (err instanceof HwlabError) process.stderr.write(`hwlab: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`);
     else if (err?.name === 'ZodError' || /^\/.*\.yaml:/.test(err?.message ?? '')) process.stderr.write(`hwlab: ${err.message}\n`);
     else process.stderr.write(`hwlab: ${err?.stack ?? err}\n`);
     // Bad input is 2; the host failing (a tool missing, a download, the disk) is 3, as for runs.
-    process.exitCode = err instanceof HwlabError ? EXIT_CODE[err.errorClass] : err instanceof LabError || err instanceof UsageError ? 2 : 3;
+    process.exitCode = err instanceof HwlabError ? EXIT_CODE[err.errorClass] : err instanceof UsageError ? 2 : 3;
   });

@@ -20,7 +20,7 @@ import { chmod, copyFile, link, lstat, mkdir, open, readdir, readFile, readlink,
 import os from 'node:os';
 import path from 'node:path';
 import { readModuleIndex } from '../image/initramfs.ts';
-import type { DebianKernelSpec } from '../lab/types.ts';
+import { DEFAULT_DRIVER_DIRS, type DebianKernelSpec } from '../lab/types.ts';
 import { cacheKey, ensureEntry } from '../util/cache.ts';
 
 import { makeExt4 } from '../util/ext4.ts';
@@ -32,8 +32,6 @@ import { resolveKernelTree, type KernelTree } from './source.ts';
 import { configSettings } from './dotconfig.ts';
 import { filesInEntry, type OverlayKernel, type ReplacedModule, type StockKernel } from './types.ts';
 import { InfraError, InputError } from '../util/errors.ts';
-
-export const DEFAULT_DRIVER_DIRS = ['drivers/vfio/pci'];
 
 export interface DriverBuildRequest {
   /** The prebuilt Debian kernel (fetchDebianKernel's result), release e.g. 7.2.13+deb14-amd64. */

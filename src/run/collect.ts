@@ -9,7 +9,7 @@ import { classifyRun, type RunFailure } from '../results/outcome.ts';
 import { attachSplatsToProbes, kernelRecord, type RunResults } from '../results/report.ts';
 import { findSplats, probeWindowsFromConsole } from '../results/splat.ts';
 import { markHungProbe, parseProbeTap, type ProbeResult } from '../results/tap.ts';
-import type { RunContext, RunState } from './on-machine.ts';
+import type { RunContext, RunState } from './context.ts';
 
 export async function collect(ctx: RunContext, m: MachineInstance | undefined, backend: string, state: RunState): Promise<RunResults> {
   const { lab, runDir } = ctx;

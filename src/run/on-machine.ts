@@ -11,54 +11,16 @@ import { vfioEndpointsOf } from '../guest/probes/catalog.ts';
 import type { LabSpec } from '../lab/types.ts';
 import type { MachineBackend, MachineInstance } from '../machine/instance.ts';
 import { GUEST_KMOD_DIR } from '../protocol/protocol.ts';
-import { failureFromError, type RunFailure, type RunPhase } from '../results/outcome.ts';
+import { failureFromError } from '../results/outcome.ts';
 import type { RunResults } from '../results/report.ts';
-import type { HungProbe } from '../results/tap.ts';
 import { bindVfio, check, modprobe, unbindVfio } from '../session/commands.ts';
 import { verifyLoadedModules } from '../session/modules.ts';
 import { guestModuleBuildIds, verifyReplacedModules } from '../session/modules-buildid.ts';
 import { findPciDevices, type GuestPciDevice } from '../session/pci.ts';
 import { InfraError } from '../util/errors.ts';
-import type { Progress } from '../util/progress.ts';
 import { collect } from './collect.ts';
-import type { PreparedLab } from './prepare.ts';
+import type { RunContext, RunState } from './context.ts';
 import { probePhase } from './probe-phase.ts';
-
-/** What every phase of a run on a machine reads. */
-export interface RunContext {
-  lab: LabSpec;
-  prepared: PreparedLab;
-  runDir: string;
-  progress: Progress;
-  /** SSH identity and the image's host key. */
-  privateKey: string;
-  /** When the run started (ms), for the total time. */
-  startedAt: number;
-  /** Seconds per phase, filled as the phases end. */
-  timings: Record<string, number>;
-}
-
-/** A module the guest runs, proven to be the one hwlab built. */
-export interface ModuleProof {
-  module: string;
-  srcversion?: string;
-  buildId?: string;
-}
-
-/** What the phases produce as they go; collect() reads it whatever happened. */
-export interface RunState {
-  phase: RunPhase;
-  /** The first thing that stopped the run. */
-  failure?: RunFailure;
-  devices?: Record<string, GuestPciDevice>;
-  verified: ModuleProof[];
-  /** Endpoints a probe had the host remove (device_del); nothing to unbind afterwards. */
-  removed: Set<string>;
-  /** The runner's TAP; undefined when the probe phase never started. */
-  tap?: string;
-  /** The probe that ran out of time, with what the guest was stuck on. */
-  hung?: HungProbe;
-}
 
 /** hwlab's kernel command-line words (the IOMMU words and the lab's own follow). */
 const APPEND = ['console=ttyS0,115200', 'rdinit=/init', 'panic=-1', 'printk.time=1'];

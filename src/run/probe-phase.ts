@@ -16,7 +16,7 @@ import type { LabSpec } from '../lab/types.ts';
 import { HostRequestScanner } from '../session/host-requests.ts';
 import type { GuestPciDevice } from '../session/pci.ts';
 import { InfraError } from '../util/errors.ts';
-import type { RunContext, RunState } from './on-machine.ts';
+import type { RunContext, RunState } from './context.ts';
 import { ProbeWatchdog } from './probe-watchdog.ts';
 
 /** What the in-guest runner is asked to do: every endpoint where the guest found it, and the probes in lab order. */

@@ -6,7 +6,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ensureHostTools } from '../cli/doctor.ts';
+import { ensureHostTools } from '../util/host-tools.ts';
 import type { LabSpec } from '../lab/types.ts';
 import type { MachineBackend } from '../machine/instance.ts';
 import { qemuBackend } from '../machine/qemu.ts';

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { loadLab } from '../../src/lab/parse.ts';
+import { loadLab } from '../../src/lab/load.ts';
 import { prepareLab } from '../../src/run/prepare.ts';
 import { runLab } from '../../src/run/run-lab.ts';
 import { resolveKernelTree } from '../../src/kernel/source.ts';

@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadLab } from '../../src/lab/parse.ts';
+import { loadLab } from '../../src/lab/load.ts';
 import { prepareLab } from '../../src/run/prepare.ts';
 import { runLab } from '../../src/run/run-lab.ts';
 import { decideAccel } from '../../src/machine/accel.ts';

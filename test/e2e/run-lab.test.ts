@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { loadLab } from '../../src/lab/parse.ts';
+import { loadLab } from '../../src/lab/load.ts';
 import { hwlab, removeRunsDirs, qemuProcessesMentioning, readRun, repoRoot, runsDir } from './helpers.ts';
 
 test.after.always(removeRunsDirs);

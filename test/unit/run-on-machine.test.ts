@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadLab } from '../../src/lab/parse.ts';
+import { loadLab } from '../../src/lab/load.ts';
 import type { LabSpec } from '../../src/lab/types.ts';
 import { FakeBackend, type FakeInstance, type FakeScript, type RunnerStep } from '../../src/machine/fake.ts';
 import { formatProbeMarker } from '../../src/protocol/protocol.ts';

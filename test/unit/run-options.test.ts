@@ -3,7 +3,7 @@
 import test from 'ava';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadLab } from '../../src/lab/parse.ts';
+import { loadLab } from '../../src/lab/load.ts';
 import { prepareLab } from '../../src/run/prepare.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
