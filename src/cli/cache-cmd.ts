@@ -3,7 +3,8 @@ import { existsSync } from 'node:fs';
 import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { cacheRoot, isComplete, listEntries, type CacheEntryInfo } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+import { InputError } from '../util/errors.ts';
+
 
 /** Entries used this recently are never pruned by size: a running lab may be reading them. */
 export const IN_USE_MS = 15 * 60_000;
@@ -11,7 +12,7 @@ export const IN_USE_MS = 15 * 60_000;
 /** "20G", "512M", "1.5T", "300000" (bytes) -> bytes. */
 export function parseSize(text: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(text.trim());
-  if (!m) throw new HwlabError(`--max-size: "${text}" is not a size (examples: 20G, 512M, 1T)`);
+  if (!m) throw new InputError(`--max-size: "${text}" is not a size (examples: 20G, 512M, 1T)`);
   const mult = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[m[2].toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
   return Math.floor(Number(m[1]) * mult);
 }

@@ -1,80 +1,14 @@
-// Host checks: the tools each stage runs, a KVM that really works, disk
-// space. Says exactly what to install; `--install` (and `hwlab run`, when
-// root) installs missing Debian packages itself.
-import { execa } from 'execa';
+// `hwlab doctor`: host checks. The tools each stage runs (src/util/host-tools.ts),
+// a KVM that really works, disk space. Says exactly what to install; `--install`
+// (and `hwlab run`, when root) installs missing Debian packages itself.
 import { existsSync } from 'node:fs';
 import { statfs, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { cacheRoot } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+import { HOST_FILES, HOST_TOOLS, installPackages, KEYRING, missingPackages, which } from '../util/host-tools.ts';
 import { probeKvm } from '../machine/accel.ts';
 
-/** Command -> Debian package that provides it. */
-export const HOST_TOOLS: Record<string, string> = {
-  'qemu-system-x86_64': 'qemu-system-x86',
-  'qemu-img': 'qemu-utils',
-  debootstrap: 'debootstrap',
-  'apt-get': 'apt',
-  'dpkg-deb': 'dpkg',
-  depmod: 'kmod',
-  cpio: 'cpio',
-  'mkfs.ext4': 'e2fsprogs',
-  xz: 'xz-utils',
-  zstd: 'zstd',
-  chroot: 'coreutils',
-  // Source builds (kernel, drivers, hwlab's own modules).
-  make: 'make',
-  gcc: 'gcc',
-  flex: 'flex',
-  bison: 'bison',
-  bc: 'bc',
-  patch: 'patch',
-  ccache: 'ccache',
-  readelf: 'binutils',
-  git: 'git',
-};
-/** Header files a kernel build needs -> Debian package. */
-const HOST_FILES: Record<string, string> = {
-  '/usr/include/gelf.h': 'libelf-dev',
-  '/usr/include/openssl/opensslv.h': 'libssl-dev',
-};
-const KEYRING = { file: '/usr/share/keyrings/debian-archive-keyring.gpg', pkg: 'debian-archive-keyring' };
 const MIN_FREE_GIB = 4;
-
-async function which(cmd: string): Promise<boolean> {
-  const dirs = (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin']);
-  return dirs.some((d) => existsSync(path.join(d, cmd)));
-}
-
-export async function missingPackages(): Promise<string[]> {
-  const missing = new Set<string>();
-  for (const [cmd, pkg] of Object.entries(HOST_TOOLS)) if (!(await which(cmd))) missing.add(pkg);
-  if (!existsSync(KEYRING.file)) missing.add(KEYRING.pkg);
-  for (const [file, pkg] of Object.entries(HOST_FILES)) if (!existsSync(file)) missing.add(pkg);
-  return [...missing];
-}
-
-export async function installPackages(pkgs: string[], log: (l: string) => void): Promise<void> {
-  if (pkgs.length === 0) return;
-  if (process.getuid?.() !== 0) {
-    throw new HwlabError(`missing host packages: ${pkgs.join(' ')}`, `run as root, or: sudo apt-get install ${pkgs.join(' ')}`);
-  }
-  log(`installing host packages: ${pkgs.join(' ')}`);
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const upd = await execa('apt-get', ['-q', 'update'], { reject: false, env, timeout: 600_000 });
-  if (upd.exitCode !== 0) throw new HwlabError(`apt-get update failed:\n${upd.stderr.trim()}`);
-  const r = await execa('apt-get', ['-q', '-y', 'install', '--no-install-recommends', ...pkgs], { reject: false, env, timeout: 1_800_000 });
-  if (r.exitCode !== 0) throw new HwlabError(`apt-get install ${pkgs.join(' ')} failed:\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
-}
-
-/** Used by `hwlab run`: install what is missing when we can, else say what to do. */
-export async function ensureHostTools(log: (l: string) => void): Promise<void> {
-  const missing = await missingPackages();
-  if (missing.length) await installPackages(missing, log);
-  if (process.getuid?.() !== 0) {
-    throw new HwlabError('hwlab needs root: debootstrap and chroot build the guest image', 'run it as root (CI runs as root)');
-  }
-}
 
 export async function runDoctor(opts: { install: boolean }): Promise<number> {
   const out = (l: string) => process.stdout.write(`${l}\n`);

@@ -1,18 +1,22 @@
-// hwlab command line. Subcommands map one-to-one onto stages; exit codes:
-// 0 pass, 1 a probe failed or the kernel was unhealthy, 2 bad input or a
-// broken environment.
+// hwlab command line. Subcommands map one-to-one onto stages; exit codes
+// follow the outcome classes (src/results/outcome.ts): 0 pass, 1 a probe
+// failed or the kernel printed a report, 2 bad input or a patch that does
+// not build, 3 the host or the emulator failed.
 import { parseArgs } from 'node:util';
 import path from 'node:path';
-import { loadLab, LabError } from '../lab/parse.ts';
+import { loadLab } from '../lab/load.ts';
+import { YamlError } from '../util/yaml.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
 import { buildImage } from '../image/build.ts';
 import { runLab } from '../run/run-lab.ts';
+import { EXIT_CODE } from '../results/outcome.ts';
 import { formatMutantsTable, runMutants } from '../run/mutants.ts';
 import { runDoctor } from './doctor.ts';
 import { cacheRoot } from '../util/cache.ts';
 import { entriesBySize, formatSize, parseSize, pruneCache } from './cache-cmd.ts';
-import { HwlabError, runCleanups } from '../util/cleanup.ts';
+import { runCleanups } from '../util/cleanup.ts';
 import { Progress } from '../util/progress.ts';
+import { HwlabError } from '../util/errors.ts';
 
 const USAGE = `usage: hwlab <command> [options]
 
@@ -49,12 +53,18 @@ async function main(argv: string[]): Promise<number> {
       if (positionals.length !== 1) throw new UsageError('hwlab run takes exactly one lab file');
       const lab = await loadLab(path.resolve(positionals[0]));
       const out = await runLab(lab, { progress, runsDir: values['runs-dir'], refresh: values.refresh, extraPatches: values.patch, extraFragments: values.fragment });
+      const { outcome, failure, timings: t, machine } = out.results;
+      // With --json, stdout is the JSON alone (for jq); the human lines go to stderr.
+      const human = values.json ? process.stderr : process.stdout;
       if (values.json) process.stdout.write(JSON.stringify(out.results, null, 2) + '\n');
-      else process.stdout.write(`\n${out.table}\n`);
-      const t = out.results.timings;
-      process.stdout.write(`\nresults: ${path.join(out.runDir, 'results.json')}\n`);
-      process.stdout.write(`${out.results.verdict.toUpperCase()}: total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, probes ${t.probes?.toFixed(1) ?? '-'} s, ${out.results.accelNote}\n`);
-      return out.results.verdict === 'pass' ? 0 : 1;
+      else if (out.results.probes.length) process.stdout.write(`\n${out.table}\n`);
+      if (failure && failure.phase === 'prepare') {
+        human.write(`\nhwlab: ${failure.message}${failure.hint ? `\n  hint: ${failure.hint}` : ''}\n`);
+      }
+      human.write(`\nresults: ${path.join(out.runDir, 'results.json')}\n`);
+      human.write(`${outcome.class.toUpperCase()}${outcome.class === 'pass' ? '' : ` (${outcome.code}): ${outcome.title}`}\n`);
+      human.write(`total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, probes ${t.probes?.toFixed(1) ?? '-'} s${machine ? `, ${machine.accelNote}` : ''}\n`);
+      return EXIT_CODE[outcome.class];
     }
     case 'mutants': {
       const { values, positionals } = parseArgs({
@@ -121,10 +131,14 @@ main(process.argv.slice(2))
   })
   .catch(async (err) => {
     await runCleanups();
-    if (err instanceof LabError) process.stderr.write(`hwlab: invalid lab file:\n${err.message}\n`);
+    if (err instanceof YamlError) {
+      const files = [...new Set(err.issues.map((i) => i.file))].join(', ');
+      process.stderr.write(`hwlab: ${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in ${files}:\n${err.message}\n`);
+    }
     else if (err instanceof UsageError) process.stderr.write(`hwlab: ${err.message}\n\n${USAGE}`);
     else if (err instanceof HwlabError) process.stderr.write(`hwlab: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`);
     else if (err?.name === 'ZodError' || /^\/.*\.yaml:/.test(err?.message ?? '')) process.stderr.write(`hwlab: ${err.message}\n`);
     else process.stderr.write(`hwlab: ${err?.stack ?? err}\n`);
-    process.exitCode = 2;
+    // Bad input is 2; the host failing (a tool missing, a download, the disk) is 3, as for runs.
+    process.exitCode = err instanceof HwlabError ? EXIT_CODE[err.errorClass] : err instanceof UsageError ? 2 : 3;
   });

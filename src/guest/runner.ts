@@ -3,14 +3,13 @@
 // host judges the TAP), 2 for an unusable config, 1 only if the runner itself broke.
 import { readFileSync, writeFileSync } from 'node:fs';
 import {
-  DMABUF_ABIS, formatProbeMarker, RUNNER_EXIT, STRESS_WORKER_FLAG,
+  DMABUF_ABIS, ENDPOINT_TYPES, formatProbeMarker, isEndpointType, RUNNER_EXIT, STRESS_WORKER_FLAG,
   type DmabufAbi, type EndpointType, type GuestDevice, type GuestProbeRequest, type GuestRunConfig, type ProbeMarker,
 } from '../protocol/protocol.ts';
 import { isProbeName, resolveParams, type ProbeName } from './probes/catalog.ts';
 import type { Probe } from './probes/common.ts';
 import { Tap } from './lib/tap.ts';
 
-const ENDPOINTS: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme', 'pci-testdev'];
 const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i;
 
 const isObj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -51,7 +50,7 @@ function deviceErrors(at: string, d: unknown): string[] {
   if (!isObj(d)) return [`${at} is not an object`];
   const errors: string[] = [];
   if (typeof d.id !== 'string') errors.push(`${at}.id must be a string`);
-  if (!ENDPOINTS.includes(d.type as EndpointType)) errors.push(`${at}.type must be one of ${ENDPOINTS.join(', ')}`);
+  if (!isEndpointType(d.type)) errors.push(`${at}.type must be one of ${ENDPOINT_TYPES.join(', ')}`);
   if (typeof d.bdf !== 'string' || !BDF.test(d.bdf)) errors.push(`${at}.bdf must look like 0000:02:00.0`);
   if (!(d.iommuGroup === null || (Number.isSafeInteger(d.iommuGroup) && (d.iommuGroup as number) >= 0))) {
     errors.push(`${at}.iommuGroup must be a non-negative integer or null`);

@@ -6,12 +6,13 @@ import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { cacheKey, ensureEntry } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import { makeExt4 } from '../util/ext4.ts';
 import type { Step } from '../util/progress.ts';
 import { ensureHwlabKey } from '../session/keys.ts';
 import type { ImageRecipe } from './recipe.ts';
 import { GUEST_INIT, SSHD_CONFIG } from './guest-files.ts';
+import { InfraError } from '../util/errors.ts';
 
 /** Bump when what the builder puts into an image changes. */
 const BUILDER_VERSION = 4;
@@ -54,7 +55,7 @@ export async function buildImage(recipe: ImageRecipe, step: Step): Promise<Guest
         const log = existsSync(path.join(root, 'debootstrap/debootstrap.log'))
           ? (await readFile(path.join(root, 'debootstrap/debootstrap.log'), 'utf8')).split('\n').slice(-15).join('\n')
           : '';
-        throw new HwlabError(`debootstrap ${recipe.suite} failed (exit ${r.exitCode}):\n${String(r.all).split('\n').slice(-15).join('\n')}\n${log}`);
+        throw new InfraError(`debootstrap ${recipe.suite} failed (exit ${r.exitCode}):\n${String(r.all).split('\n').slice(-15).join('\n')}\n${log}`);
       }
       step.update('configuring guest');
       await writeFile(path.join(root, 'etc/hostname'), 'hwlab\n');
@@ -73,7 +74,7 @@ export async function buildImage(recipe: ImageRecipe, step: Step): Promise<Guest
       await execa('chroot', [root, 'ssh-keygen', '-q', '-A'], { timeout: 120_000 });
       await mkdir(path.join(root, 'run/sshd'), { recursive: true });
       const check = await execa('chroot', [root, '/usr/sbin/sshd', '-t'], { reject: false, timeout: 60_000 });
-      if (check.exitCode !== 0) throw new HwlabError(`sshd -t in the new image failed: ${check.stderr.trim()}`);
+      if (check.exitCode !== 0) throw new InfraError(`sshd -t in the new image failed: ${check.stderr.trim()}`);
       const nodeVersion = (await execa('chroot', [root, 'node', '--version'], { timeout: 60_000 })).stdout.trim();
       const hostKey = (await readFile(path.join(root, 'etc/ssh/ssh_host_ed25519_key.pub'), 'utf8')).trim();
       await umountUnder(tmp);

@@ -5,11 +5,12 @@ import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { chmod, copyFile, mkdir, readFile, writeFile, symlink } from 'node:fs/promises';
 import path from 'node:path';
-import type { KernelArtifact } from '../kernel/types.ts';
+import type { Kernel } from '../kernel/types.ts';
 import { cacheKey, ensureEntry } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { GuestImage } from './build.ts';
 import { INITRAMFS_INIT } from './guest-files.ts';
+import { InfraError } from '../util/errors.ts';
 
 /** What the initramfs must load to mount an ext4 root on virtio-blk. */
 export const BOOT_MODULES = ['virtio_blk', 'ext4'];
@@ -55,7 +56,7 @@ export function moduleLoadOrder(idx: ModuleIndex, wanted: string[]): string[] {
     if (seen.has(n) || idx.builtin.has(n)) return;
     if (!idx.path.has(n)) {
       if (soft) return; // a soft dependency may be built in or absent
-      throw new HwlabError(`module ${name} is neither built in nor in modules.dep`);
+      throw new InfraError(`module ${name} is neither built in nor in modules.dep`);
     }
     seen.add(n);
     for (const p of idx.pre.get(n) ?? []) visit(p, true);
@@ -66,13 +67,13 @@ export function moduleLoadOrder(idx: ModuleIndex, wanted: string[]): string[] {
   return order;
 }
 
-export async function readModuleIndex(kernel: KernelArtifact): Promise<ModuleIndex> {
+export async function readModuleIndex(kernel: Kernel): Promise<ModuleIndex> {
   const dir = path.join(kernel.modulesRoot, 'lib/modules', kernel.release);
   const read = async (f: string) => (existsSync(path.join(dir, f)) ? readFile(path.join(dir, f), 'utf8') : '');
   return parseModuleIndex(await read('modules.dep'), await read('modules.softdep'), await read('modules.builtin'));
 }
 
-export async function buildInitramfs(kernel: KernelArtifact, image: GuestImage): Promise<string> {
+export async function buildInitramfs(kernel: Kernel, image: GuestImage): Promise<string> {
   const key = cacheKey({ v: 1, kernel: kernel.cacheKey, image: image.cacheKey, init: INITRAMFS_INIT, mods: BOOT_MODULES });
   const { dir } = await ensureEntry('initramfs', key, `initramfs ${kernel.release} + ${image.recipe}`, async (tmp) => {
     const idx = await readModuleIndex(kernel);

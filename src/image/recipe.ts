@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { parseYamlWith } from '../lab/parse.ts';
+import { parseYamlWith } from '../util/yaml.ts';
 
 export interface ImageRecipe {
   name: string;

@@ -14,14 +14,15 @@ import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:
 import os from 'node:os';
 import path from 'node:path';
 import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha256 } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import { makeExt4 } from '../util/ext4.ts';
 import { withLock } from '../util/lock.ts';
 import type { Step } from '../util/progress.ts';
 import { assembleConfig } from './config.ts';
 import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
-import { artifactInEntry, type KernelArtifact } from './types.ts';
+import { filesInEntry, type SourceKernel } from './types.ts';
+import { InfraError, InputError, isDiskFull } from '../util/errors.ts';
 
 /** Fixed so that unchanged sources give unchanged objects (and ccache hits). */
 const REPRODUCIBLE_ENV = {
@@ -42,19 +43,13 @@ export interface KernelBuildRequest {
   jobs?: number;
 }
 
-export interface BuiltKernel extends KernelArtifact {
-  /** The O= build directory kept in the entry (for M= module builds and incremental rebuilds). */
-  objDir: string;
-  /** Whether make ran for this request (false: the cached entry was reused). */
-  built: boolean;
-  buildSeconds?: number;
-  /** How the build started: from scratch, or from an earlier entry's objects. */
-  incrementalFrom?: string;
-  patches: Array<{ name: string; sha256: string; origin: string }>;
-  configSha256: string;
-}
 
-export class KernelBuildError extends HwlabError {}
+/** A patched tree that does not build (compile or link errors): the series is at fault. */
+export class KernelBuildError extends InputError {
+  constructor(message: string, hint?: string) {
+    super(message, hint, 'build-failed');
+  }
+}
 
 function workDir(tree: KernelTree): string {
   return path.join(cacheRoot(), 'kbuild-work', cacheKey({ tree: tree.id }));
@@ -77,7 +72,7 @@ export function touchedFiles(patches: PatchFile[]): string[] {
 
 async function compilerId(): Promise<string> {
   const r = await execa('gcc', ['--version'], { reject: false });
-  if (r.exitCode !== 0) throw new HwlabError('gcc is not installed', 'apt-get install gcc make flex bison bc libelf-dev libssl-dev');
+  if (r.exitCode !== 0) throw new InfraError('gcc is not installed', 'apt-get install gcc make flex bison bc libelf-dev libssl-dev');
   return r.stdout.split('\n')[0];
 }
 
@@ -238,13 +233,14 @@ async function runMake(args: string[], req: KernelBuildRequest, src: string, obj
   const r = await child;
   if (r.exitCode !== 0) {
     const errors = extractBuildErrors(String(r.all));
+    if (isDiskFull(String(r.all))) throw new InfraError(`make ${args.join(' ')} failed: the disk is full (No space left on device); full log: ${req.logFile}`, 'free space, e.g. hwlab cache prune --max-size 20G', 'disk-full');
     throw new KernelBuildError(
       `make ${args.join(' ')} failed (exit ${r.exitCode}); full log: ${req.logFile}\n${errors.length ? errors.join('\n') : String(r.all).split('\n').slice(-20).join('\n')}`,
     );
   }
 }
 
-export async function buildKernel(req: KernelBuildRequest): Promise<BuiltKernel> {
+export async function buildKernel(req: KernelBuildRequest): Promise<SourceKernel> {
   const work = workDir(req.tree);
   await mkdir(work, { recursive: true });
   // A cache hit needs neither src/ nor obj/: no waiting for another build of the same tree.
@@ -261,7 +257,7 @@ function buildKey(req: KernelBuildRequest, configSha: string, compiler: string):
 }
 
 /** The finished entry for this request when both the config and the build are cached; otherwise null. */
-async function cachedBuild(req: KernelBuildRequest): Promise<BuiltKernel | null> {
+async function cachedBuild(req: KernelBuildRequest): Promise<SourceKernel | null> {
   const configDir = entryDir('kconfig', configKey(req));
   if (!isComplete(configDir)) return null;
   const configSha = sha256(await readFile(path.join(configDir, 'config'), 'utf8'));
@@ -273,11 +269,12 @@ async function cachedBuild(req: KernelBuildRequest): Promise<BuiltKernel | null>
   return builtFromEntry(req, dir, key, configSha, false);
 }
 
-async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string, configSha: string, built: boolean, buildSeconds?: number, incrementalFrom?: string): Promise<BuiltKernel> {
+async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string, configSha: string, built: boolean, buildSeconds?: number, incrementalFrom?: string): Promise<SourceKernel> {
   const manifest = JSON.parse(await readFile(path.join(dir, 'build.json'), 'utf8')) as BuildManifest;
   if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${manifest.finishedAt} in ${manifest.buildSeconds.toFixed(0)} s)\n`);
   return {
-    ...artifactInEntry(dir, key, { source: 'built', package: req.tree.label, version: req.tree.version, release: manifest.release }),
+    kind: 'source',
+    ...filesInEntry(dir, key, { package: req.tree.label, version: req.tree.version, release: manifest.release }),
     objDir: path.join(dir, 'obj'),
     built,
     buildSeconds,
@@ -287,7 +284,7 @@ async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string,
   };
 }
 
-async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise<BuiltKernel> {
+async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise<SourceKernel> {
   const src = path.join(work, 'src');
   const obj = path.join(work, 'obj');
   await mkdir(work, { recursive: true });
@@ -331,7 +328,7 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
       // Compare values, not text: the header comment names ARCH and the tool versions.
       const values = (t: string) => t.split('\n').filter((l) => l && !l.startsWith('# ') || / is not set$/.test(l)).join('\n');
       if (values(after) !== values(configText)) {
-        throw new KernelBuildError('olddefconfig changed the verified config in the build tree; the source tree and the config cache disagree');
+        throw new InfraError('olddefconfig changed the verified config in the build tree; the source tree and the config cache disagree');
       }
       await runMake(['bzImage', 'modules'], req, src, obj, log);
       req.step.update('modules_install');

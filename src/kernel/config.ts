@@ -7,9 +7,11 @@
 import { mkdir, readFile, writeFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { Step } from '../util/progress.ts';
+import { parseDotConfig, readConfigLine } from './dotconfig.ts';
 import { buildKconfigIndex, explainMismatch, type KconfigIndex } from './kconfig.ts';
+import { InputError } from '../util/errors.ts';
 
 export interface Requested {
   /** As parseDotConfig gives it: y, m, n, a number, or a string without its quotes. */
@@ -28,30 +30,10 @@ export interface ConfigMismatch {
   explanation: string;
 }
 
-export class ConfigError extends HwlabError {
+export class ConfigError extends InputError {
   constructor(message: string, readonly mismatches: ConfigMismatch[] = [], hint?: string) {
-    super(message, hint);
-    this.name = 'ConfigError';
+    super(message, hint, 'config-does-not-hold');
   }
-}
-
-const unquote = (v: string) =>
-  v.length >= 2 && v.startsWith('"') && v.endsWith('"') ? v.slice(1, -1).replace(/\\(["\\])/g, '$1') : v;
-
-const SET = /^CONFIG_([A-Za-z0-9_]+)=(.*)$/;
-const NOT_SET = /^# CONFIG_([A-Za-z0-9_]+) is not set\s*$/;
-
-/** A .config (or fragment) as symbol (without CONFIG_) -> value; 'n' for "is not set"; strings unquoted. Last line wins. */
-export function parseDotConfig(text: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const line of text.split('\n')) {
-    const l = line.trimEnd();
-    let m = SET.exec(l);
-    if (m) { out.set(m[1], unquote(m[2])); continue; }
-    m = NOT_SET.exec(l);
-    if (m) out.set(m[1], 'n');
-  }
-  return out;
 }
 
 /**
@@ -65,16 +47,10 @@ export function requestedValues(fragments: Array<{ file: string; text: string }>
   for (const f of fragments) {
     f.text.split('\n').forEach((line, i) => {
       const l = line.trim();
-      let m = SET.exec(l);
-      if (m) {
-        out.delete(m[1]); // re-insert so iteration order follows the winning line
-        out.set(m[1], { value: unquote(m[2]), raw: m[2], file: f.file, line: i + 1 });
-        return;
-      }
-      m = NOT_SET.exec(l);
-      if (m) {
-        out.delete(m[1]);
-        out.set(m[1], { value: 'n', raw: 'n', file: f.file, line: i + 1 });
+      const c = readConfigLine(l, i + 1);
+      if (c) {
+        out.delete(c.symbol); // re-insert so iteration order follows the winning line
+        out.set(c.symbol, { value: c.value, raw: c.raw, file: f.file, line: c.line });
         return;
       }
       // merge_config.sh would silently ignore anything else: a typo would be a request that is never checked.

@@ -7,10 +7,11 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promise
 import path from 'node:path';
 import type { DebianKernelSpec } from '../lab/types.ts';
 import { cacheRoot, ensureEntry, cacheKey } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { Step } from '../util/progress.ts';
 import { makeExt4 } from '../util/ext4.ts';
-import { artifactInEntry, type KernelArtifact } from './types.ts';
+import { filesInEntry, type StockKernel } from './types.ts';
+import { InfraError, InputError } from '../util/errors.ts';
 
 const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
 /** Resolutions younger than this are reused without `apt-get update` (warm runs stay fast). */
@@ -46,13 +47,13 @@ export async function aptUpdate(spec: Pick<DebianKernelSpec, 'suite' | 'mirror'>
     await mkdir(path.join(dir, d), { recursive: true });
   }
   if (!existsSync(KEYRING)) {
-    throw new HwlabError(`${KEYRING} is missing`, 'install it: apt-get install debian-archive-keyring');
+    throw new InfraError(`${KEYRING} is missing`, 'install it: apt-get install debian-archive-keyring');
   }
   await writeFile(path.join(dir, 'sources.list'), `deb [signed-by=${KEYRING}] ${spec.mirror} ${spec.suite} main\n`);
   await writeFile(path.join(dir, 'status'), '');
   const r = await execa('apt-get', [...aptOptions(dir), '-q', 'update'], { reject: false, timeout: 300_000 });
   if (r.exitCode !== 0 || /^(E|W): Failed/m.test(r.stderr)) {
-    throw new HwlabError(`apt-get update for ${spec.suite} at ${spec.mirror} failed:\n${r.stderr.trim()}`);
+    throw new InfraError(`apt-get update for ${spec.suite} at ${spec.mirror} failed:\n${r.stderr.trim()}`);
   }
 }
 
@@ -91,7 +92,7 @@ export async function resolveDebianKernel(spec: DebianKernelSpec, opts: { refres
   await aptUpdate(spec, dir);
   const prefix = spec.package.replace(/^linux-image-/, '');
   if (!/^\d+\.\d+(\.\d+)?/.test(prefix)) {
-    throw new HwlabError(`kernel.debian: "${spec.package}" is not of the form linux-image-<major>.<minor>[.<patch>]`);
+    throw new InputError(`kernel.debian: "${spec.package}" is not of the form linux-image-<major>.<minor>[.<patch>]`);
   }
   const esc = prefix.replace(/[.+]/g, (c) => `\\${c}`);
   const flav = spec.flavour.replace(/[.+]/g, (c) => `\\${c}`);
@@ -100,7 +101,7 @@ export async function resolveDebianKernel(spec: DebianKernelSpec, opts: { refres
   const r = await execa('apt-cache', [...aptOptions(dir), 'pkgnames', 'linux-image-'], { timeout: 60_000 });
   const matches = r.stdout.split('\n').map((l) => l.trim()).filter((n) => re.test(n));
   if (matches.length === 0) {
-    throw new HwlabError(
+    throw new InputError(
       `kernel.debian: no package matching ${spec.package} (flavour ${spec.flavour}) in ${spec.suite} at ${spec.mirror}`,
     );
   }
@@ -109,7 +110,7 @@ export async function resolveDebianKernel(spec: DebianKernelSpec, opts: { refres
   const abi = pkg.match(re)![1];
   const show = await execa('apt-cache', [...aptOptions(dir), 'show', '--no-all-versions', pkg], { timeout: 60_000 });
   const version = show.stdout.match(/^Version: (\S+)/m)?.[1];
-  if (!version) throw new HwlabError(`apt-cache show ${pkg} gave no Version`);
+  if (!version) throw new InfraError(`apt-cache show ${pkg} gave no Version`);
   const res: ResolvedDebianKernel = { package: pkg, version, release: `${abi}-${spec.flavour}`, resolvedAt: new Date().toISOString() };
   await writeFile(memo, JSON.stringify(res, null, 2));
   return res;
@@ -125,7 +126,7 @@ export async function aptDownloadExtract(apt: string, pkgs: string[], workDir: s
   await mkdir(debs, { recursive: true });
   step.update(`downloading ${pkgs.join(' ')}`);
   const dl = await execa('apt-get', [...aptOptions(apt), '-q', 'download', ...pkgs], { cwd: debs, reject: false, timeout: 900_000 });
-  if (dl.exitCode !== 0) throw new HwlabError(`apt-get download ${pkgs.join(' ')} failed:\n${dl.stderr.trim()}`);
+  if (dl.exitCode !== 0) throw new InfraError(`apt-get download ${pkgs.join(' ')} failed:\n${dl.stderr.trim()}`);
   const root = path.join(workDir, 'root');
   await mkdir(root, { recursive: true });
   for (const deb of (await readdir(debs)).filter((f) => f.endsWith('.deb'))) {
@@ -137,7 +138,7 @@ export async function aptDownloadExtract(apt: string, pkgs: string[], workDir: s
 }
 
 /** Fetches and unpacks the kernel; cached by package and exact version. */
-export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts: { refresh?: boolean } = {}): Promise<KernelArtifact> {
+export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts: { refresh?: boolean } = {}): Promise<StockKernel> {
   step.update('resolving');
   const res = await resolveDebianKernel(spec, opts);
   const key = cacheKey({ v: 2, package: res.package, version: res.version, mirror: spec.mirror });
@@ -155,12 +156,12 @@ export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts
     // Modules under modroot/lib/modules/<release>: the layout depmod -b and the guest expect.
     const candidates = [path.join(root, 'usr/lib/modules', res.release), path.join(root, 'lib/modules', res.release)];
     const modSrc = candidates.find((c) => existsSync(c));
-    if (!modSrc) throw new HwlabError(`${res.package}: no modules directory for ${res.release} in the packages`);
+    if (!modSrc) throw new InfraError(`${res.package}: no modules directory for ${res.release} in the packages`);
     const modDest = path.join(tmp, 'modroot/lib/modules', res.release);
     await mkdir(path.dirname(modDest), { recursive: true });
     await rename(modSrc, modDest);
     const vmlinuz = [path.join(modDest, 'vmlinuz'), path.join(root, 'boot', `vmlinuz-${res.release}`)].find((c) => existsSync(c));
-    if (!vmlinuz) throw new HwlabError(`${res.package}: no vmlinuz found in the packages`);
+    if (!vmlinuz) throw new InfraError(`${res.package}: no vmlinuz found in the packages`);
     await rename(vmlinuz, path.join(tmp, 'vmlinuz'));
     const config = [path.join(modDest, 'config'), path.join(root, 'boot', `config-${res.release}`)].find((c) => existsSync(c));
     if (config) await rename(config, path.join(tmp, 'config'));
@@ -171,6 +172,6 @@ export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts
     await makeExt4(path.join(tmp, 'modroot/lib/modules'), path.join(tmp, 'modules.ext4'), 'hwlab-mods');
     await writeFile(path.join(tmp, 'kernel.json'), JSON.stringify(res, null, 2));
   });
-  return artifactInEntry(dir, key, { source: 'debian-prebuilt', package: res.package, version: res.version, release: res.release });
+  return { kind: 'stock', ...filesInEntry(dir, key, { package: res.package, version: res.version, release: res.release }) };
 }
 

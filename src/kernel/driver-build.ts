@@ -20,22 +20,22 @@ import { chmod, copyFile, link, lstat, mkdir, open, readdir, readFile, readlink,
 import os from 'node:os';
 import path from 'node:path';
 import { readModuleIndex } from '../image/initramfs.ts';
-import type { DebianKernelSpec } from '../lab/types.ts';
+import { DEFAULT_DRIVER_DIRS, type DebianKernelSpec } from '../lab/types.ts';
 import { cacheKey, ensureEntry } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import { makeExt4 } from '../util/ext4.ts';
 import type { Step } from '../util/progress.ts';
 import { extractBuildErrors, KernelBuildError, touchedFiles } from './build.ts';
 import { aptDir, aptDownloadExtract, aptOptions } from './debian.ts';
 import { applySeries, scratchCopy, type PatchFile } from './patches.ts';
 import { resolveKernelTree, type KernelTree } from './source.ts';
-import { artifactInEntry, type KernelArtifact } from './types.ts';
-
-export const DEFAULT_DRIVER_DIRS = ['drivers/vfio/pci'];
+import { configSettings } from './dotconfig.ts';
+import { filesInEntry, type OverlayKernel, type ReplacedModule, type StockKernel } from './types.ts';
+import { InfraError, InputError } from '../util/errors.ts';
 
 export interface DriverBuildRequest {
   /** The prebuilt Debian kernel (fetchDebianKernel's result), release e.g. 7.2.13+deb14-amd64. */
-  kernel: KernelArtifact;
+  kernel: StockKernel;
   /** Suite and mirror the kernel came from: the headers and linux-source are fetched from the same place. */
   debian: Pick<DebianKernelSpec, 'suite' | 'mirror'>;
   /** Tree-relative driver directories to rebuild; default DEFAULT_DRIVER_DIRS. */
@@ -47,56 +47,24 @@ export interface DriverBuildRequest {
   jobs?: number;
 }
 
-export interface ReplacedModule {
-  /** Module name as the kernel knows it (dashes as underscores): vfio_pci_core. */
-  module: string;
-  /** Path under lib/modules/<release> of the rebuilt .ko. */
-  path: string;
-  /** GNU build-id of the rebuilt .ko (hex): what /sys/module/<name>/notes/.note.gnu.build-id shows once loaded. */
-  buildId: string;
-  /** The stock module it replaced (relative path), absent for a module the stock kernel does not have. */
-  stock?: string;
-}
-
-export interface DriverOverlay extends KernelArtifact {
-  /** Rebuilt modules now in the modules tree in place of the stock ones. */
-  replaced: ReplacedModule[];
-  /** Rebuilt modules the stock kernel did not ship (a patch that adds a module). */
-  added: ReplacedModule[];
-  headers: { package: string; version: string };
-  compiler: {
-    /** CONFIG_CC_VERSION_TEXT of the Debian kernel. */
-    kernel: string;
-    /** `--version` line of the compiler that built the modules. */
-    used: string;
-    /** Set when they differ: what was adapted. */
-    note?: string;
-  };
-  dirs: string[];
-  patches: Array<{ name: string; sha256: string; origin: string }>;
-  /** Whether make ran for this request (false: cached entry reused). */
-  built: boolean;
-  buildSeconds?: number;
-}
-
 // ---------------------------------------------------------------------------
 // Request checks (pure)
 
 /** Normalises the lab's dirs: tree-relative, no '..', no trailing slash, no overlaps. */
 export function normalizeDriverDirs(dirs: string[]): string[] {
-  if (dirs.length === 0) throw new HwlabError('kernel.driver.dirs is empty: name at least one tree-relative directory, e.g. drivers/vfio/pci');
+  if (dirs.length === 0) throw new InputError('kernel.driver.dirs is empty: name at least one tree-relative directory, e.g. drivers/vfio/pci');
   const out: string[] = [];
   for (const raw of dirs) {
     const d = path.posix.normalize(raw.trim()).replace(/\/+$/, '');
     if (!d || d === '.' || path.posix.isAbsolute(d) || d === '..' || d.startsWith('../')) {
-      throw new HwlabError(`kernel.driver.dirs: "${raw}" is not a directory inside the kernel tree (give a path like drivers/vfio/pci)`);
+      throw new InputError(`kernel.driver.dirs: "${raw}" is not a directory inside the kernel tree (give a path like drivers/vfio/pci)`);
     }
     out.push(d);
   }
   for (const a of out) {
     for (const b of out) {
       if (a !== b && b.startsWith(`${a}/`)) {
-        throw new HwlabError(`kernel.driver.dirs: ${b} is inside ${a}; list only ${a} (kbuild builds its subdirectories with it)`);
+        throw new InputError(`kernel.driver.dirs: ${b} is inside ${a}; list only ${a} (kbuild builds its subdirectories with it)`);
       }
     }
   }
@@ -120,7 +88,7 @@ export function assertPatchesConfined(patches: PatchFile[], dirs: string[]): voi
   }
   if (outside.length === 0) return;
   const lines = outside.map((o) => `  ${o.file}  (${o.patches.join(', ')})`);
-  throw new HwlabError(
+  throw new InputError(
     `the driver fast path rebuilds only ${dirs.join(', ')} against the prebuilt Debian kernel, but the patch series also changes ${outside.length === 1 ? 'this file' : `these ${outside.length} files`} outside ${dirs.length === 1 ? 'it' : 'them'}:\n${lines.join('\n')}\n` +
       'those changes would not be in the kernel that boots, so the lab would test code that is not the patched code',
     outside.every((o) => o.file.startsWith('drivers/'))
@@ -144,16 +112,6 @@ export function upstreamVersion(debianVersion: string): string {
  * -fmin-function-alignment=, which gcc 12 rejects) and headers into attributes.
  */
 export const TOOLCHAIN_SYMBOL = /^CONFIG_(CC_HAS_|CC_CAN_|CC_IS_|CC_VERSION_TEXT$|CC_OPT_|GCC_VERSION$|GCC_ASM_|CLANG_VERSION$|AS_|LD_VERSION$|LD_IS_|LD_CAN_|LD_ORPHAN_WARN|TOOLS_SUPPORT_|PAHOLE_)/;
-
-/** `CONFIG_X=value` lines of a .config / auto.conf ("is not set" lines and comments are skipped). */
-export function parseConfigValues(text: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const line of text.split('\n')) {
-    const m = line.match(/^(CONFIG_[A-Za-z0-9_]+)=(.*)$/);
-    if (m) out.set(m[1], m[2]);
-  }
-  return out;
-}
 
 export interface ConfigChange {
   symbol: string;
@@ -215,7 +173,7 @@ export interface PreparedHeaders {
   version: string;
   /** Extra make arguments every module build against these headers needs (CC=...). */
   makeArgs: string[];
-  compiler: DriverOverlay['compiler'];
+  compiler: OverlayKernel['compiler'];
   cacheKey: string;
 }
 
@@ -255,7 +213,7 @@ async function chooseCompiler(ccVersionText: string): Promise<{ cc: string; used
     if (v === ccVersionText) return { cc: want, used: v, exact: true };
   }
   const host = await firstLine('gcc', ['--version']);
-  if (!host) throw new HwlabError('gcc is not installed', 'apt-get install gcc make flex bison bc libelf-dev libssl-dev');
+  if (!host) throw new InfraError('gcc is not installed', 'apt-get install gcc make flex bison bc libelf-dev libssl-dev');
   return { cc: 'gcc', used: host, exact: host === ccVersionText };
 }
 
@@ -357,13 +315,13 @@ export function headerDepends(depends: string): Array<{ name: string; version?: 
  *   (the kernel only registers BTF a module carries).
  */
 export async function prepareHeaders(
-  kernel: KernelArtifact,
+  kernel: Pick<StockKernel, 'package' | 'version' | 'release'>,
   debian: Pick<DebianKernelSpec, 'suite' | 'mirror'>,
   tree: KernelTree,
   step: Step,
 ): Promise<PreparedHeaders> {
   const pkg = `linux-headers-${kernel.release}`;
-  if (!/^[a-z0-9][a-z0-9+.-]+$/.test(pkg)) throw new HwlabError(`${pkg} is not a Debian package name`);
+  if (!/^[a-z0-9][a-z0-9+.-]+$/.test(pkg)) throw new InputError(`${pkg} is not a Debian package name`);
   const hostCc = (await firstLine('gcc', ['--version'])) ?? 'none';
   const hostLd = (await firstLine('ld', ['--version'])) ?? 'none';
   const hostLibc = (await firstLine('ldd', ['--version'])) ?? 'none';
@@ -373,7 +331,7 @@ export async function prepareHeaders(
     step.update(`apt-cache show ${pkg}`);
     const show = await execa('apt-cache', [...aptOptions(apt), 'show', `${pkg}=${kernel.version}`], { reject: false, timeout: 60_000 });
     if (show.exitCode !== 0 || !aptShowField(show.stdout, 'Version')) {
-      throw new HwlabError(
+      throw new InfraError(
         `${pkg} version ${kernel.version} (matching the kernel) is not in ${debian.suite} at ${debian.mirror}${show.stderr.trim() ? `: ${show.stderr.trim()}` : ''}`,
         'the suite may have moved on: re-fetch the kernel (hwlab cache prune, or wait for the resolution TTL) so kernel and headers match',
       );
@@ -384,12 +342,12 @@ export async function prepareHeaders(
     const headersRel = `usr/src/${pkg}`;
     const headersDir = path.join(root, headersRel);
     if (!existsSync(path.join(headersDir, 'Makefile')) || !existsSync(path.join(headersDir, '.config'))) {
-      throw new HwlabError(`${pkg}: no ${headersRel}/Makefile and .config in the package`);
+      throw new InfraError(`${pkg}: no ${headersRel}/Makefile and .config in the package`);
     }
     await relocate(root, headersDir);
     await rm(path.join(headersDir, 'vmlinux'), { force: true });
 
-    const config = parseConfigValues(await readFile(path.join(headersDir, '.config'), 'utf8'));
+    const config = configSettings(await readFile(path.join(headersDir, '.config'), 'utf8'));
     const ccText = JSON.parse(config.get('CONFIG_CC_VERSION_TEXT') ?? '""') as string;
     const cc = await chooseCompiler(ccText);
 
@@ -408,7 +366,7 @@ export async function prepareHeaders(
       const log: string[] = [];
       step.update('kconfig with the host toolchain');
       await kmake(tree.dir, obj, ['olddefconfig'], cc.cc, log, step, 'olddefconfig');
-      const hostConf = parseConfigValues(await readFile(path.join(obj, '.config'), 'utf8'));
+      const hostConf = configSettings(await readFile(path.join(obj, '.config'), 'utf8'));
       if (!cc.exact) {
         changes = toolchainChanges(config, hostConf);
         kept = [...new Set([...config.keys(), ...hostConf.keys()])]
@@ -442,7 +400,7 @@ export async function prepareHeaders(
     const stillBroken = (await unrunnableBinaries(kbuild)).filter((b) => !FOREIGN_TARGET_VARIANT.test(b));
     const missing = neededTools(config).filter((t) => stillBroken.includes(t) || stillBroken.some((b) => hostCounterpart(b) === t));
     if (missing.length) {
-      throw new HwlabError(`${pkg}: the module build needs ${missing.join(', ')}, which neither the package's binaries nor a host build provide`);
+      throw new InfraError(`${pkg}: the module build needs ${missing.join(', ')}, which neither the package's binaries nor a host build provide`);
     }
     const note = cc.exact
       ? undefined
@@ -479,9 +437,9 @@ export async function prepareHeaders(
 async function kbuildDir(root: string, headersDir: string): Promise<string> {
   const scripts = path.join(headersDir, 'scripts');
   const st = await lstat(scripts).catch(() => undefined);
-  if (!st) throw new HwlabError(`${headersDir}: no scripts/ (is linux-kbuild missing from the packages?)`);
+  if (!st) throw new InfraError(`${headersDir}: no scripts/ (is linux-kbuild missing from the packages?)`);
   const real = st.isSymbolicLink() ? path.resolve(path.dirname(scripts), await readlink(scripts)) : scripts;
-  if (!real.startsWith(root + path.sep) || !existsSync(real)) throw new HwlabError(`${headersDir}/scripts leads outside the unpacked packages (${real})`);
+  if (!real.startsWith(root + path.sep) || !existsSync(real)) throw new InfraError(`${headersDir}/scripts leads outside the unpacked packages (${real})`);
   return path.dirname(real);
 }
 
@@ -506,7 +464,7 @@ async function relocate(root: string, headersDir: string): Promise<void> {
     .replace(/^(KBUILD_OUTPUT[ \t]*:?=[ \t]*)(\/\S+)[ \t]*$/m, (_m, k: string, p: string) => `${k}${rel(p)}`)
     .replace(/^(-?include[ \t]+)(\/usr\/\S+)[ \t]*$/gm, (_m, k: string, p: string) => `${k}${rel(p)}`);
   if (/^[^#\n]*\s\/usr\/(src|lib\/linux-kbuild)/m.test(fixed)) {
-    throw new HwlabError(`${mk}: still names /usr/src or /usr/lib/linux-kbuild after relocation; unexpected Makefile layout`);
+    throw new InfraError(`${mk}: still names /usr/src or /usr/lib/linux-kbuild after relocation; unexpected Makefile layout`);
   }
   await rm(mk);
   await writeFile(mk, fixed);
@@ -565,7 +523,7 @@ export async function makeModules(headers: Pick<PreparedHeaders, 'dir' | 'makeAr
   const order = path.join(dir, 'modules.order');
   const listed = existsSync(order) ? (await readFile(order, 'utf8')).split('\n').map((l) => l.trim()).filter(Boolean) : [];
   const kos = listed.map((o) => o.replace(/\.o$/, '.ko'));
-  for (const ko of kos) if (!existsSync(path.join(dir, ko))) throw new HwlabError(`make M=${dir} listed ${ko} in modules.order but did not produce it`);
+  for (const ko of kos) if (!existsSync(path.join(dir, ko))) throw new InfraError(`make M=${dir} listed ${ko} in modules.order but did not produce it`);
   return kos;
 }
 
@@ -577,13 +535,13 @@ export async function elfBuildId(file: string): Promise<string> {
   // readelf exits 1 on warnings it has about the rest of a file (e.g. a signed module's appended signature).
   const r = await execa('readelf', ['-n', file], { env: { LC_ALL: 'C' }, reject: false });
   const m = r.stdout.match(/Build ID:\s*([0-9a-f]+)/);
-  if (!m) throw new HwlabError(`${file} has no GNU build-id note${r.stderr.trim() ? ` (readelf: ${r.stderr.trim().slice(0, 300)})` : ''}`);
+  if (!m) throw new InfraError(`${file} has no GNU build-id note${r.stderr.trim() ? ` (readelf: ${r.stderr.trim().slice(0, 300)})` : ''}`);
   return m[1];
 }
 
 async function modinfoField(file: string, field: string): Promise<string> {
   const r = await execa('modinfo', ['-F', field, file], { reject: false });
-  if (r.exitCode !== 0) throw new HwlabError(`modinfo -F ${field} ${file} failed: ${r.stderr.trim()}`);
+  if (r.exitCode !== 0) throw new InfraError(`modinfo -F ${field} ${file} failed: ${r.stderr.trim()}`);
   return r.stdout.trim();
 }
 
@@ -595,9 +553,9 @@ const modName = (rel: string) => path.basename(rel).replace(/\.ko(\.(xz|zst|gz))
 interface DriverManifest {
   release: string;
   headers: { package: string; version: string };
-  compiler: DriverOverlay['compiler'];
+  compiler: OverlayKernel['compiler'];
   dirs: string[];
-  patches: DriverOverlay['patches'];
+  patches: OverlayKernel['patches'];
   replaced: ReplacedModule[];
   added: ReplacedModule[];
   /** Stock modules under the dirs that the build did not produce (left as shipped). */
@@ -613,17 +571,17 @@ interface DriverManifest {
  * Used by the fast path and by hwlab's own modules on prebuilt kernels.
  */
 export async function headersForPrebuilt(
-  kernel: KernelArtifact,
+  kernel: Pick<StockKernel, 'package' | 'version' | 'release'>,
   debian: Pick<DebianKernelSpec, 'suite' | 'mirror'>,
   step: Step,
 ): Promise<{ tree: KernelTree; headers: PreparedHeaders }> {
   const mm = kernel.release.match(/^(\d+\.\d+)/);
-  if (!mm) throw new HwlabError(`kernel release ${kernel.release} does not start with <major>.<minor>`);
+  if (!mm) throw new InfraError(`kernel release ${kernel.release} does not start with <major>.<minor>`);
   const sourcePkg = `linux-source-${mm[1]}`;
   const tree = await resolveKernelTree({ kind: 'debian-source', package: sourcePkg, suite: debian.suite, mirror: debian.mirror }, step);
   const want = upstreamVersion(kernel.version);
   if (tree.version !== want) {
-    throw new HwlabError(
+    throw new InfraError(
       `${sourcePkg} in ${debian.suite} is ${tree.label} (upstream ${tree.version}), but the prebuilt kernel ${kernel.package} is ${kernel.version} (upstream ${want}); ` +
         'driver sources must match the kernel they load into',
       'the suite is mid-update: retry later, or re-fetch the kernel so both come from the same upload',
@@ -633,12 +591,12 @@ export async function headersForPrebuilt(
   return { tree, headers: await prepareHeaders(kernel, debian, tree, step) };
 }
 
-export async function buildDriverOverlay(req: DriverBuildRequest): Promise<DriverOverlay> {
+export async function buildOverlayKernel(req: DriverBuildRequest): Promise<OverlayKernel> {
   const { kernel, step } = req;
   const dirs = normalizeDriverDirs(req.dirs.length ? req.dirs : DEFAULT_DRIVER_DIRS);
   assertPatchesConfined(req.patches, dirs);
-  if (kernel.source !== 'debian-prebuilt') {
-    throw new HwlabError(`the driver fast path needs a prebuilt Debian kernel; ${kernel.package} was built from source (rebuild it with the patches instead)`);
+  if (kernel.kind !== 'stock') {
+    throw new InputError(`the driver fast path needs a prebuilt Debian kernel; ${kernel.package} was built from source (rebuild it with the patches instead)`);
   }
   const { tree, headers } = await headersForPrebuilt(kernel, req.debian, step);
   const patchesInfo = req.patches.map((p) => ({ name: p.name, sha256: p.sha256, origin: p.origin }));
@@ -659,7 +617,7 @@ export async function buildDriverOverlay(req: DriverBuildRequest): Promise<Drive
     const src = path.join(tmp, 'src');
     for (const d of dirs) {
       const from = path.join(tree.dir, d);
-      if (!(await stat(from).catch(() => undefined))?.isDirectory()) throw new HwlabError(`kernel.driver.dirs: ${d} is not a directory in ${tree.label}`);
+      if (!(await stat(from).catch(() => undefined))?.isDirectory()) throw new InputError(`kernel.driver.dirs: ${d} is not a directory in ${tree.label}`);
       step.update(`copying ${d}`);
       await scratchCopy(from, path.join(src, d));
     }
@@ -679,13 +637,13 @@ export async function buildDriverOverlay(req: DriverBuildRequest): Promise<Drive
       await writeFile(req.logFile, logChunks.join(''));
     }
     if (builtKos.length === 0) {
-      throw new HwlabError(`make produced no modules in ${dirs.join(', ')}: the kernel config builds nothing there as a module (built in, or disabled)`);
+      throw new InputError(`make produced no modules in ${dirs.join(', ')}: the kernel config builds nothing there as a module (built in, or disabled)`);
     }
 
     step.update('merging modules');
     const modroot = path.join(tmp, 'modroot');
     const r = await execa('cp', ['-al', '--', kernel.modulesRoot, modroot], { reject: false });
-    if (r.exitCode !== 0) throw new HwlabError(`copying the stock modules tree failed: ${r.stderr.trim()}`);
+    if (r.exitCode !== 0) throw new InfraError(`copying the stock modules tree failed: ${r.stderr.trim()}`);
     const modDir = path.join(modroot, 'lib/modules', kernel.release);
     // depmod rewrites these; unlink so the stock entry's hard-linked copies stay untouched.
     for (const f of await readdir(modDir)) if (/^modules\./.test(f)) await rm(path.join(modDir, f));
@@ -699,10 +657,10 @@ export async function buildDriverOverlay(req: DriverBuildRequest): Promise<Drive
       if (stockRel) {
         const stockVermagic = await modinfoField(path.join(stockDir, stockRel), 'vermagic');
         if (newVermagic !== stockVermagic) {
-          throw new HwlabError(`rebuilt ${name} has vermagic "${newVermagic}", the stock module "${stockVermagic}": the kernel would refuse to load it`);
+          throw new InfraError(`rebuilt ${name} has vermagic "${newVermagic}", the stock module "${stockVermagic}": the kernel would refuse to load it`);
         }
       } else if (!newVermagic.startsWith(`${kernel.release} `)) {
-        throw new HwlabError(`rebuilt ${name} has vermagic "${newVermagic}", not for ${kernel.release}`);
+        throw new InfraError(`rebuilt ${name} has vermagic "${newVermagic}", not for ${kernel.release}`);
       }
       vermagic = newVermagic;
       const rel = stockRel ? stockRel.replace(/\.ko\.(xz|zst|gz)$/, '.ko') : path.posix.join('kernel', b.dir, b.ko);
@@ -711,7 +669,7 @@ export async function buildDriverOverlay(req: DriverBuildRequest): Promise<Drive
       await mkdir(path.dirname(dest), { recursive: true });
       // Like INSTALL_MOD_STRIP=1: debug info out, the build-id note stays.
       const s = await execa('strip', ['--strip-debug', '-o', dest, b.full], { reject: false });
-      if (s.exitCode !== 0) throw new HwlabError(`strip --strip-debug ${b.full} failed: ${s.stderr.trim()}`);
+      if (s.exitCode !== 0) throw new InfraError(`strip --strip-debug ${b.full} failed: ${s.stderr.trim()}`);
       const entry: ReplacedModule = { module: name, path: rel, buildId: await elfBuildId(dest), stock: stockRel };
       (stockRel ? replaced : added).push(entry);
     }
@@ -721,7 +679,7 @@ export async function buildDriverOverlay(req: DriverBuildRequest): Promise<Drive
       .sort();
     step.update('depmod');
     const dm = await execa('depmod', ['-b', modroot, kernel.release], { reject: false, timeout: 300_000 });
-    if (dm.exitCode !== 0) throw new HwlabError(`depmod for the merged modules tree failed: ${dm.stderr.trim()}`);
+    if (dm.exitCode !== 0) throw new InfraError(`depmod for the merged modules tree failed: ${dm.stderr.trim()}`);
     step.update('modules disk');
     await makeExt4(path.join(modroot, 'lib/modules'), path.join(tmp, 'modules.ext4'), 'hwlab-mods');
     // The image is the stock one; linked (or copied) in so the entry stands on its own.
@@ -748,7 +706,8 @@ export async function buildDriverOverlay(req: DriverBuildRequest): Promise<Drive
   const m = JSON.parse(await readFile(path.join(dir, 'driver.json'), 'utf8')) as DriverManifest;
   if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${m.finishedAt} in ${m.buildSeconds.toFixed(0)} s)\n`);
   return {
-    ...artifactInEntry(dir, key, { source: kernel.source, package: kernel.package, version: kernel.version, release: kernel.release }),
+    kind: 'overlay',
+    ...filesInEntry(dir, key, { package: kernel.package, version: kernel.version, release: kernel.release }),
     replaced: m.replaced,
     added: m.added,
     headers: m.headers,

@@ -11,13 +11,14 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { DebianKernelSpec } from '../lab/types.ts';
 import { cacheKey, ensureEntry, sha256 } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { Step } from '../util/progress.ts';
-import { withPatchedSource, type BuiltKernel } from './build.ts';
+import { withPatchedSource } from './build.ts';
 import { elfBuildId, headersForPrebuilt, makeModules, type PreparedHeaders } from './driver-build.ts';
 import type { PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
-import type { KernelArtifact } from './types.ts';
+import type { SourceKernel, StockKernel } from './types.ts';
+import { InfraError } from '../util/errors.ts';
 
 export const KMOD_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../guest/kmod');
 
@@ -36,18 +37,18 @@ export interface HwlabModule {
 
 /** How to reach a kernel's build interface. */
 export type ModuleTarget =
-  | { kind: 'built'; kernel: BuiltKernel; tree: KernelTree; patches: PatchFile[] }
-  | { kind: 'prebuilt'; kernel: KernelArtifact; debian: Pick<DebianKernelSpec, 'suite' | 'mirror'> };
+  | { kind: 'built'; kernel: SourceKernel; tree: KernelTree; patches: PatchFile[] }
+  | { kind: 'prebuilt'; kernel: StockKernel; debian: Pick<DebianKernelSpec, 'suite' | 'mirror'> };
 
 async function sourceFiles(dir: string): Promise<Array<{ name: string; text: string }>> {
-  if (!existsSync(dir)) throw new HwlabError(`no module sources at ${dir}`);
+  if (!existsSync(dir)) throw new InfraError(`no module sources at ${dir}`);
   const names = (await readdir(dir)).filter((f) => /^(Kbuild|Makefile)$|\.[ch]$/.test(f)).sort();
-  if (!names.includes('Kbuild') && !names.includes('Makefile')) throw new HwlabError(`${dir} has no Kbuild or Makefile`);
+  if (!names.includes('Kbuild') && !names.includes('Makefile')) throw new InfraError(`${dir} has no Kbuild or Makefile`);
   return Promise.all(names.map(async (name) => ({ name, text: await readFile(path.join(dir, name), 'utf8') })));
 }
 
 export async function buildHwlabModule(name: string, target: ModuleTarget, logFile: string, step: Step): Promise<HwlabModule> {
-  if (!/^[a-z0-9_]+$/.test(name)) throw new HwlabError(`"${name}" is not a module name`);
+  if (!/^[a-z0-9_]+$/.test(name)) throw new InfraError(`"${name}" is not a module name`);
   const srcDir = path.join(KMOD_ROOT, name);
   const files = await sourceFiles(srcDir);
   const sourceSha256 = sha256(files.map((f) => `${f.name}\0${f.text}`).join('\0'));
@@ -71,7 +72,7 @@ export async function buildHwlabModule(name: string, target: ModuleTarget, logFi
           (src) => make({ dir: src, makeArgs: [`O=${target.kernel.objDir}`, 'ARCH=x86_64'] }))
         : await make(prebuilt!);
       const ko = kos.find((k) => path.basename(k) === `${name}.ko`);
-      if (!ko) throw new HwlabError(`make M=src/guest/kmod/${name} produced ${kos.join(', ') || 'no modules'}, not ${name}.ko`);
+      if (!ko) throw new InfraError(`make M=src/guest/kmod/${name} produced ${kos.join(', ') || 'no modules'}, not ${name}.ko`);
       // Like INSTALL_MOD_STRIP=1: debug info out, the build-id note stays.
       await execa('strip', ['--strip-debug', '-o', path.join(tmp, `${name}.ko`), path.join(work, ko)]);
     } finally {
@@ -83,7 +84,7 @@ export async function buildHwlabModule(name: string, target: ModuleTarget, logFi
   const ko = path.join(dir, `${name}.ko`);
   const vermagic = (await execa('modinfo', ['-F', 'vermagic', ko])).stdout.trim();
   if (!vermagic.startsWith(`${target.kernel.release} `)) {
-    throw new HwlabError(`${name}.ko has vermagic "${vermagic}", not for kernel ${target.kernel.release}`);
+    throw new InfraError(`${name}.ko has vermagic "${vermagic}", not for kernel ${target.kernel.release}`);
   }
   return { name, ko, buildId: await elfBuildId(ko), vermagic, sourceSha256, built };
 }

@@ -16,8 +16,9 @@ import { chmod, copyFile, lstat, mkdir, mkdtemp, readFile, readlink, rename, rm,
 import os from 'node:os';
 import path from 'node:path';
 import { sha256 } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { Step } from '../util/progress.ts';
+import { InfraError, InputError } from '../util/errors.ts';
 
 export interface PatchFile {
   /** Short name for results: file name, quilt series entry, or `0001-subject.patch` for mbox messages. */
@@ -203,7 +204,7 @@ export function splitMbox(text: string): string[] {
 function refuseEncoded(mail: Mail, where: string): void {
   const cte = mail.headers.get('content-transfer-encoding')?.toLowerCase();
   if (cte === 'base64' || cte === 'quoted-printable') {
-    throw new HwlabError(
+    throw new InputError(
       `${where}: the message body is ${cte}-encoded; hwlab applies patches as plain text`,
       'save the series with `b4 am` or `git format-patch`, which write 8bit text',
     );
@@ -218,21 +219,21 @@ export function parseMbox(text: string, origin: string): PatchFile[] {
     return { text: m, idx: idx + 1, mail, rawSubject, num: numbering(rawSubject), hasDiff: parseDiff(mail.body).length > 0 };
   });
   const patches = msgs.filter((m) => m.num?.n !== 0 && m.hasDiff);
-  if (patches.length === 0) throw new HwlabError(`${origin}: no patches found in the mbox (${msgs.length} message(s), none with a diff)`);
+  if (patches.length === 0) throw new InputError(`${origin}: no patches found in the mbox (${msgs.length} message(s), none with a diff)`);
   const numbered = patches.filter((m) => m.num);
   if (numbered.length > 0) {
     if (numbered.length !== patches.length) {
-      throw new HwlabError(`${origin}: some messages are numbered [PATCH n/N] and some are not; cannot tell the order`);
+      throw new InputError(`${origin}: some messages are numbered [PATCH n/N] and some are not; cannot tell the order`);
     }
     const total = numbered[0].num!.of;
     const seen = new Map<number, number>();
     for (const m of numbered) {
-      if (m.num!.of !== total) throw new HwlabError(`${origin}: message #${m.idx} is [PATCH ${m.num!.n}/${m.num!.of}] but others are n/${total} (mixed series?)`);
-      if (seen.has(m.num!.n)) throw new HwlabError(`${origin}: patch ${m.num!.n}/${total} appears twice (messages #${seen.get(m.num!.n)} and #${m.idx}; mixed versions?)`);
+      if (m.num!.of !== total) throw new InputError(`${origin}: message #${m.idx} is [PATCH ${m.num!.n}/${m.num!.of}] but others are n/${total} (mixed series?)`);
+      if (seen.has(m.num!.n)) throw new InputError(`${origin}: patch ${m.num!.n}/${total} appears twice (messages #${seen.get(m.num!.n)} and #${m.idx}; mixed versions?)`);
       seen.set(m.num!.n, m.idx);
     }
     const missing = Array.from({ length: total }, (_, k) => k + 1).filter((n) => !seen.has(n));
-    if (missing.length) throw new HwlabError(`${origin}: incomplete series: patch(es) ${missing.join(', ')} of ${total} missing`);
+    if (missing.length) throw new InputError(`${origin}: incomplete series: patch(es) ${missing.join(', ')} of ${total} missing`);
     patches.sort((a, b) => a.num!.n - b.num!.n);
   }
   return patches.map((m, k) => {
@@ -271,8 +272,8 @@ export function parseQuiltSeries(text: string, where = 'series'): QuiltEntry[] {
       const m = o.match(/^-p(\d+)$/);
       if (m) strip = Number(m[1]);
       else if (o === '-p' && /^\d+$/.test(opts[k + 1] ?? '')) strip = Number(opts[++k]);
-      else if (o === '-R') throw new HwlabError(`${where}:${idx + 1}: reversed patches (-R) are not supported: ${patch}`);
-      else throw new HwlabError(`${where}:${idx + 1}: unknown option "${o}" for ${patch} (quilt series supports -pN)`);
+      else if (o === '-R') throw new InputError(`${where}:${idx + 1}: reversed patches (-R) are not supported: ${patch}`);
+      else throw new InputError(`${where}:${idx + 1}: unknown option "${o}" for ${patch} (quilt series supports -pN)`);
     }
     out.push({ patch, strip, line: idx + 1 });
   });
@@ -282,19 +283,19 @@ export function parseQuiltSeries(text: string, where = 'series'): QuiltEntry[] {
 async function readPatchText(file: string, what: string): Promise<string> {
   try {
     const st = await stat(file);
-    if (!st.isFile()) throw new HwlabError(`${what}: ${file} is not a file`);
+    if (!st.isFile()) throw new InputError(`${what}: ${file} is not a file`);
     return await readFile(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new HwlabError(`${what}: ${file} does not exist`);
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new InputError(`${what}: ${file} does not exist`);
     throw err;
   }
 }
 
 function fileToPatch(text: string, file: string, name: string, strip: number): PatchFile {
-  if (parseDiff(text).length === 0) throw new HwlabError(`patch ${file}: no diff found in it (is it a patch?)`);
+  if (parseDiff(text).length === 0) throw new InputError(`patch ${file}: no diff found in it (is it a patch?)`);
   // Several mails in one file would reach patch(1) as one diff: refuse rather than apply them as one.
   const mails = splitMbox(text).filter((m) => parseDiff(m).length > 0);
-  if (mails.length > 1) throw new HwlabError(`patch ${file} holds ${mails.length} patch mails (an mbox)`, 'list it as an mbox (mbox: <file>) so each patch is applied and recorded on its own');
+  if (mails.length > 1) throw new InputError(`patch ${file} holds ${mails.length} patch mails (an mbox)`, 'list it as an mbox (mbox: <file>) so each patch is applied and recorded on its own');
   const mail = parseMail(text);
   refuseEncoded(mail, `patch ${file}`);
   const subject = mail.headers.has('subject') ? cleanSubject(mail.headers.get('subject')!) : undefined;
@@ -315,10 +316,10 @@ export async function loadPatchSeries(specs: PatchSourceSpec[]): Promise<PatchFi
       const dir = path.resolve(spec.dir);
       // quilt's own layout keeps the series inside patches/; accept pointing at either directory.
       const seriesDir = [dir, path.join(dir, 'patches')].find((d) => existsSync(path.join(d, 'series')));
-      if (!seriesDir) throw new HwlabError(`quilt: no series file in ${dir} (nor in ${path.join(dir, 'patches')})`);
+      if (!seriesDir) throw new InputError(`quilt: no series file in ${dir} (nor in ${path.join(dir, 'patches')})`);
       const seriesFile = path.join(seriesDir, 'series');
       const entries = parseQuiltSeries(await readFile(seriesFile, 'utf8'), seriesFile);
-      if (entries.length === 0) throw new HwlabError(`quilt: ${seriesFile} lists no patches`);
+      if (entries.length === 0) throw new InputError(`quilt: ${seriesFile} lists no patches`);
       for (const e of entries) {
         const file = path.resolve(seriesDir, e.patch);
         const text = await readPatchText(file, `quilt: ${seriesFile}:${e.line}`);
@@ -347,7 +348,7 @@ export interface PatchFailure {
 
 const EXCERPT_LINES = 6;
 
-export class PatchApplyError extends HwlabError {
+export class PatchApplyError extends InputError {
   constructor(
     readonly patch: PatchFile,
     readonly index: number,
@@ -356,8 +357,7 @@ export class PatchApplyError extends HwlabError {
     readonly appliedBefore: PatchFile[],
     readonly toolOutput: string,
   ) {
-    super(PatchApplyError.format(patch, index, total, failures, appliedBefore, toolOutput), 'refresh the patch against this kernel tree, or drop it from the series');
-    this.name = 'PatchApplyError';
+    super(PatchApplyError.format(patch, index, total, failures, appliedBefore, toolOutput), 'refresh the patch against this kernel tree, or drop it from the series', 'patch-does-not-apply');
   }
 
   private static format(patch: PatchFile, index: number, total: number, failures: PatchFailure[], before: PatchFile[], out: string): string {
@@ -553,7 +553,7 @@ function repeatsAFile(p: PatchFile): boolean {
  * is additionally protected by a snapshot of the files it touches.
  */
 export async function applySeries(treeDir: string, patches: PatchFile[], opts: { step?: Step } = {}): Promise<void> {
-  if (!(await stat(treeDir).catch(() => undefined))?.isDirectory()) throw new HwlabError(`applySeries: ${treeDir} is not a directory`);
+  if (!(await stat(treeDir).catch(() => undefined))?.isDirectory()) throw new InfraError(`applySeries: ${treeDir} is not a directory`);
   const snapRoot = await mkdtemp(path.join(os.tmpdir(), 'hwlab-patch-'));
   try {
     for (let i = 0; i < patches.length; i++) {
@@ -590,14 +590,14 @@ export async function applySeries(treeDir: string, patches: PatchFile[], opts: {
 export async function scratchCopy(pristine: string, dest: string): Promise<void> {
   const src = path.resolve(pristine);
   const dst = path.resolve(dest);
-  if (!(await stat(src).catch(() => undefined))?.isDirectory()) throw new HwlabError(`scratchCopy: ${src} is not a directory`);
-  if (existsSync(dst)) throw new HwlabError(`scratchCopy: ${dst} already exists`);
-  if (dst === src || dst.startsWith(src + path.sep)) throw new HwlabError(`scratchCopy: ${dst} is inside ${src}`);
+  if (!(await stat(src).catch(() => undefined))?.isDirectory()) throw new InfraError(`scratchCopy: ${src} is not a directory`);
+  if (existsSync(dst)) throw new InfraError(`scratchCopy: ${dst} already exists`);
+  if (dst === src || dst.startsWith(src + path.sep)) throw new InfraError(`scratchCopy: ${dst} is inside ${src}`);
   await mkdir(path.dirname(dst), { recursive: true });
   const r = await execa('cp', ['-al', '--', src, dst], { reject: false, timeout: 600_000 });
   if (r.exitCode !== 0) {
     await rm(dst, { recursive: true, force: true });
-    throw new HwlabError(`scratchCopy: cp -al ${src} ${dst} failed: ${r.stderr.trim()}`, 'the cache and the scratch directory must be on one filesystem');
+    throw new InfraError(`scratchCopy: cp -al ${src} ${dst} failed: ${r.stderr.trim()}`, 'the cache and the scratch directory must be on one filesystem');
   }
 }
 

@@ -11,9 +11,10 @@ import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { cacheKey, ensureEntry } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { Step } from '../util/progress.ts';
 import { aptDir, aptOptions, aptUpdate, RESOLVE_TTL_MS } from './debian.ts';
+import { InfraError, InputError } from '../util/errors.ts';
 
 export type KernelSourceSpec =
   | { kind: 'debian-source'; package: string /* linux-source-7.2 */; suite: string; mirror: string }
@@ -61,11 +62,11 @@ export async function kernelVersionOf(tree: string): Promise<string> {
   try {
     text = await readFile(mk, 'utf8');
   } catch {
-    throw new HwlabError(`${tree} is not a kernel tree: it has no top-level Makefile`);
+    throw new InputError(`${tree} is not a kernel tree: it has no top-level Makefile`);
   }
   const v = (name: string) => text.match(new RegExp(`^${name}[ \\t]*=[ \\t]*(.*?)[ \\t]*$`, 'm'))?.[1];
   const [version, patchlevel, sublevel, extra] = [v('VERSION'), v('PATCHLEVEL'), v('SUBLEVEL'), v('EXTRAVERSION')];
-  if (!version || !/^\d+$/.test(version)) throw new HwlabError(`${mk}: no numeric VERSION = line; not a kernel tree?`);
+  if (!version || !/^\d+$/.test(version)) throw new InputError(`${mk}: no numeric VERSION = line; not a kernel tree?`);
   let out = version;
   if (patchlevel) {
     out += `.${patchlevel}`;
@@ -91,7 +92,7 @@ async function sniffCompression(file: string): Promise<Compression> {
     if (b.subarray(0, 3).toString('latin1') === 'BZh') return '-j';
     if (b.subarray(0, 4).equals(Buffer.from([0x28, 0xb5, 0x2f, 0xfd]))) return '--zstd';
     if (bytesRead >= 262 && b.subarray(257, 262).toString('latin1') === 'ustar') return undefined;
-    throw new HwlabError(`${file}: not a tar archive (plain, gzip, xz, bzip2 or zstd)`);
+    throw new InputError(`${file}: not a tar archive (plain, gzip, xz, bzip2 or zstd)`);
   } finally {
     await fh.close();
   }
@@ -120,10 +121,10 @@ async function untarStream(source: Readable, compression: Compression, dest: str
   let sourceError: Error | undefined;
   source.once('error', (e) => { sourceError = e; });
   const [, res] = await Promise.allSettled([pipeline(source, counter, tar.stdin!), tar]);
-  if (sourceError) throw new HwlabError(`reading ${what} failed: ${sourceError.message}`);
+  if (sourceError) throw new InfraError(`reading ${what} failed: ${sourceError.message}`);
   if (res.status === 'rejected') throw res.reason;
   if (res.value.exitCode !== 0) {
-    throw new HwlabError(`extracting ${what} failed: ${res.value.stderr.trim() || `tar exited ${res.value.exitCode}`}`);
+    throw new InfraError(`extracting ${what} failed: ${res.value.stderr.trim() || `tar exited ${res.value.exitCode}`}`);
   }
   // tar succeeded: a write error on its stdin (EPIPE, premature close) only means it stopped
   // at the end-of-archive marker before the archive's zero padding was all sent.
@@ -149,7 +150,7 @@ async function findTreeRoot(extracted: string, what: string): Promise<string> {
   if (entries.length === 1 && entries[0].isDirectory()) return path.join(extracted, entries[0].name);
   if (existsSync(path.join(extracted, 'Makefile'))) return extracted;
   const names = entries.slice(0, 8).map((e) => e.name).join(', ');
-  throw new HwlabError(
+  throw new InputError(
     `${what}: expected one top-level directory holding the kernel tree, found ${entries.length} entries (${names}${entries.length > 8 ? ', ...' : ''})`,
   );
 }
@@ -177,7 +178,7 @@ interface ResolvedSource {
 
 async function resolveDebianSource(spec: Extract<KernelSourceSpec, { kind: 'debian-source' }>, step: Step): Promise<ResolvedSource> {
   // Debian package names: lower-case alphanumerics and + - . ; also keeps the name from reading as an option.
-  if (!/^[a-z0-9][a-z0-9+.-]+$/.test(spec.package)) throw new HwlabError(`kernel.debian: "${spec.package}" is not a Debian package name`);
+  if (!/^[a-z0-9][a-z0-9+.-]+$/.test(spec.package)) throw new InputError(`kernel.debian: "${spec.package}" is not a Debian package name`);
   const dir = aptDir(spec);
   const memo = path.join(dir, `resolved-source-${spec.package}.json`);
   if (existsSync(memo)) {
@@ -190,7 +191,7 @@ async function resolveDebianSource(spec: Extract<KernelSourceSpec, { kind: 'debi
   const show = await execa('apt-cache', [...aptOptions(dir), 'show', '--no-all-versions', spec.package], { reject: false, timeout: 60_000 });
   const version = show.stdout.match(/^Version: (\S+)/m)?.[1];
   if (show.exitCode !== 0 || !version) {
-    throw new HwlabError(
+    throw new InputError(
       `kernel.debian: no package ${spec.package} in ${spec.suite} at ${spec.mirror}${show.stderr.trim() ? `: ${show.stderr.trim()}` : ''}`,
     );
   }
@@ -216,9 +217,9 @@ async function debianSourceTree(spec: Extract<KernelSourceSpec, { kind: 'debian-
       reject: false,
       timeout: 1_800_000,
     });
-    if (dl.exitCode !== 0) throw new HwlabError(`apt-get download ${res.package}=${res.version} failed:\n${dl.stderr.trim()}`);
+    if (dl.exitCode !== 0) throw new InfraError(`apt-get download ${res.package}=${res.version} failed:\n${dl.stderr.trim()}`);
     const [deb] = (await readdir(debs)).filter((f) => f.endsWith('.deb'));
-    if (!deb) throw new HwlabError(`apt-get download ${res.package}=${res.version} produced no .deb`);
+    if (!deb) throw new InfraError(`apt-get download ${res.package}=${res.version} produced no .deb`);
     await unpackSourceDeb(path.join(debs, deb), tmp, id, step);
     await rm(debs, { recursive: true, force: true });
   });
@@ -234,7 +235,7 @@ export async function unpackSourceDeb(deb: string, tmp: string, id: string, step
   const src = path.join(root, 'usr/src');
   const tarballs = existsSync(src) ? (await readdir(src)).filter((f) => /^linux-source-.*\.tar\.(xz|gz|bz2|zst)$/.test(f)) : [];
   if (tarballs.length !== 1) {
-    throw new HwlabError(`${path.basename(deb)}: expected one usr/src/linux-source-*.tar.* in the package, found ${tarballs.length}`);
+    throw new InfraError(`${path.basename(deb)}: expected one usr/src/linux-source-*.tar.* in the package, found ${tarballs.length}`);
   }
   const x = path.join(tmp, 'x');
   await untarFile(path.join(src, tarballs[0]), x, step, tarballs[0]);
@@ -248,15 +249,15 @@ export async function unpackSourceDeb(deb: string, tmp: string, id: string, step
 
 async function git(repo: string, args: string[], what: string): Promise<string> {
   const r = await execa('git', ['-C', repo, ...args], { reject: false, timeout: 120_000, env: { LC_ALL: 'C' } });
-  if (r.exitCode !== 0) throw new HwlabError(`kernel.path ${repo}: ${what} failed: ${r.stderr.trim() || `git exited ${r.exitCode}`}`);
+  if (r.exitCode !== 0) throw new InfraError(`kernel.path ${repo}: ${what} failed: ${r.stderr.trim() || `git exited ${r.exitCode}`}`);
   return r.stdout.trim();
 }
 
 async function gitTree(spec: Extract<KernelSourceSpec, { kind: 'git' }>, step: Step): Promise<KernelTree> {
   const repo = path.resolve(spec.path);
-  if (!(await stat(repo).catch(() => undefined))?.isDirectory()) throw new HwlabError(`kernel.path ${repo} is not a directory`);
+  if (!(await stat(repo).catch(() => undefined))?.isDirectory()) throw new InputError(`kernel.path ${repo} is not a directory`);
   const inside = await execa('git', ['-C', repo, 'rev-parse', '--is-bare-repository'], { reject: false, env: { LC_ALL: 'C' } });
-  if (inside.exitCode !== 0) throw new HwlabError(`kernel.path ${repo} is not inside a git repository`, 'use `tarball:` for a plain source tree');
+  if (inside.exitCode !== 0) throw new InputError(`kernel.path ${repo} is not inside a git repository`, 'use `tarball:` for a plain source tree');
   const bare = inside.stdout.trim() === 'true';
   // A tree in a subdirectory of a larger repository: export only that subdirectory.
   const prefix = bare ? '' : (await git(repo, ['rev-parse', '--show-prefix'], 'rev-parse --show-prefix')).replace(/\/$/, '');
@@ -267,7 +268,7 @@ async function gitTree(spec: Extract<KernelSourceSpec, { kind: 'git' }>, step: S
     env: { LC_ALL: 'C' },
   });
   if (sha.exitCode !== 0 || !/^[0-9a-f]{40,64}$/.test(sha.stdout.trim())) {
-    throw new HwlabError(`kernel.ref "${ref}" does not name a commit in ${repo}`);
+    throw new InputError(`kernel.ref "${ref}" does not name a commit in ${repo}`);
   }
   const commit = sha.stdout.trim();
   if (spec.ref === undefined && !bare) {
@@ -276,7 +277,7 @@ async function gitTree(spec: Extract<KernelSourceSpec, { kind: 'git' }>, step: S
     const st = await git(repo, ['--no-optional-locks', 'status', '--porcelain', '--', '.'], 'git status');
     if (st) {
       const lines = st.split('\n');
-      throw new HwlabError(
+      throw new InputError(
         `kernel.path ${repo} has uncommitted changes; hwlab builds committed trees only:\n${lines.slice(0, 10).map((l) => `  ${l}`).join('\n')}${lines.length > 10 ? `\n  ... and ${lines.length - 10} more` : ''}`,
         'commit or stash them, or set kernel.ref to build a given commit regardless of the working tree',
       );
@@ -305,7 +306,7 @@ async function gitTree(spec: Extract<KernelSourceSpec, { kind: 'git' }>, step: S
     if (a.status === 'rejected') throw a.reason;
     // git's own error explains a truncated archive; a git killed by SIGPIPE only means tar stopped first.
     if (a.value.exitCode !== 0 && !a.value.signal) {
-      throw new HwlabError(`git archive ${commit} in ${repo} failed: ${String(a.value.stderr).trim() || `exit ${a.value.exitCode}`}`);
+      throw new InfraError(`git archive ${commit} in ${repo} failed: ${String(a.value.stderr).trim() || `exit ${a.value.exitCode}`}`);
     }
     if (x.status === 'rejected') throw x.reason;
     await finishEntry(tmp, out, id);
@@ -325,7 +326,7 @@ async function sha256File(file: string): Promise<string> {
 
 async function tarballTree(spec: Extract<KernelSourceSpec, { kind: 'tarball' }>, step: Step): Promise<KernelTree> {
   const file = path.resolve(spec.path);
-  if (!(await stat(file).catch(() => undefined))?.isFile()) throw new HwlabError(`kernel.tarball ${file} is not a file`);
+  if (!(await stat(file).catch(() => undefined))?.isFile()) throw new InputError(`kernel.tarball ${file} is not a file`);
   step.update(`hashing ${path.basename(file)}`);
   const hash = await sha256File(file);
   const id = `tar:${hash}`;

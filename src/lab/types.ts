@@ -1,6 +1,10 @@
 // LabSpec: the validated, fully-defaulted form of a lab file (labs/*.yaml).
 // Everything downstream (kernel, image, qemu, guest, probes, results) takes
-// these types, never raw YAML.
+// these types, never raw YAML. Endpoints are declared by kind in
+// src/lab/endpoints.ts, the one table of endpoint kinds.
+import type { EndpointSpec } from './endpoints.ts';
+
+export type { EndpointSpec, EndpointType } from './endpoints.ts';
 
 export type Accel = 'auto' | 'kvm' | 'tcg';
 export const ACCELS: readonly Accel[] = ['auto', 'kvm', 'tcg'];
@@ -24,13 +28,16 @@ export interface DebianKernelSpec {
   /** Debian mirror to use. */
   mirror: string;
   /**
-   * Fast path: rebuild these driver directories from the matching
-   * linux-source with `patches` against the kernel's linux-headers, and
-   * replace the stock modules in the guest.
+   * Fast path: rebuild these driver directories (default DEFAULT_DRIVER_DIRS)
+   * from the matching linux-source with `patches` against the kernel's
+   * linux-headers, and replace the stock modules in the guest.
    */
   driver?: { dirs: string[] };
   patches: PatchSourceSpec[];
 }
+
+/** Driver directories the fast path rebuilds when a lab's `kernel.driver` names none: the subject's driver. */
+export const DEFAULT_DRIVER_DIRS = ['drivers/vfio/pci'];
 
 /** Where the kernel source comes from (build-from-source labs). */
 export type KernelSourceSpec =
@@ -88,48 +95,6 @@ export interface SwitchSpec {
   /** Ids of the downstream ports this switch provides, in order. */
   downstream: string[];
 }
-
-interface EndpointBase {
-  id: string;
-  /** Id of a root port or switch downstream port. */
-  port: string;
-  /**
-   * PCI function number (1-7) when several endpoints share a port as one
-   * multifunction device; absent for function 0. Functions of one device share
-   * a slot reset, so VFIO_DEVICE_PCI_HOT_RESET resets them together.
-   */
-  function?: number;
-}
-
-export interface IvshmemEndpoint extends EndpointBase {
-  type: 'ivshmem-plain';
-  /** Size of the shared memory (BAR2), MiB, power of two. */
-  memoryMiB: number;
-}
-
-export interface EduEndpoint extends EndpointBase {
-  type: 'edu';
-  /** DMA mask width in bits (QEMU default 28). */
-  dmaMaskBits: number;
-}
-
-export interface NvmeEndpoint extends EndpointBase {
-  type: 'nvme';
-  /** Controller memory buffer size in MiB. */
-  cmbSizeMiB: number;
-  serial: string;
-}
-
-/** QEMU's pci-testdev: BAR0 memory (one page), BAR1 I/O ports, BAR2 a 64-bit prefetchable BAR. */
-export interface PciTestdevEndpoint extends EndpointBase {
-  type: 'pci-testdev';
-  /** Size of BAR2 in MiB, power of two. */
-  membarMiB: number;
-}
-
-export type EndpointSpec = IvshmemEndpoint | EduEndpoint | NvmeEndpoint | PciTestdevEndpoint;
-export type EndpointType = EndpointSpec['type'];
-export const ENDPOINT_TYPES: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme', 'pci-testdev'];
 
 export interface TopologySpec {
   rootPorts: RootPortSpec[];

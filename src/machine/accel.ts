@@ -8,13 +8,10 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Accel } from '../lab/types.ts';
 import { cacheRoot } from '../util/cache.ts';
-import { HwlabError } from '../util/cleanup.ts';
+import { InfraError } from '../util/errors.ts';
+import type { AccelDecision } from './instance.ts';
 
-export interface AccelDecision {
-  accel: 'kvm' | 'tcg';
-  /** One line saying why, shown to the user and kept in the results. */
-  note: string;
-}
+
 
 const MEMO_TTL_MS = 24 * 3600 * 1000;
 
@@ -59,6 +56,6 @@ export async function decideAccel(requested: Accel, vmlinuz: string, opts: { fre
     await writeFile(memoFile, JSON.stringify({ host, at: new Date().toISOString(), probe }, null, 2));
   }
   if (probe.works) return { accel: 'kvm', note: `KVM (${probe.why})` };
-  if (requested === 'kvm') throw new HwlabError(`the lab asks for KVM but KVM does not work here: ${probe.why}`);
+  if (requested === 'kvm') throw new InfraError(`the lab asks for KVM but KVM does not work here: ${probe.why}`);
   return { accel: 'tcg', note: `KVM unusable (${probe.why}); using TCG` };
 }

@@ -3,6 +3,8 @@
 // complex to each endpoint is known before boot (pciPaths) and the guest can
 // find devices by walking sysfs, not by guessing bus numbers.
 import path from 'node:path';
+import { endpointQemuArgs } from '../lab/endpoints.ts';
+import { assertSlots, PCIE0_SLOTS } from '../lab/slots.ts';
 import type { EndpointSpec, IommuSpec, LabSpec, SwitchSpec } from '../lab/types.ts';
 
 export interface QemuLaunchInput {
@@ -19,7 +21,7 @@ export interface QemuLaunchInput {
   qmpSocket: string;
   /** Host port forwarded (127.0.0.1 only) to the guest's sshd. */
   sshPort: number;
-  /** Where ivshmem backing files go (one file per ivshmem endpoint, named by id). */
+  /** Where endpoints keep host backing files (ivshmem-plain's memory), one per endpoint, named by its id. */
   memoryBackendDir: string;
   /** hwlab's own kernel command-line words, before the IOMMU words and lab.machine.cmdline. */
   append: string[];
@@ -33,17 +35,6 @@ export interface QemuCommand {
   /** The -append string. */
   append: string;
 }
-
-/** Fixed slots on pcie.0. 0x1f is q35's own LPC/SATA/SMBus function block. */
-export const PCIE0_SLOTS = {
-  /** virtio-iommu-pci; amd-iommu's PCI function lands here too, being the first PCI device created. */
-  iommu: 0x1,
-  rootDisk: 0x2,
-  modulesDisk: 0x3,
-  net: 0x4,
-  /** Root port i is at 0x10 + i (at most 15 of them, see MAX_ROOT_PORTS in lab/parse.ts). */
-  firstRootPort: 0x10,
-} as const;
 
 /** Serial numbers of the two disks: the guest finds them as /dev/disk/by-id/virtio-<serial>. */
 export const DISK_SERIALS = { root: 'hwlab-root', modules: 'hwlab-modules' } as const;
@@ -125,33 +116,15 @@ function switchesInCreationOrder(lab: LabSpec): SwitchSpec[] {
 function endpointArgs(ep: EndpointSpec, memoryBackendDir: string, multifunction: boolean): string[] {
   // Function 0 of a multifunction device says so; QEMU then accepts functions 1-7 in the slot.
   const slot = multifunction ? `${addr(0)}.${ep.function ?? 0}${ep.function ? '' : ',multifunction=on'}` : addr(0);
-  const at = `id=${ep.id},bus=${ep.port},addr=${slot}`;
-  switch (ep.type) {
-    case 'ivshmem-plain': {
-      // share=on: the host (and tests) can see the same bytes the guest's BAR2 shows.
-      const file = path.join(memoryBackendDir, ep.id);
-      return [
-        '-object', `memory-backend-file,id=mem-${ep.id},size=${ep.memoryMiB}M,mem-path=${optValue(file)},share=on`,
-        '-device', `ivshmem-plain,${at},memdev=mem-${ep.id}`,
-      ];
-    }
-    case 'edu': {
-      // edu's dma_mask is a uint64 mask (default (1<<28)-1), not a bit count.
-      const mask = ((1n << BigInt(ep.dmaMaskBits)) - 1n).toString(16);
-      return ['-device', `edu,${at},dma_mask=0x${mask}`];
-    }
-    case 'nvme':
-      // No drive: a controller without namespaces is enough to export its CMB.
-      return ['-device', `nvme,${at},serial=${ep.serial},cmb_size_mb=${ep.cmbSizeMiB}`];
-    case 'pci-testdev':
-      // A conventional PCI device, the one QEMU endpoint with an I/O-port BAR and no guest driver.
-      return ['-device', `pci-testdev,${at},membar=${ep.membarMiB}M`];
-  }
+  // The kind's own arguments come from the table of endpoint kinds (src/lab/endpoints.ts).
+  return endpointQemuArgs(ep, { at: `id=${ep.id},bus=${ep.port},addr=${slot}`, backingFile: path.join(memoryBackendDir, ep.id), optValue });
 }
 
 export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
   const { lab } = input;
   const { machine, topology } = lab;
+  // The lab stage checked this for lab files; a LabSpec built in code gets the same limits.
+  assertSlots(topology);
   if (machine.accel !== 'auto' && machine.accel !== input.accel) {
     throw new Error(`lab ${lab.name} asks for accel=${machine.accel} but the launch uses ${input.accel}`);
   }
@@ -204,7 +177,6 @@ export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
       portPath.set(dp, [...upstreamPath, devfn(j)]);
     });
   }
-  if (chassis > 255) throw new Error(`${chassis} PCIe ports: chassis numbers are 8 bits`);
 
   const pciPaths: Record<string, string[]> = {};
   for (const ep of topology.endpoints) {

@@ -13,10 +13,14 @@
 // 4. A probe may ask the host for something (a hot removal) with a request
 //    line on stdout; the host acts and the probe watches for the effect.
 // 5. The runner exits with one of RUNNER_EXIT.
-import type { DmabufAbi, EndpointType } from '../lab/types.ts';
+import type { DmabufAbi } from '../lab/types.ts';
+import type { EndpointType } from '../lab/endpoints.ts';
 
+// What both sides know of the lab: the ABIs, and the endpoint kinds with what
+// the guest needs of each (src/lab/endpoints.ts, plain data without host-only imports).
 export type { DmabufAbi, EndpointType };
 export { DMABUF_ABIS } from '../lab/types.ts';
+export { ENDPOINT_TYPES, guestFacts, isEndpointType, kindsWith, type Capability, type GuestFacts } from '../lab/endpoints.ts';
 
 // ---------------------------------------------------------------------------
 // 1. Boot: what the guest init and initramfs print (to /dev/kmsg, so it lands

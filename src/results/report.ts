@@ -1,63 +1,62 @@
-// The verdict of a run and how it is shown: results.json for machines, a
-// console table plus failure details for people.
+// What a run leaves for machines (results.json: the outcome, the kernel, the
+// probes and kernel reports) and for people (a table plus failure details).
 
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { AppliedPatch, Kernel, KernelKind } from '../kernel/types.ts';
+import type { Outcome, RunFailure } from './outcome.ts';
 import { countSuffix, describeReport, type KernelReport } from '../report/kernel-report.ts';
-import { probeStatus, TAP_STREAM_PROBE, type ProbeResult } from './tap.ts';
+import { probeStatus, type ProbeResult } from './tap.ts';
+
+/** The kernel a run booted, as results.json records it. */
+export interface KernelRecord {
+  /** stock (a prebuilt Debian image), source (built here), overlay (prebuilt with driver dirs rebuilt: the fast path). */
+  kind: KernelKind;
+  package: string;
+  version: string;
+  release: string;
+  /** The applied series, in order (source and overlay kernels). */
+  patches?: AppliedPatch[];
+  configSha256?: string;
+  /** Whether make ran for this run (false: the cached build was reused). */
+  built?: boolean;
+  buildSeconds?: number;
+  incrementalFrom?: string;
+  /** Overlay: the driver directories rebuilt against the prebuilt kernel's headers. */
+  driverDirs?: string[];
+  compilerNote?: string;
+  /** Modules loaded in the guest whose srcversion (source builds) or GNU build-id (overlay, hwlab's own) matched the build output. */
+  modulesVerified?: Array<{ module: string; srcversion?: string; buildId?: string }>;
+}
+
+export function kernelRecord(k: Kernel): KernelRecord {
+  const base = { kind: k.kind, package: k.package, version: k.version, release: k.release };
+  switch (k.kind) {
+    case 'stock':
+      return base;
+    case 'source':
+      return { ...base, patches: k.patches, configSha256: k.configSha256, built: k.built, buildSeconds: k.buildSeconds, ...(k.incrementalFrom ? { incrementalFrom: k.incrementalFrom } : {}) };
+    case 'overlay':
+      return { ...base, patches: k.patches, driverDirs: k.dirs, built: k.built, buildSeconds: k.buildSeconds, ...(k.compiler.note ? { compilerNote: k.compiler.note } : {}) };
+  }
+}
 
 export interface RunResults {
   lab: string;
   startedAt: string;
-  kernel: {
-    package: string;
-    version: string;
-    release: string;
-    source?: 'debian-prebuilt' | 'built';
-    /** The applied series, in order (built kernels). */
-    patches?: Array<{ name: string; sha256: string; origin: string }>;
-    configSha256?: string;
-    built?: boolean;
-    buildSeconds?: number;
-    /** Fast path: the driver directories rebuilt against the prebuilt kernel's headers. */
-    driverDirs?: string[];
-    compilerNote?: string;
-    /** Modules loaded in the guest whose srcversion (source builds) or GNU build-id (fast path) matched the build output. */
-    modulesVerified?: Array<{ module: string; srcversion?: string; buildId?: string }>;
-  };
-  accel: 'kvm' | 'tcg';
-  accelNote?: string;
+  /** The one class the run ended in, and why (see outcome.ts). */
+  outcome: Outcome;
+  /** Why the run stopped short, when it did (prepare, boot, setup, probes, teardown). */
+  failure?: RunFailure;
+  /** Absent when the run stopped before it had a kernel. */
+  kernel?: KernelRecord;
+  /** Which backend ran the guest, and under which accelerator. */
+  machine?: { backend: string; accel: 'kvm' | 'tcg'; accelNote: string };
   probes: ProbeResult[];
   /** Every kernel report of the run, one entry per title with its count (probes hold theirs too). */
   kernelReports: KernelReport[];
-  health: 'clean' | 'kernel-report';
-  verdict: 'pass' | 'fail';
-  verdictReasons: string[];
   timings: Record<string, number>;
   runDir: string;
-}
-
-/**
- * Fail on any failed probe (TODO/SKIP excluded), on an empty run (nothing
- * proved), and on any kernel report: a probe that passed while the kernel
- * WARNed has not shown the driver is healthy.
- */
-export function judge(probes: readonly ProbeResult[], kernelReports: readonly KernelReport[]): { verdict: 'pass' | 'fail'; reasons: string[] } {
-  const reasons: string[] = [];
-  const ran = probes.filter((p) => p.name !== TAP_STREAM_PROBE);
-  if (ran.length === 0) reasons.push('no probe ran');
-  for (const p of probes) {
-    if (probeStatus(p) !== 'FAIL') continue;
-    if (p.name === TAP_STREAM_PROBE) {
-      const why = (p.diagnostics?.reasons as string[] | undefined)?.join('; ') ?? 'malformed TAP stream';
-      reasons.push(`TAP stream broken: ${why}`);
-      continue;
-    }
-    const failed = p.subtests.filter((s) => !s.ok && s.todo === undefined && s.skip === undefined).map((s) => s.name);
-    reasons.push(`probe ${p.name} failed${failed.length > 0 ? `: ${failed.join(', ')}` : ''}`);
-  }
-  for (const r of kernelReports) reasons.push(`kernel ${describeReport(r)}`);
-  return { verdict: reasons.length === 0 ? 'pass' : 'fail', reasons };
 }
 
 /** results.json in `dir` (created if needed); returns the file's path. */
@@ -131,9 +130,10 @@ export function formatResultTable(results: Pick<RunResults, 'probes' | 'kernelRe
     if (lines.length > REPORT_PREVIEW_LINES) details.push(`    ... (${lines.length - REPORT_PREVIEW_LINES} more lines)`);
   }
   if (details.length > 0) out.push('', ...details);
-  if (results.verdict) {
-    out.push('', `verdict: ${results.verdict.toUpperCase()}`);
-    for (const r of results.verdictReasons ?? []) out.push(`  - ${r}`);
+  if (results.outcome) {
+    const o = results.outcome;
+    out.push('', `outcome: ${o.class.toUpperCase()}${o.class === 'pass' ? '' : `: ${o.title}`}`);
+    if (o.class !== 'pass') for (const r of o.detail.split('\n').filter(Boolean)) out.push(`  - ${r}`);
   }
   return out.join('\n');
 }

@@ -11,16 +11,16 @@
 import { readdir, readFile, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PatchApplyError } from '../kernel/patches.ts';
-import { KernelBuildError } from '../kernel/build.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { describeReport } from '../report/kernel-report.ts';
 import { unattributedReports } from '../results/attribution.ts';
-import { judge, type RunResults } from '../results/report.ts';
+import type { OutcomeClass } from '../results/outcome.ts';
+import type { RunResults } from '../results/report.ts';
 import { probeStatus, TAP_STREAM_PROBE } from '../results/tap.ts';
-import { HwlabError } from '../util/cleanup.ts';
+
 import type { Progress } from '../util/progress.ts';
 import { runLab, type RunOptions, type RunOutcome } from './run-lab.ts';
+import { classOfError, InfraError, InputError } from '../util/errors.ts';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const DEFAULT_CATALOGUE_DIR = path.join(repoRoot, 'labs/mutants');
@@ -60,7 +60,7 @@ export function parseMutantHeader(text: string, where: string): MutantHeader {
     else inSubject = false;
   }
   subject = subject?.replace(/^(\s*\[[^\]]*\]\s*)+/, '').trim();
-  if (!subject) throw new HwlabError(`${where}: no Subject: header (catalogue patches are git format-patch files)`);
+  if (!subject) throw new InputError(`${where}: no Subject: header (catalogue patches are git format-patch files)`);
 
   const expected: string[] = [];
   for (const l of lines.slice(i)) {
@@ -68,12 +68,12 @@ export function parseMutantHeader(text: string, where: string): MutantHeader {
     const m = l.match(/^expected-catch:\s*(.*)$/i);
     if (!m) continue;
     for (const name of m[1].split(/[,\s]+/).filter(Boolean)) {
-      if (!PROBE_NAME_RE.test(name)) throw new HwlabError(`${where}: Expected-catch: "${name}" is not a probe name`);
+      if (!PROBE_NAME_RE.test(name)) throw new InputError(`${where}: Expected-catch: "${name}" is not a probe name`);
       if (!expected.includes(name)) expected.push(name);
     }
   }
   if (expected.length === 0) {
-    throw new HwlabError(`${where}: no "Expected-catch: <probe>[, <probe>...]" trailer in the commit message`);
+    throw new InputError(`${where}: no "Expected-catch: <probe>[, <probe>...]" trailer in the commit message`);
   }
   return { subject, expectedCatch: expected };
 }
@@ -100,7 +100,7 @@ export function selectorMatches(selector: string, p: Pick<MutantPatch, 'name' | 
  */
 export async function loadCatalogue(dir: string, only: readonly string[] = []): Promise<MutantPatch[]> {
   const entries = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
-    throw new HwlabError(`catalogue directory ${dir}: ${err.code === 'ENOENT' ? 'does not exist' : err.message}`);
+    throw new InputError(`catalogue directory ${dir}: ${err.code === 'ENOENT' ? 'does not exist' : err.message}`);
   });
   const all: MutantPatch[] = [];
   for (const name of entries.sort()) {
@@ -111,10 +111,10 @@ export async function loadCatalogue(dir: string, only: readonly string[] = []): 
   }
   all.sort((a, b) => a.number - b.number || a.name.localeCompare(b.name));
   const dup = all.find((p, k) => k > 0 && all[k - 1].number === p.number);
-  if (dup) throw new HwlabError(`${dir}: two patches share the number ${dup.number}`);
-  if (all.length === 0) throw new HwlabError(`${dir}: no NN-name.patch files`);
+  if (dup) throw new InputError(`${dir}: two patches share the number ${dup.number}`);
+  if (all.length === 0) throw new InputError(`${dir}: no NN-name.patch files`);
   const unknown = only.filter((s) => !all.some((p) => selectorMatches(s, p)));
-  if (unknown.length) throw new HwlabError(`--only ${unknown.join(', ')}: no such patch in ${dir} (have ${all.map((p) => p.number).join(', ')})`);
+  if (unknown.length) throw new InputError(`--only ${unknown.join(', ')}: no such patch in ${dir} (have ${all.map((p) => p.number).join(', ')})`);
   return only.length ? all.filter((p) => only.some((s) => selectorMatches(s, p))) : all;
 }
 
@@ -148,7 +148,7 @@ export function catchLabel(c: Pick<Catch, 'probe' | 'device'>): string {
  * failures. With the lab, a probe the lab runs on several devices is told
  * apart by its device (results list the lab's probes in order).
  */
-export function failuresOf(results: Pick<RunResults, 'probes' | 'kernelReports' | 'verdictReasons'>, lab?: Pick<LabSpec, 'probes'>): Catch[] {
+export function failuresOf(results: Pick<RunResults, 'probes' | 'kernelReports' | 'failure'>, lab?: Pick<LabSpec, 'probes'>): Catch[] {
   const out: Catch[] = [];
   const real = results.probes.filter((p) => p.name !== TAP_STREAM_PROBE);
   const repeated = (name: string) => (lab?.probes.filter((x) => x.name === name).length ?? 0) > 1;
@@ -162,10 +162,8 @@ export function failuresOf(results: Pick<RunResults, 'probes' | 'kernelReports' 
   }
   const loose = unattributedReports(results.kernelReports, results.probes);
   if (loose.length) out.push({ probe: '(kernel)', subtests: loose.map(describeReport), kernelReports: [] });
-  // Reasons judge() does not derive from probes and kernel reports come from the run itself (boot failed, probes timed out).
-  const derived = new Set(judge(results.probes, results.kernelReports).reasons);
-  const runReasons = results.verdictReasons.filter((r) => !derived.has(r));
-  if (runReasons.length) out.push({ probe: '(run)', subtests: runReasons, kernelReports: [] });
+  // The run itself stopped (boot failed, SSH lost, the probes timed out): recorded, never evidence on its own.
+  if (results.failure) out.push({ probe: '(run)', subtests: [`${results.failure.phase}: ${results.failure.message.split('\n')[0]}`], kernelReports: [] });
   return out;
 }
 
@@ -220,7 +218,11 @@ export interface MutantOutcome {
   seconds: number;
 }
 
-/** A mutant's verdict from its run's results (or the error that stopped it before results). */
+/**
+ * A mutant's verdict from its run's outcome class (or an error that escaped
+ * the run): a bad input is an error in the catalogue, infra is inconclusive,
+ * and only new failing points or kernel reports are catches.
+ */
 export function judgeMutant(
   patch: MutantPatch, lab: Pick<LabSpec, 'probes'>, run: { results: RunResults } | { error: unknown }, baseline: readonly Catch[], seconds: number,
 ): MutantOutcome {
@@ -232,17 +234,24 @@ export function judgeMutant(
   if ('error' in run) {
     const err = run.error;
     const message = err instanceof Error ? err.message : String(err);
-    const verdict: MutantVerdict = err instanceof PatchApplyError ? 'did-not-apply' : err instanceof KernelBuildError ? 'build-failed' : 'error';
-    return { ...base, verdict, caughtBy: [], expectedHit: [], message };
+    return { ...base, verdict: classOfError(err) === 'error' ? 'error' : 'inconclusive', caughtBy: [], expectedHit: [], message };
   }
+  const { outcome, failure, runDir } = run.results;
+  const message = outcome.class === 'pass' ? undefined : failure?.message ?? outcome.detail;
+  const stopped = { ...base, caughtBy: [], expectedHit: [], runDir, ...(message ? { message } : {}) };
+  if (outcome.class === 'error') {
+    return { ...stopped, verdict: outcome.code === 'patch-does-not-apply' ? 'did-not-apply' : outcome.code === 'build-failed' ? 'build-failed' : 'error' };
+  }
+  // The host broke the run and the kernel showed nothing: it says nothing about the probes.
+  if (outcome.class === 'infra') return { ...stopped, verdict: 'inconclusive' };
   const caughtBy = newFailures(failuresOf(run.results, lab), baseline);
   return {
     ...base,
     verdict: caughtBy.some(isEvidence) ? 'caught' : caughtBy.length ? 'inconclusive' : 'SURVIVED',
     caughtBy,
     expectedHit: patch.expectedCatch.filter((n) => caughtBy.some((c) => c.probe === n)),
-    runDir: run.results.runDir,
-    ...(run.results.verdictReasons.length ? { message: run.results.verdictReasons.join('; ') } : {}),
+    runDir,
+    ...(message ? { message } : {}),
   };
 }
 
@@ -253,8 +262,8 @@ export interface MutantsSummary {
   lab: string;
   catalogue: string;
   startedAt: string;
-  /** The unpatched lab: its verdict, and the failures that therefore cannot count as catches. */
-  baseline: { verdict: 'pass' | 'fail' | 'error'; failures: Catch[]; message?: string; runDir?: string } | null;
+  /** The unpatched lab: its outcome class, and the failures that therefore cannot count as catches. */
+  baseline: { class: OutcomeClass; failures: Catch[]; message?: string; runDir?: string } | null;
   mutants: MutantOutcome[];
   /** Every mutant caught, and the baseline (if run) passed. */
   ok: boolean;
@@ -299,7 +308,7 @@ export async function runMutants(lab: LabSpec, opts: MutantsOptions): Promise<Mu
   if (opts.focus) {
     const none = patches.filter((p) => labFor(p).probes.length === 0);
     if (none.length) {
-      throw new HwlabError(`--focus: ${none.map((p) => `${p.name} (Expected-catch: ${p.expectedCatch.join(', ') || 'none'})`).join('; ')} names no probe of ${lab.file}`);
+      throw new InputError(`--focus: ${none.map((p) => `${p.name} (Expected-catch: ${p.expectedCatch.join(', ') || 'none'})`).join('; ')} names no probe of ${lab.file}`);
     }
   }
   const dir = path.join(opts.runsDir ?? path.join(repoRoot, 'runs'), `mutants-${lab.name}-${stamp()}`);
@@ -313,16 +322,22 @@ export async function runMutants(lab: LabSpec, opts: MutantsOptions): Promise<Mu
   let baseline: Catch[] = [];
   if (!opts.noBaseline) {
     progress.info(`\n[baseline] ${lab.name} without extra patches`);
-    try {
-      const { results } = await runOne(lab, runOpts);
-      baseline = failuresOf(results, lab);
-      summary.baseline = { verdict: results.verdict, failures: baseline, runDir: results.runDir, ...(results.verdictReasons.length ? { message: results.verdictReasons.join('; ') } : {}) };
-    } catch (err) {
-      // Without a baseline nothing can be judged: the same failure would stop every mutant.
-      summary.baseline = { verdict: 'error', failures: [], message: err instanceof Error ? err.message : String(err) };
+    const run = await runOne(lab, runOpts).then((r) => ({ results: r.results }), (error: unknown) => ({ error }));
+    // Without a baseline nothing can be judged: an input error or a broken host would stop every mutant too.
+    const broken = 'error' in run
+      ? { class: classOfError(run.error), message: run.error instanceof Error ? run.error.message : String(run.error) }
+      : run.results.outcome.class === 'error' || run.results.outcome.class === 'infra'
+        ? { class: run.results.outcome.class, message: run.results.failure?.message ?? run.results.outcome.title, runDir: run.results.runDir }
+        : null;
+    if (broken) {
+      summary.baseline = { ...broken, failures: [] };
       await save();
-      throw new HwlabError(`the baseline run of ${lab.file} (no extra patch) did not finish: ${summary.baseline.message}`);
+      const Err = broken.class === 'error' ? InputError : InfraError;
+      throw new Err(`the baseline run of ${lab.file} (no extra patch) did not finish: ${broken.message}`);
     }
+    const results = (run as { results: RunResults }).results;
+    baseline = failuresOf(results, lab);
+    summary.baseline = { class: results.outcome.class, failures: baseline, runDir: results.runDir, ...(results.outcome.class !== 'pass' ? { message: results.outcome.title } : {}) };
     await save();
   }
 
@@ -335,7 +350,7 @@ export async function runMutants(lab: LabSpec, opts: MutantsOptions): Promise<Mu
     progress.info(`    ${outcome.verdict}${outcome.caughtBy.length ? ` by ${outcome.caughtBy.map(catchLabel).join(', ')}` : ''}`);
     await save();
   }
-  summary.ok = summary.mutants.every((m) => m.verdict === 'caught') && (summary.baseline === null || summary.baseline.verdict === 'pass');
+  summary.ok = summary.mutants.every((m) => m.verdict === 'caught') && (summary.baseline === null || summary.baseline.class === 'pass');
   await save();
   await writeFile(path.join(dir, 'table.txt'), formatMutantsTable(summary) + '\n');
   return summary;
@@ -406,8 +421,8 @@ export function formatMutantsTable(summary: Pick<MutantsSummary, 'baseline' | 'm
 
   const details: string[] = [];
   const b = summary.baseline;
-  if (b && b.verdict !== 'pass') {
-    details.push(`baseline ${b.verdict.toUpperCase()} (so the catalogue fails too); its failures do not count as catches:`);
+  if (b && b.class !== 'pass') {
+    details.push(`baseline ${b.class.toUpperCase()} (so the catalogue fails too); its failures do not count as catches:`);
     for (const c of b.failures) {
       details.push(...capped([...c.subtests, ...c.kernelReports.map((r) => `kernel ${r}`)], `  ${catchLabel(c)}: `));
       if (!c.subtests.length && !c.kernelReports.length) details.push(`  ${catchLabel(c)}: (probe failed without a failing subtest)`);

@@ -78,17 +78,3 @@ export class ProbeWatchdog {
     }
   }
 }
-
-/**
- * Shell script (run with `sh -c`) that prints every task in uninterruptible
- * sleep with its kernel stack: what a hung probe is waiting for. Fixed text,
- * no lab values.
- */
-export const BLOCKED_TASKS_SCRIPT = `for t in /proc/[0-9]*/task/[0-9]*; do
-  st=$(sed -n 's/^State:[[:space:]]*//p' "$t/status" 2>/dev/null)
-  case "$st" in D*)
-    tid=\${t##*/}
-    echo "task $(cat "$t/comm" 2>/dev/null) tid $tid state $st"
-    sed 's/^/  /' "$t/stack" 2>/dev/null
-  esac
-done`;

@@ -2,8 +2,9 @@
 // exposes in /sys/module/<name>/notes/.note.gnu.build-id, compared with the
 // build-id of the .ko hwlab built. Works for any module (no dependence on
 // CONFIG_MODULE_SRCVERSION_ALL), and tells two builds of the same source apart.
-import { HwlabError } from '../util/cleanup.ts';
-import type { GuestSession } from './session.ts';
+
+import { check, sh, type GuestShell } from './commands.ts';
+import { InfraError } from '../util/errors.ts';
 
 const NT_GNU_BUILD_ID = 3;
 const MARK = '== ';
@@ -11,7 +12,7 @@ const MARK = '== ';
 /** Bytes from `od -An -tx1 -v` output (hex pairs separated by blanks and newlines). */
 export function parseOdHex(dump: string): Buffer {
   const words = dump.split(/\s+/).filter(Boolean);
-  for (const w of words) if (!/^[0-9a-fA-F]{2}$/.test(w)) throw new HwlabError(`od output has "${w}" where a hex byte belongs`);
+  for (const w of words) if (!/^[0-9a-fA-F]{2}$/.test(w)) throw new InfraError(`od output has "${w}" where a hex byte belongs`);
   return Buffer.from(words.join(''), 'hex');
 }
 
@@ -30,7 +31,7 @@ export function buildIdFromNotes(buf: Buffer): string | undefined {
     const type = buf.readUInt32LE(off + 8);
     const nameStart = off + 12;
     const descStart = nameStart + pad4(namesz);
-    if (descStart + descsz > buf.length) throw new HwlabError(`truncated ELF note at byte ${off}: namesz ${namesz}, descsz ${descsz}, ${buf.length} bytes in all`);
+    if (descStart + descsz > buf.length) throw new InfraError(`truncated ELF note at byte ${off}: namesz ${namesz}, descsz ${descsz}, ${buf.length} bytes in all`);
     const name = buf.subarray(nameStart, nameStart + namesz).toString('latin1');
     if (type === NT_GNU_BUILD_ID && name === 'GNU\0') return buf.subarray(descStart, descStart + descsz).toString('hex');
     off = descStart + pad4(descsz);
@@ -67,15 +68,15 @@ const norm = (n: string) => n.replace(/-/g, '_');
  * Build-ids of loaded modules, keyed by module name (dashes as underscores).
  * Modules that are not loaded (or built in: no notes) are absent from the map.
  */
-export async function guestModuleBuildIds(session: GuestSession, names: string[]): Promise<Map<string, string>> {
+export async function guestModuleBuildIds(guest: GuestShell, names: string[]): Promise<Map<string, string>> {
   const mods = [...new Set(names.map(norm))];
-  for (const m of mods) if (!/^[A-Za-z0-9_]+$/.test(m)) throw new HwlabError(`"${m}" is not a module name`);
+  for (const m of mods) if (!/^[A-Za-z0-9_]+$/.test(m)) throw new InfraError(`"${m}" is not a module name`);
   if (mods.length === 0) return new Map();
   const script =
     'for m in "$@"; do f="/sys/module/$m/notes/.note.gnu.build-id"; echo "== $m"; ' +
     'if [ -r "$f" ]; then od -An -tx1 -v "$f" || exit 1; fi; done';
-  const r = await session.sh(script, mods, { timeoutMs: 30_000 });
-  if (r.code !== 0) throw new HwlabError(`reading module build-ids in the guest failed (exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
+  const r = await sh(guest, script, mods, { timeoutMs: 30_000 });
+  if (r.code !== 0) throw new InfraError(`reading module build-ids in the guest failed (exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
   return parseBuildIdDumps(r.stdout);
 }
 
@@ -86,11 +87,11 @@ export async function guestModuleBuildIds(session: GuestSession, names: string[]
  * must also be loaded; the rest are reported as not loaded.
  */
 export async function verifyReplacedModules(
-  session: GuestSession,
+  guest: GuestShell,
   replaced: Array<{ module: string; buildId: string }>,
   mustBeLoaded: string[] = [],
 ): Promise<{ verified: string[]; notLoaded: string[] }> {
-  const got = await guestModuleBuildIds(session, replaced.map((m) => m.module));
+  const got = await guestModuleBuildIds(guest, replaced.map((m) => m.module));
   const problems: string[] = [];
   const verified: string[] = [];
   const notLoaded: string[] = [];
@@ -107,6 +108,6 @@ export async function verifyReplacedModules(
       verified.push(name);
     }
   }
-  if (problems.length) throw new HwlabError(`the guest is not running the rebuilt modules:\n  ${problems.join('\n  ')}`);
+  if (problems.length) throw new InfraError(`the guest is not running the rebuilt modules:\n  ${problems.join('\n  ')}`);
   return { verified, notLoaded };
 }

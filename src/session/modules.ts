@@ -4,13 +4,14 @@
 import { execa } from 'execa';
 import path from 'node:path';
 import { readModuleIndex } from '../image/initramfs.ts';
-import type { KernelArtifact } from '../kernel/types.ts';
-import { HwlabError } from '../util/cleanup.ts';
-import type { GuestSession } from './session.ts';
+import type { Kernel } from '../kernel/types.ts';
 
-export async function verifyLoadedModules(session: GuestSession, kernel: KernelArtifact): Promise<Array<{ module: string; srcversion: string }>> {
+import { check, sh, type GuestShell } from './commands.ts';
+import { InfraError } from '../util/errors.ts';
+
+export async function verifyLoadedModules(guest: GuestShell, kernel: Kernel): Promise<Array<{ module: string; srcversion: string }>> {
   const idx = await readModuleIndex(kernel);
-  const out = await session.sh('for m in /sys/module/*; do [ -f "$m/srcversion" ] && echo "$(basename $m) $(cat $m/srcversion)"; done; true', [], { timeoutMs: 30_000 });
+  const out = await sh(guest, 'for m in /sys/module/*; do [ -f "$m/srcversion" ] && echo "$(basename $m) $(cat $m/srcversion)"; done; true', [], { timeoutMs: 30_000 });
   const loaded = new Map(out.stdout.trim().split('\n').filter(Boolean).map((l) => l.split(' ') as [string, string]));
   const verified: Array<{ module: string; srcversion: string }> = [];
   const modDir = path.join(kernel.modulesRoot, 'lib/modules', kernel.release);
@@ -19,7 +20,7 @@ export async function verifyLoadedModules(session: GuestSession, kernel: KernelA
     if (!rel) continue; // built in, or not ours
     const host = (await execa('modinfo', ['-F', 'srcversion', path.join(modDir, rel)])).stdout.trim();
     if (host !== guestVersion) {
-      throw new HwlabError(`module ${name} in the guest has srcversion ${guestVersion}, the build produced ${host}: the guest is not running the driver just built`);
+      throw new InfraError(`module ${name} in the guest has srcversion ${guestVersion}, the build produced ${host}: the guest is not running the driver just built`);
     }
     verified.push({ module: name, srcversion: host });
   }

@@ -1,7 +1,7 @@
 // Finding lab endpoints in the guest. QEMU places every device at a fixed
 // devfn (see qemu/cmdline.ts), but bus numbers are the guest's choice, so
 // endpoints are found by walking the devfn path through sysfs.
-import type { GuestSession } from './session.ts';
+import { check, sh, type GuestShell } from './commands.ts';
 
 /** Matches a devfn path (['10.0','00.0']) against sysfs device paths under /sys/devices/pci0000:00. */
 export function resolvePciPath(sysfsDirs: string[], devfnPath: string[]): string | null {
@@ -21,13 +21,13 @@ export interface GuestPciDevice {
   vendorDevice: string;
 }
 
-export async function findPciDevices(session: GuestSession, paths: Record<string, string[]>): Promise<Record<string, GuestPciDevice>> {
-  const dirs = (await session.check(['find', '/sys/devices/pci0000:00', '-maxdepth', '12', '-type', 'd', '-name', '0000:*'])).split('\n');
+export async function findPciDevices(guest: GuestShell, paths: Record<string, string[]>): Promise<Record<string, GuestPciDevice>> {
+  const dirs = (await check(guest, ['find', '/sys/devices/pci0000:00', '-maxdepth', '12', '-type', 'd', '-name', '0000:*'])).split('\n');
   const out: Record<string, GuestPciDevice> = {};
   for (const [id, devfn] of Object.entries(paths)) {
     const bdf = resolvePciPath(dirs, devfn);
     if (!bdf) throw new Error(`endpoint ${id}: no PCI device at devfn path ${devfn.join('/')} in the guest (is the topology enumerated?)`);
-    const info = await session.sh(
+    const info = await sh(guest, 
       'd=/sys/bus/pci/devices/$1; g=""; [ -e $d/iommu_group ] && g=$(basename $(readlink $d/iommu_group)); ' +
         'drv=""; [ -e $d/driver ] && drv=$(basename $(readlink $d/driver)); echo "$g|$drv|$(cat $d/vendor):$(cat $d/device)"',
       [bdf],

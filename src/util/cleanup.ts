@@ -1,5 +1,6 @@
 // Every process or resource hwlab starts registers a cleanup here, so that
 // success, failure, timeout and Ctrl-C all end it. Cleanups run once, newest first.
+import { InfraError } from './errors.ts';
 
 type Cleanup = () => Promise<void> | void;
 const cleanups = new Set<Cleanup>();
@@ -37,17 +38,10 @@ function install(): void {
   }
 }
 
-export class HwlabError extends Error {
-  constructor(message: string, readonly hint?: string) {
-    super(message);
-    this.name = 'HwlabError';
-  }
-}
-
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let t: NodeJS.Timeout;
   const timeout = new Promise<never>((_, reject) => {
-    t = setTimeout(() => reject(new HwlabError(`${what}: timed out after ${(ms / 1000).toFixed(0)} s`)), ms);
+    t = setTimeout(() => reject(new InfraError(`${what}: timed out after ${(ms / 1000).toFixed(0)} s`, undefined, 'timeout')), ms);
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(t));
 }

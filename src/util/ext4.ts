@@ -3,7 +3,8 @@
 import { execa } from 'execa';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { HwlabError } from './cleanup.ts';
+import { InfraError } from './errors.ts';
+
 
 /** An ext4 image holding `srcDir` (mkfs.ext4 -d: no mounting, no loop devices). */
 export async function makeExt4(srcDir: string, image: string, label: string, spareMiB = 64): Promise<void> {
@@ -13,7 +14,7 @@ export async function makeExt4(srcDir: string, image: string, label: string, spa
     reject: false,
     timeout: 600_000,
   });
-  if (r.exitCode !== 0) throw new HwlabError(`mkfs.ext4 for ${label} failed:\n${r.stderr.trim()}`);
+  if (r.exitCode !== 0) throw new InfraError(`mkfs.ext4 for ${label} failed:\n${r.stderr.trim()}`);
 }
 
 export async function dirBytes(dir: string): Promise<number> {

@@ -2,7 +2,8 @@
 // (a kernel tree's shared build work dir). Stale locks from dead processes
 // are taken over; waiting is bounded.
 import { open, readFile, rm } from 'node:fs/promises';
-import { HwlabError } from './cleanup.ts';
+import { InfraError } from './errors.ts';
+
 
 function alive(pid: number): boolean {
   try {
@@ -29,7 +30,7 @@ export async function withLock<T>(file: string, what: string, timeoutMs: number,
         continue;
       }
       if (Date.now() > deadline) {
-        throw new HwlabError(`${what} is in use by hwlab process ${pid}; gave up after ${(timeoutMs / 1000).toFixed(0)} s`, `wait for it, or end process ${pid}`);
+        throw new InfraError(`${what} is in use by hwlab process ${pid}; gave up after ${(timeoutMs / 1000).toFixed(0)} s`, `wait for it, or end process ${pid}`);
       }
       onWait?.(pid);
       await new Promise((r) => setTimeout(r, 1000));

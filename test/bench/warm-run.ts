@@ -7,8 +7,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadLab } from '../../src/lab/parse.ts';
-import { prepareLab, runLab } from '../../src/run/run-lab.ts';
+import { loadLab } from '../../src/lab/load.ts';
+import { prepareLab } from '../../src/run/prepare.ts';
+import { runLab } from '../../src/run/run-lab.ts';
 import { decideAccel } from '../../src/machine/accel.ts';
 import { buildQemuCommand } from '../../src/machine/cmdline.ts';
 import { runCleanups } from '../../src/util/cleanup.ts';
@@ -25,7 +26,9 @@ const fmt = (x: number) => `${x.toFixed(2)} s`;
 
 console.log(`lab ${lab.name} (${labFile}), ${runs} warm runs, ${os.cpus().length} cores`);
 let t = Date.now();
-const prepared = await prepareLab(lab, { progress });
+const warmDir = await mkdtemp(path.join(os.tmpdir(), 'hwlab-bench-warm-'));
+const prepared = await prepareLab(lab, { progress }, warmDir);
+await rm(warmDir, { recursive: true, force: true });
 console.log(`warm-up (kernel, image, initramfs from cache or built now): ${fmt((Date.now() - t) / 1000)}`);
 const accel = await decideAccel(lab.machine.accel, prepared.kernel.vmlinuz);
 console.log(`accel: ${accel.note}`);
@@ -38,7 +41,7 @@ for (let i = 0; i < runs; i++) {
   const wall = (Date.now() - start) / 1000;
   const tm = out.results.timings;
   rows.push({ wall, boot_to_ssh: tm.boot_to_ssh, setup: tm.setup, probes: tm.probes, teardown: tm.teardown });
-  console.log(`run ${i + 1}: ${out.results.verdict} wall ${fmt(wall)}  boot->ssh ${fmt(tm.boot_to_ssh)}  setup ${fmt(tm.setup)}  probes ${fmt(tm.probes)}  teardown ${fmt(tm.teardown)}`);
+  console.log(`run ${i + 1}: ${out.results.outcome.class} wall ${fmt(wall)}  boot->ssh ${fmt(tm.boot_to_ssh)}  setup ${fmt(tm.setup)}  probes ${fmt(tm.probes)}  teardown ${fmt(tm.teardown)}`);
 }
 
 // Bare boot: the same QEMU command line (kernel, initramfs, image, topology),

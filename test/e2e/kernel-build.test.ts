@@ -17,10 +17,11 @@ test.serial('--patch: a vfio-pci change (zero length -> ENOENT) is built, loaded
   t.log(r.all?.split('\n').filter((l) => /kernel build|PASS|FAIL/.test(l)).join('\n'));
   t.is(r.exitCode, 1, r.all);
   const { results } = await readRun(dir);
-  t.is(results.kernel.source, 'built');
-  t.deepEqual(results.kernel.patches?.map((p) => p.name), ['vfio-zero-length-enoent.patch']);
-  t.regex(results.kernel.patches?.[0].sha256 ?? '', /^[0-9a-f]{64}$/);
-  t.true((results.kernel.modulesVerified ?? []).some((m) => m.module === 'vfio_pci_core'), 'the patched module is the loaded one');
+  t.is(results.kernel?.kind, 'source');
+  t.is(results.outcome.class, 'fail');
+  t.deepEqual(results.kernel!.patches?.map((p) => p.name), ['vfio-zero-length-enoent.patch']);
+  t.regex(results.kernel!.patches?.[0].sha256 ?? '', /^[0-9a-f]{64}$/);
+  t.true((results.kernel!.modulesVerified ?? []).some((m) => m.module === 'vfio_pci_core'), 'the patched module is the loaded one');
   const bad = results.probes.find((p) => p.name === 'dmabuf-bad-inputs')!;
   const failed = bad.subtests.filter((s) => !s.ok);
   t.is(failed.length, 1, JSON.stringify(failed));
@@ -42,6 +43,9 @@ test.serial('a patch that does not apply stops the run before any build, naming 
   t.notRegex(out, /boot and SSH/);
   const runDir = path.join(dir, (await readdir(dir))[0]);
   t.regex(await readFile(path.join(runDir, 'error.txt'), 'utf8'), /does-not-apply\.patch.*does not apply/);
+  // A run that stopped before booting still has results, with its class.
+  const { results } = await readRun(dir);
+  t.deepEqual([results.outcome.class, results.outcome.code, results.failure?.phase], ['error', 'patch-does-not-apply', 'prepare']);
 });
 
 test.serial('a config symbol that cannot be set stops before building and names the unmet dependency', async (t) => {
@@ -59,10 +63,11 @@ test.serial('fast path: drivers/vfio/pci rebuilt against the prebuilt kernel\'s 
   const r = await hwlab(['run', path.join(repoRoot, 'labs/fastpath.yaml'), '--patch', path.join(patches, 'vfio-zero-length-enoent.patch'), '--runs-dir', dir]);
   t.is(r.exitCode, 1, r.all);
   const { results } = await readRun(dir);
-  t.is(results.kernel.source, 'debian-prebuilt');
-  t.deepEqual(results.kernel.driverDirs, ['drivers/vfio/pci']);
-  t.deepEqual(results.kernel.patches?.map((p) => p.name), ['vfio-zero-length-enoent.patch']);
-  const verified = (results.kernel.modulesVerified ?? []).map((m) => m.module.replace(/-/g, '_'));
+  t.is(results.kernel?.kind, 'overlay');
+  t.is(results.outcome.class, 'fail');
+  t.deepEqual(results.kernel!.driverDirs, ['drivers/vfio/pci']);
+  t.deepEqual(results.kernel!.patches?.map((p) => p.name), ['vfio-zero-length-enoent.patch']);
+  const verified = (results.kernel!.modulesVerified ?? []).map((m) => m.module.replace(/-/g, '_'));
   t.true(verified.includes('vfio_pci_core'), `rebuilt vfio_pci_core runs in the guest (${verified.join(' ')})`);
   const bad = results.probes.find((p) => p.name === 'dmabuf-bad-inputs')!;
   const failed = bad.subtests.filter((s) => !s.ok);

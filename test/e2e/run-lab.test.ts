@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { loadLab } from '../../src/lab/parse.ts';
+import { loadLab } from '../../src/lab/load.ts';
 import { hwlab, removeRunsDirs, qemuProcessesMentioning, readRun, repoRoot, runsDir } from './helpers.ts';
 
 test.after.always(removeRunsDirs);
@@ -18,13 +18,13 @@ test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci
   t.log(r.all?.split('\n').slice(-12).join('\n'));
   t.is(r.exitCode, 0, r.all);
   const { runDir, results } = await readRun(dir);
-  t.is(results.verdict, 'pass');
-  t.is(results.health, 'clean');
-  t.is(results.kernel.source, 'built');
-  t.regex(results.kernel.package, /^linux-source-7\.2 7\.2\.\d+/);
-  t.regex(results.kernel.version, /^7\.2\.\d+/);
-  t.deepEqual(results.kernel.patches, []);
-  const verified = (results.kernel.modulesVerified ?? []).map((m) => m.module).sort();
+  t.is(results.outcome.class, 'pass');
+  t.deepEqual(results.kernelReports, []);
+  t.is(results.kernel?.kind, 'source');
+  t.regex(results.kernel!.package, /^linux-source-7\.2 7\.2\.\d+/);
+  t.regex(results.kernel!.version, /^7\.2\.\d+/);
+  t.deepEqual(results.kernel!.patches, []);
+  const verified = (results.kernel!.modulesVerified ?? []).map((m) => m.module).sort();
   // hwlab_importer: built with M= against this kernel, insmod'ed, build-id checked.
   for (const m of ['vfio', 'vfio_pci', 'vfio_pci_core', 'hwlab_importer']) t.true(verified.includes(m), `${m} verified (${verified.join(' ')})`);
   const lab = await loadLab(path.join(repoRoot, 'labs/default.yaml'));
@@ -56,7 +56,6 @@ test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci
   // surprise-removal had the host hot-remove its device through QMP.
   t.regex(await readFile(path.join(runDir, 'host-requests.log'), 'utf8'), /device_del shm2: done/);
   t.true(results.probes.every((p) => p.kernelReports.length === 0));
-  t.deepEqual(results.kernelReports, []);
   const cmdline = await readFile(path.join(runDir, 'qemu-cmdline.sh'), 'utf8');
   t.regex(cmdline, /restrict=on/);
   t.regex(cmdline, /hostfwd=tcp:127\.0\.0\.1:\d+-:22/);
@@ -70,9 +69,9 @@ test.serial('smoke lab: the local loop reuses the default lab\'s kernel build an
   // Same config as the default lab, built just before: make must not run again.
   t.regex(r.all ?? '', /from cache, make not run/);
   const { results } = await readRun(dir);
-  t.is(results.verdict, 'pass');
-  t.is(results.health, 'clean');
-  t.is(results.kernel.source, 'built');
+  t.is(results.outcome.class, 'pass');
+  t.deepEqual(results.kernelReports, []);
+  t.is(results.kernel?.kind, 'source');
   const lab = await loadLab(path.join(repoRoot, 'labs/smoke.yaml'));
   t.deepEqual(results.probes.map((p) => p.name), lab.probes.map((p) => p.name));
   t.true(results.probes.every((p) => p.ok && p.subtests.length >= 1 && p.subtests.every((s) => s.ok)));
@@ -84,9 +83,9 @@ test.serial('prebuilt lab: Debian linux-image-7.2 passes the same probes without
   const r = await hwlab(['run', path.join(repoRoot, 'labs/prebuilt.yaml'), '--runs-dir', dir]);
   t.is(r.exitCode, 0, r.all);
   const { results } = await readRun(dir);
-  t.is(results.kernel.source, 'debian-prebuilt');
-  t.regex(results.kernel.package, /^linux-image-7\.2\.\d+/);
-  t.regex(results.kernel.version, /^7\.2\.\d+-\d+/);
+  t.is(results.kernel?.kind, 'stock');
+  t.regex(results.kernel!.package, /^linux-image-7\.2\.\d+/);
+  t.regex(results.kernel!.version, /^7\.2\.\d+-\d+/);
   t.true(results.probes.length === 4 && results.probes.every((p) => p.ok && p.subtests.every((s) => s.ok)));
 });
 
@@ -96,7 +95,7 @@ test.serial('self-test lab: a wrong errno expectation fails the run and names th
   t.is(r.exitCode, 1, r.all);
   t.regex(r.all ?? '', /dmabuf-bad-inputs\s+\S+\s+FAIL/);
   const { results } = await readRun(dir);
-  t.is(results.verdict, 'fail');
+  t.is(results.outcome.class, 'fail');
   const bad = results.probes.find((p) => p.name === 'dmabuf-bad-inputs')!;
   t.false(bad.ok);
   const failed = bad.subtests.filter((s) => !s.ok);
@@ -105,7 +104,19 @@ test.serial('self-test lab: a wrong errno expectation fails the run and names th
   t.is(failed[0].diagnostics?.expected, 'ENOENT');
   t.is(failed[0].diagnostics?.actual, 'EINVAL');
   t.true(results.probes.find((p) => p.name === 'dmabuf-export')!.ok, 'the other probe still passes');
-  t.true(results.verdictReasons.some((x) => x.includes('dmabuf-bad-inputs')));
+  t.regex(results.outcome.title, /^dmabuf-bad-inputs: zero_length:/);
+});
+
+test.serial('a boot that cannot finish in time is infra: exit 3, the boot phase named, no QEMU left', async (t) => {
+  const dir = runsDir();
+  const r = await hwlab(['run', path.join(repoRoot, 'labs/selftest-boot-timeout.yaml'), '--runs-dir', dir]);
+  t.is(r.exitCode, 3, r.all);
+  const { runDir, results } = await readRun(dir);
+  t.deepEqual([results.outcome.class, results.outcome.code, results.failure?.phase], ['infra', 'boot-timeout', 'boot']);
+  t.deepEqual(results.kernelReports, []);
+  t.deepEqual(results.probes, []);
+  t.regex(r.all ?? '', /^INFRA \(boot-timeout\): the guest did not start sshd in 1 s/m);
+  t.deepEqual(await qemuProcessesMentioning(runDir), [], 'no QEMU left running');
 });
 
 test.serial('a lab file with errors is refused with file:line:col before anything boots', async (t) => {

@@ -9,19 +9,19 @@ import { buildIdFromNotes, parseBuildIdDumps, parseOdHex } from '../../src/sessi
 import {
   applyConfigChanges,
   assertPatchesConfined,
-  buildDriverOverlay,
+  buildOverlayKernel,
   elfBuildId,
   headerDepends,
   normalizeDriverDirs,
-  parseConfigValues,
   toolchainChanges,
   upstreamVersion,
 } from '../../src/kernel/driver-build.ts';
 import { fetchDebianKernel } from '../../src/kernel/debian.ts';
 import { loadPatchSeries, type PatchFile } from '../../src/kernel/patches.ts';
 import { cacheRoot, sha256 } from '../../src/util/cache.ts';
-import { HwlabError } from '../../src/util/cleanup.ts';
+import { InputError } from '../../src/util/errors.ts';
 import type { Step } from '../../src/util/progress.ts';
+import { configSettings } from '../../src/kernel/dotconfig.ts';
 
 const PATCHES = fileURLToPath(new URL('../fixtures/patches/', import.meta.url));
 
@@ -52,12 +52,12 @@ test('a patch confined to the driver dirs is accepted', async (t) => {
 test('a patch touching core code or a shared header is refused, naming the files and the patches', (t) => {
   const p1 = patch('0001-vfio.patch', diff('drivers/vfio/pci/vfio_pci_core.c') + diff('include/linux/vfio_pci_core.h'));
   const p2 = patch('0002-mm.patch', diff('mm/memory.c'));
-  const err = t.throws(() => assertPatchesConfined([p1, p2], ['drivers/vfio/pci']), { instanceOf: HwlabError })!;
+  const err = t.throws(() => assertPatchesConfined([p1, p2], ['drivers/vfio/pci']), { instanceOf: InputError })!;
   t.regex(err.message, /fast path rebuilds only drivers\/vfio\/pci/);
   t.regex(err.message, /include\/linux\/vfio_pci_core\.h  \(0001-vfio\.patch\)/);
   t.regex(err.message, /mm\/memory\.c  \(0002-mm\.patch\)/);
   t.notRegex(err.message, /vfio_pci_core\.c/);
-  t.regex((err as HwlabError).hint ?? '', /from source .*linux-source/);
+  t.regex((err as InputError).hint ?? '', /from source .*linux-source/);
 });
 
 test('a dir prefix is not a dir: drivers/vfio/pcix is outside drivers/vfio/pci', (t) => {
@@ -65,7 +65,7 @@ test('a dir prefix is not a dir: drivers/vfio/pcix is outside drivers/vfio/pci',
   const err = t.throws(() => assertPatchesConfined([p], ['drivers/vfio/pci']))!;
   t.regex(err.message, /drivers\/vfio\/pcix\/a\.c/);
   // A file in another driver dir suggests adding the dir.
-  t.regex((err as HwlabError).hint ?? '', /kernel\.driver\.dirs/);
+  t.regex((err as InputError).hint ?? '', /kernel\.driver\.dirs/);
   t.notThrows(() => assertPatchesConfined([p], ['drivers/vfio/pci', 'drivers/vfio/pcix']));
 });
 
@@ -77,14 +77,14 @@ test('driver dirs are normalised; absolute, escaping and nested dirs are refused
   t.throws(() => normalizeDriverDirs([]), { message: /empty/ });
 });
 
-test('buildDriverOverlay refuses an out-of-dir patch before fetching anything', async (t) => {
+test('buildOverlayKernel refuses an out-of-dir patch before fetching anything', async (t) => {
   const step = recorder();
   const kernel = {
-    source: 'debian-prebuilt' as const, package: 'linux-image-7.2.13+deb14-amd64', version: '7.2.13-1', release: '7.2.13+deb14-amd64',
+    kind: 'stock' as const, package: 'linux-image-7.2.13+deb14-amd64', version: '7.2.13-1', release: '7.2.13+deb14-amd64',
     vmlinuz: '/nonexistent', modulesRoot: '/nonexistent', modulesDisk: '/nonexistent', cacheDir: '/nonexistent', cacheKey: 'x',
   };
   await t.throwsAsync(
-    buildDriverOverlay({
+    buildOverlayKernel({
       kernel, debian: { suite: 'sid', mirror: 'http://127.0.0.1:9/debian' }, dirs: ['drivers/vfio/pci'],
       patches: [patch('core.patch', diff('kernel/module/main.c'))], logFile: '/nonexistent/log', step,
     }),
@@ -113,11 +113,11 @@ test('header package Depends: only linux-headers-* and linux-kbuild-*, with exac
 });
 
 test('toolchain symbols are adapted in auto.conf and autoconf.h; kernel options are not', (t) => {
-  const kernel = parseConfigValues(
+  const kernel = configSettings(
     'CONFIG_CC_VERSION_TEXT="x86_64-linux-gnu-gcc-16 (Debian 16.2.0-4) 16.2.0"\nCONFIG_GCC_VERSION=160200\nCONFIG_CC_HAS_MIN_FUNCTION_ALIGNMENT=y\n' +
       'CONFIG_FUNCTION_ALIGNMENT=16\nCONFIG_EXT_GROUP_SCHED=y\nCONFIG_VFIO_PCI_CORE=m\n# CONFIG_X is not set\n',
   );
-  const host = parseConfigValues(
+  const host = configSettings(
     'CONFIG_CC_VERSION_TEXT="gcc (Debian 12.2.0-14+deb12u1) 12.2.0"\nCONFIG_GCC_VERSION=120200\nCONFIG_GCC_ASM_GOTO_OUTPUT_BROKEN=y\n' +
       'CONFIG_FUNCTION_ALIGNMENT=16\nCONFIG_VFIO_PCI_CORE=m\n',
   );
@@ -220,7 +220,7 @@ network('network: drivers/vfio/pci rebuilt against the 7.2 headers with a patch 
     await rm(d, { recursive: true, force: true });
   });
   const start = Date.now();
-  const res = await buildDriverOverlay({ kernel, debian, dirs: ['drivers/vfio/pci'], patches, logFile: join(d, 'build.log'), step });
+  const res = await buildOverlayKernel({ kernel, debian, dirs: ['drivers/vfio/pci'], patches, logFile: join(d, 'build.log'), step });
   const firstSeconds = (Date.now() - start) / 1000;
 
   t.true(res.built);
@@ -252,7 +252,7 @@ network('network: drivers/vfio/pci rebuilt against the 7.2 headers with a patch 
   t.regex(await readFile(join(d, 'build.log'), 'utf8'), /vfio_pci_dmabuf\.o/);
 
   // Unchanged request: cache hit, no make.
-  const again = await buildDriverOverlay({ kernel, debian, dirs: ['drivers/vfio/pci'], patches, logFile: join(d, 'again.log'), step: recorder() });
+  const again = await buildOverlayKernel({ kernel, debian, dirs: ['drivers/vfio/pci'], patches, logFile: join(d, 'again.log'), step: recorder() });
   t.false(again.built);
   t.is(again.cacheKey, res.cacheKey);
   t.regex(await readFile(join(d, 'again.log'), 'utf8'), /^cache hit/);

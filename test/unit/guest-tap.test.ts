@@ -157,22 +157,26 @@ test('bufinfo object lines are parsed, attachment lines skipped', (t) => {
 test('catalog: defaults, types and expect keys are validated', (t) => {
   t.deepEqual(Object.keys(PROBES), ['dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'reset-and-mem-toggle', 'importer-refusals',
     'revoke-triggers', 'map-type', 'importer-multirange', 'rdma-reg-dmabuf-mr', 'iommufd-map-file', 'export-ranges', 'lifetime', 'rough-edges', 'stress', 'surprise-removal', 'hot-reset-set']);
-  t.deepEqual(resolveParams('dmabuf-export', {}), { ok: true, params: { region: 2, offset: 0, length: 0 } });
+  t.deepEqual(resolveParams('dmabuf-export', {}, 'ivshmem-plain'), { ok: true, params: { region: 2, offset: 0, length: 0 } });
+  // region defaults to the BAR the endpoint's kind exports (src/lab/endpoints.ts): edu's registers are BAR 0.
   t.deepEqual(resolveParams('dmabuf-bad-inputs', { expect: { zero_length: 'ENOENT' } }, 'edu'),
-    { ok: true, params: { region: 2, expect: { zero_length: 'ENOENT' } } });
-  const bad = resolveParams('dmabuf-bad-inputs', { region: -1, expect: { zero_lenght: 'EINVAL', probe: 'einval' }, extra: 1 });
+    { ok: true, params: { region: 0, expect: { zero_length: 'ENOENT' } } });
+  t.deepEqual(resolveParams('dmabuf-bad-inputs', { region: 4 }, 'edu'), { ok: true, params: { region: 4, expect: {} } });
+  const bad = resolveParams('dmabuf-bad-inputs', { region: -1, expect: { zero_lenght: 'EINVAL', probe: 'einval' }, extra: 1 }, 'nvme');
   t.false(bad.ok);
   if (!bad.ok) t.is(bad.errors.length, 4, bad.errors.join('\n'));
-  t.false(resolveParams('reset-and-mem-toggle', { closeWhileMemOff: 'yes' }).ok);
-  t.false(resolveParams('nope', {}).ok);
+  t.false(resolveParams('reset-and-mem-toggle', { closeWhileMemOff: 'yes' }, 'nvme').ok);
+  t.false(resolveParams('nope', {}, 'nvme').ok);
+  const notTaken = resolveParams('importer-multirange', {}, 'edu');
+  t.deepEqual(notTaken.ok ? [] : notTaken.errors, ['importer-multirange does not accept endpoint type edu']);
   // One case per row of the contract's errno table that one device can pose (ENOTTY and the variant driver's EOPNOTSUPP cannot).
   t.deepEqual([...BAD_INPUT_CASES], ['set_without_probe', 'get_set_without_probe', 'probe', 'argsz_short', 'flags_nonzero', 'nr_ranges_zero',
     'rom_region', 'config_region', 'unimplemented_bar', 'upper_half_bar', 'io_bar', 'zero_length', 'unaligned_offset', 'lengths_wrap',
     'offset_wraps', 'range_past_end']);
   // String params with choices: map-type's expect names a row of the contract's map type table.
-  t.deepEqual(resolveParams('map-type', { expect: 'host-bridge-iova' }),
+  t.deepEqual(resolveParams('map-type', { expect: 'host-bridge-iova' }, 'ivshmem-plain'),
     { ok: true, params: { region: 2, importer: 'edu0', expect: 'host-bridge-iova' } });
-  const wrong = resolveParams('map-type', { expect: 'iova' });
+  const wrong = resolveParams('map-type', { expect: 'iova' }, 'ivshmem-plain');
   t.false(wrong.ok);
   if (!wrong.ok) t.regex(wrong.errors[0], /map-type\.expect: must be one of bus-address, host-bridge-iova, host-bridge-direct, not-supported \(got "iova"\)/);
 });

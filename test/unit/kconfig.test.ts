@@ -8,8 +8,9 @@ import {
   evalExpr, explainMismatch, formatExpr, indexFromTexts, parseExpr, similarSymbols, N, M, Y,
 } from '../../src/kernel/kconfig.ts';
 import {
-  assembleConfig, ConfigError, formatMismatch, parseDotConfig, requestedValues, verifyConfig,
+  assembleConfig, ConfigError, formatMismatch, requestedValues, verifyConfig,
 } from '../../src/kernel/config.ts';
+import { parseDotConfig } from '../../src/kernel/dotconfig.ts';
 
 // Real Linux 7.2.13 Kconfig excerpts and .config lines (see the header of each fixture file).
 const FIX = fileURLToPath(new URL('../fixtures/kconfig/', import.meta.url));

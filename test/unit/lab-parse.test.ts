@@ -1,7 +1,9 @@
 import test from 'ava';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DEFAULT_CATALOG, LabError, loadLab, parseLab, type ProbeCatalog } from '../../src/lab/parse.ts';
+import { DEFAULT_CATALOG, type ProbeCatalog } from '../../src/lab/checks.ts';
+import { loadLab, parseLab } from '../../src/lab/load.ts';
+import { YamlError } from '../../src/util/yaml.ts';
 import type { LabSpec } from '../../src/lab/types.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -10,18 +12,18 @@ const fixtureImages = path.join(fixtures, 'images');
 // Messages carry the file as given; give fixtures relative to the repo so expectations are stable.
 const fx = (name: string) => path.relative(process.cwd(), path.join(fixtures, 'labs', name));
 
-async function labError(p: Promise<unknown> | (() => unknown)): Promise<LabError> {
+async function labError(p: Promise<unknown> | (() => unknown)): Promise<YamlError> {
   try {
     if (typeof p === 'function') p();
     else await p;
   } catch (e) {
-    if (e instanceof LabError) return e;
+    if (e instanceof YamlError) return e;
     throw e;
   }
-  throw new Error('expected a LabError, got a lab');
+  throw new Error('expected a YamlError, got a lab');
 }
 
-/** A catalog with one extra probe that only takes edu devices (every real probe takes all types). */
+/** A catalog with one extra probe that only takes edu devices. */
 const catalogWithEduOnly: ProbeCatalog = {
   probes: {
     ...DEFAULT_CATALOG.probes,
@@ -151,7 +153,7 @@ test('schema errors: all at once, each with file:line:col and field', async (t) 
     `${f}:13:21: topology.root_ports[1].id: must be a lowercase letter followed by a-z, 0-9, _ or - (it becomes a QEMU id) (got "Rp1")`,
     `${f}:15:7: topology.switches[0].port: is required`,
     `${f}:17:59: topology.endpoints[0].memory: must be a power of two (got 48M)`,
-    `${f}:18:25: topology.endpoints[1].type: must be one of ivshmem-plain, edu, nvme, pci-testdev (got "edux")`,
+    `${f}:18:25: topology.endpoints[1].type: must be one of ivshmem-plain, edu, nvme, pci-testdev, secondary-vga (got "edux")`,
     `${f}:19:51: topology.endpoints[2].dma_mask: must be at least 28 (got 12)`,
     `${f}:20:13: dmabuf_abi: must be one of ranges, v0 (got "v1")`,
     `${f}:21:19: timeouts.boot: must be greater than 0 (got 0)`,
@@ -160,7 +162,7 @@ test('schema errors: all at once, each with file:line:col and field', async (t) 
 });
 
 test('bare-string iommu with a bad value points at the value', (t) => {
-  const e = t.throws(() => parseLab(`${MINIMAL}iommu: foo\n`, 'labs/x.yaml'), { instanceOf: LabError });
+  const e = t.throws(() => parseLab(`${MINIMAL}iommu: foo\n`, 'labs/x.yaml'), { instanceOf: YamlError });
   t.is(e.message, 'labs/x.yaml:3:8: iommu.type: must be one of intel, amd, virtio, none (got "foo")');
 });
 
@@ -206,7 +208,7 @@ test('probe cross-references and params', async (t) => {
 
 test('a probe on a device type it does not accept', (t) => {
   const text = `${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0 }\nprobes:\n  - { name: edu-only, device: shm0 }\n`;
-  const e = t.throws(() => parseLab(text, 'labs/x.yaml', { imagesDir: fixtureImages, catalog: catalogWithEduOnly }), { instanceOf: LabError });
+  const e = t.throws(() => parseLab(text, 'labs/x.yaml', { imagesDir: fixtureImages, catalog: catalogWithEduOnly }), { instanceOf: YamlError });
   t.is(e.message, 'labs/x.yaml:8:31: probes[0].device: probe edu-only does not work on ivshmem-plain ("shm0"); it takes edu');
 });
 
@@ -217,28 +219,15 @@ test('image recipe must exist; the path tried is named', async (t) => {
 });
 
 test('empty file and wrong top-level type', (t) => {
-  const empty = t.throws(() => parseLab('', 'labs/empty.yaml', { imagesDir: fixtureImages }), { instanceOf: LabError });
+  const empty = t.throws(() => parseLab('', 'labs/empty.yaml', { imagesDir: fixtureImages }), { instanceOf: YamlError });
   t.is(empty.message, 'labs/empty.yaml:1:1: kernel: is required\nlabs/empty.yaml:1:1: image: is required');
-  const list = t.throws(() => parseLab('- a\n- b\n', 'labs/list.yaml'), { instanceOf: LabError });
+  const list = t.throws(() => parseLab('- a\n- b\n', 'labs/list.yaml'), { instanceOf: YamlError });
   t.is(list.message, 'labs/list.yaml:1:1: expected a map (got a list)');
 });
 
-test('unreadable file is a LabError too', async (t) => {
+test('unreadable file is a YamlError too', async (t) => {
   const e = await labError(loadLab('labs/does-not-exist.yaml'));
   t.regex(e.message, /^labs\/does-not-exist\.yaml:1:1: cannot read lab file: ENOENT/);
-});
-
-test('parseYamlWith: the same located errors for any schema', async (t) => {
-  const { parseYamlWith } = await import('../../src/lab/parse.ts');
-  const { z } = await import('zod');
-  const schema = z.object({ suite: z.string(), packages: z.array(z.string()).default([]) }).strict();
-  t.deepEqual(parseYamlWith('suite: sid\n', 'images/x.yaml', schema), { suite: 'sid', packages: [] });
-  const e = t.throws(() => parseYamlWith('suite: 1\nextra: 2\npackages: [a, 3]\n', 'images/x.yaml', schema), { instanceOf: LabError });
-  t.is(e.message, [
-    'images/x.yaml:1:8: suite: expected a string (got 1)',
-    'images/x.yaml:2:1: extra: unknown key "extra"',
-    'images/x.yaml:3:15: packages[1]: expected a string (got 3)',
-  ].join('\n'));
 });
 
 test('kernel sections: source builds, fast path, and what each refuses', (t) => {
@@ -252,7 +241,7 @@ test('kernel sections: source builds, fast path, and what each refuses', (t) => 
     kind: 'source', source: { kind: 'tarball', path: path.join(repo, 'package.json') }, patches: [],
     config: { base: 'defconfig', fragments: [path.join(repo, 'labs/configs/debug.config')] },
   });
-  const err = (text: string) => t.throws(() => parseLab(text + base, file), { instanceOf: LabError }).message;
+  const err = (text: string) => t.throws(() => parseLab(text + base, file), { instanceOf: YamlError }).message;
   t.regex(err('kernel:\n  debian: linux-image-7.2\n  patches: [x.patch]\n'), /kernel-test\.yaml:3:\d+: kernel\.patches: a prebuilt kernel \(linux-image-7\.2\) takes patches only with driver:/);
   t.regex(err('kernel:\n  debian: linux-source-7.2\n  driver: {}\n'), /kernel\.driver: only applies to a prebuilt kernel/);
   t.regex(err('kernel:\n  debian: linux-source-7.2\n  path: /src/linux\n'), /kernel: needs exactly one of debian, path, tarball \(got debian, path\)/);
@@ -264,9 +253,9 @@ test('endpoints sharing a port as the functions of one device; function 0 is req
   const topo = (fns: number[]) => `${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n${fns.map((f, i) => `    - { id: s${i}, type: ivshmem-plain, port: rp0, memory: 16M, function: ${f} }\n`).join('')}`;
   const lab = inline(topo([0, 1]));
   t.deepEqual(lab.topology.endpoints.map((e) => [e.id, e.function]), [['s0', undefined], ['s1', 1]]);
-  const noZero = t.throws(() => inline(topo([1, 2])), { instanceOf: LabError });
+  const noZero = t.throws(() => inline(topo([1, 2])), { instanceOf: YamlError });
   t.regex(noZero.message, /inline\.yaml:\d+:\d+: topology\.endpoints\[0\]\.function: port "rp0" has functions 1, 2 but no function 0/);
-  const twice = t.throws(() => inline(topo([0, 0])), { instanceOf: LabError });
+  const twice = t.throws(() => inline(topo([0, 0])), { instanceOf: YamlError });
   t.regex(twice.message, /endpoints sharing a port need distinct function numbers, and function 0 is taken/);
 });
 
@@ -274,17 +263,51 @@ test('the importer param (default edu0) must name an edu endpoint of the lab, ca
   const lab = (endpoints: string, params = '') =>
     `${MINIMAL}topology:\n  root_ports: [rp0, rp1]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0, memory: 16M }\n${endpoints}probes:\n  - { name: importer-refusals, device: shm0${params} }\n`;
   t.is(inline(lab('    - { id: edu0, type: edu, port: rp1 }\n')).probes[0].params.importer, 'edu0');
-  const none = t.throws(() => inline(lab('')), { instanceOf: LabError }).message;
+  const none = t.throws(() => inline(lab('')), { instanceOf: YamlError }).message;
   t.regex(none, /inline\.yaml:\d+:\d+: probes\[0\]: importer-refusals\.importer: no endpoint "edu0" \(the default; set params\.importer\); it names the edu endpoint the probe uses \(edu endpoints in this lab: none\)/);
   const other = lab('    - { id: dma1, type: edu, port: rp1 }\n', ', params: { importer: shm0 }');
-  t.regex(t.throws(() => inline(other), { instanceOf: LabError }).message, /probes\[0\]\.params\.importer: importer-refusals\.importer: "shm0" is ivshmem-plain; it must be edu/);
+  t.regex(t.throws(() => inline(other), { instanceOf: YamlError }).message, /probes\[0\]\.params\.importer: importer-refusals\.importer: "shm0" is ivshmem-plain; it must be edu/);
   t.is(inline(lab('    - { id: dma1, type: edu, port: rp1 }\n', ', params: { importer: dma1 }')).probes[0].params.importer, 'dma1');
 });
 
 test('a param naming another VFIO endpoint must name one, not the probe\'s own device', (t) => {
   const lab = (partner: string) => `${MINIMAL}topology:\n  root_ports: [rp0, rp1]\n  endpoints:\n    - { id: a, type: ivshmem-plain, port: rp0, memory: 16M }\n    - { id: b, type: ivshmem-plain, port: rp0, memory: 16M, function: 1 }\n    - { id: edu0, type: edu, port: rp1 }\nprobes:\n  - { name: hot-reset-set, device: a, params: { partner: ${partner} } }\n`;
   t.is(inline(lab('b')).probes[0].params.partner, 'b');
-  t.regex(t.throws(() => inline(lab('zz')), { instanceOf: LabError }).message, /probes\[0\]\.params\.partner: hot-reset-set\.partner: no endpoint "zz" \(endpoints: a, b, edu0\)/);
-  t.regex(t.throws(() => inline(lab('a')), { instanceOf: LabError }).message, /hot-reset-set\.partner: must be another endpoint than the probe's device "a"/);
-  t.regex(t.throws(() => inline(lab('edu0')), { instanceOf: LabError }).message, /"edu0" is edu; it takes ivshmem-plain, nvme/);
+  t.regex(t.throws(() => inline(lab('zz')), { instanceOf: YamlError }).message, /probes\[0\]\.params\.partner: hot-reset-set\.partner: no endpoint "zz" \(endpoints: a, b, edu0\)/);
+  t.regex(t.throws(() => inline(lab('a')), { instanceOf: YamlError }).message, /hot-reset-set\.partner: must be another endpoint than the probe's device "a"/);
+  t.regex(t.throws(() => inline(lab('edu0')), { instanceOf: YamlError }).message, /"edu0" is edu; it takes ivshmem-plain, nvme/);
+});
+
+test('slot plan limits: root ports, downstream ports, ports in all (src/lab/slots.ts)', (t) => {
+  const ids = (p: string, n: number) => `[${Array.from({ length: n }, (_, i) => `${p}${i}`).join(', ')}]`;
+  const err = (topo: string) => t.throws(() => inline(`${MINIMAL}topology:\n${topo}`), { instanceOf: YamlError }).message;
+  t.regex(err(`  root_ports: ${ids('r', 16)}\n`), /inline\.yaml:4:81: topology\.root_ports\[15\]: at most 15 root ports fit on pcie\.0 \(slots 0x10-0x1e\)$/);
+  t.regex(err(`  root_ports: [rp0]\n  switches:\n    - { id: sw0, port: rp0, downstream: ${ids('d', 33)} }\n`),
+    /topology\.switches\[0\]\.downstream\[32\]: a switch has at most 32 downstream ports$/);
+  const switches = Array.from({ length: 8 }, (_, i) => `    - { id: s${i}, port: r${i}, downstream: ${ids(`d${i}x`, 32)} }\n`).join('');
+  t.regex(err(`  root_ports: ${ids('r', 15)}\n  switches:\n${switches}`), /inline\.yaml:4:3: topology: at most 255 root and downstream ports in all \(got 271\)$/);
+  t.regex(err('  root_ports: [rp0]\n  endpoints:\n    - { id: e0, type: edu, port: rp0, function: 8 }\n'), /topology\.endpoints\[0\]\.function: must be at most 7 \(got 8\)$/);
+});
+
+test('secondary-vga: VRAM size in MiB, a power of two, at most 512; region defaults to BAR0', (t) => {
+  const lab = (ep: string) => inline(`${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n    - { id: vga0, type: secondary-vga, port: rp0${ep} }\nprobes: [dmabuf-export, export-ranges]\n`);
+  const ok = lab('');
+  t.deepEqual(ok.topology.endpoints, [{ id: 'vga0', type: 'secondary-vga', port: 'rp0', vgamemMiB: 16 }]);
+  t.deepEqual(ok.probes.map((p) => [p.name, p.device, p.params.region]), [['dmabuf-export', 'vga0', 0], ['export-ranges', 'vga0', 0]]);
+  t.like(lab(', vgamem: 512M').topology.endpoints[0], { vgamemMiB: 512 });
+  const err = (ep: string) => t.throws(() => lab(ep), { instanceOf: YamlError }).message;
+  t.regex(err(', vgamem: 24M'), /inline\.yaml:6:59: topology\.endpoints\[0\]\.vgamem: must be a power of two \(got 24M\)$/);
+  t.regex(err(', vgamem: 1G'), /topology\.endpoints\[0\]\.vgamem: must be at most 512M \(got 1024M\)$/);
+  t.regex(err(', memory: 16M'), /topology\.endpoints\[0\]\.memory: unknown key "memory" \(allowed: id, type, port, function, vgamem\)$/);
+});
+
+test('labs/vga.yaml: the quick checks on a secondary-vga, exporting its VRAM (BAR0)', async (t) => {
+  const lab = await loadLab(path.join(repo, 'labs', 'vga.yaml'));
+  t.deepEqual(lab.topology.endpoints, [
+    { id: 'vga0', type: 'secondary-vga', port: 'dp0', vgamemMiB: 16 },
+    { id: 'edu0', type: 'edu', port: 'dp1', dmaMaskBits: 64 },
+  ]);
+  t.deepEqual(lab.probes.map((p) => [p.name, p.device, p.params.region]), [
+    'dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'export-ranges', 'reset-and-mem-toggle', 'importer-refusals', 'importer-multirange', 'lifetime',
+  ].map((name) => [name, 'vga0', 0]));
 });

@@ -10,10 +10,11 @@ import {
   catchLabel, DEFAULT_CATALOGUE_DIR, failuresOf, formatMutantsTable, judgeMutant, loadCatalogue, newFailures, parseMutantHeader, runMutants,
   type MutantPatch, type MutantsSummary,
 } from '../../src/run/mutants.ts';
-import { judge, type RunResults } from '../../src/results/report.ts';
+import type { RunResults } from '../../src/results/report.ts';
+import { classifyRun, failureFromError, type RunFailure } from '../../src/results/outcome.ts';
 import type { KernelReport } from '../../src/report/kernel-report.ts';
 import { TAP_STREAM_PROBE, type ProbeResult } from '../../src/results/tap.ts';
-import { HwlabError } from '../../src/util/cleanup.ts';
+import { InfraError, InputError } from '../../src/util/errors.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
 const formatPatch = (subject: string, message: string, diffExtra = '') => `From 0123456789abcdef0123456789abcdef01234567 Mon Sep 17 00:00:00 2001
@@ -48,7 +49,7 @@ test('parseMutantHeader: folded subject without [PATCH] prefix, trailer names sp
 
 test('parseMutantHeader: a trailer-like line inside the diff does not count', (t) => {
   const text = formatPatch('[PATCH] vfio/pci: x', 'Body without a trailer.', '\n+Expected-catch: dmabuf-fd');
-  const err = t.throws(() => parseMutantHeader(text, 'x.patch'), { instanceOf: HwlabError });
+  const err = t.throws(() => parseMutantHeader(text, 'x.patch'), { instanceOf: InputError });
   t.regex(err!.message, /^x\.patch: no "Expected-catch/);
 });
 
@@ -98,15 +99,15 @@ const probe = (name: string, failing: string[] = [], extra: Partial<ProbeResult>
   kernelReports: [],
   ...extra,
 });
-function results(probes: ProbeResult[], opts: { kernelReports?: KernelReport[]; runReasons?: string[] } = {}): RunResults {
+function results(probes: ProbeResult[], opts: { kernelReports?: KernelReport[]; failure?: RunFailure } = {}): RunResults {
   const kernelReports = opts.kernelReports ?? [];
-  // As runLab does: the run's own reasons first, then judge()'s.
-  const reasons = [...(opts.runReasons ?? []), ...judge(probes, kernelReports).reasons];
+  // As collect() does: one class from the probes, the kernel reports and the run's failure.
   return {
-    lab: 'default', startedAt: '', kernel: { package: 'p', version: 'v', release: 'r' }, accel: 'tcg', probes, kernelReports,
-    health: kernelReports.length ? 'kernel-report' : 'clean', verdict: reasons.length ? 'fail' : 'pass', verdictReasons: reasons, timings: {}, runDir: '/runs/x',
+    lab: 'default', startedAt: '', outcome: classifyRun(probes, kernelReports, opts.failure), ...(opts.failure ? { failure: opts.failure } : {}),
+    kernel: { kind: 'stock', package: 'p', version: 'v', release: 'r' }, probes, kernelReports, timings: {}, runDir: '/runs/x',
   };
 }
+const lost: RunFailure = { phase: 'probes', class: 'infra', code: 'ssh-lost', message: 'guest command "node runner": the SSH channel closed without an exit status' };
 
 test('failuresOf: failing subtests per probe, TODO ignored, loose kernel reports and run-level reasons kept apart', (t) => {
   const attributed = report('WARNING in vfio_pci_dma_buf_map', 40);
@@ -114,12 +115,12 @@ test('failuresOf: failing subtests per probe, TODO ignored, loose kernel reports
     probe('dmabuf-fd', ['slice size is one page']),
     probe('known', [], { ok: false, todo: 'known on 7.2', subtests: [{ id: 1, name: 'x', ok: false, todo: 'known' }] }),
     probe('revoke-triggers', [], { ok: false, kernelReports: [attributed] }),
-  ], { kernelReports: [attributed, report('refcount_t: underflow', 90)], runReasons: ['probes timed out after 600 s'] });
+  ], { kernelReports: [attributed, report('refcount_t: underflow', 90)], failure: { phase: 'probes', class: 'infra', code: 'timeout', message: 'probes timed out after 600 s' } });
   t.deepEqual(failuresOf(r), [
     { probe: 'dmabuf-fd', subtests: ['slice size is one page'], kernelReports: [] },
     { probe: 'revoke-triggers', subtests: [], kernelReports: ['WARNING: WARNING in vfio_pci_dma_buf_map'] },
     { probe: '(kernel)', subtests: ['WARNING: refcount_t: underflow'], kernelReports: [] },
-    { probe: '(run)', subtests: ['probes timed out after 600 s'], kernelReports: [] },
+    { probe: '(run)', subtests: ['probes: probes timed out after 600 s'], kernelReports: [] },
   ]);
 });
 
@@ -131,7 +132,8 @@ test('failuresOf: a title seen in a probe and outside every window is loose only
     { probe: '(kernel)', subtests: ['WARNING: WARNING in dma_buf_invalidate_mappings (x2)'], kernelReports: [] },
   ]);
   // Counts differ from run to run; the same title is the same failure.
-  t.deepEqual(newFailures(failuresOf(r), failuresOf(results([probe('revoke-triggers', [], { ok: false, kernelReports: [{ ...inProbe, count: 7 }] })], { kernelReports: [{ ...inProbe, count: 9 }] }))), []);
+  const again = results([probe('revoke-triggers', [], { ok: false, kernelReports: [{ ...inProbe, count: 7 }] })], { kernelReports: [{ ...inProbe, count: 9 }] });
+  t.deepEqual(newFailures(failuresOf(r), failuresOf(again)), []);
 });
 
 test('failuresOf: a probe the lab runs on two devices is told apart by device, and so is its baseline', (t) => {
@@ -173,26 +175,31 @@ test('judgeMutant: a clean run, or one failing only as the baseline does, SURVIV
   t.is(judgeMutant(mutant, lab, { results: failing }, failuresOf(failing), 1).verdict, 'SURVIVED');
 });
 
-test('judgeMutant: a run that only broke (runner lost, TAP cut off, no failing subtest or kernel report) is inconclusive', (t) => {
-  const cutOff = results([probe('dmabuf-export', [], { ok: false })], { runReasons: ['probe runner exited undefined: '] });
-  cutOff.probes.push({ name: TAP_STREAM_PROBE, ok: false, subtests: [], kernelReports: [] });
+test('judgeMutant: a run that only broke (runner lost, TAP cut off, no failing subtest or kernel report) is infra, so inconclusive', (t) => {
+  const cutOff = results([{ name: 'dmabuf-export', ok: false, subtests: [{ id: 1, name: 'fine', ok: true }], kernelReports: [] }, { name: TAP_STREAM_PROBE, ok: false, subtests: [], kernelReports: [] }], { failure: lost });
+  t.is(cutOff.outcome.class, 'infra');
   const o = judgeMutant(mutant, lab, { results: cutOff }, [], 1);
   t.is(o.verdict, 'inconclusive');
-  t.deepEqual(o.caughtBy.map((c) => c.probe), ['dmabuf-export', TAP_STREAM_PROBE, '(run)']);
+  t.deepEqual(o.caughtBy, []);
+  t.regex(o.message ?? '', /SSH channel closed/);
   t.regex(formatMutantsTable({ baseline: null, mutants: [o] }), /16-reserved-flags-ignored\.patch: inconclusive: .*--only 16/);
-  // The same run with a report in the kernel log is a catch: the kernel said what broke.
+  // The same run with a kernel report in the log is a catch: the kernel said what broke.
   const oops = report('BUG: unable to handle page fault', 7);
-  const withReport = results([probe('dmabuf-export', [], { ok: false })], { kernelReports: [oops], runReasons: ['probe runner exited undefined: '] });
+  const withReport = results(cutOff.probes, { kernelReports: [oops], failure: lost });
+  t.is(withReport.outcome.class, 'kernel');
   t.is(judgeMutant(mutant, lab, { results: withReport }, [], 1).verdict, 'caught');
+  // An error that escaped the run is judged by its class too.
+  t.is(judgeMutant(mutant, lab, { error: new Error('qemu-img: no space left') }, [], 1).verdict, 'inconclusive');
 });
 
 test('judgeMutant: a patch that does not apply or build is a catalogue error, not a catch', (t) => {
   const pf: PatchFile = { name: mutant.name, origin: mutant.file, sha256: '0', text: '', strip: 1 };
-  const apply = judgeMutant(mutant, lab, { error: new PatchApplyError(pf, 0, 1, [{ file: 'drivers/vfio/pci/vfio_pci_dmabuf.c', hunk: 1, reason: 'FAILED' }], [], '') }, [], 1);
+  const stopped = (err: Error) => results([], { failure: failureFromError('prepare', err) });
+  const apply = judgeMutant(mutant, lab, { results: stopped(new PatchApplyError(pf, 0, 1, [{ file: 'drivers/vfio/pci/vfio_pci_dmabuf.c', hunk: 1, reason: 'FAILED' }], [], '')) }, [], 1);
   t.is(apply.verdict, 'did-not-apply');
   t.regex(apply.message ?? '', /does not apply/);
-  t.is(judgeMutant(mutant, lab, { error: new KernelBuildError('make failed: vfio_pci_dmabuf.c:12: error: x') }, [], 1).verdict, 'build-failed');
-  t.is(judgeMutant(mutant, lab, { error: new Error('qemu-img: no space left') }, [], 1).verdict, 'error');
+  t.is(judgeMutant(mutant, lab, { results: stopped(new KernelBuildError('make failed: vfio_pci_dmabuf.c:12: error: x')) }, [], 1).verdict, 'build-failed');
+  t.is(judgeMutant(mutant, lab, { results: stopped(new InputError('config fragment x: ENOENT')) }, [], 1).verdict, 'error');
 });
 
 test('runMutants: baseline first, one run per patch with it as the extra patch; summary and table written; ok only if all caught', async (t) => {
@@ -208,14 +215,14 @@ test('runMutants: baseline first, one run per patch with it as the extra patch; 
       calls.push(opts.extraPatches?.map((f) => path.basename(f)));
       const extra = opts.extraPatches?.[0] ?? '';
       if (extra.endsWith('03-no-apply.patch')) {
-        throw new PatchApplyError({ name: '03-no-apply.patch', origin: extra, sha256: '0', text: '', strip: 1 }, 1, 2, [], [], 'patch: **** malformed');
+        return { results: results([], { failure: failureFromError('prepare', new PatchApplyError({ name: '03-no-apply.patch', origin: extra, sha256: '0', text: '', strip: 1 }, 1, 2, [], [], 'patch: **** malformed')) }) };
       }
       return { results: results([probe('dmabuf-bad-inputs', extra.endsWith('01-caught.patch') ? ['flags_nonzero: flags = 1 -> EINVAL'] : [])]) };
     },
   });
   t.deepEqual(calls, [undefined, ['01-caught.patch'], ['02-survives.patch'], ['03-no-apply.patch']]);
   t.deepEqual(summary.mutants.map((m) => m.verdict), ['caught', 'SURVIVED', 'did-not-apply']);
-  t.is(summary.baseline?.verdict, 'pass');
+  t.is(summary.baseline?.class, 'pass');
   t.false(summary.ok);
   t.is(path.dirname(summary.dir), runsDir);
   t.deepEqual((await readdir(summary.dir)).sort(), ['summary.json', 'table.txt']);
@@ -261,7 +268,7 @@ test('runMutants: a baseline that does not finish stops the catalogue (nothing c
   let runs = 0;
   await t.throwsAsync(runMutants({ file: '/l.yaml', name: 'l', probes: [] } as unknown as LabSpec, {
     progress: silentProgress(), dir, runsDir,
-    runOne: async () => { runs++; throw new HwlabError('gcc is not installed'); },
+    runOne: async () => { runs++; throw new InfraError('gcc is not installed'); },
   }), { message: /baseline run of \/l\.yaml .* did not finish: gcc is not installed/ });
   t.is(runs, 1);
 });
@@ -273,7 +280,7 @@ test('formatMutantsTable: catchers listed once and cut to fit, subtests capped u
     expectedHit: ['probe-number-0'], expectedNotInLab: [], seconds: 1,
     caughtBy: [...many, { probe: 'probe-number-0', subtests: ['a', 'b', 'c', 'd', 'e', 'f'], kernelReports: ['WARNING: w'] }],
   };
-  const table = formatMutantsTable({ baseline: { verdict: 'fail', failures: [{ probe: 'revoke-triggers', device: 'shm0', subtests: ['edu DMA'], kernelReports: [] }] }, mutants: [m] });
+  const table = formatMutantsTable({ baseline: { class: 'fail', failures: [{ probe: 'revoke-triggers', device: 'shm0', subtests: ['edu DMA'], kernelReports: [] }] }, mutants: [m] });
   const row = table.split('\n')[2];
   t.regex(row, /caught   probe-number-0, probe-number-1, probe-number-2 \(\+6\)  yes$/);
   t.regex(table, /^ {2}probe-number-0: d$/m);

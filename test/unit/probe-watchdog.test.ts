@@ -2,7 +2,8 @@ import test from 'ava';
 import { ProbeWatchdog, type ProbeTimeout } from '../../src/run/probe-watchdog.ts';
 import { markHungProbe, parseProbeTap, TAP_STREAM_PROBE } from '../../src/results/tap.ts';
 import { failuresOf, judgeMutant, type MutantPatch } from '../../src/run/mutants.ts';
-import { judge, type RunResults } from '../../src/results/report.ts';
+import type { RunResults } from '../../src/results/report.ts';
+import { classifyRun } from '../../src/results/outcome.ts';
 import type { LabSpec } from '../../src/lab/types.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -63,11 +64,13 @@ test('markHungProbe: the hung probe fails with a timeout point and the stacks; l
 test('a hung probe catches a mutant; the probes it kept from running do not', (t) => {
   const probes = parseProbeTap(partialTap);
   markHungProbe(probes, hung, ['dmabuf-export', 'importer-refusals', 'lifetime']);
-  const reasons = ['probe importer-refusals did not finish in 120 s; 1 probe(s) after it not run', ...judge(probes, []).reasons];
   const results: RunResults = {
-    lab: 'default', startedAt: '', kernel: { package: 'p', version: 'v', release: 'r' }, accel: 'tcg', probes, kernelReports: [],
-    health: 'clean', verdict: 'fail', verdictReasons: reasons, timings: {}, runDir: '/runs/x',
+    lab: 'default', startedAt: '', outcome: classifyRun(probes, []), kernel: { kind: 'stock', package: 'p', version: 'v', release: 'r' }, probes, kernelReports: [],
+    timings: {}, runDir: '/runs/x',
   };
+  // The hung probe's own point is the evidence: a fail, not infra.
+  t.is(results.outcome.class, 'fail');
+  t.regex(results.outcome.title, /^importer-refusals: finishes within 120 s/);
   const lab = { probes: ['dmabuf-export', 'importer-refusals', 'lifetime'].map((name) => ({ name, device: 'shm0', params: {}, timeoutSec: 120 })) } as unknown as LabSpec;
   const failures = failuresOf(results, lab);
   t.false(failures.some((c) => c.probe === 'lifetime'));

@@ -2,7 +2,7 @@ import test from 'ava';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildQemuCommand, iommuKernelWords, optValue, type QemuLaunchInput } from '../../src/machine/cmdline.ts';
-import { loadLab } from '../../src/lab/parse.ts';
+import { loadLab } from '../../src/lab/load.ts';
 import type { IommuSpec, LabSpec, TopologySpec } from '../../src/lab/types.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -163,6 +163,14 @@ test('pci-testdev with its 64-bit membar', (t) => {
   t.is(devices(c.args).at(-1), '-device pci-testdev,id=iot0,bus=rp0,addr=0x0,membar=4M');
 });
 
+test('secondary-vga with its VRAM size', (t) => {
+  const c = buildQemuCommand(input(lab({
+    topology: { rootPorts: [{ id: 'rp0' }], endpoints: [{ id: 'vga0', type: 'secondary-vga', port: 'rp0', vgamemMiB: 32 }] },
+  })));
+  t.is(devices(c.args).at(-1), '-device secondary-vga,id=vga0,bus=rp0,addr=0x0,vgamem_mb=32');
+  t.deepEqual(c.pciPaths, { vga0: ['10.0', '00.0'] });
+});
+
 test('two endpoints on one port: a multifunction device, function 0 says so, paths end in the function', (t) => {
   const c = buildQemuCommand(input(lab({
     topology: {
@@ -213,4 +221,12 @@ test('labs/default.yaml builds the documented machine', async (t) => {
   });
   t.is(devices(c.args)[0], '-device intel-iommu,intremap=on,caching-mode=on');
   t.true(c.args.includes('edu,id=edu0,bus=dp1,addr=0x0,dma_mask=0xffffffffffffffff'));
+});
+
+test('a LabSpec built in code that breaks the slot plan is refused with the lab stage\'s words', (t) => {
+  const rootPorts = Array.from({ length: 16 }, (_, i) => ({ id: `rp${i}` }));
+  t.throws(() => buildQemuCommand(input(lab({ topology: { rootPorts } }))), { message: /slot plan: at most 15 root ports fit on pcie\.0 \(slots 0x10-0x1e\)/ });
+  const downstream = Array.from({ length: 32 }, (_, j) => `d${j}`);
+  const switches = Array.from({ length: 8 }, (_, i) => ({ id: `s${i}`, port: `rp${i}`, downstream: downstream.map((d) => `${d}x${i}`) }));
+  t.throws(() => buildQemuCommand(input(lab({ topology: { rootPorts: rootPorts.slice(0, 15), switches } }))), { message: /at most 255 root and downstream ports in all \(got 271\)/ });
 });

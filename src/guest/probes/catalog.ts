@@ -1,7 +1,13 @@
 // What probes exist and what parameters they take. Pure data plus a pure
 // validator: imported by the host to check lab files, and by the guest runner
 // to fill defaults. Must not import anything that touches koffi.
-import type { EndpointType } from '../../protocol/protocol.ts';
+//
+// Which endpoints a probe takes follows from what it needs of the device
+// (capabilities of the endpoint kinds, src/lab/endpoints.ts), not from a list
+// of kind names: a new kind with the right facts is taken where it fits.
+import {
+  ENDPOINT_TYPES, guestFacts, isEndpointType, kindsWith, type EndpointType, type GuestFacts,
+} from '../../protocol/protocol.ts';
 
 export type ParamType = 'number' | 'string' | 'boolean' | 'object';
 
@@ -16,6 +22,8 @@ export interface ParamSpec {
   choices?: readonly string[];
   /** For strings naming another endpoint of the lab (checked when the lab is parsed, default included). */
   endpoint?: EndpointRef;
+  /** The default depends on the probe's endpoint: this fact of its kind (region: the BAR the kind exports). */
+  kindDefault?: keyof GuestFacts;
 }
 
 export interface EndpointRef {
@@ -51,7 +59,12 @@ export function requirementsOf(names: readonly string[]): Set<ProbeRequirement> 
   return out;
 }
 
-const ALL: readonly EndpointType[] = ['ivshmem-plain', 'edu', 'nvme'];
+/** Any memory BAR: the export's errno table can be posed (pci-testdev's empty window included). */
+const EXPORTERS = kindsWith('exports');
+/** Device memory or registers behind the BAR: exporting, mapping, revoking and importing mean something. */
+const DEVICE_MEMORY = kindsWith('exports-device-memory');
+/** Memory that keeps what is written: the probes whose DMA data checks compare bytes. */
+const MEMORY = kindsWith('exports-memory');
 
 /** Case ids of dmabuf-bad-inputs, in the order they run. */
 export const BAD_INPUT_CASES = [
@@ -62,12 +75,12 @@ export const BAD_INPUT_CASES = [
 export type BadInputCase = (typeof BAD_INPUT_CASES)[number];
 
 const region: ParamSpec = {
-  name: 'region', type: 'number', default: 2,
-  description: 'VFIO region index (BAR number) to export; ivshmem-plain has its RAM at BAR 2, pci-testdev its membar, edu and nvme registers at BAR 0',
+  name: 'region', type: 'number', default: null, kindDefault: 'exportBar',
+  description: `VFIO region index (BAR number) to export; default: the BAR the endpoint's kind exports (${ENDPOINT_TYPES.map((t) => `${t} ${guestFacts(t).exportBar ?? 'none'}`).join(', ')})`,
 };
 
 const importerParam: ParamSpec = {
-  name: 'importer', type: 'string', default: 'edu0', endpoint: { types: ['edu'] },
+  name: 'importer', type: 'string', default: 'edu0', endpoint: { types: kindsWith('dma-engine') },
   description: 'Endpoint id of the QEMU edu device the hwlab_importer module attaches for (its DMA engine does the data checks)',
 };
 
@@ -79,7 +92,7 @@ export const PROBES = {
   'dmabuf-export': {
     name: 'dmabuf-export',
     description: 'Open the device through VFIO, read the BAR\'s region info and export it (or a slice) as a dma-buf',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [
       region,
       { name: 'offset', type: 'number', default: 0, description: 'Byte offset of the exported slice within the BAR (page aligned)' },
@@ -89,13 +102,13 @@ export const PROBES = {
   'dmabuf-fd': {
     name: 'dmabuf-fd',
     description: 'The exported fd is a vfio_pci_core dma-buf: fdinfo exp_name, lseek size, mmap/read/write refused with EINVAL, one-page slice size',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [region],
   },
   'dmabuf-bad-inputs': {
     name: 'dmabuf-bad-inputs',
     description: 'errno of VFIO_DEVICE_FEATURE_DMA_BUF for each invalid request of the contract table: SET/PROBE, short argsz, flags, nr_ranges, ROM and config regions, unimplemented / upper-half / I/O BARs, zero length, unaligned, lengths or offset wrapping 64 bits, past the end',
-    endpoints: [...ALL, 'pci-testdev'],
+    endpoints: EXPORTERS,
     params: [
       region,
       {
@@ -107,7 +120,7 @@ export const PROBES = {
   'reset-and-mem-toggle': {
     name: 'reset-and-mem-toggle',
     description: 'With a dma-buf alive: VFIO_DEVICE_RESET, clear and set PCI_COMMAND.MEM, close everything; no kernel report, dma-buf gone from debugfs bufinfo',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [
       region,
       {
@@ -119,21 +132,21 @@ export const PROBES = {
   'importer-refusals': {
     name: 'importer-refusals',
     description: 'What an importer is refused: no-p2p and pinned attach EOPNOTSUPP; with COMMAND.MEM off a new attach and a map ENODEV (and the refusal order), a buffer born revoked; after MEM on, map and attach work again',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [region, importerParam],
     requires: ['importer'],
   },
   'revoke-triggers': {
     name: 'revoke-triggers',
     description: 'Every revoke trigger of the contract the device offers (MEM off/on, PMCSR D3hot/D0, DEVCTL FLR, AF FLR, VFIO_DEVICE_RESET, PCI hot reset, low-power entry/exit, device close): invalidate, map and attach ENODEV while revoked, un-revoke only where the table says, then a fresh map and the DMA data path through it',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [region, importerParam],
     requires: ['importer'],
   },
   'map-type': {
     name: 'map-type',
     description: 'Which p2pdma mapping the exporter made for the importer (bus address, host bridge IOVA or direct), judged from the sg addresses against the BAR\'s bus and CPU addresses, the topology and the importer\'s IOMMU domain; not-supported must fail the map with EINVAL',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [
       region, importerParam,
       {
@@ -146,20 +159,20 @@ export const PROBES = {
   'importer-multirange': {
     name: 'importer-multirange',
     description: 'A dma-buf of two out-of-order ranges of one BAR, imported and mapped for the edu: the map succeeds, covers the sum of the ranges, and edu DMA reads each range\'s bytes at its dma-buf offset',
-    endpoints: ['ivshmem-plain', 'nvme'],
+    endpoints: MEMORY,
     params: [region, importerParam],
     requires: ['importer'],
   },
   'rdma-reg-dmabuf-mr': {
     name: 'rdma-reg-dmabuf-mr',
     description: 'rdma-core ibv_reg_dmabuf_mr as the importer, where the guest has an RDMA device that imports dma-bufs (mlx5, irdma): register the exported BAR, and a registration while revoked fails ENODEV; skips with the reason otherwise (QEMU emulates no RDMA device)',
-    endpoints: ['ivshmem-plain', 'nvme'],
+    endpoints: MEMORY,
     params: [region],
   },
   'iommufd-map-file': {
     name: 'iommufd-map-file',
     description: 'iommufd as importer: IOMMU_IOAS_MAP_FILE of the whole dma-buf and a slice; MEM off revokes (new MAP_FILE ENODEV, areas unmapped); MEM on: a new MAP_FILE works, the old areas stay dead; device close revokes for good. With an edu DMA engine, DMA through the areas proves which are live',
-    endpoints: ['ivshmem-plain', 'nvme'],
+    endpoints: MEMORY,
     params: [
       region,
       {
@@ -171,25 +184,25 @@ export const PROBES = {
   'export-ranges': {
     name: 'export-ranges',
     description: 'Ranges ABI shapes (several, overlapping, repeated, out of order, whole BAR twice, 64 ranges): size is the sum of the lengths; a multi-range buffer is refused by MAP_FILE (EOPNOTSUPP); a buffer exported with MEM off is born revoked (MAP_FILE ENODEV until MEM on); the v0 single-range export where the lab speaks v0',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [region],
   },
   'lifetime': {
     name: 'lifetime',
     description: 'A dma-buf fd outliving the device fd (valid, sized, revoked for good); EMFILE from a full fd table leaks nothing; MEM off then device close (the 7.1 refcount_t regression) returns without a kernel report; bufinfo and the vfio_pci_core refcnt back to the baseline',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [region],
   },
   'rough-edges': {
     name: 'rough-edges',
     description: 'Low-power rough edges: after LOW_POWER_ENTRY without eventfd a COMMAND write with MEM=1 un-revokes while runtime PM is engaged; with the wakeup variant a wakeup does not un-revoke. Needs a PCI PM capability (nvme); skips on devices without one',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [region],
   },
   'stress': {
     name: 'stress',
     description: 'Processes (each with several threads) concurrently exporting, MAP_FILE-importing, unmapping, toggling MEM, resetting and closing buffers and the device for a bounded time; then no kernel report, no stuck call, bufinfo and refcnt back to the baseline, the device still exports',
-    endpoints: ALL,
+    endpoints: DEVICE_MEMORY,
     params: [
       region,
       { name: 'seconds', type: 'number', default: 5, description: 'How long the workers run' },
@@ -201,7 +214,7 @@ export const PROBES = {
   'surprise-removal': {
     name: 'surprise-removal',
     description: 'The host hot-removes the exporter (QMP device_del; the guest\'s pciehp or acpiphp removes it) while its dma-buf is imported and mapped: the VFIO device request eventfd fires, closing the device fd invalidates the importer, the mapping is gone (DMA ENODEV), remap and a new attach fail ENODEV, the dma-buf fd stays valid and sized, the device leaves sysfs, release and close give no kernel report and empty bufinfo. The device is gone afterwards: list it last for its device. Skips when no hotplug driver manages the exporter\'s slot (kernel without CONFIG_HOTPLUG_PCI_ACPI / _PCIE)',
-    endpoints: ['ivshmem-plain', 'nvme'],
+    endpoints: MEMORY,
     params: [
       region, importerParam,
       {
@@ -214,7 +227,7 @@ export const PROBES = {
   'hot-reset-set': {
     name: 'hot-reset-set',
     description: 'VFIO_DEVICE_PCI_HOT_RESET resets every device of the reset set (two functions of one device), so it revokes the dma-bufs of both, not only of the device whose fd made the call: both importers invalidated, both mappings gone, both remap after the reset (un-revoked where MEM came back). Skips when the partner is not in the reset set',
-    endpoints: ['ivshmem-plain', 'nvme'],
+    endpoints: MEMORY,
     params: [
       region, importerParam,
       {
@@ -235,22 +248,24 @@ export function isProbeName(name: string): name is ProbeName {
 const ERRNO_OR_OK = /^(OK|E[A-Z0-9]+)$/;
 
 /**
- * Checks params against the probe's spec and fills defaults. Unknown params,
- * wrong types, negative/non-integer numbers and unknown object keys are errors.
+ * Checks params against the probe's spec and fills defaults (some depend on
+ * the kind of the endpoint the probe runs on). Unknown params, wrong types,
+ * negative/non-integer numbers and unknown object keys are errors.
  */
 export function resolveParams(
-  probe: string, params: Record<string, unknown> = {}, endpoint?: EndpointType,
+  probe: string, params: Record<string, unknown>, endpoint: EndpointType,
 ): { ok: true; params: Record<string, unknown> } | { ok: false; errors: string[] } {
   if (!isProbeName(probe)) return { ok: false, errors: [`unknown probe "${probe}"`] };
   const spec: ProbeSpec = PROBES[probe];
   const errors: string[] = [];
-  if (endpoint && !spec.endpoints.includes(endpoint)) errors.push(`${probe} does not accept endpoint type ${endpoint}`);
+  if (!spec.endpoints.includes(endpoint)) errors.push(`${probe} does not accept endpoint type ${endpoint}`);
   const out: Record<string, unknown> = {};
   for (const key of Object.keys(params)) {
     if (!spec.params.some((p) => p.name === key)) errors.push(`${probe}: unknown parameter "${key}"`);
   }
   for (const p of spec.params) {
-    const v = params[p.name] === undefined ? p.default : params[p.name];
+    const v = params[p.name] !== undefined ? params[p.name]
+      : p.kindDefault && isEndpointType(endpoint) ? guestFacts(endpoint)[p.kindDefault] : p.default;
     const where = `${probe}.${p.name}`;
     if (p.type === 'number') {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) errors.push(`${where}: expected a non-negative integer`);

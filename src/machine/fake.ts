@@ -1,0 +1,264 @@
+// A fake machine backend for unit tests of the run's orchestration: it boots,
+// hangs, dies, drops its connection and prints kernel reports on cue,
+// without QEMU, in milliseconds. The guest it pretends to be is the small
+// part of a Linux guest hwlab's setup talks to (modprobe, the PCI devices in
+// sysfs, vfio-pci binding, the probe runner, poweroff); a test scripts the
+// boot and the runner, and reads back every command the run issued. The
+// console goes to console.log in the run folder, with printk timestamps, as
+// QEMU's serial file does.
+import { appendFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { READY_LINE, type HostRequest } from '../protocol/protocol.ts';
+import { InfraError } from '../util/errors.ts';
+import {
+  BLOCKED_TASKS_SCRIPT, BootError, ChannelLostError, diagnoseThroughExec,
+  type Diagnosis, type ExecOptions, type ExecResult, type ExitInfo, type HostRequestOutcome,
+  type MachineBackend, type MachineConfig, type MachineInstance, type PowerOffOutcome, type UploadFile,
+} from './instance.ts';
+
+/** How the fake boot ends. */
+export type FakeBoot =
+  | { kind: 'ready' }
+  /** The emulator exits during boot (a kernel panic with panic=-1 and -no-reboot looks like this). */
+  | { kind: 'exit'; exit: ExitInfo }
+  /** The guest never says it is ready. */
+  | { kind: 'hang' }
+  /** The ready line comes, SSH never answers. */
+  | { kind: 'ssh-never' };
+
+/** One step of the scripted probe runner. */
+export type RunnerStep =
+  | { stdout: string }
+  /** A kernel line (timestamped like printk). */
+  | { console: string }
+  | { delayMs: number }
+  /** The runner blocks for good (a probe stuck in the kernel) until the run kills it. */
+  | { hang: true }
+  /** The machine dies (QEMU exits): the SSH channel drops. */
+  | { die: ExitInfo }
+  /** The SSH connection drops while the machine lives on. */
+  | { dropConnection: true };
+
+export interface FakeScript {
+  /** Kernel lines printed while booting. */
+  bootConsole?: string[];
+  boot?: FakeBoot;
+  /** What the probe runner does, step by step. Default: prints an empty TAP plan. */
+  runner?: RunnerStep[];
+  /** The runner's exit code when its steps are done. */
+  runnerExit?: number;
+  /** What the guest's blocked-task listing prints (diagnose). */
+  blockedTasks?: string;
+  /** Commands that fail: argv[0] or the script's first line -> exit code and stderr. */
+  failing?: Record<string, { code: number; stderr: string }>;
+}
+
+/** A command the run issued, for assertions. */
+export interface FakeCall {
+  argv: string[];
+}
+
+export class FakeBackend implements MachineBackend {
+  readonly name = 'fake';
+  readonly instances: FakeInstance[] = [];
+  constructor(private readonly script: FakeScript) {}
+
+  async start(config: MachineConfig): Promise<MachineInstance> {
+    const m = new FakeInstance(config, this.script);
+    this.instances.push(m);
+    return m;
+  }
+}
+
+/** Devfn paths as the QEMU backend lays them out: one root port per endpoint, in lab order. */
+function fakePciPaths(config: MachineConfig): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  config.lab.topology.endpoints.forEach((ep, i) => { out[ep.id] = [`${(0x10 + i).toString(16)}.0`, `00.${ep.function ?? 0}`]; });
+  return out;
+}
+
+export class FakeInstance implements MachineInstance {
+  readonly accel = { accel: 'tcg' as const, note: 'fake backend (no emulator)' };
+  readonly pciPaths: Record<string, string[]>;
+  readonly calls: FakeCall[] = [];
+  readonly uploads: UploadFile[] = [];
+  readonly hostRequests: HostRequest[] = [];
+  private exitInfo: ExitInfo | null = null;
+  private connected = false;
+  private dropped = false;
+  private readonly startMs = Date.now();
+  private lastTs = 0;
+  private text = '';
+  private readonly consoleLog: string;
+  /** Ends commands that are running when the machine dies or the connection drops. */
+  private readonly onLost = new Set<() => void>();
+
+  constructor(private readonly config: MachineConfig, private readonly script: FakeScript) {
+    this.pciPaths = fakePciPaths(config);
+    this.consoleLog = path.join(config.runDir, 'console.log');
+    writeFileSync(this.consoleLog, '');
+  }
+
+  get exited(): ExitInfo | null {
+    return this.exitInfo;
+  }
+
+  /** Appends a kernel line with a printk timestamp (seconds since the fake started). */
+  printk(message: string): void {
+    // Strictly increasing, as printk's microseconds are in practice: two lines never share a time.
+    this.lastTs = Math.max((Date.now() - this.startMs) / 1000, this.lastTs + 0.000001);
+    const t = this.lastTs.toFixed(6).padStart(12);
+    const line = `[${t}] ${message}\n`;
+    this.text += line;
+    appendFileSync(this.consoleLog, line);
+  }
+
+  async console(): Promise<string> {
+    return this.text;
+  }
+
+  private die(exit: ExitInfo): void {
+    this.exitInfo ??= exit;
+    this.loseConnection();
+  }
+
+  private loseConnection(): void {
+    this.dropped = true;
+    for (const f of [...this.onLost]) f();
+    this.onLost.clear();
+  }
+
+  async waitReady(opts: { timeoutMs: number; onProgress?: (line: string) => void }): Promise<void> {
+    for (const l of this.script.bootConsole ?? ['Linux version 7.2.13 (fake)']) this.printk(l);
+    const boot = this.script.boot ?? { kind: 'ready' };
+    if (boot.kind === 'exit') {
+      this.die(boot.exit);
+      throw new BootError({ kind: 'exited', exit: boot.exit }, `QEMU exited during boot (${boot.exit.signal ?? `exit code ${boot.exit.code}`})`);
+    }
+    if (boot.kind === 'hang') {
+      await new Promise((r) => setTimeout(r, Math.min(opts.timeoutMs, 50)));
+      throw new BootError({ kind: 'timeout', seconds: opts.timeoutMs / 1000, lastLine: this.text.trimEnd().split('\n').pop() ?? '' },
+        `the guest did not start sshd in ${(opts.timeoutMs / 1000).toFixed(0)} s`);
+    }
+    this.printk(READY_LINE);
+    if (boot.kind === 'ssh-never') {
+      throw new BootError({ kind: 'ssh', error: 'connect ECONNREFUSED' }, 'SSH to the guest did not come up (last error: connect ECONNREFUSED)');
+    }
+    this.connected = true;
+  }
+
+  private failing(argv: string[]): { code: number; stderr: string } | undefined {
+    const f = this.script.failing ?? {};
+    const key = argv[0] === 'sh' && argv[1] === '-c' ? argv[2].split('\n')[0] : argv[0];
+    return f[key] ?? f[argv.join(' ')];
+  }
+
+  async exec(argv: string[], opts: ExecOptions): Promise<ExecResult> {
+    if (!this.connected || this.dropped) {
+      throw new ChannelLostError(`guest command "${argv.join(' ').slice(0, 80)}": ${this.connected ? 'the connection is gone' : 'not connected'}`, '', '');
+    }
+    this.calls.push({ argv });
+    const start = Date.now();
+    const done = (stdout: string, code = 0, stderr = ''): ExecResult => ({ code, stdout, stderr, durationMs: Date.now() - start });
+    const bad = this.failing(argv);
+    if (bad) return done('', bad.code, bad.stderr);
+    if (argv[0] === 'node' && argv.some((a) => a.endsWith('config.json'))) return this.runRunner(opts, start);
+    if (argv[0] === 'busybox' && argv[1] === 'poweroff') {
+      this.printk('reboot: Power down');
+      setTimeout(() => this.die({ code: 0, signal: null }), 1);
+      return done('');
+    }
+    if (argv[0] === 'find' && argv[1] === '/sys/devices/pci0000:00') return done(this.sysfsDirs().join('\n') + '\n');
+    if (argv[0] === 'sh' && argv[1] === '-c') return done(this.script_(argv[2], argv.slice(4)));
+    return done('');
+  }
+
+  /** Answers hwlab's fixed guest scripts by what they do. */
+  private script_(script: string, args: string[]): string {
+    if (script === BLOCKED_TASKS_SCRIPT) return this.script.blockedTasks ?? '';
+    if (script.includes('iommu_group') && script.includes('vendor')) return `${this.groupOf(args[0])}||1af4:1110\n`;
+    if (script.includes('driver_override') && script.includes('vfio-pci >')) return '\n';
+    if (script.includes('pidof node')) {
+      this.killRunner?.();
+      return '';
+    }
+    return '';
+  }
+
+  private groupOf(bdf: string): number {
+    return this.sysfsBdfs().indexOf(bdf) + 1;
+  }
+
+  /** BDFs in endpoint order: bus = 1 + index, the endpoint's function. */
+  private sysfsBdfs(): string[] {
+    return Object.values(this.pciPaths).map((p, i) => `0000:${(i + 1).toString(16).padStart(2, '0')}:00.${p[1].slice(-1)}`);
+  }
+
+  private sysfsDirs(): string[] {
+    const bdfs = this.sysfsBdfs();
+    return Object.values(this.pciPaths).map((p, i) => `/sys/devices/pci0000:00/0000:00:${p[0]}/${bdfs[i]}`);
+  }
+
+  private killRunner: (() => void) | undefined;
+
+  private runRunner(opts: ExecOptions, start: number): Promise<ExecResult> {
+    let stdout = '';
+    return new Promise<ExecResult>((resolve, reject) => {
+      let finished = false;
+      const finish = (r: () => void) => {
+        if (finished) return;
+        finished = true;
+        clearTimeout(timer);
+        this.onLost.delete(lost);
+        r();
+      };
+      const timer = setTimeout(() => finish(() => reject(new InfraError(`guest command "node runner": timed out after ${(opts.timeoutMs / 1000).toFixed(0)} s`, undefined, 'timeout'))), opts.timeoutMs);
+      const lost = () => finish(() => reject(new ChannelLostError('guest command "node runner": the SSH channel closed without an exit status', stdout, '')));
+      this.onLost.add(lost);
+      opts.signal?.addEventListener('abort', () => finish(() => resolve({ code: null, stdout, stderr: '', durationMs: Date.now() - start, aborted: true })), { once: true });
+      this.killRunner = () => finish(() => resolve({ code: null, signal: 'KILL', stdout, stderr: '', durationMs: Date.now() - start }));
+      void (async () => {
+        for (const step of this.script.runner ?? [{ stdout: 'TAP version 14\n1..0\n' }]) {
+          if (finished) return;
+          if ('stdout' in step) {
+            stdout += step.stdout;
+            opts.onStdout?.(step.stdout);
+          } else if ('console' in step) this.printk(step.console);
+          else if ('delayMs' in step) await new Promise((r) => setTimeout(r, step.delayMs));
+          else if ('hang' in step) return;
+          else if ('die' in step) return this.die(step.die);
+          else if ('dropConnection' in step) return this.loseConnection();
+          // Let the run's stream handlers see each chunk before the next.
+          await new Promise((r) => setImmediate(r));
+        }
+        finish(() => resolve({ code: this.script.runnerExit ?? 0, stdout, stderr: '', durationMs: Date.now() - start }));
+      })();
+    });
+  }
+
+  async upload(files: UploadFile[]): Promise<void> {
+    if (!this.connected || this.dropped) throw new ChannelLostError('SFTP upload: the connection is gone', '', '');
+    this.uploads.push(...files);
+  }
+
+  async hostRequest(req: HostRequest): Promise<HostRequestOutcome> {
+    this.hostRequests.push(req);
+    return this.exitInfo ? { ok: false, error: 'QEMU has exited' } : { ok: true };
+  }
+
+  diagnose(): Promise<Diagnosis> {
+    return diagnoseThroughExec(this);
+  }
+
+  async powerOff(timeoutMs: number): Promise<PowerOffOutcome> {
+    if (!this.exitInfo && this.connected && !this.dropped) await this.exec(['busybox', 'poweroff', '-f'], { timeoutMs: 5000 }).catch(() => {});
+    await new Promise((r) => setTimeout(r, Math.min(5, timeoutMs)));
+    const clean = this.exitInfo !== null;
+    await this.kill();
+    return { clean };
+  }
+
+  async kill(): Promise<void> {
+    this.die({ code: null, signal: 'SIGKILL' });
+  }
+}

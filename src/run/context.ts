@@ -1,0 +1,45 @@
+// What the phases of a run on a machine share: the context they read (the
+// lab, the prepared artifacts, the run folder) and the state they fill in as
+// they go, which collect() turns into results whatever happened.
+import type { GuestPciDevice } from '../session/pci.ts';
+import type { LabSpec } from '../lab/types.ts';
+import type { RunFailure, RunPhase } from '../results/outcome.ts';
+import type { HungProbe } from '../results/tap.ts';
+import type { Progress } from '../util/progress.ts';
+import type { PreparedLab } from './prepare.ts';
+
+/** What every phase of a run on a machine reads. */
+export interface RunContext {
+  lab: LabSpec;
+  prepared: PreparedLab;
+  runDir: string;
+  progress: Progress;
+  /** SSH identity and the image's host key. */
+  privateKey: string;
+  /** When the run started (ms), for the total time. */
+  startedAt: number;
+  /** Seconds per phase, filled as the phases end. */
+  timings: Record<string, number>;
+}
+
+/** A module the guest runs, proven to be the one hwlab built. */
+export interface ModuleProof {
+  module: string;
+  srcversion?: string;
+  buildId?: string;
+}
+
+/** What the phases produce as they go; collect() reads it whatever happened. */
+export interface RunState {
+  phase: RunPhase;
+  /** The first thing that stopped the run. */
+  failure?: RunFailure;
+  devices?: Record<string, GuestPciDevice>;
+  verified: ModuleProof[];
+  /** Endpoints a probe had the host remove (device_del); nothing to unbind afterwards. */
+  removed: Set<string>;
+  /** The runner's TAP; undefined when the probe phase never started. */
+  tap?: string;
+  /** The probe that ran out of time, with what the guest was stuck on. */
+  hung?: HungProbe;
+}

@@ -1,0 +1,137 @@
+// One lab on one machine: start it, boot until the guest is ready, set the
+// guest up (load the driver under test and prove it is the one just built,
+// load hwlab's modules, find the endpoints, bind them to vfio-pci), run the
+// probe phase, give the devices back, power off. Each phase is a function;
+// the first failure is kept with the phase it happened in, the machine is
+// ended on every path, and collect() turns whatever the run produced into
+// results. The backend is an argument: QEMU in real runs, the fake in tests.
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { vfioEndpointsOf } from '../guest/probes/catalog.ts';
+import type { LabSpec } from '../lab/types.ts';
+import type { MachineBackend, MachineInstance } from '../machine/instance.ts';
+import { GUEST_KMOD_DIR } from '../protocol/protocol.ts';
+import { failureFromError } from '../results/outcome.ts';
+import type { RunResults } from '../results/report.ts';
+import { bindVfio, check, modprobe, unbindVfio } from '../session/commands.ts';
+import { verifyLoadedModules } from '../session/modules.ts';
+import { guestModuleBuildIds, verifyReplacedModules } from '../session/modules-buildid.ts';
+import { findPciDevices, type GuestPciDevice } from '../session/pci.ts';
+import { InfraError } from '../util/errors.ts';
+import { collect } from './collect.ts';
+import type { RunContext, RunState } from './context.ts';
+import { probePhase } from './probe-phase.ts';
+
+/** hwlab's kernel command-line words (the IOMMU words and the lab's own follow). */
+const APPEND = ['console=ttyS0,115200', 'rdinit=/init', 'panic=-1', 'printk.time=1'];
+
+async function timed<T>(ctx: RunContext, name: string, fn: () => Promise<T>): Promise<T> {
+  const t = Date.now();
+  try {
+    return await fn();
+  } finally {
+    ctx.timings[name] = (Date.now() - t) / 1000;
+  }
+}
+
+async function boot(ctx: RunContext, m: MachineInstance): Promise<void> {
+  await timed(ctx, 'boot_to_ssh', () => ctx.progress.run('boot and SSH', (step) =>
+    m.waitReady({ timeoutMs: ctx.lab.timeouts.bootSec * 1000, onProgress: (l) => step.update(l) })));
+}
+
+/** Endpoints the probes open through VFIO: bound to vfio-pci before, given back after. */
+function vfioEndpoints(lab: LabSpec): Set<string> {
+  return new Set(lab.probes.flatMap((p) => vfioEndpointsOf(p)));
+}
+
+/** The driver under test, proven to be the build's: srcversion for source builds, build-id for the fast path. */
+async function loadDriver(ctx: RunContext, m: MachineInstance, state: RunState, update: (s: string) => void): Promise<void> {
+  const { kernel } = ctx.prepared;
+  for (const mod of ctx.lab.modules) {
+    update(`modprobe ${mod}`);
+    await modprobe(m, mod);
+  }
+  if (kernel.kind === 'source') {
+    update('checking the loaded modules are the ones just built');
+    state.verified.push(...(await verifyLoadedModules(m, kernel)));
+  } else if (kernel.kind === 'overlay') {
+    update('checking the loaded modules are the rebuilt ones');
+    const r = await verifyReplacedModules(m, kernel.replaced, ctx.lab.modules);
+    state.verified.push(...kernel.replaced.filter((x) => r.verified.includes(x.module.replace(/-/g, '_'))).map((x) => ({ module: x.module, buildId: x.buildId })));
+  }
+}
+
+/** hwlab's own modules (the importer): copied in, insmod'ed, build-id checked like the driver. */
+async function loadHwlabModules(ctx: RunContext, m: MachineInstance, state: RunState, update: (s: string) => void): Promise<void> {
+  const mods = ctx.prepared.hwlabModules;
+  if (!mods.length) return;
+  update(`insmod ${mods.map((x) => x.name).join(' ')}`);
+  await m.upload(mods.map((x) => ({ local: x.ko, remote: `${GUEST_KMOD_DIR}/${x.name}.ko` })));
+  for (const x of mods) await check(m, ['insmod', `${GUEST_KMOD_DIR}/${x.name}.ko`], 60_000);
+  const ids = await guestModuleBuildIds(m, mods.map((x) => x.name));
+  for (const x of mods) {
+    if (ids.get(x.name) !== x.buildId) {
+      throw new InfraError(`${x.name} in the guest has build-id ${ids.get(x.name) ?? '(none: not loaded)'}, hwlab built ${x.buildId}`, undefined, 'module-mismatch');
+    }
+    state.verified.push({ module: x.name, buildId: x.buildId });
+  }
+}
+
+async function setup(ctx: RunContext, m: MachineInstance, state: RunState): Promise<Record<string, GuestPciDevice>> {
+  return timed(ctx, 'setup', () => ctx.progress.run('load driver and bind devices', async (step) => {
+    await loadDriver(ctx, m, state, (s) => step.update(s));
+    await loadHwlabModules(ctx, m, state, (s) => step.update(s));
+    const found = await findPciDevices(m, m.pciPaths);
+    state.devices = found;
+    for (const id of vfioEndpoints(ctx.lab)) {
+      step.update(`bind ${id} (${found[id].bdf}) to vfio-pci`);
+      found[id].driver = await bindVfio(m, found[id].bdf);
+    }
+    await writeFile(path.join(ctx.runDir, 'devices.json'), JSON.stringify(found, null, 2));
+    return found;
+  }, (d) => Object.entries(d).map(([id, x]) => `${id}=${x.bdf}`).join(' ')));
+}
+
+/** Unbinds the endpoints the probes used, except those removed; skipped after a hang (the runner may still hold them). */
+async function giveBack(ctx: RunContext, m: MachineInstance, state: RunState): Promise<void> {
+  if (state.hung || !state.devices) return;
+  const vfio = vfioEndpoints(ctx.lab);
+  for (const [id, d] of Object.entries(state.devices)) {
+    if (!vfio.has(id) || state.removed.has(id)) continue;
+    await unbindVfio(m, d.bdf);
+  }
+}
+
+async function shutDown(ctx: RunContext, m: MachineInstance): Promise<void> {
+  await timed(ctx, 'teardown', async () => {
+    const { clean } = await m.powerOff(ctx.lab.timeouts.shutdownSec * 1000);
+    if (!clean) ctx.progress.info(`guest did not power off in ${ctx.lab.timeouts.shutdownSec} s; killed it`);
+  });
+}
+
+/** Runs the lab on a machine from `backend` and returns its results (never throws for what happens in the guest). */
+export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Promise<RunResults> {
+  const state: RunState = { phase: 'boot', verified: [], removed: new Set() };
+  const { kernel, image, initrd } = ctx.prepared;
+  let m: MachineInstance | undefined;
+  try {
+    m = await backend.start({
+      lab: ctx.lab, kernelImage: kernel.vmlinuz, modulesDisk: kernel.modulesDisk, initrd, rootImage: image.rootDisk,
+      privateKey: ctx.privateKey, hostKey: image.hostKey, runDir: ctx.runDir, append: APPEND,
+    });
+    ctx.progress.info(`accel: ${m.accel.note}`);
+    await boot(ctx, m);
+    state.phase = 'setup';
+    await setup(ctx, m, state);
+    state.phase = 'probes';
+    await probePhase(ctx, m, state);
+    state.phase = 'teardown';
+    await giveBack(ctx, m, state);
+  } catch (err) {
+    state.failure ??= failureFromError(state.phase, err);
+    ctx.progress.info(`run stopped (${state.phase}): ${state.failure.message.split('\n')[0]}`);
+  } finally {
+    if (m) await shutDown(ctx, m).catch((err) => { state.failure ??= failureFromError('teardown', err); });
+  }
+  return collect(ctx, m, backend.name, state);
+}

@@ -1,0 +1,99 @@
+// The host-side artifacts a boot needs, each cached by content: the kernel
+// the lab names (a prebuilt Debian image, the fast path's driver overlay, or
+// a tree + patch series + checked fragments built here), hwlab's own modules
+// that the probes require, the guest image and the initramfs. Errors here
+// say whose fault they are (bad input or the host), so a run that stops
+// before booting still ends in a class.
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { requirementsOf } from '../guest/probes/catalog.ts';
+import { buildImage, type GuestImage } from '../image/build.ts';
+import { buildInitramfs } from '../image/initramfs.ts';
+import { loadImageRecipe } from '../image/recipe.ts';
+import { buildKernel } from '../kernel/build.ts';
+import { fetchDebianKernel } from '../kernel/debian.ts';
+import { buildOverlayKernel } from '../kernel/driver-build.ts';
+import { buildHwlabModule, type HwlabModule, type ModuleTarget } from '../kernel/extmod.ts';
+import { loadPatchSeries } from '../kernel/patches.ts';
+import { resolveKernelTree } from '../kernel/source.ts';
+import type { Kernel } from '../kernel/types.ts';
+import type { LabSpec } from '../lab/types.ts';
+import { InputError } from '../util/errors.ts';
+import type { Progress } from '../util/progress.ts';
+
+export interface PrepareOptions {
+  progress: Progress;
+  /** Re-resolve the kernel version even if a recent resolution is cached. */
+  refresh?: boolean;
+  /** Patch files applied on top of the lab's series for this run (`--patch`). */
+  extraPatches?: string[];
+  /** Config fragments merged after the lab's for this run (`--fragment`), e.g. labs/configs/kasan.config. */
+  extraFragments?: string[];
+}
+
+export interface PreparedLab {
+  kernel: Kernel;
+  /** hwlab's own modules the probes need (hwlab_importer), built for this kernel. */
+  hwlabModules: HwlabModule[];
+  image: GuestImage;
+  initrd: string;
+}
+
+const builtNote = (k: { built: boolean; buildSeconds?: number }) => (k.built ? `built in ${k.buildSeconds?.toFixed(0)} s` : 'from cache, make not run');
+
+/** The kernel a lab names, and how hwlab's own modules reach its build interface. */
+async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string): Promise<{ kernel: Kernel; target: ModuleTarget }> {
+  const { progress } = opts;
+  const spec = lab.kernel;
+  const extra = (opts.extraPatches ?? []).map((p) => ({ kind: 'file' as const, path: path.resolve(p) }));
+  if (spec.kind === 'debian-prebuilt') {
+    if (opts.extraFragments?.length) {
+      throw new InputError(`--fragment needs a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
+    }
+    const stock = await progress.run(`kernel ${spec.package}`, (s) => fetchDebianKernel(spec, s, { refresh: opts.refresh }), (k) => `${k.package} ${k.version}`);
+    // hwlab's modules build against the stock headers: the fast path only changes driver dirs.
+    const target: ModuleTarget = { kind: 'prebuilt', kernel: stock, debian: spec };
+    if (!spec.driver) {
+      if (extra.length) {
+        throw new InputError(`--patch needs kernel.driver (the fast path) or a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
+      }
+      return { kernel: stock, target };
+    }
+    const dirs = spec.driver.dirs;
+    const patches = await loadPatchSeries([...spec.patches, ...extra]);
+    const overlay = await progress.run(`driver build (${dirs.join(' ')}, ${patches.length} patches)`,
+      (step) => buildOverlayKernel({ kernel: stock, debian: spec, dirs, patches, logFile: path.join(logDir, 'driver-build.log'), step }),
+      (k) => `${k.replaced.map((m) => m.module).join(' ')} ${builtNote(k)}`);
+    return { kernel: overlay, target };
+  }
+  const tree = await progress.run('kernel source', (s) => resolveKernelTree(spec.source, s), (t) => t.label);
+  const patches = await loadPatchSeries([...spec.patches, ...extra]);
+  const fragmentFiles = [...spec.config.fragments, ...(opts.extraFragments ?? []).map((f) => path.resolve(f))];
+  const fragments = await Promise.all(fragmentFiles.map(async (file) => ({
+    file,
+    text: await readFile(file, 'utf8').catch((err: Error) => { throw new InputError(`config fragment ${file}: ${err.message}`); }),
+  })));
+  const built = await progress.run(`kernel build (${patches.length} patches, ${fragments.length} fragments)`,
+    (step) => buildKernel({ tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log'), step }),
+    (k) => `${k.release} ${builtNote(k)}${k.incrementalFrom ? ` (incremental from ${k.incrementalFrom})` : ''}`);
+  return { kernel: built, target: { kind: 'built', kernel: built, tree, patches } };
+}
+
+/** Modules of hwlab's that the lab's probes require (catalog `requires`). */
+function hwlabModulesFor(lab: LabSpec): string[] {
+  return requirementsOf(lab.probes.map((p) => p.name)).has('importer') ? ['hwlab_importer'] : [];
+}
+
+export async function prepareLab(lab: LabSpec, opts: PrepareOptions, logDir: string): Promise<PreparedLab> {
+  const { progress } = opts;
+  const { kernel, target } = await prepareKernel(lab, opts, logDir);
+  const hwlabModules: HwlabModule[] = [];
+  for (const name of hwlabModulesFor(lab)) {
+    hwlabModules.push(await progress.run(`module ${name}`, (step) => buildHwlabModule(name, target, path.join(logDir, `${name}-build.log`), step),
+      (m) => `${m.built ? 'built' : 'from cache'}, build-id ${m.buildId.slice(0, 12)}`));
+  }
+  const recipe = await loadImageRecipe(lab.image, path.join(path.dirname(path.dirname(lab.file)), 'images'));
+  const image = await progress.run(`image ${recipe.name}`, (s) => buildImage(recipe, s), (i) => `node ${i.nodeVersion}`);
+  const initrd = await progress.run('initramfs', () => buildInitramfs(kernel, image));
+  return { kernel, hwlabModules, image, initrd };
+}

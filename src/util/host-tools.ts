@@ -1,0 +1,78 @@
+// The host tools each stage runs (QEMU, debootstrap, the kernel toolchain),
+// which Debian package provides each, and installing what is missing. Used by
+// `hwlab run` before it starts (ensureHostTools) and by `hwlab doctor`, which
+// reports on them; kept out of src/cli so that the run stage need not import
+// the command line.
+import { execa } from 'execa';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { InfraError } from './errors.ts';
+
+/** Command -> Debian package that provides it. */
+export const HOST_TOOLS: Record<string, string> = {
+  'qemu-system-x86_64': 'qemu-system-x86',
+  'qemu-img': 'qemu-utils',
+  debootstrap: 'debootstrap',
+  'apt-get': 'apt',
+  'dpkg-deb': 'dpkg',
+  depmod: 'kmod',
+  cpio: 'cpio',
+  'mkfs.ext4': 'e2fsprogs',
+  xz: 'xz-utils',
+  zstd: 'zstd',
+  chroot: 'coreutils',
+  // Source builds (kernel, drivers, hwlab's own modules).
+  make: 'make',
+  gcc: 'gcc',
+  flex: 'flex',
+  bison: 'bison',
+  bc: 'bc',
+  patch: 'patch',
+  ccache: 'ccache',
+  readelf: 'binutils',
+  git: 'git',
+};
+/** Header files a kernel build needs -> Debian package. */
+export const HOST_FILES: Record<string, string> = {
+  '/usr/include/gelf.h': 'libelf-dev',
+  '/usr/include/openssl/opensslv.h': 'libssl-dev',
+};
+/** The Debian archive keyring debootstrap and the private apt configuration verify with. */
+export const KEYRING = { file: '/usr/share/keyrings/debian-archive-keyring.gpg', pkg: 'debian-archive-keyring' };
+/** Is `cmd` on PATH (or in /usr/sbin, /sbin, which a non-login root shell may lack)? */
+export async function which(cmd: string): Promise<boolean> {
+  const dirs = (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin']);
+  return dirs.some((d) => existsSync(path.join(d, cmd)));
+}
+
+/** Debian packages providing the tools and files that are missing. */
+export async function missingPackages(): Promise<string[]> {
+  const missing = new Set<string>();
+  for (const [cmd, pkg] of Object.entries(HOST_TOOLS)) if (!(await which(cmd))) missing.add(pkg);
+  if (!existsSync(KEYRING.file)) missing.add(KEYRING.pkg);
+  for (const [file, pkg] of Object.entries(HOST_FILES)) if (!existsSync(file)) missing.add(pkg);
+  return [...missing];
+}
+
+/** apt-get install, as root only; otherwise the error says what to run. */
+export async function installPackages(pkgs: string[], log: (l: string) => void): Promise<void> {
+  if (pkgs.length === 0) return;
+  if (process.getuid?.() !== 0) {
+    throw new InfraError(`missing host packages: ${pkgs.join(' ')}`, `run as root, or: sudo apt-get install ${pkgs.join(' ')}`);
+  }
+  log(`installing host packages: ${pkgs.join(' ')}`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const upd = await execa('apt-get', ['-q', 'update'], { reject: false, env, timeout: 600_000 });
+  if (upd.exitCode !== 0) throw new InfraError(`apt-get update failed:\n${upd.stderr.trim()}`);
+  const r = await execa('apt-get', ['-q', '-y', 'install', '--no-install-recommends', ...pkgs], { reject: false, env, timeout: 1_800_000 });
+  if (r.exitCode !== 0) throw new InfraError(`apt-get install ${pkgs.join(' ')} failed:\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
+}
+
+/** Used by `hwlab run`: install what is missing when we can, else say what to do. */
+export async function ensureHostTools(log: (l: string) => void): Promise<void> {
+  const missing = await missingPackages();
+  if (missing.length) await installPackages(missing, log);
+  if (process.getuid?.() !== 0) {
+    throw new InfraError('hwlab needs root: debootstrap and chroot build the guest image', 'run it as root (CI runs as root)');
+  }
+}

@@ -1,0 +1,184 @@
+// The run's orchestration on the fake machine backend: boot, setup, the probe
+// phase and collect, for every way a run can go wrong, without QEMU. Each case
+// checks the outcome class, what results.json keeps, and that the machine was
+// ended.
+import test from 'ava';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadLab } from '../../src/lab/load.ts';
+import type { LabSpec } from '../../src/lab/types.ts';
+import { FakeBackend, type FakeInstance, type FakeScript, type RunnerStep } from '../../src/machine/fake.ts';
+import { formatProbeMarker } from '../../src/protocol/protocol.ts';
+import { runOnMachine } from '../../src/run/on-machine.ts';
+import type { PreparedLab } from '../../src/run/prepare.ts';
+import type { RunResults } from '../../src/results/report.ts';
+import { silentProgress } from '../../src/util/progress.ts';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const lab = await loadLab(path.join(repo, 'labs/smoke.yaml'));
+
+const prepared: PreparedLab = {
+  kernel: {
+    kind: 'stock', package: 'linux-image-7.2.13+deb14-amd64', version: '7.2.13-1', release: '7.2.13+deb14-amd64',
+    vmlinuz: '/fake/vmlinuz', modulesRoot: '/fake/modroot', modulesDisk: '/fake/modules.ext4', cacheDir: '/fake', cacheKey: 'fake',
+  },
+  hwlabModules: [],
+  image: { rootDisk: '/fake/rootfs.ext4', hostKey: 'ssh-ed25519 AAAA', nodeVersion: 'v18' } as PreparedLab['image'],
+  initrd: '/fake/initrd',
+};
+
+async function run(t: { teardown: (fn: () => Promise<void>) => void }, script: FakeScript, labOverride: LabSpec = lab): Promise<{ results: RunResults; m: FakeInstance; runDir: string }> {
+  const runDir = await mkdtemp(path.join(os.tmpdir(), 'hwlab-fake-run-'));
+  t.teardown(() => rm(runDir, { recursive: true, force: true }));
+  const backend = new FakeBackend(script);
+  const results = await runOnMachine({
+    lab: labOverride, prepared, runDir, progress: silentProgress(), privateKey: 'key', startedAt: Date.now(), timings: {},
+  }, backend);
+  return { results, m: backend.instances[0] as FakeInstance, runDir };
+}
+
+/** What the runner prints and logs for one probe: markers in the kernel log, a TAP subtest on stdout. */
+function probeSteps(index: number, name: string, points: Array<[boolean, string]>, during: RunnerStep[] = []): RunnerStep[] {
+  const body = points.map(([ok, p], i) => `    ${ok ? 'ok' : 'not ok'} ${i + 1} - ${p}\n`).join('');
+  const ok = points.every(([x]) => x);
+  return [
+    { console: formatProbeMarker({ edge: 'begin', index, probe: name }) },
+    { stdout: `# Subtest: ${name}\n` },
+    ...during,
+    { stdout: `${body}    1..${points.length}\n${ok ? 'ok' : 'not ok'} ${index} - ${name}\n` },
+    { console: formatProbeMarker({ edge: 'end', index, probe: name }) },
+  ];
+}
+
+const header = (n: number): RunnerStep => ({ stdout: `TAP version 14\n1..${n}\n` });
+const allPass = (l: LabSpec): RunnerStep[] => [header(l.probes.length), ...l.probes.flatMap((p, i) => probeSteps(i + 1, p.name, [[true, 'works']]))];
+const PANIC = [
+  'BUG: kernel NULL pointer dereference, address: 0000000000000008',
+  '#PF: supervisor read access in kernel mode',
+  'Oops: 0000 [#1] PREEMPT SMP NOPTI',
+  'CPU: 1 UID: 0 PID: 201 Comm: node Not tainted 7.2.13 #1',
+  'RIP: 0010:vfio_pci_dma_buf_move+0x1a/0x90 [vfio_pci_core]',
+  'Call Trace:',
+  ' <TASK>',
+  ' vfio_pci_core_close_device+0x30/0x60 [vfio_pci_core]',
+  'Kernel panic - not syncing: Fatal exception',
+];
+
+test('a clean run: setup binds the probes\' endpoints, every probe passes, the machine powers off', async (t) => {
+  const { results, m, runDir } = await run(t, { runner: allPass(lab) });
+  t.is(results.outcome.class, 'pass', results.outcome.detail);
+  t.is(results.probes.length, lab.probes.length);
+  t.is(results.failure, undefined);
+  t.deepEqual(results.machine, { backend: 'fake', accel: 'tcg', accelNote: 'fake backend (no emulator)' });
+  const argv = m.calls.map((c) => c.argv);
+  t.true(argv.some((a) => a.join(' ') === 'modprobe vfio-pci'));
+  t.true(argv.some((a) => a[0] === 'node' && a[2] === '/run/hwlab/config.json'));
+  t.true(argv.some((a) => a[0] === 'busybox' && a[1] === 'poweroff'), 'powered off');
+  t.deepEqual(m.exited, { code: 0, signal: null });
+  const config = JSON.parse(await readFile(path.join(runDir, 'guest-config.json'), 'utf8'));
+  t.deepEqual(config.probes.map((p: { name: string }) => p.name), lab.probes.map((p) => p.name));
+  t.true(existsSync(path.join(runDir, 'probes.tap')));
+  t.true(existsSync(path.join(runDir, 'devices.json')));
+});
+
+test('boot timeout without a kernel report is infra; the machine is killed, no probe results', async (t) => {
+  const { results, m } = await run(t, { boot: { kind: 'hang' } });
+  t.deepEqual([results.outcome.class, results.outcome.code], ['infra', 'boot-timeout']);
+  t.is(results.failure?.phase, 'boot');
+  t.deepEqual(results.probes, []);
+  t.not(m.exited, null, 'the machine was ended');
+  t.deepEqual(m.calls, [], 'nothing ran in a guest that never came up');
+});
+
+test('boot timeout with a kernel report on the console is the kernel\'s', async (t) => {
+  const { results } = await run(t, {
+    boot: { kind: 'hang' },
+    bootConsole: ['Linux version 7.2.13', 'rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:', 'rcu: \t1-...!: (0 ticks this GP)'],
+  });
+  t.deepEqual([results.outcome.class, results.outcome.code], ['kernel', 'RCU stall']);
+  t.regex(results.outcome.title, /^INFO: rcu detected stall/);
+  t.is(results.failure?.code, 'boot-timeout');
+});
+
+test('QEMU exiting during boot: infra on its own, the kernel\'s when it panicked', async (t) => {
+  const died = await run(t, { boot: { kind: 'exit', exit: { code: null, signal: 'SIGKILL' } } });
+  t.deepEqual([died.results.outcome.class, died.results.outcome.code], ['infra', 'boot-exited']);
+  const panicked = await run(t, {
+    boot: { kind: 'exit', exit: { code: 0, signal: null } },
+    bootConsole: ['Linux version 7.2.13', 'Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)'],
+  });
+  t.is(panicked.results.outcome.class, 'kernel');
+  t.regex(panicked.results.outcome.title, /^Kernel panic - not syncing: VFS: Unable to mount root fs/);
+});
+
+test('SSH never answering after the ready line is infra', async (t) => {
+  const { results, m } = await run(t, { boot: { kind: 'ssh-never' } });
+  t.deepEqual([results.outcome.class, results.outcome.code], ['infra', 'boot-ssh']);
+  t.not(m.exited, null);
+});
+
+test('a probe hang: the hung probe fails with the blocked tasks, earlier results stay, later probes are not run', async (t) => {
+  const short = { ...lab, probes: lab.probes.slice(0, 3).map((p) => ({ ...p, timeoutSec: 0.3 })) };
+  const { results, m } = await run(t, {
+    runner: [header(3), ...probeSteps(1, short.probes[0].name, [[true, 'exports']]), { console: formatProbeMarker({ edge: 'begin', index: 2, probe: short.probes[1].name }) },
+      { stdout: `# Subtest: ${short.probes[1].name}\n    ok 1 - opened\n` }, { hang: true }],
+    blockedTasks: 'task node tid 201 state D (disk sleep)\n  [<0>] vfio_pci_dma_buf_move+0x1a0/0x230 [vfio_pci_core]',
+  }, short);
+  t.deepEqual([results.outcome.class, results.outcome.code], ['fail', 'probe-failed']);
+  t.is(results.outcome.title, `${short.probes[1].name}: finishes within 0.3 s`);
+  t.deepEqual(results.probes.map((p) => [p.name, p.ok, p.notRun !== undefined]).slice(0, 3),
+    [[short.probes[0].name, true, false], [short.probes[1].name, false, false], [short.probes[2].name, false, true]]);
+  t.regex(String(results.probes[1].diagnostics?.blockedTasks), /vfio_pci_dma_buf_move/);
+  t.true(m.calls.some((c) => c.argv[2]?.includes('pidof node')), 'the stuck runner was killed');
+  t.false(m.calls.some((c) => c.argv[2]?.includes('driver_override') && c.argv[2]?.includes('echo >')), 'no give-back after a hang');
+});
+
+test('a kernel panic in the middle of a probe: the kernel\'s, attributed to that probe, the TAP before it kept', async (t) => {
+  const { results } = await run(t, {
+    runner: [header(lab.probes.length), ...probeSteps(1, lab.probes[0].name, [[true, 'exports']]),
+      { console: formatProbeMarker({ edge: 'begin', index: 2, probe: lab.probes[1].name }) },
+      { stdout: `# Subtest: ${lab.probes[1].name}\n    ok 1 - opened\n` },
+      ...PANIC.map((l) => ({ console: l })), { die: { code: 0, signal: null } }],
+  });
+  t.deepEqual([results.outcome.class, results.outcome.code], ['kernel', 'BUG']);
+  t.regex(results.outcome.title, /^BUG: kernel NULL pointer dereference in vfio_pci_dma_buf_move/);
+  t.is(results.failure?.code, 'ssh-lost');
+  t.true(results.probes[0].ok);
+  t.is(results.probes[1].name, lab.probes[1].name);
+  t.false(results.probes[1].ok);
+  t.is(results.probes[1].kernelReports.length, 1, 'the panic belongs to the probe that was running');
+});
+
+test('the SSH channel dropping mid-probe without a kernel report is infra; finished probes keep their results', async (t) => {
+  const { results } = await run(t, {
+    runner: [header(lab.probes.length), ...probeSteps(1, lab.probes[0].name, [[true, 'exports']]),
+      { stdout: `# Subtest: ${lab.probes[1].name}\n    ok 1 - opened\n` }, { dropConnection: true }],
+  });
+  t.deepEqual([results.outcome.class, results.outcome.code], ['infra', 'ssh-lost']);
+  t.is(results.failure?.phase, 'probes');
+  t.true(results.probes[0].ok);
+  t.regex(String(results.probes[1].diagnostics?.error), /interrupted/);
+});
+
+test('a failing point is a fail; the runner exiting non-zero after it is recorded but does not hide it', async (t) => {
+  const steps = [header(lab.probes.length), ...lab.probes.flatMap((p, i) => probeSteps(i + 1, p.name, [[i !== 2, i === 2 ? 'zero_length: EINVAL' : 'works']]))];
+  const { results } = await run(t, { runner: steps, runnerExit: 1 });
+  t.deepEqual([results.outcome.class, results.outcome.title], ['fail', `${lab.probes[2].name}: zero_length: EINVAL`]);
+  t.is(results.failure?.code, 'runner-exit');
+});
+
+test('a probe asking for a hot removal is served through the machine and logged; the removed device is not given back', async (t) => {
+  const steps = [header(lab.probes.length), ...lab.probes.flatMap((p, i) => probeSteps(i + 1, p.name, [[true, 'works']],
+    i === 0 ? [{ stdout: '# hwlab-request: device_del shm0\n' }, { stdout: '# hwlab-request: device_del nope\n' }] : []))];
+  const { results, m, runDir } = await run(t, { runner: steps });
+  t.is(results.outcome.class, 'pass', results.outcome.detail);
+  t.deepEqual(m.hostRequests, [{ verb: 'device_del', id: 'shm0' }]);
+  const log = await readFile(path.join(runDir, 'host-requests.log'), 'utf8');
+  t.regex(log, /device_del shm0: done/);
+  t.regex(log, /refused: device_del nope: not an endpoint of this lab/);
+  const unbinds = m.calls.filter((c) => c.argv[2]?.includes('echo > "$d/driver_override"')).map((c) => c.argv[4]);
+  t.false(unbinds.includes('0000:01:00.0'), 'shm0 was removed: nothing to give back');
+});
