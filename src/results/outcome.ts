@@ -88,7 +88,10 @@ export function runReasons(probes: readonly ProbeResult[], kernelReports: readon
   for (const p of probes) {
     if (p.name === TAP_STREAM_PROBE || probeStatus(p) !== 'FAIL' || p.notRun !== undefined) continue;
     if (!p.subtests.some((s) => !s.ok && s.todo === undefined && s.skip === undefined)) {
-      reasons.push(`probe ${p.name} did not finish: ${String(p.diagnostics?.error ?? 'no closing result')}`);
+      // A probe that finished with every point ok fails for the kernel reports in its window (attribution.ts).
+      reasons.push(p.kernelReports.length && p.diagnostics?.error === undefined
+        ? `probe ${p.name} failed: kernel reported ${p.kernelReports.map((r) => `${r.title}${countSuffix(r)}`).join(', ')} during it`
+        : `probe ${p.name} did not finish: ${String(p.diagnostics?.error ?? 'no closing result')}`);
     }
   }
   const notRun = probes.filter((p) => p.notRun !== undefined);

@@ -110,6 +110,17 @@ test('attribution is per report, then one entry per title per probe and per run,
   ]);
 });
 
+test('a probe that only failed for a report in its window says so, not that it did not finish', (t) => {
+  const console = ['[ 1.0] hwlab-probe: begin 1 stress', ...warning('    1.100000', 'dma_buf_invalidate_mappings'), ...warning('    1.200000', 'dma_buf_invalidate_mappings'), '[ 2.0] hwlab-probe: end 1 stress'].join('\n');
+  const found = findConsoleReports(console);
+  const probes = [probe('stress', { subtests: [{ id: 1, name: 'x', ok: true }] })];
+  attachKernelReports(probes, found, probeWindowsFromConsole(console));
+  t.deepEqual(runReasons(probes, dedupByTitle(found)), [
+    'kernel WARNING: WARNING in dma_buf_invalidate_mappings (x2)',
+    'probe stress failed: kernel reported WARNING in dma_buf_invalidate_mappings (x2) during it',
+  ]);
+});
+
 test('a report in a window whose probe is not at that place in the results is not attached anywhere', (t) => {
   const probes = [probe('other')];
   attachKernelReports(probes, [report('w', 1.5)], [{ index: 1, probe: 'dmabuf-fd', startSec: 1, endSec: 2 }]);
