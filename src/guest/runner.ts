@@ -82,13 +82,13 @@ async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
 
 /**
  * Probe boundaries in the kernel log: the host reads them from the serial
- * console and attaches each splat to the probe that was running.
+ * console and attaches each kernel report to the probe that was running.
  */
 function kmsgMarker(m: ProbeMarker): void {
   try {
     writeFileSync('/dev/kmsg', `${formatProbeMarker(m)}\n`);
   } catch {
-    // No /dev/kmsg (not the guest): splats then stay unattributed, still failing the run.
+    // No /dev/kmsg (not the guest): kernel reports then stay unattributed, still failing the run.
   }
 }
 

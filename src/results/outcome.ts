@@ -15,7 +15,7 @@
 // a run with no evidence at all is infra.
 import type { ErrorClass } from '../util/errors.ts';
 import { classOfError, HwlabError } from '../util/errors.ts';
-import type { Splat } from './splat.ts';
+import { countSuffix, describeReport, type KernelReport } from '../report/kernel-report.ts';
 import { probeStatus, TAP_STREAM_PROBE, type ProbeResult } from './tap.ts';
 
 export type OutcomeClass = 'pass' | 'fail' | 'kernel' | 'infra' | 'error';
@@ -78,17 +78,20 @@ function streamProblems(probes: readonly ProbeResult[]): string[] {
 const first = (s: string) => s.split('\n')[0];
 
 /** Everything that went wrong in a run, one line each (the outcome's detail, the table's reasons). */
-export function runReasons(probes: readonly ProbeResult[], splats: readonly Splat[], failure?: RunFailure): string[] {
+export function runReasons(probes: readonly ProbeResult[], kernelReports: readonly KernelReport[], failure?: RunFailure): string[] {
   const reasons: string[] = [];
   if (failure) reasons.push(`${failure.phase}: ${failure.message}`);
-  for (const s of splats) reasons.push(`kernel ${s.kind}${s.fatal ? ' (fatal)' : ''}: ${s.title}`);
+  for (const r of kernelReports) reasons.push(`kernel ${describeReport(r)}`);
   const byProbe = new Map<number, FailingPoint[]>();
   for (const f of failingPoints(probes)) byProbe.set(f.index, [...(byProbe.get(f.index) ?? []), f]);
   for (const [, fs] of byProbe) reasons.push(`probe ${fs[0].probe} failed: ${fs.map((f) => f.subtest).join(', ')}`);
   for (const p of probes) {
     if (p.name === TAP_STREAM_PROBE || probeStatus(p) !== 'FAIL' || p.notRun !== undefined) continue;
     if (!p.subtests.some((s) => !s.ok && s.todo === undefined && s.skip === undefined)) {
-      reasons.push(`probe ${p.name} did not finish: ${String(p.diagnostics?.error ?? 'no closing result')}`);
+      // A probe that finished with every point ok fails for the kernel reports in its window (attribution.ts).
+      reasons.push(p.kernelReports.length && p.diagnostics?.error === undefined
+        ? `probe ${p.name} failed: kernel reported ${p.kernelReports.map((r) => `${r.title}${countSuffix(r)}`).join(', ')} during it`
+        : `probe ${p.name} did not finish: ${String(p.diagnostics?.error ?? 'no closing result')}`);
     }
   }
   const notRun = probes.filter((p) => p.notRun !== undefined);
@@ -98,14 +101,14 @@ export function runReasons(probes: readonly ProbeResult[], splats: readonly Spla
 }
 
 /** The one class a run ends in, from what it produced. */
-export function classifyRun(probes: readonly ProbeResult[], splats: readonly Splat[], failure?: RunFailure): Outcome {
-  const detail = runReasons(probes, splats, failure).join('\n');
+export function classifyRun(probes: readonly ProbeResult[], kernelReports: readonly KernelReport[], failure?: RunFailure): Outcome {
+  const detail = runReasons(probes, kernelReports, failure).join('\n');
   if (failure?.class === 'error') return { class: 'error', code: failure.code, title: first(failure.message), detail };
-  if (splats.length) {
-    // A fatal report (oops, panic) outranks a warning; otherwise the first one printed.
-    const top = splats.find((s) => s.fatal) ?? splats[0];
-    const more = splats.length > 1 ? ` (and ${splats.length - 1} more kernel report${splats.length > 2 ? 's' : ''})` : '';
-    return { class: 'kernel', code: top.kind, title: `${top.title}${more}`, detail };
+  if (kernelReports.length) {
+    // A fatal report (oops, panic) outranks a warning; otherwise the first one printed. One entry per title.
+    const top = kernelReports.find((r) => r.fatal) ?? kernelReports[0];
+    const more = kernelReports.length > 1 ? ` (and ${kernelReports.length - 1} more kernel report title${kernelReports.length > 2 ? 's' : ''})` : '';
+    return { class: 'kernel', code: top.kind, title: `${top.title}${countSuffix(top)}${more}`, detail };
   }
   const points = failingPoints(probes);
   if (points.length) {

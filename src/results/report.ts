@@ -5,8 +5,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AppliedPatch, Kernel, KernelKind } from '../kernel/types.ts';
 import type { Outcome, RunFailure } from './outcome.ts';
-import { attributeSplats, type ProbeWindow, type Splat } from './splat.ts';
-import { probeStatus, TAP_STREAM_PROBE, type ProbeResult } from './tap.ts';
+import { countSuffix, describeReport, type KernelReport } from '../report/kernel-report.ts';
+import { probeStatus, type ProbeResult } from './tap.ts';
 
 /** The kernel a run booted, as results.json records it. */
 export interface KernelRecord {
@@ -53,29 +53,10 @@ export interface RunResults {
   /** Which backend ran the guest, and under which accelerator. */
   machine?: { backend: string; accel: 'kvm' | 'tcg'; accelNote: string };
   probes: ProbeResult[];
-  splats: Splat[];
+  /** Every kernel report of the run, one entry per title with its count (probes hold theirs too). */
+  kernelReports: KernelReport[];
   timings: Record<string, number>;
   runDir: string;
-}
-
-/**
- * A splat inside a probe's window (see probeWindowsFromConsole) belongs to
- * that probe: it is attached to it and fails it, even if every assertion
- * passed. Windows are named "<n> <probe>", n counting probes from 1.
- */
-export function attachSplatsToProbes(probes: ProbeResult[], splats: readonly Splat[], windows: readonly ProbeWindow[]): void {
-  const { byProbe } = attributeSplats(splats, windows);
-  const real = probes.filter((p) => p.name !== TAP_STREAM_PROBE);
-  for (const [key, list] of byProbe) {
-    const [n, name] = key.split(' ');
-    const p = real[Number(n) - 1];
-    if (!p || p.name !== name) continue;
-    p.splats.push(...list);
-    if (p.ok && p.todo === undefined) {
-      p.ok = false;
-      p.diagnostics = { ...(p.diagnostics ?? {}), kernelSplats: list.map((s) => `${s.kind}: ${s.title}`) };
-    }
-  }
 }
 
 /** results.json in `dir` (created if needed); returns the file's path. */
@@ -113,12 +94,12 @@ function fmtDiag(d: Record<string, unknown>): string {
     .join('\n');
 }
 
-/** Lines of a splat excerpt shown under the table; results.json keeps it whole. */
-const SPLAT_PREVIEW_LINES = 8;
+/** Lines of a kernel report's excerpt shown under the table; results.json keeps it whole. */
+const REPORT_PREVIEW_LINES = 8;
 
-/** Probe table, then each failing/TODO probe's subtests with diagnostics, then each splat's head. */
-export function formatResultTable(results: Pick<RunResults, 'probes' | 'splats'> & Partial<RunResults>): string {
-  const { probes, splats } = results;
+/** Probe table, then each failing/TODO probe's subtests with diagnostics, then each kernel report's head (once per title). */
+export function formatResultTable(results: Pick<RunResults, 'probes' | 'kernelReports'> & Partial<RunResults>): string {
+  const { probes, kernelReports } = results;
   const rows = probes.map((p) => {
     const counted = p.subtests.filter((s) => s.skip === undefined);
     const passed = counted.filter((s) => s.ok).length;
@@ -140,13 +121,13 @@ export function formatResultTable(results: Pick<RunResults, 'probes' | 'splats'>
       details.push(`  not ok ${s.id} - ${s.name}${s.todo !== undefined ? ` # TODO ${s.todo}` : ''}`);
       if (s.diagnostics) details.push(indentBlock(fmtDiag(s.diagnostics), '      '));
     }
-    for (const sp of p.splats) details.push(`  kernel ${sp.kind}: ${sp.title} (console line ${sp.line})`);
+    for (const r of p.kernelReports) details.push(`  kernel ${r.kind}: ${r.title}${countSuffix(r)} (first at console line ${r.line})`);
   }
-  for (const s of splats) {
-    const lines = s.excerpt.split('\n');
-    details.push(`SPLAT ${s.kind}${s.fatal ? ' (fatal)' : ''}: ${s.title}  [console line ${s.line}]`);
-    details.push(indentBlock(lines.slice(0, SPLAT_PREVIEW_LINES).join('\n'), '    '));
-    if (lines.length > SPLAT_PREVIEW_LINES) details.push(`    ... (${lines.length - SPLAT_PREVIEW_LINES} more lines)`);
+  for (const r of kernelReports) {
+    const lines = r.excerpt.split('\n');
+    details.push(`KERNEL REPORT ${describeReport(r)}  [first at console line ${r.line}]`);
+    details.push(indentBlock(lines.slice(0, REPORT_PREVIEW_LINES).join('\n'), '    '));
+    if (lines.length > REPORT_PREVIEW_LINES) details.push(`    ... (${lines.length - REPORT_PREVIEW_LINES} more lines)`);
   }
   if (details.length > 0) out.push('', ...details);
   if (results.outcome) {

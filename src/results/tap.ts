@@ -4,7 +4,7 @@
 
 import { Parser } from 'tap-parser';
 import type { FinalResults, Result } from 'tap-parser';
-import type { Splat } from './splat.ts';
+import type { KernelReport } from '../report/kernel-report.ts';
 
 export interface SubtestResult {
   id: number;
@@ -27,8 +27,8 @@ export interface ProbeResult {
   durationMs?: number;
   subtests: SubtestResult[];
   diagnostics?: Record<string, unknown>;
-  /** Kernel reports attributed to this probe's time window (filled by the caller). */
-  splats: Splat[];
+  /** Kernel reports in this probe's time window, one per title (see src/results/attribution.ts). */
+  kernelReports: KernelReport[];
   /** The probe never started (an earlier probe hung): a failure that says nothing about this probe. */
   notRun?: string;
 }
@@ -110,7 +110,7 @@ export function parseProbeTap(tap: string): ProbeResult[] {
     const skip = directive(r.skip);
     const todo = directive(r.todo);
     // A known failure (not ok # TODO) must not fail the run; `todo` keeps it visible.
-    const probe: ProbeResult = { name: r.name, ok: r.ok || todo !== undefined, subtests: child?.subtests ?? [], splats: [] };
+    const probe: ProbeResult = { name: r.name, ok: r.ok || todo !== undefined, subtests: child?.subtests ?? [], kernelReports: [] };
     if (skip !== undefined) probe.skip = skip;
     if (todo !== undefined) probe.todo = todo;
     if (r.time !== null && r.time !== undefined) probe.durationMs = r.time;
@@ -137,7 +137,7 @@ export function parseProbeTap(tap: string): ProbeResult[] {
       ok: false,
       subtests: pending.subtests,
       diagnostics: { error: 'interrupted: subtest has no closing test point' },
-      splats: [],
+      kernelReports: [],
     });
     reasons.push(`stream ended inside subtest '${pending.name}'`);
   }
@@ -159,7 +159,7 @@ export function parseProbeTap(tap: string): ProbeResult[] {
       ok: false,
       subtests: [],
       diagnostics: { reasons },
-      splats: [],
+      kernelReports: [],
     });
   }
   return probes;
@@ -208,7 +208,7 @@ export function markHungProbe(probes: ProbeResult[], hung: HungProbe, order: rea
   const diag = { error: `timed out: no result after ${hung.timeoutSec} s`, blockedTasks: hung.blockedTasks };
   let p = probes.find((x) => x.name === hung.name && !x.ok && (x.diagnostics?.error as string | undefined)?.startsWith('interrupted'));
   if (!p) {
-    p = { name: hung.name, ok: false, subtests: [], splats: [] };
+    p = { name: hung.name, ok: false, subtests: [], kernelReports: [] };
     const stream = probes.findIndex((x) => x.name === TAP_STREAM_PROBE);
     probes.splice(stream === -1 ? probes.length : stream, 0, p);
   }
@@ -217,7 +217,7 @@ export function markHungProbe(probes: ProbeResult[], hung: HungProbe, order: rea
   p.subtests.push({ id: p.subtests.length + 1, name: `finishes within ${hung.timeoutSec} s`, ok: false, diagnostics: diag });
   const at = probes.indexOf(p) + 1;
   const rest = order.slice(hung.index + 1).map((name): ProbeResult => ({
-    name, ok: false, subtests: [], splats: [], notRun: `not run: ${hung.name} hung before it`,
+    name, ok: false, subtests: [], kernelReports: [], notRun: `not run: ${hung.name} hung before it`,
     diagnostics: { error: `not run: ${hung.name} (probe ${hung.index + 1}) did not finish in ${hung.timeoutSec} s` },
   }));
   probes.splice(at, 0, ...rest);

@@ -6,8 +6,10 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { MachineInstance } from '../machine/instance.ts';
 import { classifyRun, type RunFailure } from '../results/outcome.ts';
-import { attachSplatsToProbes, kernelRecord, type RunResults } from '../results/report.ts';
-import { findSplats, probeWindowsFromConsole } from '../results/splat.ts';
+import { dedupByTitle } from '../report/kernel-report.ts';
+import { findConsoleReports } from '../report/scan.ts';
+import { attachKernelReports, probeWindowsFromConsole } from '../results/attribution.ts';
+import { kernelRecord, type RunResults } from '../results/report.ts';
 import { markHungProbe, parseProbeTap, type ProbeResult } from '../results/tap.ts';
 import type { RunContext, RunState } from './context.ts';
 
@@ -15,22 +17,23 @@ export async function collect(ctx: RunContext, m: MachineInstance | undefined, b
   const { lab, runDir } = ctx;
   if (state.tap !== undefined) await writeFile(path.join(runDir, 'probes.tap'), state.tap);
   const consoleText = m ? await m.console().catch(() => '') : '';
-  const splats = findSplats(consoleText);
+  const found = findConsoleReports(consoleText);
   // No probe phase (boot or setup failed): no probe results, rather than a "broken TAP stream".
   const probes: ProbeResult[] = state.tap === undefined ? [] : parseProbeTap(state.tap);
   if (state.hung) markHungProbe(probes, state.hung, lab.probes.map((p) => p.name));
-  attachSplatsToProbes(probes, splats, probeWindowsFromConsole(consoleText));
+  attachKernelReports(probes, found, probeWindowsFromConsole(consoleText));
+  const kernelReports = dedupByTitle(found);
   const kernel = kernelRecord(ctx.prepared.kernel);
   if (state.verified.length) kernel.modulesVerified = state.verified;
   return {
     lab: lab.name,
     startedAt: new Date(ctx.startedAt).toISOString(),
-    outcome: classifyRun(probes, splats, state.failure),
+    outcome: classifyRun(probes, kernelReports, state.failure),
     ...(state.failure ? { failure: state.failure } : {}),
     kernel,
     ...(m ? { machine: { backend, accel: m.accel.accel, accelNote: m.accel.note } } : {}),
     probes,
-    splats,
+    kernelReports,
     timings: { ...ctx.timings, total: (Date.now() - ctx.startedAt) / 1000 },
     runDir,
   };
@@ -44,7 +47,7 @@ export function resultsWithoutMachine(lab: string, startedAt: number, runDir: st
     outcome: classifyRun([], [], failure),
     failure,
     probes: [],
-    splats: [],
+    kernelReports: [],
     timings: { ...timings, total: (Date.now() - startedAt) / 1000 },
     runDir,
   };

@@ -12,6 +12,8 @@ import { readdir, readFile, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LabSpec } from '../lab/types.ts';
+import { describeReport } from '../report/kernel-report.ts';
+import { unattributedReports } from '../results/attribution.ts';
 import type { OutcomeClass } from '../results/outcome.ts';
 import type { RunResults } from '../results/report.ts';
 import { probeStatus, TAP_STREAM_PROBE } from '../results/tap.ts';
@@ -119,16 +121,16 @@ export async function loadCatalogue(dir: string, only: readonly string[] = []): 
 // ---------------------------------------------------------------------------
 // Judging one run.
 
-/** One source of failure in a run: a probe (its failing subtests and splats), or the run itself. */
+/** One source of failure in a run: a probe (its failing subtests and kernel reports), or the run itself. */
 export interface Catch {
-  /** Probe name; '(kernel)' for a splat outside every probe window, '(run)' for a run-level failure (boot, SSH, timeout). */
+  /** Probe name; '(kernel)' for a kernel report outside every probe window, '(run)' for a run-level failure (boot, SSH, timeout). */
   probe: string;
   /** The probe's device, when the lab runs that probe on more than one device. */
   device?: string;
-  /** Failing subtest names; for '(kernel)' and '(run)', the splat titles or reasons. */
+  /** Failing subtest names; for '(kernel)' and '(run)', the kernel report titles or reasons. */
   subtests: string[];
-  /** Kernel reports attributed to the probe. */
-  splats: string[];
+  /** Kernel reports attributed to the probe, one per title. */
+  kernelReports: string[];
 }
 
 /** Numbers (inode numbers, addresses, counts) differ between runs; a failure is the same failure without them. */
@@ -146,7 +148,7 @@ export function catchLabel(c: Pick<Catch, 'probe' | 'device'>): string {
  * failures. With the lab, a probe the lab runs on several devices is told
  * apart by its device (results list the lab's probes in order).
  */
-export function failuresOf(results: Pick<RunResults, 'probes' | 'splats' | 'failure'>, lab?: Pick<LabSpec, 'probes'>): Catch[] {
+export function failuresOf(results: Pick<RunResults, 'probes' | 'kernelReports' | 'failure'>, lab?: Pick<LabSpec, 'probes'>): Catch[] {
   const out: Catch[] = [];
   const real = results.probes.filter((p) => p.name !== TAP_STREAM_PROBE);
   const repeated = (name: string) => (lab?.probes.filter((x) => x.name === name).length ?? 0) > 1;
@@ -156,31 +158,30 @@ export function failuresOf(results: Pick<RunResults, 'probes' | 'splats' | 'fail
     const subtests = p.subtests.filter((s) => !s.ok && s.todo === undefined && s.skip === undefined).map((s) => s.name);
     const spec = lab?.probes[real.indexOf(p)];
     const device = spec?.name === p.name && repeated(p.name) ? spec.device : undefined;
-    out.push({ probe: p.name, ...(device ? { device } : {}), subtests, splats: p.splats.map((s) => `${s.kind}: ${s.title}`) });
+    out.push({ probe: p.name, ...(device ? { device } : {}), subtests, kernelReports: p.kernelReports.map(describeReport) });
   }
-  const attributed = new Set(results.probes.flatMap((p) => p.splats.map((s) => s.line)));
-  const loose = results.splats.filter((s) => !attributed.has(s.line));
-  if (loose.length) out.push({ probe: '(kernel)', subtests: loose.map((s) => `${s.kind}: ${s.title}`), splats: [] });
+  const loose = unattributedReports(results.kernelReports, results.probes);
+  if (loose.length) out.push({ probe: '(kernel)', subtests: loose.map(describeReport), kernelReports: [] });
   // The run itself stopped (boot failed, SSH lost, the probes timed out): recorded, never evidence on its own.
-  if (results.failure) out.push({ probe: '(run)', subtests: [`${results.failure.phase}: ${results.failure.message.split('\n')[0]}`], splats: [] });
+  if (results.failure) out.push({ probe: '(run)', subtests: [`${results.failure.phase}: ${results.failure.message.split('\n')[0]}`], kernelReports: [] });
   return out;
 }
 
-/** The failures of `run` that the baseline did not show (compared per probe, subtest and splat, numbers ignored). */
+/** The failures of `run` that the baseline did not show (compared per probe, subtest and kernel report, numbers ignored). */
 export function newFailures(run: readonly Catch[], baseline: readonly Catch[]): Catch[] {
   const seen = new Set(baseline.flatMap((c) => [
     `${catchLabel(c)}\0`,
     ...c.subtests.map((s) => `${catchLabel(c)}\0${normalise(s)}`),
-    ...c.splats.map((s) => `${catchLabel(c)}\0splat\0${normalise(s)}`),
+    ...c.kernelReports.map((r) => `${catchLabel(c)}\0report\0${normalise(r)}`),
   ]));
   const out: Catch[] = [];
   for (const c of run) {
     const key = catchLabel(c);
     const subtests = c.subtests.filter((s) => !seen.has(`${key}\0${normalise(s)}`));
-    const splats = c.splats.filter((s) => !seen.has(`${key}\0splat\0${normalise(s)}`));
+    const kernelReports = c.kernelReports.filter((r) => !seen.has(`${key}\0report\0${normalise(r)}`));
     // A probe that fails with no subtest named (it threw) is new only if the baseline's did not fail at all.
-    const bareNew = c.subtests.length === 0 && c.splats.length === 0 && !seen.has(`${key}\0`);
-    if (subtests.length || splats.length || bareNew) out.push({ ...c, subtests, splats });
+    const bareNew = c.subtests.length === 0 && c.kernelReports.length === 0 && !seen.has(`${key}\0`);
+    if (subtests.length || kernelReports.length || bareNew) out.push({ ...c, subtests, kernelReports });
   }
   return out;
 }
@@ -191,12 +192,12 @@ export type MutantVerdict = 'caught' | 'SURVIVED' | 'inconclusive' | 'build-fail
 const RUN_LEVEL = new Set(['(run)', TAP_STREAM_PROBE]);
 
 /**
- * Does this catch point at the kernel? A failing subtest or a kernel splat
+ * Does this catch point at the kernel? A failing subtest or a kernel report
  * does; a run that merely stopped (or a probe cut off without a failing
  * subtest) may be the host's doing, so it is inconclusive on its own.
  */
 function isEvidence(c: Catch): boolean {
-  return !RUN_LEVEL.has(c.probe) && (c.subtests.length > 0 || c.splats.length > 0);
+  return !RUN_LEVEL.has(c.probe) && (c.subtests.length > 0 || c.kernelReports.length > 0);
 }
 
 export interface MutantOutcome {
@@ -423,19 +424,19 @@ export function formatMutantsTable(summary: Pick<MutantsSummary, 'baseline' | 'm
   if (b && b.class !== 'pass') {
     details.push(`baseline ${b.class.toUpperCase()} (so the catalogue fails too); its failures do not count as catches:`);
     for (const c of b.failures) {
-      details.push(...capped([...c.subtests, ...c.splats.map((s) => `kernel ${s}`)], `  ${catchLabel(c)}: `));
-      if (!c.subtests.length && !c.splats.length) details.push(`  ${catchLabel(c)}: (probe failed without a failing subtest)`);
+      details.push(...capped([...c.subtests, ...c.kernelReports.map((r) => `kernel ${r}`)], `  ${catchLabel(c)}: `));
+      if (!c.subtests.length && !c.kernelReports.length) details.push(`  ${catchLabel(c)}: (probe failed without a failing subtest)`);
     }
   }
   for (const m of summary.mutants) {
     if (m.verdict === 'caught') {
       details.push(`${m.patch}: caught`);
       for (const c of m.caughtBy) {
-        details.push(...capped([...c.subtests, ...c.splats.map((s) => `kernel ${s}`)], `  ${catchLabel(c)}: `));
-        if (!c.subtests.length && !c.splats.length) details.push(`  ${catchLabel(c)}: (probe failed without a failing subtest)`);
+        details.push(...capped([...c.subtests, ...c.kernelReports.map((r) => `kernel ${r}`)], `  ${catchLabel(c)}: `));
+        if (!c.subtests.length && !c.kernelReports.length) details.push(`  ${catchLabel(c)}: (probe failed without a failing subtest)`);
       }
     } else if (m.verdict === 'inconclusive') {
-      details.push(`${m.patch}: inconclusive: the run broke without a failing subtest or kernel splat; run it again (--only ${m.number})`);
+      details.push(`${m.patch}: inconclusive: the run broke without a failing subtest or kernel report; run it again (--only ${m.number})`);
       if (m.message) details.push(...m.message.split('\n').slice(0, 4).map((l) => `  ${l}`));
     } else if (m.verdict === 'SURVIVED') {
       details.push(`${m.patch}: SURVIVED, expected to be caught by ${m.expectedCatch.join(', ')}`);

@@ -19,7 +19,7 @@ test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci
   t.is(r.exitCode, 0, r.all);
   const { runDir, results } = await readRun(dir);
   t.is(results.outcome.class, 'pass');
-  t.deepEqual(results.splats, []);
+  t.deepEqual(results.kernelReports, []);
   t.is(results.kernel?.kind, 'source');
   t.regex(results.kernel!.package, /^linux-source-7\.2 7\.2\.\d+/);
   t.regex(results.kernel!.version, /^7\.2\.\d+/);
@@ -49,13 +49,13 @@ test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci
   const consoleLog = await readFile(path.join(runDir, 'console.log'), 'utf8');
   t.regex(consoleLog, /Linux version 7\.2\.\d+/);
   t.regex(consoleLog, /DMAR: IOMMU enabled/);
-  // Probe windows for splat attribution come from these markers.
+  // Probe windows for kernel report attribution come from these markers.
   t.regex(consoleLog, new RegExp(`hwlab-probe: begin 1 dmabuf-export[\\s\\S]*hwlab-probe: end ${lab.probes.length} ${lab.probes[lab.probes.length - 1].name}`));
   // The debug kernel: lockdep is on, so a lock-order problem in a probe would have been reported.
   t.regex(consoleLog, /RCU lockdep checking is enabled/);
   // surprise-removal had the host hot-remove its device through QMP.
   t.regex(await readFile(path.join(runDir, 'host-requests.log'), 'utf8'), /device_del shm2: done/);
-  t.true(results.probes.every((p) => p.splats.length === 0));
+  t.true(results.probes.every((p) => p.kernelReports.length === 0));
   const cmdline = await readFile(path.join(runDir, 'qemu-cmdline.sh'), 'utf8');
   t.regex(cmdline, /restrict=on/);
   t.regex(cmdline, /hostfwd=tcp:127\.0\.0\.1:\d+-:22/);
@@ -70,7 +70,7 @@ test.serial('smoke lab: the local loop reuses the default lab\'s kernel build an
   t.regex(r.all ?? '', /from cache, make not run/);
   const { results } = await readRun(dir);
   t.is(results.outcome.class, 'pass');
-  t.deepEqual(results.splats, []);
+  t.deepEqual(results.kernelReports, []);
   t.is(results.kernel?.kind, 'source');
   const lab = await loadLab(path.join(repoRoot, 'labs/smoke.yaml'));
   t.deepEqual(results.probes.map((p) => p.name), lab.probes.map((p) => p.name));
@@ -113,7 +113,7 @@ test.serial('a boot that cannot finish in time is infra: exit 3, the boot phase 
   t.is(r.exitCode, 3, r.all);
   const { runDir, results } = await readRun(dir);
   t.deepEqual([results.outcome.class, results.outcome.code, results.failure?.phase], ['infra', 'boot-timeout', 'boot']);
-  t.deepEqual(results.splats, []);
+  t.deepEqual(results.kernelReports, []);
   t.deepEqual(results.probes, []);
   t.regex(r.all ?? '', /^INFRA \(boot-timeout\): the guest did not start sshd in 1 s/m);
   t.deepEqual(await qemuProcessesMentioning(runDir), [], 'no QEMU left running');

@@ -1,5 +1,5 @@
 // The guest's TAP output must survive tap-parser with the right counts; also the
-// pure guest helpers (kmsg classification, bufinfo parsing, catalog validation)
+// pure guest helpers (kmsg records, bufinfo parsing, catalog validation)
 // and the runner itself, run from source and as the esbuild bundle.
 import test from 'ava';
 import { build } from 'esbuild';
@@ -8,9 +8,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Parser, type FinalResults, type Result } from 'tap-parser';
-import { classify, findSplats, parseRecord } from '../../src/guest/lib/kmsg.ts';
+import { parseRecord } from '../../src/guest/lib/kmsg.ts';
+import { findKmsgReports } from '../../src/report/scan.ts';
 import { Tap } from '../../src/guest/lib/tap.ts';
 import { parseBufinfo } from '../../src/guest/probes/common.ts';
+import { checkNoKernelReportsIn } from '../../src/guest/probes/observe.ts';
 import { BAD_INPUT_CASES, PROBES, resolveParams } from '../../src/guest/probes/catalog.ts';
 
 interface Parsed { final: FinalResults; points: Result[]; children: { final: FinalResults; points: Result[] }[] }
@@ -48,7 +50,7 @@ async function sample(): Promise<string> {
   });
   await tap.subtest('expected to fail', (t) => {
     t.pass('fine');
-    t.fail('known bug', { splats: [{ kind: 'warning', line: 'WARNING: CPU: 0 PID: 1 at x.c:1', trace: ['a', 'b: c'] }] });
+    t.fail('known bug', { kernelReports: [{ kind: 'WARNING', title: 'WARNING in x', count: 2, excerpt: ['a', 'b: c'] }] });
   }, { todo: 'upstream bug 123' });
   await tap.subtest('throws', () => { throw new Error('boom\nsecond line'); });
   await tap.subtest('silent', () => {});
@@ -80,7 +82,7 @@ test('TAP output parses with the expected counts', async (t) => {
   t.deepEqual(rom.diag, { expected: 'ENODEV', actual: 'EINVAL', errno: 22, request: { region: 6, big: '18446744073709551615' } });
   t.is(children[1].points[2].skip, 'BAR smaller than two pages');
   t.is(children[2].points[1].todo, 'upstream bug 123');
-  t.deepEqual(children[2].points[1].diag.splats[0].trace, ['a', 'b: c']);
+  t.deepEqual(children[2].points[1].diag.kernelReports[0].excerpt, ['a', 'b: c']);
   t.is(children[3].points[0].name, 'probe threw: boom second line');
   t.is(children[3].points[0].diag.error.message, 'boom\nsecond line');
   t.is(children[4].points[0].name, 'probe made no assertions');
@@ -97,26 +99,46 @@ test('a subtest that passes everything under TODO stays ok but is marked todo', 
   t.is(final.todo, 1);
 });
 
-test('kmsg records parse and splats are classified', (t) => {
+test('kmsg records parse, unescaped; the shared scanner finds reports in them', (t) => {
   const r = parseRecord('4,1234,5678901,-;WARNING: CPU: 1 PID: 99 at drivers/vfio/pci/vfio_pci_dmabuf.c:77 x+0x1/0x2\n SUBSYSTEM=pci\n');
   t.deepEqual(r, { level: 4, facility: 0, seq: 1234, usec: 5678901, message: 'WARNING: CPU: 1 PID: 99 at drivers/vfio/pci/vfio_pci_dmabuf.c:77 x+0x1/0x2' });
   t.is(parseRecord('garbage'), null);
-  t.is(classify('refcount_t: underflow; use-after-free.'), 'refcount');
-  t.is(classify('BUG: KASAN: slab-use-after-free in vfio_pci_dma_buf_release'), 'kasan');
-  t.is(classify('BUG: kernel NULL pointer dereference, address: 0000000000000008'), 'bug');
-  t.is(classify('Oops: general protection fault, probably for non-canonical address'), 'oops');
-  t.is(classify('WARNING: possible circular locking dependency detected'), 'warning');
-  t.is(classify('======================================================'), null);
-  t.is(classify('DMA-API: vfio-pci 0000:01:00.0: device driver frees DMA memory with wrong function'), 'dma-api');
-  t.is(classify('Kernel panic - not syncing: Fatal exception'), 'panic');
-  t.is(classify('vfio-pci 0000:01:00.0: resetting'), null);
-  t.is(classify('ivshmem: Oopsie-free message'), null);
-  const recs = ['vfio-pci 0000:01:00.0: enabling device', 'refcount_t: underflow; use-after-free.', 'Call Trace:', ' <TASK>']
-    .map((m, i) => ({ level: 4, facility: 0, seq: i, usec: i, message: m }));
-  const s = findSplats(recs, 2);
-  t.is(s.length, 1);
-  t.is(s[0].kind, 'refcount');
-  t.deepEqual(s[0].context, ['Call Trace:', ' <TASK>']);
+  // /dev/kmsg escapes a record's own newlines and backslashes; a userspace write is facility 1.
+  t.deepEqual(parseRecord('12,7,1,-;two\\x0alines and a \\x5c'), { level: 4, facility: 1, seq: 7, usec: 1, message: 'two\nlines and a \\' });
+  const recs = ['vfio-pci 0000:01:00.0: enabling device', '------------[ cut here ]------------', 'refcount_t: underflow; use-after-free.',
+    'WARNING: lib/refcount.c:28 at refcount_warn_saturate+0x5d/0x110, CPU#1: node/301', 'Call Trace:', ' <TASK>', ' ? refcount_warn_saturate+0x5d/0x110',
+    ' vfio_pci_dma_buf_move+0x1b0/0x200 [vfio_pci_core]', ' </TASK>', '---[ end trace 0000000000000000 ]---', 'ivshmem: Oopsie-free message']
+    .map((m, i) => ({ level: 4, facility: 0, seq: i, usec: 1_000_000 + i, message: m }));
+  const s = findKmsgReports(recs);
+  t.deepEqual(s.map((x) => [x.kind, x.title, x.line, x.timestampSec]), [['refcount', 'refcount_t: underflow in vfio_pci_dma_buf_move', 2, 1.000001]]);
+  t.true(s[0].excerpt.startsWith('[    1.000001] ------------[ cut here ]------------\n'));
+});
+
+test('the shared "no kernel report" point: pass, fail with each title once, lost records, skip', async (t) => {
+  const rec = (seq: number, message: string) => ({ level: 4, facility: 0, seq, usec: 2_000_000 + seq, message });
+  const warn = (seq: number, cpu: number) => [
+    rec(seq, '------------[ cut here ]------------'),
+    rec(seq + 1, `WARNING: hwlab_importer.c:176 at hwi_invalidate_mappings+0x32/0x78 [hwlab_importer], CPU#${cpu}: node/160`),
+    rec(seq + 2, '---[ end trace 0000000000000000 ]---'),
+  ];
+  const lines: string[] = [];
+  const tap = new Tap((l) => lines.push(l));
+  await tap.subtest('p', (s) => {
+    checkNoKernelReportsIn(s, { ok: true, value: [rec(1, 'vfio-pci 0000:01:00.0: resetting')] }, 'when clean');
+    // Records 4..9 were overwritten: the count (2) is what survived.
+    checkNoKernelReportsIn(s, { ok: true, value: [...warn(1, 0), ...warn(10, 1)] }, 'when it WARNed');
+    checkNoKernelReportsIn(s, { ok: false, errno: 13, name: 'EACCES' }, 'without kmsg');
+  });
+  const [child] = parse(lines.join('\n') + '\n').children;
+  t.deepEqual(child.points.map((p) => [p.name, p.ok, p.skip]), [
+    ['no kernel report when clean', true, false],
+    ['no kernel report when it WARNed', false, false],
+    ['no kernel report without kmsg', true, '/dev/kmsg unavailable: EACCES'],
+  ]);
+  const diag = child.points[1].diag;
+  t.is(diag.kmsgRecordsLost, 6);
+  t.deepEqual(diag.kernelReports.map((r: { kind: string; title: string; count: number; excerpt: string[] }) => [r.kind, r.title, r.count, r.excerpt.length]),
+    [['WARNING', 'WARNING in hwi_invalidate_mappings', 2, 3]]);
 });
 
 test('bufinfo object lines are parsed, attachment lines skipped', (t) => {

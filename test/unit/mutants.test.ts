@@ -12,7 +12,7 @@ import {
 } from '../../src/run/mutants.ts';
 import type { RunResults } from '../../src/results/report.ts';
 import { classifyRun, failureFromError, type RunFailure } from '../../src/results/outcome.ts';
-import type { Splat } from '../../src/results/splat.ts';
+import type { KernelReport } from '../../src/report/kernel-report.ts';
 import { TAP_STREAM_PROBE, type ProbeResult } from '../../src/results/tap.ts';
 import { InfraError, InputError } from '../../src/util/errors.ts';
 import { silentProgress } from '../../src/util/progress.ts';
@@ -91,37 +91,49 @@ test('loadCatalogue: number order, --only by number or name, unknown selectors a
   await t.throwsAsync(loadCatalogue(dir), { message: /two patches share the number 2/ });
 });
 
-const splat = (title: string, line: number): Splat => ({ kind: 'WARNING', title, line, timestampSec: 1, fatal: false, excerpt: title });
+const report = (title: string, line: number, count = 1): KernelReport => ({ kind: 'WARNING', title, count, line, timestampSec: 1, fatal: false, excerpt: title });
 const probe = (name: string, failing: string[] = [], extra: Partial<ProbeResult> = {}): ProbeResult => ({
   name,
   ok: failing.length === 0,
   subtests: [{ id: 1, name: 'fine', ok: true }, ...failing.map((n, k) => ({ id: k + 2, name: n, ok: false }))],
-  splats: [],
+  kernelReports: [],
   ...extra,
 });
-function results(probes: ProbeResult[], opts: { splats?: Splat[]; failure?: RunFailure } = {}): RunResults {
-  const splats = opts.splats ?? [];
+function results(probes: ProbeResult[], opts: { kernelReports?: KernelReport[]; failure?: RunFailure } = {}): RunResults {
+  const kernelReports = opts.kernelReports ?? [];
   // As collect() does: one class from the probes, the kernel reports and the run's failure.
   return {
-    lab: 'default', startedAt: '', outcome: classifyRun(probes, splats, opts.failure), ...(opts.failure ? { failure: opts.failure } : {}),
-    kernel: { kind: 'stock', package: 'p', version: 'v', release: 'r' }, probes, splats, timings: {}, runDir: '/runs/x',
+    lab: 'default', startedAt: '', outcome: classifyRun(probes, kernelReports, opts.failure), ...(opts.failure ? { failure: opts.failure } : {}),
+    kernel: { kind: 'stock', package: 'p', version: 'v', release: 'r' }, probes, kernelReports, timings: {}, runDir: '/runs/x',
   };
 }
 const lost: RunFailure = { phase: 'probes', class: 'infra', code: 'ssh-lost', message: 'guest command "node runner": the SSH channel closed without an exit status' };
 
-test('failuresOf: failing subtests per probe, TODO ignored, loose splats and run-level reasons kept apart', (t) => {
-  const attributed = splat('WARNING in vfio_pci_dma_buf_map', 40);
+test('failuresOf: failing subtests per probe, TODO ignored, loose kernel reports and run-level reasons kept apart', (t) => {
+  const attributed = report('WARNING in vfio_pci_dma_buf_map', 40);
   const r = results([
     probe('dmabuf-fd', ['slice size is one page']),
     probe('known', [], { ok: false, todo: 'known on 7.2', subtests: [{ id: 1, name: 'x', ok: false, todo: 'known' }] }),
-    probe('revoke-triggers', [], { ok: false, splats: [attributed] }),
-  ], { splats: [attributed, splat('refcount_t: underflow', 90)], failure: { phase: 'probes', class: 'infra', code: 'timeout', message: 'probes timed out after 600 s' } });
+    probe('revoke-triggers', [], { ok: false, kernelReports: [attributed] }),
+  ], { kernelReports: [attributed, report('refcount_t: underflow', 90)], failure: { phase: 'probes', class: 'infra', code: 'timeout', message: 'probes timed out after 600 s' } });
   t.deepEqual(failuresOf(r), [
-    { probe: 'dmabuf-fd', subtests: ['slice size is one page'], splats: [] },
-    { probe: 'revoke-triggers', subtests: [], splats: ['WARNING: WARNING in vfio_pci_dma_buf_map'] },
-    { probe: '(kernel)', subtests: ['WARNING: refcount_t: underflow'], splats: [] },
-    { probe: '(run)', subtests: ['probes: probes timed out after 600 s'], splats: [] },
+    { probe: 'dmabuf-fd', subtests: ['slice size is one page'], kernelReports: [] },
+    { probe: 'revoke-triggers', subtests: [], kernelReports: ['WARNING: WARNING in vfio_pci_dma_buf_map'] },
+    { probe: '(kernel)', subtests: ['WARNING: refcount_t: underflow'], kernelReports: [] },
+    { probe: '(run)', subtests: ['probes: probes timed out after 600 s'], kernelReports: [] },
   ]);
+});
+
+test('failuresOf: a title seen in a probe and outside every window is loose only for the occurrences no probe holds', (t) => {
+  const inProbe = report('WARNING in dma_buf_invalidate_mappings', 40, 3);
+  const r = results([probe('revoke-triggers', [], { ok: false, kernelReports: [inProbe] })], { kernelReports: [{ ...inProbe, count: 5 }] });
+  t.deepEqual(failuresOf(r), [
+    { probe: 'revoke-triggers', subtests: [], kernelReports: ['WARNING: WARNING in dma_buf_invalidate_mappings (x3)'] },
+    { probe: '(kernel)', subtests: ['WARNING: WARNING in dma_buf_invalidate_mappings (x2)'], kernelReports: [] },
+  ]);
+  // Counts differ from run to run; the same title is the same failure.
+  const again = results([probe('revoke-triggers', [], { ok: false, kernelReports: [{ ...inProbe, count: 7 }] })], { kernelReports: [{ ...inProbe, count: 9 }] });
+  t.deepEqual(newFailures(failuresOf(r), failuresOf(again)), []);
 });
 
 test('failuresOf: a probe the lab runs on two devices is told apart by device, and so is its baseline', (t) => {
@@ -139,7 +151,7 @@ test('newFailures: what the baseline shows too is not a catch, even when numbers
     probe('reset-and-mem-toggle', ['dma-buf (ino 4711) gone from bufinfo after closing']),
     probe('dmabuf-bad-inputs', ['flags_nonzero: flags = 1 -> EINVAL']),
   ]));
-  t.deepEqual(newFailures(run, baseline), [{ probe: 'dmabuf-bad-inputs', subtests: ['flags_nonzero: flags = 1 -> EINVAL'], splats: [] }]);
+  t.deepEqual(newFailures(run, baseline), [{ probe: 'dmabuf-bad-inputs', subtests: ['flags_nonzero: flags = 1 -> EINVAL'], kernelReports: [] }]);
   t.deepEqual(newFailures(run, []), run);
 });
 
@@ -163,8 +175,8 @@ test('judgeMutant: a clean run, or one failing only as the baseline does, SURVIV
   t.is(judgeMutant(mutant, lab, { results: failing }, failuresOf(failing), 1).verdict, 'SURVIVED');
 });
 
-test('judgeMutant: a run that only broke (runner lost, TAP cut off, no failing subtest or splat) is infra, so inconclusive', (t) => {
-  const cutOff = results([{ name: 'dmabuf-export', ok: false, subtests: [{ id: 1, name: 'fine', ok: true }], splats: [] }, { name: TAP_STREAM_PROBE, ok: false, subtests: [], splats: [] }], { failure: lost });
+test('judgeMutant: a run that only broke (runner lost, TAP cut off, no failing subtest or kernel report) is infra, so inconclusive', (t) => {
+  const cutOff = results([{ name: 'dmabuf-export', ok: false, subtests: [{ id: 1, name: 'fine', ok: true }], kernelReports: [] }, { name: TAP_STREAM_PROBE, ok: false, subtests: [], kernelReports: [] }], { failure: lost });
   t.is(cutOff.outcome.class, 'infra');
   const o = judgeMutant(mutant, lab, { results: cutOff }, [], 1);
   t.is(o.verdict, 'inconclusive');
@@ -172,10 +184,10 @@ test('judgeMutant: a run that only broke (runner lost, TAP cut off, no failing s
   t.regex(o.message ?? '', /SSH channel closed/);
   t.regex(formatMutantsTable({ baseline: null, mutants: [o] }), /16-reserved-flags-ignored\.patch: inconclusive: .*--only 16/);
   // The same run with a kernel report in the log is a catch: the kernel said what broke.
-  const oops = splat('BUG: unable to handle page fault', 7);
-  const withSplat = results(cutOff.probes, { splats: [oops], failure: lost });
-  t.is(withSplat.outcome.class, 'kernel');
-  t.is(judgeMutant(mutant, lab, { results: withSplat }, [], 1).verdict, 'caught');
+  const oops = report('BUG: unable to handle page fault', 7);
+  const withReport = results(cutOff.probes, { kernelReports: [oops], failure: lost });
+  t.is(withReport.outcome.class, 'kernel');
+  t.is(judgeMutant(mutant, lab, { results: withReport }, [], 1).verdict, 'caught');
   // An error that escaped the run is judged by its class too.
   t.is(judgeMutant(mutant, lab, { error: new Error('qemu-img: no space left') }, [], 1).verdict, 'inconclusive');
 });
@@ -262,13 +274,13 @@ test('runMutants: a baseline that does not finish stops the catalogue (nothing c
 });
 
 test('formatMutantsTable: catchers listed once and cut to fit, subtests capped under the table, baseline failures named', (t) => {
-  const many = Array.from({ length: 9 }, (_, k) => ({ probe: `probe-number-${k}`, subtests: [`s${k}`], splats: [] }));
+  const many = Array.from({ length: 9 }, (_, k) => ({ probe: `probe-number-${k}`, subtests: [`s${k}`], kernelReports: [] }));
   const m = {
     patch: '14-full-bar-refused.patch', number: 14, subject: 'vfio/pci: x', verdict: 'caught' as const, expectedCatch: ['probe-number-0'],
     expectedHit: ['probe-number-0'], expectedNotInLab: [], seconds: 1,
-    caughtBy: [...many, { probe: 'probe-number-0', subtests: ['a', 'b', 'c', 'd', 'e', 'f'], splats: ['WARNING: w'] }],
+    caughtBy: [...many, { probe: 'probe-number-0', subtests: ['a', 'b', 'c', 'd', 'e', 'f'], kernelReports: ['WARNING: w'] }],
   };
-  const table = formatMutantsTable({ baseline: { class: 'fail', failures: [{ probe: 'revoke-triggers', device: 'shm0', subtests: ['edu DMA'], splats: [] }] }, mutants: [m] });
+  const table = formatMutantsTable({ baseline: { class: 'fail', failures: [{ probe: 'revoke-triggers', device: 'shm0', subtests: ['edu DMA'], kernelReports: [] }] }, mutants: [m] });
   const row = table.split('\n')[2];
   t.regex(row, /caught   probe-number-0, probe-number-1, probe-number-2 \(\+6\)  yes$/);
   t.regex(table, /^ {2}probe-number-0: d$/m);
@@ -278,8 +290,9 @@ test('formatMutantsTable: catchers listed once and cut to fit, subtests capped u
 });
 
 test('formatMutantsTable: a kernel report repeated in one probe is one line with its count', (t) => {
-  const hung = [30, 61, 92].map((s, i) => ({ ...splat('INFO: task hung in vfio_pci_dma_buf_move', 100 + i), kind: 'hung task' as const, timestampSec: s }));
-  const run = results([probe('importer-refusals', ['finishes within 120 s'], { splats: hung })]);
+  // Attribution keeps the three hung-task reports of the probe as one entry with count 3.
+  const hung: KernelReport = { ...report('INFO: task hung in vfio_pci_dma_buf_move', 100, 3), kind: 'hung task', timestampSec: 30 };
+  const run = results([probe('importer-refusals', ['finishes within 120 s'], { kernelReports: [hung] })]);
   const o = judgeMutant(mutant, lab, { results: run }, [], 1);
   const table = formatMutantsTable({ baseline: null, mutants: [o] });
   t.regex(table, /importer-refusals: kernel hung task: INFO: task hung in vfio_pci_dma_buf_move \(x3\)/);

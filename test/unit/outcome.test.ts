@@ -5,14 +5,14 @@ import { PatchApplyError } from '../../src/kernel/patches.ts';
 import { KernelBuildError } from '../../src/kernel/build.ts';
 import { BootError } from '../../src/machine/instance.ts';
 import { classifyRun, EXIT_CODE, failureFromError, type RunFailure } from '../../src/results/outcome.ts';
-import type { Splat } from '../../src/results/splat.ts';
+import type { KernelReport } from '../../src/report/kernel-report.ts';
 import { markHungProbe, parseProbeTap, type ProbeResult } from '../../src/results/tap.ts';
 import { classOfError, InfraError, InputError } from '../../src/util/errors.ts';
 
-const probe = (name: string, extra: Partial<ProbeResult> = {}): ProbeResult => ({ name, ok: true, subtests: [{ id: 1, name: 'x', ok: true }], splats: [], ...extra });
+const probe = (name: string, extra: Partial<ProbeResult> = {}): ProbeResult => ({ name, ok: true, subtests: [{ id: 1, name: 'x', ok: true }], kernelReports: [], ...extra });
 const failing = (name: string, sub: string): ProbeResult => probe(name, { ok: false, subtests: [{ id: 1, name: 'x', ok: true }, { id: 2, name: sub, ok: false }] });
-const warn: Splat = { kind: 'WARNING', title: 'WARNING in vfio_pci_dma_buf_move', line: 9, fatal: false, excerpt: '' };
-const oops: Splat = { kind: 'BUG', title: 'BUG: kernel NULL pointer dereference in vfio_pci_dma_buf_map', line: 20, fatal: true, excerpt: '' };
+const warn: KernelReport = { kind: 'WARNING', title: 'WARNING in vfio_pci_dma_buf_move', count: 1, line: 9, fatal: false, excerpt: '' };
+const oops: KernelReport = { kind: 'BUG', title: 'BUG: kernel NULL pointer dereference in vfio_pci_dma_buf_map', count: 1, line: 20, fatal: true, excerpt: '' };
 const sshLost: RunFailure = { phase: 'probes', class: 'infra', code: 'ssh-lost', message: 'the SSH channel closed without an exit status' };
 
 test('pass: every probe passed, no kernel report', (t) => {
@@ -37,7 +37,7 @@ test('fail: a failing point; the title names the first, the detail every one', (
 test('kernel: a report wins over failing points; a fatal one is the title', (t) => {
   const o = classifyRun([failing('a', 'x')], [warn, oops]);
   t.deepEqual([o.class, o.code], ['kernel', 'BUG']);
-  t.is(o.title, 'BUG: kernel NULL pointer dereference in vfio_pci_dma_buf_map (and 1 more kernel report)');
+  t.is(o.title, 'BUG: kernel NULL pointer dereference in vfio_pci_dma_buf_map (and 1 more kernel report title)');
   t.true(o.detail.includes('kernel WARNING: WARNING in vfio_pci_dma_buf_move'));
   t.true(o.detail.includes('probe a failed: x'));
   t.is(EXIT_CODE[o.class], 1);
@@ -49,7 +49,7 @@ test('boot timeout: infra without a kernel report, kernel with one', (t) => {
   const quiet = classifyRun([], [], boot);
   t.deepEqual([quiet.class, quiet.code, quiet.title], ['infra', 'boot-timeout', 'the guest did not start sshd in 180 s']);
   t.is(EXIT_CODE.infra, 3);
-  const stall: Splat = { kind: 'RCU stall', title: 'INFO: rcu_preempt detected stalls on CPUs/tasks', line: 3, fatal: false, excerpt: '' };
+  const stall: KernelReport = { kind: 'RCU stall', title: 'INFO: rcu detected stall in vfio_pci_dma_buf_move', count: 1, line: 3, fatal: false, excerpt: '' };
   t.is(classifyRun([], [stall], boot).class, 'kernel');
 });
 

@@ -65,7 +65,7 @@ test('a hung probe catches a mutant; the probes it kept from running do not', (t
   const probes = parseProbeTap(partialTap);
   markHungProbe(probes, hung, ['dmabuf-export', 'importer-refusals', 'lifetime']);
   const results: RunResults = {
-    lab: 'default', startedAt: '', outcome: classifyRun(probes, []), kernel: { kind: 'stock', package: 'p', version: 'v', release: 'r' }, probes, splats: [],
+    lab: 'default', startedAt: '', outcome: classifyRun(probes, []), kernel: { kind: 'stock', package: 'p', version: 'v', release: 'r' }, probes, kernelReports: [],
     timings: {}, runDir: '/runs/x',
   };
   // The hung probe's own point is the evidence: a fail, not infra.

@@ -1,9 +1,23 @@
 // Kernel log records since a mark, via /dev/kmsg: each read() returns exactly
 // one record "prio,seq,usec,flags[,...];message\n[ KEY=value\n...]". Opening
-// O_NONBLOCK makes read() fail EAGAIN at the end instead of blocking.
+// O_NONBLOCK makes read() fail EAGAIN at the end instead of blocking. Finding
+// kernel reports in the records is src/report's job, shared with the host.
 import * as libc from './libc.ts';
 
-export interface KmsgRecord { level: number; facility: number; seq: number; usec: number; message: string }
+export interface KmsgRecord {
+  level: number;
+  /** 0 for the kernel; a write to /dev/kmsg from userspace is 1 (user) unless it says otherwise. */
+  facility: number;
+  seq: number;
+  usec: number;
+  /** Unescaped: a record of several lines has '\n' in it. */
+  message: string;
+}
+
+/** /dev/kmsg escapes control characters and '\' as \xHH; a record's own lines come as \x0a. */
+function unescape(s: string): string {
+  return s.replace(/\\x([0-9a-f]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+}
 
 /** Parses one /dev/kmsg record; returns null for something that is not one. */
 export function parseRecord(raw: string): KmsgRecord | null {
@@ -11,38 +25,8 @@ export function parseRecord(raw: string): KmsgRecord | null {
   if (semi < 0) return null;
   const [prio, seq, usec] = raw.slice(0, semi).split(',').map(Number);
   if (![prio, seq, usec].every(Number.isFinite)) return null;
-  const message = raw.slice(semi + 1).split('\n')[0]; // continuation lines are " KEY=value" metadata
+  const message = unescape(raw.slice(semi + 1).split('\n')[0]); // continuation lines are " KEY=value" metadata
   return { level: prio & 7, facility: prio >> 3, seq, usec, message };
-}
-
-// First lines of the splats a probe must not cause.
-const SPLAT_PATTERNS: [string, RegExp][] = [
-  ['kasan', /\bKASAN:/], // before 'bug': KASAN reports start "BUG: KASAN:"
-  ['warning', /^WARNING:/],
-  ['bug', /^BUG:/],
-  ['oops', /^Oops\b|\bOops: /],
-  ['refcount', /refcount_t:/],
-  ['lockdep', /possible circular locking|possible recursive locking|inconsistent lock state|suspicious RCU usage/],
-  ['dma-api', /DMA-API:/],
-  ['panic', /Kernel panic/],
-  ['hung-task', /blocked for more than \d+ seconds/],
-];
-
-export function classify(message: string): string | null {
-  for (const [kind, re] of SPLAT_PATTERNS) if (re.test(message)) return kind;
-  return null;
-}
-
-export interface Splat { kind: string; record: KmsgRecord; context: string[] }
-
-/** Splat records, each with the records following it (call trace) as context. */
-export function findSplats(records: KmsgRecord[], contextLines = 25): Splat[] {
-  const out: Splat[] = [];
-  records.forEach((r, i) => {
-    const kind = classify(r.message);
-    if (kind) out.push({ kind, record: r, context: records.slice(i + 1, i + 1 + contextLines).map((x) => x.message) });
-  });
-  return out;
 }
 
 export class Kmsg {
@@ -81,9 +65,4 @@ export class Kmsg {
   close(): void {
     libc.trySyscall(() => libc.close(this.fd));
   }
-}
-
-/** Splat diagnostics in a compact form for TAP YAML. */
-export function describeSplats(splats: Splat[]): { kind: string; line: string; trace: string[] }[] {
-  return splats.map((s) => ({ kind: s.kind, line: s.record.message, trace: s.context }));
 }

@@ -119,7 +119,7 @@ export const PROBES = {
   },
   'reset-and-mem-toggle': {
     name: 'reset-and-mem-toggle',
-    description: 'With a dma-buf alive: VFIO_DEVICE_RESET, clear and set PCI_COMMAND.MEM, close everything; no kernel splat, dma-buf gone from debugfs bufinfo',
+    description: 'With a dma-buf alive: VFIO_DEVICE_RESET, clear and set PCI_COMMAND.MEM, close everything; no kernel report, dma-buf gone from debugfs bufinfo',
     endpoints: DEVICE_MEMORY,
     params: [
       region,
@@ -189,7 +189,7 @@ export const PROBES = {
   },
   'lifetime': {
     name: 'lifetime',
-    description: 'A dma-buf fd outliving the device fd (valid, sized, revoked for good); EMFILE from a full fd table leaks nothing; MEM off then device close (the 7.1 refcount_t regression) returns without a splat; bufinfo and the vfio_pci_core refcnt back to the baseline',
+    description: 'A dma-buf fd outliving the device fd (valid, sized, revoked for good); EMFILE from a full fd table leaks nothing; MEM off then device close (the 7.1 refcount_t regression) returns without a kernel report; bufinfo and the vfio_pci_core refcnt back to the baseline',
     endpoints: DEVICE_MEMORY,
     params: [region],
   },
@@ -201,7 +201,7 @@ export const PROBES = {
   },
   'stress': {
     name: 'stress',
-    description: 'Processes (each with several threads) concurrently exporting, MAP_FILE-importing, unmapping, toggling MEM, resetting and closing buffers and the device for a bounded time; then no splat, no stuck call, bufinfo and refcnt back to the baseline, the device still exports',
+    description: 'Processes (each with several threads) concurrently exporting, MAP_FILE-importing, unmapping, toggling MEM, resetting and closing buffers and the device for a bounded time; then no kernel report, no stuck call, bufinfo and refcnt back to the baseline, the device still exports',
     endpoints: DEVICE_MEMORY,
     params: [
       region,
@@ -213,7 +213,7 @@ export const PROBES = {
   },
   'surprise-removal': {
     name: 'surprise-removal',
-    description: 'The host hot-removes the exporter (QMP device_del; the guest\'s pciehp or acpiphp removes it) while its dma-buf is imported and mapped: the VFIO device request eventfd fires, closing the device fd invalidates the importer, the mapping is gone (DMA ENODEV), remap and a new attach fail ENODEV, the dma-buf fd stays valid and sized, the device leaves sysfs, release and close give no splat and empty bufinfo. The device is gone afterwards: list it last for its device. Skips when no hotplug driver manages the exporter\'s slot (kernel without CONFIG_HOTPLUG_PCI_ACPI / _PCIE)',
+    description: 'The host hot-removes the exporter (QMP device_del; the guest\'s pciehp or acpiphp removes it) while its dma-buf is imported and mapped: the VFIO device request eventfd fires, closing the device fd invalidates the importer, the mapping is gone (DMA ENODEV), remap and a new attach fail ENODEV, the dma-buf fd stays valid and sized, the device leaves sysfs, release and close give no kernel report and empty bufinfo. The device is gone afterwards: list it last for its device. Skips when no hotplug driver manages the exporter\'s slot (kernel without CONFIG_HOTPLUG_PCI_ACPI / _PCIE)',
     endpoints: MEMORY,
     params: [
       region, importerParam,

@@ -1,7 +1,7 @@
 // dmabuf-bad-inputs: errno of VFIO_DEVICE_FEATURE_DMA_BUF for each invalid request.
 // Expectations follow the contract (7.2 check order); the `expect` param may
 // override any of them, which is how a lab proves a wrong errno gets reported.
-import { describeSplats, findSplats, Kmsg } from '../lib/kmsg.ts';
+import { Kmsg } from '../lib/kmsg.ts';
 import * as libc from '../lib/libc.ts';
 import {
   VFIO_DEVICE_FEATURE_DMA_BUF as DMA_BUF, VFIO_DEVICE_FEATURE_GET as GET, VFIO_DEVICE_FEATURE_PROBE as PROBE,
@@ -9,6 +9,7 @@ import {
 } from '../lib/vfio.ts';
 import type { BadInputCase } from './catalog.ts';
 import { closeFd, exportDiag, outcome, withDevice, type ProbeContext } from './common.ts';
+import { checkNoKernelReports } from './observe.ts';
 
 /** What the cases need to know about the device: the region under test and the shape of its BARs. */
 interface Geometry {
@@ -111,12 +112,6 @@ export default async function dmabufBadInputs(ctx: ProbeContext): Promise<void> 
       }
     });
   } finally {
-    if (km.ok) {
-      const splats = findSplats(km.value.read());
-      km.value.close();
-      t.ok(splats.length === 0, 'no kernel splat during bad inputs', { splats: describeSplats(splats) });
-    } else {
-      t.skip('no kernel splat during bad inputs', `/dev/kmsg unavailable: ${km.name}`);
-    }
+    checkNoKernelReports(t, km, 'during bad inputs');
   }
 }

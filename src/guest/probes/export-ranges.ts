@@ -10,7 +10,7 @@ import { Kmsg } from '../lib/kmsg.ts';
 import * as libc from '../lib/libc.ts';
 import type { DmaRange, ExportRequest, VfioDevice } from '../lib/vfio.ts';
 import { closeFd, exportDiag, fdinfo, hex, outcome, withDevice, type ProbeContext } from './common.ts';
-import { checkNoSplats, commandDiag, setMemoryDecoding } from './observe.ts';
+import { checkNoKernelReports, commandDiag, setMemoryDecoding } from './observe.ts';
 
 interface Shape { what: string; ranges: (bar: number, page: number) => DmaRange[] }
 
@@ -88,7 +88,7 @@ export default async function exportRanges(ctx: ProbeContext): Promise<void> {
   } finally {
     for (const fd of fds) closeFd(fd);
     iommufd?.close();
-    checkNoSplats(t, km, 'during the range exports');
+    checkNoKernelReports(t, km, 'during the range exports');
   }
 }
 

@@ -13,7 +13,7 @@ import { hotReset, hotResetInfo, PCI_COMMAND, PCI_COMMAND_MEMORY as MEM, VfioDev
 import type { GuestDevice } from '../../protocol/protocol.ts';
 import { closeFd, deviceById, hex, type ProbeContext } from './common.ts';
 import { ensureMemoryOn, exportBar, importDiag, importerDevice, importFor, result } from './importer-common.ts';
-import { baseline, checkBackToBaseline, checkNoSplats } from './observe.ts';
+import { baseline, checkBackToBaseline, checkNoKernelReports } from './observe.ts';
 
 interface Side { label: string; dev: VfioDevice; d: GuestDevice; handle: number | null; invalidatesBefore: number }
 
@@ -89,5 +89,5 @@ export default async function hotResetSet(ctx: ProbeContext): Promise<void> {
     for (const s of [...sides].reverse()) s.dev.close();
   }
   checkBackToBaseline(t, base, 'after the hot reset set');
-  checkNoSplats(t, km, 'during the hot reset of the set');
+  checkNoKernelReports(t, km, 'during the hot reset of the set');
 }

@@ -19,7 +19,7 @@ import {
   claimForVfioPci, PCI_COMMAND, PCI_COMMAND_MEMORY, regionRead, regionWrite, VfioCdevDevice, VfioDevice, type ExportRequest,
 } from '../lib/vfio.ts';
 import { closeFd, exportDiag, hex, outcome, type ProbeContext } from './common.ts';
-import { checkNoSplats, commandDiag, pattern, setMemoryDecoding, sleepSync, whichBytes } from './observe.ts';
+import { checkNoKernelReports, commandDiag, pattern, setMemoryDecoding, sleepSync, whichBytes } from './observe.ts';
 
 const PCI_COMMAND_MASTER = 1 << 2;
 const RW = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
@@ -174,7 +174,7 @@ export default async function iommufdMapFile(ctx: ProbeContext): Promise<void> {
   const km = libc.trySyscall(() => Kmsg.mark());
   if (!existsSync(IOMMU_DEV)) {
     t.skip('IOMMU_IOAS_MAP_FILE of a dma-buf', `no ${IOMMU_DEV}: kernel without CONFIG_IOMMUFD`);
-    checkNoSplats(t, km, 'during iommufd-map-file');
+    checkNoKernelReports(t, km, 'during iommufd-map-file');
     return;
   }
   let dev: VfioDevice | undefined = VfioDevice.open(ctx.device.bdf, ctx.device.iommuGroup);
@@ -301,6 +301,6 @@ export default async function iommufdMapFile(ctx: ProbeContext): Promise<void> {
     dev?.close();
     iommufd?.close();
     if (fd > 0) closeFd(fd);
-    checkNoSplats(t, km, 'during iommufd MAP_FILE, revoke and close');
+    checkNoKernelReports(t, km, 'during iommufd MAP_FILE, revoke and close');
   }
 }

@@ -19,7 +19,7 @@ import { SyscallThread } from '../lib/systhread.ts';
 import { VfioDevice, type ExportRequest } from '../lib/vfio.ts';
 import { closeFd, exportDiag, fdinfo, outcome, type ProbeContext } from './common.ts';
 import {
-  baseline, checkBackToBaseline, checkNoSplats, commandDiag, moduleRefcnt, openFds, setMemoryDecoding, vfioDmabufInos, VFIO_PCI_CORE,
+  baseline, checkBackToBaseline, checkNoKernelReports, commandDiag, moduleRefcnt, openFds, setMemoryDecoding, vfioDmabufInos, VFIO_PCI_CORE,
 } from './observe.ts';
 
 /** How long a device close may take before it counts as hung. */
@@ -38,7 +38,7 @@ export default async function lifetime(ctx: ProbeContext): Promise<void> {
     await memOffThenClose(ctx);
     checkBackToBaseline(t, base, 'after MEM off and close');
   } finally {
-    checkNoSplats(t, km, 'during the lifetime checks');
+    checkNoKernelReports(t, km, 'during the lifetime checks');
   }
 }
 
@@ -173,7 +173,7 @@ async function memOffThenClose(ctx: ProbeContext): Promise<void> {
     deviceFdOpen = false;
     const c = await thread.close(dev.deviceFd, CLOSE_DEADLINE_MS);
     t.ok(c.ok, `closing the device fd with MEM off returns within ${CLOSE_DEADLINE_MS / 1000} s`, { result: c.ok ? 'OK' : c.name, ms: Math.round(c.ms) });
-    checkNoSplats(t, km, '(no refcount_t underflow) when closing the device fd with MEM off');
+    checkNoKernelReports(t, km, '(no refcount_t underflow) when closing the device fd with MEM off');
   } finally {
     // The device fd went through the thread; the group and container are closed here.
     if (deviceFdOpen) libc.trySyscall(() => libc.close(dev.deviceFd));

@@ -2,9 +2,11 @@
 // ioctl results: PCI_COMMAND.MEM as read back, the dma-bufs vfio still owns
 // (debugfs bufinfo), the vfio_pci_core module's reference count (every live
 // vfio dma-buf holds one: dma_buf_export takes exp_info.owner), the process's
-// open fds, and kernel splats since a mark.
+// open fds, and kernel reports since a mark.
 import { readdirSync, readFileSync } from 'node:fs';
-import { describeSplats, findSplats, type Kmsg } from '../lib/kmsg.ts';
+import { dedupByTitle, reportDiagnostics } from '../../report/kernel-report.ts';
+import { findKmsgReports } from '../../report/scan.ts';
+import type { Kmsg, KmsgRecord } from '../lib/kmsg.ts';
 import type * as libc from '../lib/libc.ts';
 import type { Subtest } from '../lib/tap.ts';
 import { PCI_COMMAND, PCI_COMMAND_MEMORY as MEM } from '../lib/vfio.ts';
@@ -70,15 +72,33 @@ export function checkBackToBaseline(t: Subtest, base: Baseline, when: string): v
   }
 }
 
-/** One point: no kernel splat since the mark (then closes it). */
-export function checkNoSplats(t: Subtest, km: libc.SysResult<Kmsg>, what: string): void {
-  if (!km.ok) {
-    t.skip(`no kernel splat ${what}`, `/dev/kmsg unavailable: ${km.name}`);
-    return;
-  }
-  const splats = findSplats(km.value.read());
-  km.value.close();
-  t.ok(splats.length === 0, `no kernel splat ${what}`, { splats: describeSplats(splats) });
+/** Records the kernel overwrote before we read them: gaps in the sequence numbers (a flood of reports overruns the ring). */
+function recordsLost(records: readonly KmsgRecord[]): number {
+  let lost = 0;
+  for (let i = 1; i < records.length; i++) lost += Math.max(0, records[i].seq - records[i - 1].seq - 1);
+  return lost;
+}
+
+/**
+ * The one "no kernel report" point every probe writes: `records` are what the
+ * kernel logged over the checked span. On failure the diagnostics carry each
+ * title once (kind, count, fatal) with the first lines of its first excerpt.
+ * Counts are a floor when the ring buffer overran; the host's console has them all.
+ */
+export function checkNoKernelReportsIn(t: Subtest, records: libc.SysResult<readonly KmsgRecord[]>, what: string): void {
+  const name = `no kernel report ${what}`;
+  if (!records.ok) return void t.skip(name, `/dev/kmsg unavailable: ${records.name}`);
+  const reports = dedupByTitle(findKmsgReports(records.value));
+  const lost = recordsLost(records.value);
+  if (lost > 0 && reports.length === 0) t.comment(`${lost} kernel log records were overwritten before they could be read`);
+  t.ok(reports.length === 0, name, { kernelReports: reportDiagnostics(reports), ...(lost > 0 ? { kmsgRecordsLost: lost } : {}) });
+}
+
+/** The usual form: everything logged since the mark `km` was taken; closes it. */
+export function checkNoKernelReports(t: Subtest, km: libc.SysResult<Kmsg>, what: string): void {
+  const records = km.ok ? { ok: true as const, value: km.value.read() } : km;
+  if (km.ok) km.value.close();
+  checkNoKernelReportsIn(t, records, what);
 }
 
 /** A page of u32 words tag<<20 | index: distinct per tag, never all-equal bytes. */

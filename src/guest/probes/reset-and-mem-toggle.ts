@@ -1,12 +1,13 @@
 // reset-and-mem-toggle: revoke/un-revoke paths with a live dma-buf (device reset,
 // PCI_COMMAND.MEM off and on), then close the device before the dma-buf so the
-// cleanup path runs on a live buffer. No splat may appear, and after the last
-// close the buffer must be gone from debugfs.
+// cleanup path runs on a live buffer. No kernel report may appear, and after
+// the last close the buffer must be gone from debugfs.
 import { fstatSync } from 'node:fs';
-import { describeSplats, findSplats, Kmsg } from '../lib/kmsg.ts';
+import { Kmsg } from '../lib/kmsg.ts';
 import * as libc from '../lib/libc.ts';
 import { PCI_COMMAND, PCI_COMMAND_MEMORY as MEM, VFIO_DEVICE_FLAGS_RESET, VfioDevice, type ExportRequest } from '../lib/vfio.ts';
 import { closeFd, exportDiag, hex, readBufinfo, type ProbeContext } from './common.ts';
+import { checkNoKernelReports } from './observe.ts';
 
 const listed = (ino: number) => {
   const b = readBufinfo();
@@ -58,13 +59,7 @@ export default async function resetAndMemToggle(ctx: ProbeContext): Promise<void
       const c = closeFd(fd);
       t.ok(c.ok, 'close the dma-buf fd after the device fd', c.ok ? undefined : { errno: c.name });
     }
-    if (km.ok) {
-      const splats = findSplats(km.value.read());
-      km.value.close();
-      t.ok(splats.length === 0, 'no kernel splat during reset, MEM toggle and close', { splats: describeSplats(splats) });
-    } else {
-      t.skip('no kernel splat during reset, MEM toggle and close', `/dev/kmsg unavailable: ${km.name}`);
-    }
+    checkNoKernelReports(t, km, 'during reset, MEM toggle and close');
     if (ino >= 0) {
       const after = listed(ino);
       if (after.ok) t.ok(!after.listed, `dma-buf (ino ${ino}) gone from bufinfo after closing`);

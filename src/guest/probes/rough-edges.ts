@@ -23,7 +23,7 @@ import {
   VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, VfioDevice,
 } from '../lib/vfio.ts';
 import { closeFd, exportDiag, outcome, type ProbeContext } from './common.ts';
-import { checkNoSplats, commandDiag, setMemoryDecoding, sleepSync } from './observe.ts';
+import { checkNoKernelReports, commandDiag, setMemoryDecoding, sleepSync } from './observe.ts';
 
 const SUSPEND_WAIT_MS = 5000;
 
@@ -86,7 +86,7 @@ export default async function roughEdges(ctx: ProbeContext): Promise<void> {
     iommufd?.close();
     if (fd > 0) closeFd(fd);
     dev.close();
-    checkNoSplats(t, km, 'during low-power entry, wakeup and exit');
+    checkNoKernelReports(t, km, 'during low-power entry, wakeup and exit');
   }
 }
 

@@ -1,7 +1,7 @@
 // stress: several processes, each with several syscall threads, at once
 // exporting dma-bufs, importing them with iommufd's MAP_FILE, unmapping,
 // toggling PCI_COMMAND.MEM, resetting, closing buffers and closing and
-// reopening the device, for a bounded time. Then: no kernel splat, nothing
+// reopening the device, for a bounded time. Then: no kernel report, nothing
 // stuck (every worker done within the bound plus a margin), the dma-bufs in
 // bufinfo and the vfio_pci_core refcount back to the baseline, and the device
 // still opens and exports.
@@ -27,7 +27,7 @@ import {
 } from '../lib/vfio.ts';
 import { STRESS_WORKER_FLAG, type DmabufAbi } from '../../protocol/protocol.ts';
 import { exportDiag, type ProbeContext } from './common.ts';
-import { baseline, checkBackToBaseline, checkNoSplats, commandDiag, setMemoryDecoding } from './observe.ts';
+import { baseline, checkBackToBaseline, checkNoKernelReports, commandDiag, setMemoryDecoding } from './observe.ts';
 
 /** Past the run time, how long workers get to wind down before they count as stuck. */
 const MARGIN_MS = 20_000;
@@ -342,7 +342,7 @@ export default async function stress(ctx: ProbeContext): Promise<void> {
     for (const x of [dev.groupFd, dev.containerFd]) libc.trySyscall(() => libc.close(x));
   }
   afterStress(ctx, base);
-  checkNoSplats(t, km, 'during the stress');
+  checkNoKernelReports(t, km, 'during the stress');
 }
 
 /** The device still works, and nothing the workers made is left behind. */
