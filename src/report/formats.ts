@@ -116,6 +116,11 @@ const LOCK_SKIP = re(
   String.raw`^(?:_raw_\w+|raw_spin_\w+|spin_\w+|_spin_\w+|read_(?:un)?lock\w*|write_(?:un)?lock\w*|__?mutex_\w+|mutex_\w+|rt_mutex\w*|down_\w+|up_\w+|__down\w*|__up\w*|up|down|rwsem_\w+|__rwsem_\w+|rcu_\w+|__rcu_\w+|validate_chain|check_\w+)$`,
 );
 
+/** The WARN machinery's line formats differ by kernel version; what they mean and how they are titled does not. */
+function warningFormat(start: string, noFunc: string): ReportFormat {
+  return { kind: 'WARNING', start: re(start), title: 'WARNING in {FUNC}', noFunc, func: ['start', 'pc', 'stack'], fatal: false, specificity: 2 };
+}
+
 /**
  * Most specific first within one line (the first format whose start matches
  * a line names it); specificity ranks the starts of one report's header.
@@ -327,37 +332,13 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
     fatal: false,
     specificity: 3,
   },
-  {
-    // Up to 6.18: "WARNING: CPU: 0 PID: 1 at drivers/x.c:12 func+0x1/0x2 [mod]".
-    kind: 'WARNING',
-    start: re(String.raw`^WARNING: CPU: \d+ PID: \d+ at (?<file>[^\s:]+)(?::\d+)? (?:${FUNC_AT}|${NO_SYM})`),
-    title: 'WARNING in {FUNC}',
-    noFunc: 'WARNING at {file}',
-    func: ['start', 'pc', 'stack'],
-    fatal: false,
-    specificity: 2,
-  },
-  {
-    // 6.19+: "WARNING: [cond] drivers/x.c:12 at func+0x1/0x2 [mod], CPU#0: comm/1"; the [cond] part is
-    // CONFIG_DEBUG_BUGVERBOSE_DETAILED, the function is "0x0" when %pS did not resolve.
-    kind: 'WARNING',
-    start: re(String.raw`^WARNING: (?:\[.*\] (?=\S+:\d+ at ))?(?<file>[^\s:]+):\d+ at (?:${FUNC_AT}|${NO_SYM}), CPU#\d+: `),
-    title: 'WARNING in {FUNC}',
-    noFunc: 'WARNING at {file}',
-    func: ['start', 'pc', 'stack'],
-    fatal: false,
-    specificity: 2,
-  },
-  {
-    // 6.19+ without a file: "WARNING: at func+0x1/0x2 [mod], CPU#0: comm/1".
-    kind: 'WARNING',
-    start: re(String.raw`^WARNING: at (?:${FUNC_AT}|${NO_SYM}), CPU#\d+: `),
-    title: 'WARNING in {FUNC}',
-    noFunc: 'WARNING',
-    func: ['start', 'pc', 'stack'],
-    fatal: false,
-    specificity: 2,
-  },
+  // Up to 6.18: "WARNING: CPU: 0 PID: 1 at drivers/x.c:12 func+0x1/0x2 [mod]".
+  warningFormat(String.raw`^WARNING: CPU: \d+ PID: \d+ at (?<file>[^\s:]+)(?::\d+)? (?:${FUNC_AT}|${NO_SYM})`, 'WARNING at {file}'),
+  // 6.19+: "WARNING: [cond] drivers/x.c:12 at func+0x1/0x2 [mod], CPU#0: comm/1"; the [cond] part is
+  // CONFIG_DEBUG_BUGVERBOSE_DETAILED, the function is "0x0" when %pS did not resolve.
+  warningFormat(String.raw`^WARNING: (?:\[.*\] (?=\S+:\d+ at ))?(?<file>[^\s:]+):\d+ at (?:${FUNC_AT}|${NO_SYM}), CPU#\d+: `, 'WARNING at {file}'),
+  // 6.19+ without a file: "WARNING: at func+0x1/0x2 [mod], CPU#0: comm/1".
+  warningFormat(String.raw`^WARNING: at (?:${FUNC_AT}|${NO_SYM}), CPU#\d+: `, 'WARNING'),
   {
     // Before 3.x: "WARNING: at drivers/x.c:12 func+0x1/0x2()".
     kind: 'WARNING',
