@@ -116,6 +116,15 @@ const LOCK_SKIP = re(
   String.raw`^(?:_raw_\w+|raw_spin_\w+|spin_\w+|_spin_\w+|read_(?:un)?lock\w*|write_(?:un)?lock\w*|__?mutex_\w+|mutex_\w+|rt_mutex\w*|down_\w+|up_\w+|__down\w*|__up\w*|up|down|rwsem_\w+|__rwsem_\w+|rcu_\w+|__rcu_\w+|validate_chain|check_\w+)$`,
 );
 
+/** lockdep's reports are titled by what went wrong and the lock site its "at:" lines name. */
+function lockSiteFormat(start: RegExp): ReportFormat {
+  return {
+    kind: 'lockdep', start, title: '{what}[ in {FUNC}]',
+    func: [{ line: re(String.raw`\bat: (?:\[<[0-9a-f]+>\] )?${FUNC_AT}`) }, 'stack'],
+    skip: LOCK_SKIP, fatal: false, specificity: 4,
+  };
+}
+
 /** The WARN machinery's line formats differ by kernel version; what they mean and how they are titled does not. */
 function warningFormat(start: string, noFunc: string): ReportFormat {
   return { kind: 'WARNING', start: re(start), title: 'WARNING in {FUNC}', noFunc, func: ['start', 'pc', 'stack'], fatal: false, specificity: 2 };
@@ -205,26 +214,9 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
     fatal: false,
     specificity: 4,
   },
-  {
-    // Lock-order and lock-state reports name the lock site on their "..., at: func+0x12/0x40" lines.
-    kind: 'lockdep',
-    start:
-      /^WARNING: (?<what>possible circular locking dependency detected|possible recursive locking detected|inconsistent lock state|possible irq lock inversion dependency detected|\S+-safe -> \S+-unsafe lock order detected|bad unlock balance detected|held lock freed|lock held when returning to user space|lock held at task exit time|Nested lock was not taken)!?/,
-    title: '{what}[ in {FUNC}]',
-    func: [{ line: re(String.raw`\bat: (?:\[<[0-9a-f]+>\] )?${FUNC_AT}`) }, 'stack'],
-    skip: LOCK_SKIP,
-    fatal: false,
-    specificity: 4,
-  },
-  {
-    kind: 'lockdep',
-    start: /^WARNING: (?:\S+\/\d+ )?(?<what>still has locks held)!/,
-    title: '{what}[ in {FUNC}]',
-    func: [{ line: re(String.raw`\bat: (?:\[<[0-9a-f]+>\] )?${FUNC_AT}`) }, 'stack'],
-    skip: LOCK_SKIP,
-    fatal: false,
-    specificity: 4,
-  },
+  // Lock-order and lock-state reports name the lock site on their "..., at: func+0x12/0x40" lines.
+  lockSiteFormat(/^WARNING: (?<what>possible circular locking dependency detected|possible recursive locking detected|inconsistent lock state|possible irq lock inversion dependency detected|\S+-safe -> \S+-unsafe lock order detected|bad unlock balance detected|held lock freed|lock held when returning to user space|lock held at task exit time|Nested lock was not taken)!?/),
+  lockSiteFormat(/^WARNING: (?:\S+\/\d+ )?(?<what>still has locks held)!/),
   {
     // The RCU read-side lock a caller holds says nothing; the stack says who dereferenced.
     kind: 'lockdep',
