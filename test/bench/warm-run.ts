@@ -10,6 +10,7 @@ import { parseArgs } from 'node:util';
 import { loadLab } from '../../src/lab/load.ts';
 import { prepareLab } from '../../src/run/prepare.ts';
 import { runLab } from '../../src/run/run-lab.ts';
+import { KERNEL_WORDS } from '../../src/run/on-machine.ts';
 import { decideAccel } from '../../src/machine/accel.ts';
 import { buildQemuCommand } from '../../src/machine/cmdline.ts';
 import { runCleanups } from '../../src/util/cleanup.ts';
@@ -56,7 +57,7 @@ for (let i = 0; i < runs; i++) {
       lab, accel: accel.accel, kernelImage: prepared.kernel.vmlinuz, initrd: prepared.initrd, rootDisk: overlay,
       modulesDisk: prepared.kernel.modulesDisk, consoleLog: path.join(scratch, 'console.log'), qmpSocket: path.join(scratch, 'qmp.sock'),
       sshPort: 1 + 20000 + Math.floor(Math.random() * 20000), memoryBackendDir: scratch,
-      append: ['console=ttyS0,115200', 'rdinit=/init', 'panic=-1', 'hwlab.bare'],
+      append: [...KERNEL_WORDS, 'hwlab.bare'],
     });
     const start = Date.now();
     await execa(cmd.binary, cmd.args, { timeout: 180_000 });
