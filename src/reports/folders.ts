@@ -6,10 +6,9 @@
 import { existsSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { LabSpec } from '../lab/types.ts';
 import type { RunResults } from '../results/report.ts';
 import { InputError } from '../util/errors.ts';
-import { probeRows, type CellMeta, type CellRecord } from './summary.ts';
+import { probeRows, type CellMeta, type CellRecord, type PlannedProbes } from './summary.ts';
 
 async function readJson<T>(file: string): Promise<T | undefined> {
   if (!existsSync(file)) return undefined;
@@ -27,7 +26,7 @@ export async function readRunFolder(dir: string): Promise<CellRecord | undefined
   if (typeof results !== 'object' || !results.outcome || !Array.isArray(results.probes)) {
     throw new InputError(`${path.join(dir, 'results.json')}: not an hwlab results.json (no outcome or probes)`);
   }
-  const lab = await readJson<Pick<LabSpec, 'name' | 'probes'>>(path.join(dir, 'lab.resolved.json'));
+  const lab = await readJson<PlannedProbes>(path.join(dir, 'lab.resolved.json'));
   const meta = await readJson<CellMeta>(path.join(dir, 'cell.json'));
   return { id: meta?.id ?? results.lab, dir: path.resolve(dir), ...(meta ? { meta } : {}), results, probes: probeRows(results, lab) };
 }

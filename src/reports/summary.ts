@@ -92,12 +92,15 @@ export function probeClass(p: ProbeResult): ProbeClass {
 
 const keyOf = (name: string, device?: string) => (device ? `${name}(${device})` : name);
 
+/** What a cell's lab planned to run (LabSpec.probes, or lab.resolved.json's). */
+export type PlannedProbes = { probes: ReadonlyArray<Pick<LabSpec['probes'][number], 'name' | 'device'>> };
+
 /**
  * The probes of a cell, in the lab's order: each with its result when it ran.
  * Results follow the lab's probe order (the runner's TAP, not-run probes
  * included); a probe the run never reached is `not-run`.
  */
-export function probeRows(results: RunResults, lab?: Pick<LabSpec, 'probes'>): ProbeRow[] {
+export function probeRows(results: RunResults, lab?: PlannedProbes): ProbeRow[] {
   const ran = results.probes.filter((p) => p.name !== TAP_STREAM_PROBE);
   const planned = lab?.probes ?? ran.map((p) => ({ name: p.name, device: undefined as string | undefined }));
   let next = 0;
@@ -132,6 +135,6 @@ export function summarize(kind: SummaryKind, name: string, cells: CellRecord[]):
 }
 
 /** A single `hwlab run` as a summary of one cell. */
-export function runSummary(results: RunResults, lab?: Pick<LabSpec, 'probes'>): ReportSummary {
+export function runSummary(results: RunResults, lab?: PlannedProbes): ReportSummary {
   return summarize('run', results.lab, [{ id: results.lab, dir: results.runDir, results, probes: probeRows(results, lab) }]);
 }
