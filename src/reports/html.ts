@@ -69,7 +69,9 @@ function reportBlock(r: KernelReport): string {
 function cellSection(c: CellRecord, ci: number, opts: HtmlOptions): string {
   const r = c.results;
   const o = r.outcome;
-  const links = LOG_FILES.map((f) => [f, opts.link(c, f)] as const).filter(([, l]) => l).map(([f, l]) => `<a href="${esc(l!)}">${esc(f)}</a>`).join(' · ');
+  // A matrix cell's kernel was built once for all the cells that share it: that make output sits in the matrix folder's builds/.
+  const buildLog = c.meta ? [['kernel build', opts.link(c, `../../builds/${c.meta.build.key}/kernel-build.log`)] as const] : [];
+  const links = [...LOG_FILES.map((f) => [f, opts.link(c, f)] as const), ...buildLog].filter(([, l]) => l).map(([f, l]) => `<a href="${esc(l!)}">${esc(f)}</a>`).join(' · ');
   const t = r.timings;
   const timings = ['prepare', 'boot_to_ssh', 'setup', 'probes', 'teardown', 'total'].filter((k) => t[k] !== undefined).map((k) => `${k} ${secondsText(t[k])}`).join(', ');
   const k = r.kernel;
@@ -78,7 +80,7 @@ function cellSection(c: CellRecord, ci: number, opts: HtmlOptions): string {
     `<p>${esc(o.title)}${o.class === 'pass' ? '' : ` <span class="muted">(${esc(o.code)})</span>`}</p>`,
     o.class !== 'pass' && o.detail ? `<pre>${esc(o.detail)}</pre>` : '',
     r.failure?.hint ? `<p>hint: ${esc(r.failure.hint)}</p>` : '',
-    `<p>lab <b>${esc(r.lab)}</b>${Object.entries(c.meta?.axes ?? {}).map(([a, v]) => `, ${esc(a)} <b>${esc(v)}</b>`).join('')}${k ? `; kernel ${esc(k.package)} (${esc(k.release)}${k.built ? `, built in ${secondsText(k.buildSeconds)}` : ''})` : ''}${r.machine ? `; ${esc(r.machine.accelNote)}` : ''}</p>`,
+    `<p>lab <b>${esc(r.lab)}</b>${Object.entries(c.meta?.axes ?? {}).filter(([a]) => a !== 'lab').map(([a, v]) => `, ${esc(a)} <b>${esc(v)}</b>`).join('')}${k ? `; kernel ${esc(k.package)} (${esc(k.release)}${k.built ? `, built in ${secondsText(k.buildSeconds)}` : ''})` : ''}${r.machine ? `; ${esc(r.machine.accelNote)}` : ''}</p>`,
     `<p class="muted">started ${esc(r.startedAt)}; ${esc(timings || 'no timings')}${c.meta ? `; build ${esc(c.meta.build.label)}` : ''}</p>`,
     c.meta?.reproduce ? `<p>run it again: <code>${esc(c.meta.reproduce)}</code></p>` : '',
     links ? `<p>${links}</p>` : '',
