@@ -20,13 +20,15 @@ import type { Progress } from '../util/progress.ts';
 
 export const MATRIX_USAGE = `  matrix plan <matrix.yaml> [--cell ID]... [--json]
                         the cells, the kernel builds they share, the cells refused and why
-  matrix run <matrix.yaml> [--jobs N] [--cell ID]... [--runs-dir DIR | --out DIR] [--refresh] [--json]
+  matrix run <matrix.yaml> [--jobs N] [--cell ID]... [--runs-dir DIR | --out DIR] [--refresh] [--json] [--whole-matrix]
                         run the cells here (default: as many guests as the host allows),
-                        each distinct kernel built once; prints a grid of cells x probes
+                        each distinct kernel built once; prints a grid of cells x probes;
+                        --whole-matrix: this is one part of a run of every cell (a CI job)
   matrix key <matrix.yaml> --cell ID
                         the cell's kernel build key (the CI cache key)
-  matrix ci github|gitlab <matrix.yaml> [--out FILE] [--runs-on LABEL | --image IMAGE] [--tag TAG]...
-                        a GitHub Actions workflow / GitLab CI pipeline: a job per cell, a merge job
+  matrix ci github|gitlab <matrix.yaml> [--out FILE] [--runs-on LABEL | --image IMAGE] [--tag TAG]... [--hwlab-dir DIR]
+                        a GitHub Actions workflow / GitLab CI pipeline: a job per cell, a merge job;
+                        --hwlab-dir: hwlab is a submodule there (a kernel tree's repository)
   merge <dir>... [--out DIR] [--json] [--kcidb-origin NAME]
                         one summary and its reports from cell folders (matrix runs, CI artifacts)
 `;
@@ -84,7 +86,7 @@ export async function matrixCommand(args: string[], progress: Progress): Promise
         args: rest, allowPositionals: true,
         options: {
           jobs: { type: 'string' }, cell: { type: 'string', multiple: true }, 'runs-dir': { type: 'string' }, out: { type: 'string' },
-          refresh: { type: 'boolean' }, json: { type: 'boolean' },
+          refresh: { type: 'boolean' }, json: { type: 'boolean' }, 'whole-matrix': { type: 'boolean' },
         },
       });
       if (positionals.length !== 1) throw new InputError('hwlab matrix run takes exactly one matrix file');
@@ -97,6 +99,8 @@ export async function matrixCommand(args: string[], progress: Progress): Promise
       if (cells.length === 0) throw new InputError(`${positionals[0]}: no cells to run`);
       const r = await runMatrix(m, cells, {
         progress, matrixArg: relativeArg(positionals[0]), jobs, runsDir: values['runs-dir'], out: values.out, refresh: values.refresh,
+        // A CI job runs one cell of a run of every cell: its merge must miss none of them.
+        ...(values['whole-matrix'] ? { planned: m.cells.map((c) => c.id) } : {}),
       });
       if (values.json) process.stdout.write(`${JSON.stringify({ dir: r.dir, seconds: r.seconds, jobs: r.jobs.jobs, builds: r.builds, ...summaryJson(r.summary) as object }, null, 2)}\n`);
       else human.write(`\n${r.grid}\n`);
@@ -110,12 +114,14 @@ export async function matrixCommand(args: string[], progress: Progress): Promise
       const [engine, ...more] = rest;
       const { values, positionals } = parseArgs({
         args: more, allowPositionals: true,
-        options: { out: { type: 'string' }, 'runs-on': { type: 'string' }, image: { type: 'string' }, tag: { type: 'string', multiple: true } },
+        options: { out: { type: 'string' }, 'runs-on': { type: 'string' }, image: { type: 'string' }, tag: { type: 'string', multiple: true }, 'hwlab-dir': { type: 'string' } },
       });
       if ((engine !== 'github' && engine !== 'gitlab') || positionals.length !== 1) throw new InputError('usage: hwlab matrix ci github|gitlab <matrix.yaml> [--out FILE]');
       const { m, ok } = await selection(positionals[0], [], process.stderr);
       if (!ok) return 2;
-      const opts: CiOptions = { matrixArg: relativeArg(positionals[0]), runsOn: values['runs-on'], image: values.image, tags: values.tag };
+      const hwlabDir = values['hwlab-dir'];
+      if (hwlabDir !== undefined && !/^[A-Za-z0-9_./-]+$/.test(hwlabDir)) throw new InputError(`--hwlab-dir must be a relative path of letters, digits, _ . / - (got ${hwlabDir})`);
+      const opts: CiOptions = { matrixArg: relativeArg(positionals[0]), runsOn: values['runs-on'], image: values.image, tags: values.tag, hwlabDir };
       const text = engine === 'github' ? githubWorkflow(m, opts) : gitlabPipeline(m, opts);
       if (values.out) {
         await writeFile(values.out, text);

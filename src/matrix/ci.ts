@@ -19,7 +19,7 @@ export interface CiOptions {
   image?: string;
   /** GitLab: runner tags. */
   tags?: string[];
-  /** Where hwlab is inside the repository (default: the repository is hwlab). */
+  /** Where hwlab is inside the repository, as a git submodule (default: the repository is hwlab). */
   hwlabDir?: string;
   /** Nightly schedule, cron syntax (GitHub; GitLab's schedules are set in the project, see the README). */
   cron?: string;
@@ -44,7 +44,8 @@ export function githubWorkflow(m: MatrixSpec, o: CiOptions): string {
   const hw = `${o.hwlabDir ?? '.'}/hwlab`;
   const runsOn = o.runsOn ?? 'ubuntu-24.04';
   const setup = [
-    { uses: 'actions/checkout@v4' },
+    // hwlab inside a kernel tree's repository is a submodule of it.
+    { uses: 'actions/checkout@v4', ...(o.hwlabDir && o.hwlabDir !== '.' ? { with: { submodules: 'recursive' } } : {}) },
     { uses: 'actions/setup-node@v4', with: { 'node-version': 20 } },
   ];
   const workflow = {
@@ -77,7 +78,8 @@ export function githubWorkflow(m: MatrixSpec, o: CiOptions): string {
           },
           {
             name: 'run the cell',
-            run: `sudo --preserve-env=HWLAB_CACHE,CI ${hw} matrix run ${o.matrixArg} --cell "$CELL" --out "${CELL_DIR}/$CELL"`,
+            // sudo resets PATH; the node that setup-node put on it must stay.
+            run: `sudo --preserve-env=HWLAB_CACHE,CI env "PATH=$PATH" ${hw} matrix run ${o.matrixArg} --cell "$CELL" --whole-matrix --out "${CELL_DIR}/$CELL"`,
           },
           {
             name: 'give the files root wrote to the runner (cache and artifact)',
@@ -122,14 +124,14 @@ export function gitlabPipeline(m: MatrixSpec, o: CiOptions): string {
         { if: '$CI_PIPELINE_SOURCE == "push"' },
       ],
     },
-    variables: { HWLAB_CACHE: `$CI_PROJECT_DIR/${CACHE_DIR}` },
+    variables: { HWLAB_CACHE: `$CI_PROJECT_DIR/${CACHE_DIR}`, ...(o.hwlabDir && o.hwlabDir !== '.' ? { GIT_SUBMODULE_STRATEGY: 'recursive' } : {}) },
     default: { image: o.image ?? 'node:20-bookworm', ...(o.tags?.length ? { tags: o.tags } : {}) },
     cell: {
       stage: 'cells',
       timeout: '3h',
       parallel: { matrix: m.cells.map((c) => ({ HWLAB_CELL: c.id, HWLAB_BUILD_KEY: c.build.key })) },
       cache: { key: 'hwlab-$HWLAB_BUILD_KEY', paths: [`${CACHE_DIR}/`], when: 'always' },
-      script: [`${hw} matrix run ${o.matrixArg} --cell "$HWLAB_CELL" --out "${CELL_DIR}/$HWLAB_CELL"`],
+      script: [`${hw} matrix run ${o.matrixArg} --cell "$HWLAB_CELL" --whole-matrix --out "${CELL_DIR}/$HWLAB_CELL"`],
       artifacts: {
         when: 'always',
         name: 'hwlab-cell-$HWLAB_CELL',

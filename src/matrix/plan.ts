@@ -43,10 +43,11 @@ export function describeExpectation(e: Expectation): string {
   return parts.join('; ');
 }
 
-export function cellMeta(m: MatrixSpec, cell: CellSpec, matrixArg: string): CellMeta {
+/** cell.json; `planned` is every cell of the run this cell is part of (a CI job's run is the whole workflow's). */
+export function cellMeta(m: MatrixSpec, cell: CellSpec, matrixArg: string, planned: readonly string[]): CellMeta {
   return {
     id: cell.id,
-    matrix: { name: m.name, file: matrixArg, cells: m.cells.map((c) => c.id) },
+    matrix: { name: m.name, file: matrixArg, cells: [...planned] },
     axes: { ...cell.axes } as Record<string, string>,
     expectations: cell.expectations.map((e) => ({ probe: e.probe, ...(e.device ? { device: e.device } : {}), what: describeExpectation(e), reason: e.reason, at: e.at })),
     build: { key: cell.build.key, label: cell.build.label },

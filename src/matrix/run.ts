@@ -42,6 +42,8 @@ export interface MatrixRunOptions {
   refresh?: boolean;
   backend?: MachineBackend;
   host?: HostResources;
+  /** The cells of the whole run this one is part of (CI: every job's cell); default: the cells run here. */
+  planned?: string[];
 }
 
 export interface BuildRecord extends PlannedBuild {
@@ -115,6 +117,7 @@ export async function runMatrix(m: MatrixSpec, cells: readonly CellSpec[], opts:
   const dir = path.resolve(opts.out ?? path.join(opts.runsDir ?? path.join(repoRoot, 'runs'), `matrix-${m.name}-${stamp()}`));
   await mkdir(path.join(dir, 'cells'), { recursive: true });
   const jobs = decideJobs(opts.jobs, cells, opts.host ?? hostResources());
+  const planned = opts.planned ?? cells.map((c) => c.id);
   const builds = plannedBuilds(cells);
   const plan = formatPlan(m, cells, [], builds, jobs);
   opts.progress.info(plan);
@@ -122,7 +125,7 @@ export async function runMatrix(m: MatrixSpec, cells: readonly CellSpec[], opts:
   await writeFile(path.join(dir, 'plan.txt'), `${plan}\n`);
   await writeFile(path.join(dir, 'plan.json'), `${JSON.stringify({
     matrix: m.name, file: opts.matrixArg, jobs,
-    builds, cells: cells.map((c) => ({ ...cellMeta(m, c, opts.matrixArg), lab: c.lab.name })),
+    builds, cells: cells.map((c) => ({ ...cellMeta(m, c, opts.matrixArg, planned), lab: c.lab.name })),
   }, null, 2)}\n`);
 
   if (!opts.backend) await ensureHostTools((l) => opts.progress.info(l));
@@ -140,7 +143,7 @@ export async function runMatrix(m: MatrixSpec, cells: readonly CellSpec[], opts:
       const cell = cells[i];
       const cdir = path.join(dir, 'cells', cell.id);
       await mkdir(cdir, { recursive: true });
-      await writeFile(path.join(cdir, 'cell.json'), `${JSON.stringify(cellMeta(m, cell, opts.matrixArg), null, 2)}\n`);
+      await writeFile(path.join(cdir, 'cell.json'), `${JSON.stringify(cellMeta(m, cell, opts.matrixArg, planned), null, 2)}\n`);
       const failed = records.find((b) => b.key === cell.build.key && b.state === 'failed');
       const start = Date.now();
       opts.progress.info(`[${i + 1}/${cells.length}] ${cell.id}: started`);

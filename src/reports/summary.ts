@@ -17,7 +17,7 @@ export interface CellMeta {
     name: string;
     /** The matrix file, relative to the directory hwlab ran in. */
     file: string;
-    /** Every runnable cell of the matrix, so a merge can tell which ones have no results. */
+    /** Every cell of the run this cell is part of (all the CI workflow's jobs, or one `matrix run`'s selection), so a merge can tell which ones have no results. */
     cells: string[];
   };
   /** Axis -> value name. */

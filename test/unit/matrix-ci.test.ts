@@ -45,7 +45,7 @@ test('GitHub: a valid workflow, a job per cell over strategy.matrix, the cache k
   const steps = cell.steps as Array<Record<string, any>>;
   const run = steps.map((s) => s.run ?? '').join('\n');
   t.regex(run, /hwlab matrix key labs\/matrix\.yaml --cell "\$CELL"/);
-  t.regex(run, /hwlab matrix run labs\/matrix\.yaml --cell "\$CELL" --out "hwlab-cell\/\$CELL"/);
+  t.regex(run, /hwlab matrix run labs\/matrix\.yaml --cell "\$CELL" --whole-matrix --out "hwlab-cell\/\$CELL"/);
   t.false(/\$\{\{\s*matrix/.test(run), 'cell ids reach the shell through env, not template expansion');
   const cache = steps.find((s) => s.uses === 'actions/cache@v4')!;
   t.is(cache.with.key, 'hwlab-${{ runner.os }}-${{ steps.key.outputs.key }}');
@@ -65,6 +65,7 @@ test('GitHub: a valid workflow, a job per cell over strategy.matrix, the cache k
   const inTree = githubWorkflow(m, { matrixArg: '.hwlab/matrix.yaml', hwlabDir: 'hwlab', runsOn: 'self-hosted' });
   t.deepEqual(validateWorkflow(inTree).errors, []);
   t.regex(inTree, /hwlab\/hwlab matrix run \.hwlab\/matrix\.yaml/);
+  t.deepEqual(parse(inTree).jobs.cell.steps[0], { uses: 'actions/checkout@v4', with: { submodules: 'recursive' } });
 });
 
 test('GitLab\'s schema rejects a broken pipeline (so passing it means something)', (t) => {
@@ -88,11 +89,15 @@ test('GitLab: valid against GitLab\'s CI schema; parallel:matrix over the cells,
   t.is(p.cell.cache.key, 'hwlab-$HWLAB_BUILD_KEY');
   t.deepEqual(p.cell.cache.paths, ['.hwlab-cache/']);
   t.is(p.variables.HWLAB_CACHE, '$CI_PROJECT_DIR/.hwlab-cache');
-  t.regex(p.cell.script[0], /hwlab matrix run labs\/matrix\.yaml --cell "\$HWLAB_CELL" --out "hwlab-cell\/\$HWLAB_CELL"/);
+  t.regex(p.cell.script[0], /hwlab matrix run labs\/matrix\.yaml --cell "\$HWLAB_CELL" --whole-matrix --out "hwlab-cell\/\$HWLAB_CELL"/);
   t.is(p.cell.artifacts.when, 'always');
   t.is(p.cell.artifacts.reports.junit, 'hwlab-cell/*/junit.xml');
   t.deepEqual(p.merge.needs, [{ job: 'cell', artifacts: true }]);
   t.is(p.merge.when, 'always');
   t.regex(p.merge.script[0], /hwlab merge hwlab-cell --out hwlab-merged/);
   t.deepEqual(p.default.tags, ['kvm']);
+  const inTree = parse(gitlabPipeline(m, { matrixArg: '.hwlab/matrix.yaml', hwlabDir: 'hwlab' }));
+  t.true(validate(inTree), JSON.stringify(validate.errors, null, 2));
+  t.is(inTree.variables.GIT_SUBMODULE_STRATEGY, 'recursive');
+  t.regex(inTree.merge.script[0], /^hwlab\/hwlab merge/);
 });
