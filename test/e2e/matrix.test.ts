@@ -15,7 +15,7 @@ import path from 'node:path';
 import { CLASS_COLOURS } from '../../src/reports/html.ts';
 import type { RunResults } from '../../src/results/report.ts';
 import { installPackages, which } from '../../src/util/host-tools.ts';
-import { xmlValidate } from '../unit/helpers/validators.ts';
+import { jsonSchemaValidator, xmlValidate } from '../unit/helpers/validators.ts';
 import { hwlab, qemuProcessesMentioning, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
 import { colourRuns, decodePng } from './png.ts';
 
@@ -84,6 +84,8 @@ test.serial('matrix run: the smoke lab\'s vIOMMU cells share one build, pass wit
   const v = await xmlValidate(await readFile(path.join(out.dir, 'junit.xml'), 'utf8'), 'junit-10.xsd');
   t.true(v.ok, v.output);
   t.regex(await readFile(path.join(out.dir, 'grid.txt'), 'utf8'), /smoke\.debug\.amd\s+pass\s+\S+ s\s+\. \. \. \. \. T \./);
+  const kcidb = jsonSchemaValidator('kcidb-io.schema.v5.3.json');
+  t.true(kcidb(JSON.parse(await readFile(path.join(out.dir, 'kcidb.json'), 'utf8'))), JSON.stringify(kcidb.errors));
 
   // hwlab merge reads the same folder back to the same verdict.
   const merged = path.join(dir, 'merged');
