@@ -88,8 +88,8 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
   };
 }
 
-/** Raw kernel section -> KernelSpec, with paths resolved against the lab's directory and checked to exist. */
-function kernelSpec(src: YamlSource, k: RawKernel, labDir: string): KernelSpec {
+/** Raw kernel section -> KernelSpec, with paths resolved against the lab's directory and checked to exist (a matrix file's kernel axis values too). */
+export function kernelSpec(src: YamlSource, k: RawKernel, labDir: string): KernelSpec {
   const abs = (p: string) => path.resolve(labDir, p.replace(/^~(?=\/)/, process.env.HOME ?? '~'));
   const mustExist = (p: string, at: (string | number)[]) => {
     if (!existsSync(p)) src.add(at, `${p} does not exist`);

@@ -12,6 +12,8 @@ import type { MachineBackend } from '../machine/instance.ts';
 import { qemuBackend } from '../machine/qemu.ts';
 import { failureFromError } from '../results/outcome.ts';
 import { formatResultTable, writeRunResults, type RunResults } from '../results/report.ts';
+import { runSummary } from '../reports/summary.ts';
+import { writeReports } from '../reports/write.ts';
 import { ensureHwlabKey } from '../session/keys.ts';
 import { resultsWithoutMachine } from './collect.ts';
 import { runOnMachine } from './on-machine.ts';
@@ -22,6 +24,8 @@ const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../
 export interface RunOptions extends PrepareOptions {
   /** Parent of run folders; default <repo>/runs. */
   runsDir?: string;
+  /** This exact run folder instead of <runsDir>/<lab>-<stamp> (a matrix cell's). */
+  runDir?: string;
   /** What runs the guest; default QEMU. */
   backend?: MachineBackend;
 }
@@ -37,15 +41,17 @@ function stamp(): string {
 }
 
 async function openRunFolder(lab: LabSpec, opts: RunOptions): Promise<string> {
-  const runDir = path.join(opts.runsDir ?? path.join(repoRoot, 'runs'), `${lab.name}-${stamp()}`);
+  const runDir = opts.runDir ?? path.join(opts.runsDir ?? path.join(repoRoot, 'runs'), `${lab.name}-${stamp()}`);
   await mkdir(runDir, { recursive: true });
   opts.progress.info(`run folder: ${runDir}`);
   await writeFile(path.join(runDir, 'lab.resolved.json'), JSON.stringify(lab, null, 2));
   return runDir;
 }
 
-async function finish(results: RunResults): Promise<RunOutcome> {
+async function finish(results: RunResults, lab: LabSpec, opts: RunOptions): Promise<RunOutcome> {
   await writeRunResults(results.runDir, results);
+  // JUnit, HTML, Markdown and KCIDB beside results.json; a report that cannot be written never costs the run its results.
+  await writeReports(results.runDir, runSummary(results, lab)).catch((err: Error) => opts.progress.info(`reports not written: ${err.message}`));
   return { results, runDir: results.runDir, table: formatResultTable(results) };
 }
 
@@ -62,10 +68,10 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     const failure = failureFromError('prepare', err);
     await writeFile(path.join(runDir, 'error.txt'), `${failure.message}\n`);
     timings.prepare = (Date.now() - startedAt) / 1000;
-    return finish(resultsWithoutMachine(lab.name, startedAt, runDir, failure, timings));
+    return finish(resultsWithoutMachine(lab.name, startedAt, runDir, failure, timings), lab, opts);
   }
   timings.prepare = (Date.now() - startedAt) / 1000;
   const key = await ensureHwlabKey();
   const results = await runOnMachine({ lab, prepared, runDir, progress: opts.progress, privateKey: key.privateKey, startedAt, timings }, opts.backend ?? qemuBackend);
-  return finish(results);
+  return finish(results, lab, opts);
 }
