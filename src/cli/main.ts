@@ -18,6 +18,7 @@ import { entriesBySize, formatSize, parseSize, pruneCache } from './cache-cmd.ts
 import { runCleanups } from '../util/cleanup.ts';
 import { Progress } from '../util/progress.ts';
 import { HwlabError } from '../util/errors.ts';
+import { escapeForTerminal } from '../util/text.ts';
 
 const USAGE = `usage: hwlab <command> [options]
 
@@ -141,7 +142,7 @@ main(process.argv.slice(2))
       process.stderr.write(`hwlab: ${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in ${files}:\n${err.message}\n`);
     }
     else if (err instanceof UsageError) process.stderr.write(`hwlab: ${err.message}\n\n${USAGE}`);
-    else if (err instanceof HwlabError) process.stderr.write(`hwlab: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`);
+    else if (err instanceof HwlabError) process.stderr.write(escapeForTerminal(`hwlab: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`));
     else if (err?.name === 'ZodError' || /^\/.*\.yaml:/.test(err?.message ?? '')) process.stderr.write(`hwlab: ${err.message}\n`);
     else process.stderr.write(`hwlab: ${err?.stack ?? err}\n`);
     // Bad input is 2; the host failing (a tool missing, a download, the disk) is 3, as for runs.
