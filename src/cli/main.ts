@@ -110,7 +110,10 @@ async function main(argv: string[]): Promise<number> {
         const { values } = parseArgs({ args: rest.slice(1), options: { all: { type: 'boolean' }, 'max-size': { type: 'string' } } });
         if (values.all && values['max-size'] !== undefined) throw new UsageError('cache prune: --all and --max-size exclude each other');
         const maxBytes = values['max-size'] === undefined ? undefined : parseSize(values['max-size']);
-        const removed = await pruneCache({ all: values.all ?? false, maxBytes });
+        const removed = await pruneCache({
+          all: values.all ?? false, maxBytes,
+          onKept: (dir, pid) => process.stdout.write(`kept ${dir}: in use by process ${pid > 0 ? pid : '(unknown)'}\n`),
+        });
         for (const r of removed) process.stdout.write(`removed ${r}\n`);
         process.stdout.write(`removed ${removed.length} entries\n`);
         return 0;
