@@ -17,6 +17,7 @@ import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha25
 
 import { makeExt4 } from '../util/ext4.ts';
 import { withLock } from '../util/lock.ts';
+import { boundToHwlab } from '../util/host-tools.ts';
 import type { Step } from '../util/progress.ts';
 import { assembleConfig } from './config.ts';
 import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
@@ -216,7 +217,8 @@ export function extractBuildErrors(log: string, max = 40): string[] {
 
 async function runMake(args: string[], req: KernelBuildRequest, src: string, obj: string, log: (s: string) => void): Promise<void> {
   const useCcache = (await execa('ccache', ['--version'], { reject: false })).exitCode === 0;
-  const child = execa('make', ['-C', src, `O=${obj}`, 'ARCH=x86_64', `-j${req.jobs ?? os.cpus().length}`, ...(useCcache ? ['CC=ccache gcc'] : []), ...args], {
+  // Killed with hwlab: make must not go on writing into obj/ once the tree lock is free for the next run.
+  const child = execa(...boundToHwlab('make', ['-C', src, `O=${obj}`, 'ARCH=x86_64', `-j${req.jobs ?? os.cpus().length}`, ...(useCcache ? ['CC=ccache gcc'] : []), ...args]), {
     reject: false,
     all: true,
     env: { ...REPRODUCIBLE_ENV, CCACHE_BASEDIR: path.dirname(src), CCACHE_NOHASHDIR: '1' },

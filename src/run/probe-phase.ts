@@ -6,7 +6,7 @@
 // own timeout never loses the results of the probes before.
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ChannelLostError, type MachineInstance } from '../machine/instance.ts';
+import { ChannelLostError, exitWithin, machineGoneError, type MachineInstance } from '../machine/instance.ts';
 import { bundleProbes } from '../probes/bundle.ts';
 import {
   countPoints, GUEST_CONFIG_FILE, GUEST_DIR, RUNNER_EXIT, subtestName, type GuestDevice, type GuestRunConfig, type HostRequest,
@@ -94,6 +94,8 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
       .finally(() => stop.abort());
   });
   state.tap = '';
+  // The runner's exit status is unknown when its channel closed under it: then QEMU may be gone.
+  let statusKnown = true;
   try {
     const r = await progress.run(`probes (${lab.probes.length})`, (step) => {
       let points = 0;
@@ -115,6 +117,7 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
       await m.exec(['sh', '-c', 'kill -9 $(pidof node) 2>/dev/null; true'], { timeoutMs: 5000 }).catch(() => {});
     } else {
       if (r.stderr.trim()) await writeFile(path.join(runDir, 'probes-stderr.log'), r.stderr);
+      statusKnown = r.code !== null && r.code !== undefined || !!r.signal;
       if (r.code !== RUNNER_EXIT.ok) {
         throw new InfraError(`probe runner exited ${r.code ?? r.signal}: ${r.stderr.trim().split('\n').slice(-5).join(' | ')}`, undefined, 'runner-exit');
       }
@@ -122,7 +125,9 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
   } catch (err) {
     // Whatever ended the phase, the probes that finished keep their results; the one cut off fails as interrupted.
     if (err instanceof ChannelLostError && err.stdout.length > state.tap.length) state.tap = err.stdout;
-    state.failure ??= failureFromError('probes', err);
+    // A runner that ended with no exit status, or a lost channel, is often QEMU gone under it: say that instead.
+    const gone = await exitWithin(m, statusKnown && !(err instanceof ChannelLostError) ? 0 : 3000);
+    state.failure ??= failureFromError('probes', gone ? machineGoneError(gone, 'probes') : err);
   } finally {
     watchdog.stop();
     ctx.timings.probes = (Date.now() - t0) / 1000;

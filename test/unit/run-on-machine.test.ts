@@ -145,7 +145,9 @@ test('a kernel panic in the middle of a probe: the kernel\'s, attributed to that
   });
   t.deepEqual([results.outcome.class, results.outcome.code], ['kernel', 'BUG']);
   t.regex(results.outcome.title, /^BUG: kernel NULL pointer dereference in vfio_pci_dma_buf_move/);
-  t.is(results.failure?.code, 'ssh-lost');
+  // QEMU ended (panic=-1 reboots, and QEMU runs with -no-reboot): the failure says so, the class stays the kernel's.
+  t.is(results.failure?.code, 'qemu-died');
+  t.is(results.failure?.message.split(';')[0], 'QEMU exited with code 0 during the probes');
   t.true(results.probes[0].ok);
   t.is(results.probes[1].name, lab.probes[1].name);
   t.false(results.probes[1].ok);
@@ -161,6 +163,19 @@ test('the SSH channel dropping mid-probe without a kernel report is infra; finis
   t.is(results.failure?.phase, 'probes');
   t.true(results.probes[0].ok);
   t.regex(String(results.probes[1].diagnostics?.error), /interrupted/);
+});
+
+test('QEMU killed by a signal mid-probe (issue 16): infra, the signal named, finished probes and the TAP so far kept', async (t) => {
+  const { results, runDir } = await run(t, {
+    runner: [header(lab.probes.length), ...probeSteps(1, lab.probes[0].name, [[true, 'exports']]),
+      { stdout: `# Subtest: ${lab.probes[1].name}\n    ok 1 - opened\n` }, { die: { code: null, signal: 'SIGKILL' } }],
+  });
+  t.deepEqual([results.outcome.class, results.outcome.code], ['infra', 'qemu-died']);
+  t.is(results.outcome.title, 'QEMU was killed by SIGKILL during the probes; the results up to then are kept (see console.log and qemu-stderr.log)');
+  t.is(results.failure?.phase, 'probes');
+  t.true(results.probes[0].ok);
+  t.regex(String(results.probes[1].diagnostics?.error), /interrupted/);
+  t.regex(await readFile(path.join(runDir, 'probes.tap'), 'utf8'), /ok 1 - opened/);
 });
 
 test('a failing point is a fail; the runner exiting non-zero after it is recorded but does not hide it', async (t) => {
