@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha256 } from '../util/cache.ts';
+import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha256, usableEntry } from '../util/cache.ts';
 
 import { makeExt4 } from '../util/ext4.ts';
 import { withLock } from '../util/lock.ts';
@@ -265,7 +265,8 @@ async function cachedBuild(req: KernelBuildRequest): Promise<SourceKernel | null
   const configSha = sha256(await readFile(path.join(configDir, 'config'), 'utf8'));
   const key = buildKey(req, configSha, await compilerId());
   const dir = entryDir('kernel-build', key);
-  if (!isComplete(dir)) return null;
+  // Checked by content: a corrupt build is removed here and built again below, never booted.
+  if (!(await usableEntry(dir, (msg) => process.stderr.write(`hwlab: ${msg}\n`)))) return null;
   await markUsed(configDir);
   await markUsed(dir);
   return builtFromEntry(req, dir, key, configSha, false);
