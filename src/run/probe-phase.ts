@@ -4,6 +4,7 @@
 // hung: the host diagnoses what the guest is stuck on and ends the phase),
 // and keeps every byte of TAP, so a hang, a lost connection or the phase's
 // own timeout never loses the results of the probes before.
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ChannelLostError, exitWithin, machineGoneError, type MachineInstance } from '../machine/instance.ts';
@@ -94,6 +95,8 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
       .finally(() => stop.abort());
   });
   state.tap = '';
+  const tapFile = path.join(runDir, 'probes.tap');
+  writeFileSync(tapFile, '');
   // The runner's exit status is unknown when its channel closed under it: then QEMU may be gone.
   let statusKnown = true;
   try {
@@ -104,6 +107,8 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
         signal: stop.signal,
         onStdout: (chunk) => {
           state.tap += chunk;
+          // On disk as it comes: a SIGKILLed hwlab (no collect()) still leaves the TAP so far.
+          try { appendFileSync(tapFile, chunk); } catch { /* collect() writes it whole */ }
           watchdog.push(chunk);
           requests.push(chunk);
           points += countPoints(chunk);
