@@ -112,6 +112,7 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
       probesSec: raw.timeouts.probes,
       probeSec: raw.timeouts.probe,
       shutdownSec: raw.timeouts.shutdown,
+      runnerExitSec: raw.timeouts.runner_exit,
     },
   };
 }

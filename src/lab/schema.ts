@@ -265,6 +265,7 @@ export const labSchema = orEmpty({}, strictObject({
     probes: positiveSeconds(600),
     probe: positiveSeconds(120),
     shutdown: positiveSeconds(20),
+    runner_exit: positiveSeconds(30),
   })),
 }));
 

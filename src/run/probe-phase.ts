@@ -93,7 +93,18 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
       .then((d) => { state.hung = { ...to, blockedTasks: d.blockedTasks }; })
       .catch((err: Error) => { state.hung = { ...to, blockedTasks: `(could not diagnose: ${err.message})` }; })
       .finally(() => stop.abort());
-  });
+  }, (afterSec) => {
+    // Every probe closed and the runner did not exit: something in the guest (a CPU spinning in the kernel) holds it.
+    progress.info(`the probe runner did not exit ${afterSec} s after its last probe; collecting blocked tasks`);
+    void m.diagnose()
+      .then((d) => d.blockedTasks, (err: Error) => `(could not diagnose: ${err.message})`)
+      .then((tasks) => {
+        state.failure ??= failureFromError('probes', new InfraError(
+          `the probe runner did not exit within ${afterSec} s after its last probe (the guest may be spinning in the kernel; see console.log)${tasks.trim() ? `; blocked tasks:\n${tasks.trim().split('\n').slice(0, 40).join('\n')}` : ''}`,
+          undefined, 'runner-did-not-exit'));
+      })
+      .finally(() => stop.abort());
+  }, lab.timeouts.runnerExitSec);
   state.tap = '';
   const tapFile = path.join(runDir, 'probes.tap');
   writeFileSync(tapFile, '');

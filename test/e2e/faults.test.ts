@@ -232,7 +232,7 @@ const tryConnect = (host, port) => new Promise((res) => { const s = net.connect(
     const ss = await execa('ss', ['-Hltnp'], { reject: false });
     const qemuLines = ss.stdout.split('\n').filter((l) => l.includes(`pid=${qemuPid},`));
     t.true(qemuLines.length >= 1, `QEMU listens (pid ${qemuPid}):\n${ss.stdout}`);
-    for (const l of qemuLines) t.regex(l.split(/\s+/)[2] ?? '', /^127\.0\.0\.1:\d+$/, l);
+    for (const l of qemuLines) t.regex(l.trim().split(/\s+/)[3] ?? '', /^127\.0\.0\.1:\d+$/, l);
   } finally {
     await m.kill();
     server.close();

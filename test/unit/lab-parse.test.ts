@@ -76,7 +76,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
       ['revoke-triggers', 'nvme0'], ['revoke-triggers', 'shm0'], ['rdma-reg-dmabuf-mr', 'shm0'], ['iommufd-map-file', 'shm0'], ['export-ranges', 'shm0'],
       ['lifetime', 'shm0'], ['rough-edges', 'nvme0'], ['stress', 'shm0'], ['hot-reset-set', 'shm3'], ['surprise-removal', 'shm2'],
     ].map(([name, device]) => ({ name, device })) as LabSpec['probes'],
-    timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20 },
+    timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20, runnerExitSec: 30 },
   };
   t.deepEqual({ ...lab, probes: lab.probes.map((p) => ({ name: p.name, device: p.device })) }, expected);
   t.deepEqual(lab.probes[0].params, { ...region, offset: 0, length: 0 });
