@@ -4,6 +4,7 @@ import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { cacheRoot, isComplete, listEntries, type CacheEntryInfo } from '../util/cache.ts';
 import { InputError } from '../util/errors.ts';
+import { lockHolder } from '../util/lock.ts';
 
 
 /** Entries used this recently are never pruned by size: a running lab may be reading them. */
@@ -39,11 +40,34 @@ export async function entriesBySize(): Promise<Array<CacheEntryInfo & { bytes: n
 }
 
 /**
+ * The live process that owns an unfinished directory of the cache, or 0: a
+ * `.tmp-<key>-<pid>-<random>` directory belongs to its PID while that process
+ * lives, and a directory with a held `lock` file (a kernel tree's build work
+ * dir, kbuild-work/<key>) to the lock's holder. Such a directory is a build
+ * running now, not debris.
+ */
+export async function liveOwner(dir: string): Promise<number> {
+  const m = /^\.tmp-.*-(\d+)-[0-9a-f]{8}$/.exec(path.basename(dir));
+  if (m) {
+    const pid = Number(m[1]);
+    try {
+      process.kill(pid, 0);
+      return pid;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EPERM') return pid;
+    }
+  }
+  return lockHolder(path.join(dir, 'lock'));
+}
+
+/**
  * Removes unfinished entries (.tmp-*, entries without a manifest); with all,
  * the whole cache; with maxBytes, then the least recently used entries until
- * the complete ones fit (never one used in the last IN_USE_MS).
+ * the complete ones fit (never one used in the last IN_USE_MS). A directory
+ * a live process owns (liveOwner) is never removed, with any option:
+ * `onKept` hears of each.
  */
-export async function pruneCache(opts: { all: boolean; maxBytes?: number; now?: number }): Promise<string[]> {
+export async function pruneCache(opts: { all: boolean; maxBytes?: number; now?: number; onKept?: (dir: string, pid: number) => void }): Promise<string[]> {
   const root = cacheRoot();
   const removed: string[] = [];
   if (!existsSync(root)) return removed;
@@ -56,6 +80,11 @@ export async function pruneCache(opts: { all: boolean; maxBytes?: number; now?: 
     for (const name of await readdir(kdir)) {
       const dir = path.join(kdir, name);
       if (opts.all || name.startsWith('.tmp-') || !isComplete(dir)) {
+        const owner = await liveOwner(dir);
+        if (owner) {
+          opts.onKept?.(dir, owner);
+          continue;
+        }
         await rm(dir, { recursive: true, force: true });
         removed.push(dir);
       }

@@ -18,6 +18,7 @@ import { entriesBySize, formatSize, parseSize, pruneCache } from './cache-cmd.ts
 import { runCleanups } from '../util/cleanup.ts';
 import { Progress } from '../util/progress.ts';
 import { HwlabError } from '../util/errors.ts';
+import { escapeForTerminal } from '../util/text.ts';
 
 const USAGE = `usage: hwlab <command> [options]
 
@@ -109,7 +110,10 @@ async function main(argv: string[]): Promise<number> {
         const { values } = parseArgs({ args: rest.slice(1), options: { all: { type: 'boolean' }, 'max-size': { type: 'string' } } });
         if (values.all && values['max-size'] !== undefined) throw new UsageError('cache prune: --all and --max-size exclude each other');
         const maxBytes = values['max-size'] === undefined ? undefined : parseSize(values['max-size']);
-        const removed = await pruneCache({ all: values.all ?? false, maxBytes });
+        const removed = await pruneCache({
+          all: values.all ?? false, maxBytes,
+          onKept: (dir, pid) => process.stdout.write(`kept ${dir}: in use by process ${pid > 0 ? pid : '(unknown)'}\n`),
+        });
         for (const r of removed) process.stdout.write(`removed ${r}\n`);
         process.stdout.write(`removed ${removed.length} entries\n`);
         return 0;
@@ -141,7 +145,7 @@ main(process.argv.slice(2))
       process.stderr.write(`hwlab: ${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in ${files}:\n${err.message}\n`);
     }
     else if (err instanceof UsageError) process.stderr.write(`hwlab: ${err.message}\n\n${USAGE}`);
-    else if (err instanceof HwlabError) process.stderr.write(`hwlab: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`);
+    else if (err instanceof HwlabError) process.stderr.write(escapeForTerminal(`hwlab: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`));
     else if (err?.name === 'ZodError' || /^\/.*\.yaml:/.test(err?.message ?? '')) process.stderr.write(`hwlab: ${err.message}\n`);
     else process.stderr.write(`hwlab: ${err?.stack ?? err}\n`);
     // Bad input is 2; the host failing (a tool missing, a download, the disk) is 3, as for runs.

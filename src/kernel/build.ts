@@ -13,10 +13,11 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha256 } from '../util/cache.ts';
+import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha256, usableEntry } from '../util/cache.ts';
 
 import { makeExt4 } from '../util/ext4.ts';
 import { withLock } from '../util/lock.ts';
+import { boundToHwlab } from '../util/host-tools.ts';
 import type { Step } from '../util/progress.ts';
 import { assembleConfig } from './config.ts';
 import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
@@ -216,7 +217,8 @@ export function extractBuildErrors(log: string, max = 40): string[] {
 
 async function runMake(args: string[], req: KernelBuildRequest, src: string, obj: string, log: (s: string) => void): Promise<void> {
   const useCcache = (await execa('ccache', ['--version'], { reject: false })).exitCode === 0;
-  const child = execa('make', ['-C', src, `O=${obj}`, 'ARCH=x86_64', `-j${req.jobs ?? os.cpus().length}`, ...(useCcache ? ['CC=ccache gcc'] : []), ...args], {
+  // Killed with hwlab: make must not go on writing into obj/ once the tree lock is free for the next run.
+  const child = execa(...boundToHwlab('make', ['-C', src, `O=${obj}`, 'ARCH=x86_64', `-j${req.jobs ?? os.cpus().length}`, ...(useCcache ? ['CC=ccache gcc'] : []), ...args]), {
     reject: false,
     all: true,
     env: { ...REPRODUCIBLE_ENV, CCACHE_BASEDIR: path.dirname(src), CCACHE_NOHASHDIR: '1' },
@@ -263,7 +265,8 @@ async function cachedBuild(req: KernelBuildRequest): Promise<SourceKernel | null
   const configSha = sha256(await readFile(path.join(configDir, 'config'), 'utf8'));
   const key = buildKey(req, configSha, await compilerId());
   const dir = entryDir('kernel-build', key);
-  if (!isComplete(dir)) return null;
+  // Checked by content: a corrupt build is removed here and built again below, never booted.
+  if (!(await usableEntry(dir, (msg) => process.stderr.write(`hwlab: ${msg}\n`)))) return null;
   await markUsed(configDir);
   await markUsed(dir);
   return builtFromEntry(req, dir, key, configSha, false);

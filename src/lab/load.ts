@@ -4,10 +4,10 @@
 // (src/lab/types.ts): camelCase, paths resolved, defaults the schema cannot
 // know (an endpoint field that defaults to the id, the kernel's fragments).
 // Every problem is reported at once, in one YamlError.
-import { readFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { readYaml, validate, YamlError, type YamlSource } from '../util/yaml.ts';
+import { readYaml, readYamlFile, validate, type YamlSource } from '../util/yaml.ts';
 import { checkProbes, checkTopology, DEFAULT_CATALOG, type ProbeCatalog } from './checks.ts';
 import { endpointKind, type EndpointSpec } from './endpoints.ts';
 import { labSchema, type RawEndpoint, type RawKernel } from './schema.ts';
@@ -23,17 +23,33 @@ import {
  */
 export const DEFAULT_FRAGMENTS = ['guest-base.config', 'vfio-dmabuf.config', 'debug.config'];
 const configsDir = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../labs/configs');
+/** hwlab's own image recipes, for labs kept anywhere else (a kernel tree's .hwlab/, /tmp). */
+const hwlabImagesDir = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../images');
+
+/**
+ * Where the recipe of `image` is for a lab file: `images/` beside the lab's
+ * directory (labs/../images) when it has the recipe, else hwlab's own.
+ */
+export function imagesDirFor(labFile: string, image: string): string {
+  const beside = path.resolve(path.dirname(path.resolve(labFile)), '..', 'images');
+  return existsSync(path.join(beside, `${image}.yaml`)) ? beside : hwlabImagesDir;
+}
+
+/** What the host leaves a guest: its RAM less this much for the host itself, hwlab and QEMU. */
+export const HOST_RESERVE_MIB = 1024;
 
 export interface ParseOptions {
   /** Where image recipes live; default: `images/` beside the lab file's directory (labs/../images). */
   imagesDir?: string;
   /** Default: the real catalog. */
   catalog?: ProbeCatalog;
+  /** The host's RAM in MiB, which the guest and its endpoints' memory must fit in; default: this host's (os.totalmem). */
+  hostMemoryMiB?: number;
 }
 
 /** Parse and fully validate a lab file's text. `file` is used in messages as given. */
 export function parseLab(text: string, file: string, opts: ParseOptions = {}): LabSpec {
-  const { src, data } = readYaml(text, file);
+  const { src, data } = readYaml(text, file, 'lab');
   const raw = validate(src, data, labSchema);
   if (!raw) return src.fail();
 
@@ -55,15 +71,27 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
   checkTopology(src, topology);
   const probes = checkProbes(src, raw, topology, opts.catalog ?? DEFAULT_CATALOG);
 
-  const imagesDir = opts.imagesDir ?? path.resolve(path.dirname(path.resolve(file)), '..', 'images');
+  const imagesDir = opts.imagesDir ?? imagesDirFor(file, raw.image);
   const recipe = path.join(imagesDir, `${raw.image}.yaml`);
-  if (!existsSync(recipe)) src.add(['image'], `no image recipe "${raw.image}" (looked for ${recipe})`);
+  if (!existsSync(recipe)) {
+    const beside = path.resolve(path.dirname(path.resolve(file)), '..', 'images', `${raw.image}.yaml`);
+    const tried = opts.imagesDir || beside === recipe ? recipe : `${beside} and ${recipe}`;
+    src.add(['image'], `no image recipe "${raw.image}" (looked for ${tried})`);
+  }
+
+  // The guest's RAM and the endpoints' backing memory (ivshmem files in /dev/shm) are all host RAM.
+  const hostMiB = opts.hostMemoryMiB ?? Math.floor(os.totalmem() / 2 ** 20);
+  const endpointMiB = endpoints.reduce((n, e) => n + ('memoryMiB' in e && typeof e.memoryMiB === 'number' ? e.memoryMiB : 0), 0);
+  if (raw.machine.memory + endpointMiB > hostMiB - HOST_RESERVE_MIB) {
+    src.add(['machine', 'memory'], `${raw.machine.memory}M${endpointMiB ? ` plus ${endpointMiB}M of endpoint memory` : ''} does not fit in this host's ${hostMiB}M of RAM less ${HOST_RESERVE_MIB}M for the host (at most ${Math.max(0, hostMiB - HOST_RESERVE_MIB - endpointMiB)}M)`);
+  }
 
   const kernel = kernelSpec(src, raw.kernel, path.dirname(path.resolve(file)));
   if (src.issues.length) src.fail();
   return {
     file: path.resolve(file),
-    name: raw.name ?? path.basename(file).replace(/\.ya?ml$/, ''),
+    // A name from the file name is cut like a written one: it names run folders.
+    name: raw.name ?? path.basename(file).replace(/\.ya?ml$/, '').replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 64),
     description: raw.description,
     kernel,
     image: raw.image,
@@ -84,6 +112,7 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
       probesSec: raw.timeouts.probes,
       probeSec: raw.timeouts.probe,
       shutdownSec: raw.timeouts.shutdown,
+      runnerExitSec: raw.timeouts.runner_exit,
     },
   };
 }
@@ -91,15 +120,24 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
 /** Raw kernel section -> KernelSpec, with paths resolved against the lab's directory and checked to exist (a matrix file's kernel axis values too). */
 export function kernelSpec(src: YamlSource, k: RawKernel, labDir: string): KernelSpec {
   const abs = (p: string) => path.resolve(labDir, p.replace(/^~(?=\/)/, process.env.HOME ?? '~'));
-  const mustExist = (p: string, at: (string | number)[]) => {
-    if (!existsSync(p)) src.add(at, `${p} does not exist`);
+  // A file where a file is meant, a directory where a directory is (a patch path that is a directory used to be accepted).
+  const mustExist = (p: string, at: (string | number)[], kind: 'file' | 'directory' | 'any' = 'any') => {
+    let st;
+    try {
+      st = statSync(p);
+    } catch {
+      src.add(at, `${p} does not exist`);
+      return p;
+    }
+    if (kind === 'file' && !st.isFile()) src.add(at, `${p} is ${st.isDirectory() ? 'a directory' : 'not a regular file'}; expected a file`);
+    if (kind === 'directory' && !st.isDirectory()) src.add(at, `${p} is not a directory; expected a directory`);
     return p;
   };
   const patchSpecs = (): PatchSourceSpec[] => k.patches.map((p, i) => {
     const at = ['kernel', 'patches', i];
-    if ('file' in p) return { kind: 'file', path: mustExist(abs(p.file), at) };
-    if ('quilt' in p) return { kind: 'quilt', dir: mustExist(abs(p.quilt), at) };
-    return { kind: 'mbox', path: mustExist(abs(p.mbox), at) };
+    if ('file' in p) return { kind: 'file', path: mustExist(abs(p.file), at, 'file') };
+    if ('quilt' in p) return { kind: 'quilt', dir: mustExist(abs(p.quilt), at, 'directory') };
+    return { kind: 'mbox', path: mustExist(abs(p.mbox), at, 'file') };
   });
   if (k.debian !== undefined && !k.debian.startsWith('linux-source-')) {
     return {
@@ -111,10 +149,10 @@ export function kernelSpec(src: YamlSource, k: RawKernel, labDir: string): Kerne
   const source: KernelSourceSpec =
     k.debian !== undefined ? { kind: 'debian-source', package: k.debian, suite: k.suite, mirror: k.mirror }
       : k.path !== undefined ? { kind: 'git', path: mustExist(abs(k.path), ['kernel', 'path']), ...(k.ref ? { ref: k.ref } : {}) }
-        : { kind: 'tarball', path: mustExist(abs(k.tarball!), ['kernel', 'tarball']) };
+        : { kind: 'tarball', path: mustExist(abs(k.tarball!), ['kernel', 'tarball'], 'file') };
   const patches = patchSpecs();
   const fragments = k.config.fragments
-    ? k.config.fragments.map((f, i) => mustExist(abs(f), ['kernel', 'config', 'fragments', i]))
+    ? k.config.fragments.map((f, i) => mustExist(abs(f), ['kernel', 'config', 'fragments', i], 'file'))
     : DEFAULT_FRAGMENTS.map((f) => path.join(configsDir, f));
   return { kind: 'source', source, patches, config: { base: k.config.base, fragments } };
 }
@@ -132,11 +170,5 @@ function endpointSpec(e: RawEndpoint): EndpointSpec {
 
 /** Read and parse a lab file; every problem is thrown as one YamlError. */
 export async function loadLab(file: string, opts: ParseOptions = {}): Promise<LabSpec> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    throw new YamlError([{ file, line: 1, col: 1, path: '', message: `cannot read lab file: ${(e as Error).message}` }]);
-  }
-  return parseLab(text, file, opts);
+  return parseLab(await readYamlFile(file, 'lab'), file, opts);
 }

@@ -11,13 +11,37 @@ import { MAX_FUNCTIONS } from './slots.ts';
 import { ACCELS, DMABUF_ABIS, IOMMU_KINDS, type Accel, type DmabufAbi, type IommuKind } from './types.ts';
 
 const ID_RE = /^[a-z][a-z0-9_-]*$/;
+/**
+ * Caps on what a lab file may ask for. Ids and names end up in QEMU
+ * arguments, file names and messages; counts and sizes bound how long
+ * validation and a run can take. Each is far above what a real lab needs.
+ */
+export const LAB_LIMITS = {
+  idLength: 32,
+  nameLength: 64,
+  descriptionLength: 4000,
+  textLength: 1000,
+  pathLength: 4096,
+  probes: 256,
+  endpoints: 128,
+  ports: 300,
+  modules: 32,
+  patches: 1000,
+  fragments: 64,
+  cmdlineWords: 64,
+  /** QEMU's q35 takes more, but no lab needs a guest over 1 TiB. */
+  memoryMiB: 1 << 20,
+  /** A day: any timeout longer is a mistake, and Node clamps timers past 2^31-1 ms (24.8 days) to 1 ms. */
+  timeoutSec: 86_400,
+} as const;
+const L = LAB_LIMITS;
 // Ids become QEMU -device/-object ids and bus names, so no commas, dots or '='.
-const idSchema = z.string().regex(ID_RE, 'must be a lowercase letter followed by a-z, 0-9, _ or - (it becomes a QEMU id)');
+const idSchema = z.string().max(L.idLength).regex(ID_RE, 'must be a lowercase letter followed by a-z, 0-9, _ or - (it becomes a QEMU id)');
 
 const SIZE_RE = /^(\d+)\s*(M|MB|MiB|G|GB|GiB)?$/i;
 
-/** A size in MiB: `64M`, `2G`, `2048M`; a bare integer is MiB, like QEMU's -m. */
-function sizeMiB(def?: number) {
+/** A size in MiB: `64M`, `2G`, `2048M`; a bare integer is MiB, like QEMU's -m. At most `max` MiB when given. */
+function sizeMiB(def?: number, max?: number) {
   return z.unknown().transform((v, ctx): number => {
     if (v === undefined || v === null) {
       if (def !== undefined) return def;
@@ -34,6 +58,10 @@ function sizeMiB(def?: number) {
       ctx.addIssue({ code: 'custom', message: `expected a size such as 512M or 2G, at least 1M (got ${describe(v)})` });
       return z.NEVER;
     }
+    if (!Number.isSafeInteger(mib) || (max !== undefined && mib > max)) {
+      ctx.addIssue({ code: 'custom', message: `must be at most ${max ?? Number.MAX_SAFE_INTEGER}M (got ${describe(v)})` });
+      return z.NEVER;
+    }
     return mib;
   });
 }
@@ -41,7 +69,19 @@ function sizeMiB(def?: number) {
 /** A string or a list of strings, split on whitespace into words. */
 const cmdlineSchema = z.unknown().transform((v, ctx): string[] => {
   if (v === undefined || v === null) return [];
-  if (typeof v === 'string') return v.split(/\s+/).filter(Boolean);
+  const checked = (words: string[], at: (string | number)[] = []) => {
+    for (const w of words) {
+      if (w.length > L.textLength || /[\u0000-\u001f\u007f]/.test(w)) {
+        ctx.addIssue({ code: 'custom', path: at, message: `a kernel command-line word must be at most ${L.textLength} characters without control characters (got ${describe(w)})` });
+      }
+    }
+    return words;
+  };
+  if (typeof v === 'string') {
+    const words = checked(v.split(/\s+/).filter(Boolean));
+    if (words.length > L.cmdlineWords) ctx.addIssue({ code: 'custom', message: `at most ${L.cmdlineWords} words (got ${words.length})` });
+    return words;
+  }
   if (!Array.isArray(v)) {
     ctx.addIssue({ code: 'custom', message: `expected a string or a list of strings (got ${describe(v)})` });
     return z.NEVER;
@@ -49,17 +89,34 @@ const cmdlineSchema = z.unknown().transform((v, ctx): string[] => {
   const words: string[] = [];
   v.forEach((item, i) => {
     if (typeof item !== 'string') ctx.addIssue({ code: 'custom', path: [i], message: `expected a string (got ${describe(item)})` });
-    else words.push(...item.split(/\s+/).filter(Boolean));
+    else words.push(...checked(item.split(/\s+/).filter(Boolean), [i]));
   });
+  if (words.length > L.cmdlineWords) ctx.addIssue({ code: 'custom', message: `at most ${L.cmdlineWords} words (got ${words.length})` });
   return words;
 });
 
+/**
+ * A list of at most `max` entries, counted before any entry is checked: a
+ * file with 100,000 probes is refused at once instead of after every one of
+ * them has been validated.
+ */
+function capped<T extends z.ZodTypeAny>(max: number, schema: T) {
+  return z.unknown().transform((v, ctx) => {
+    if (Array.isArray(v) && v.length > max) {
+      ctx.addIssue({ code: 'custom', message: `must have at most ${max} entries (got ${v.length})` });
+      return z.NEVER;
+    }
+    return v;
+  }).pipe(schema);
+}
+
 const enumOf = <T extends string>(values: readonly T[]) => z.enum(values as unknown as [T, ...T[]]);
 
-const positiveSeconds = (def: number) => z.number().positive().default(def);
+const seconds = () => z.number().positive().max(L.timeoutSec);
+const positiveSeconds = (def: number) => seconds().default(def);
 
 const PKG_RE = /^[a-z0-9][a-z0-9+.-]+$/;
-const relPath = z.string().min(1, 'must be a path');
+const relPath = z.string().min(1, 'must be a path').max(L.pathLength);
 const patchEntry = z.union([
   relPath.transform((p) => ({ file: p })),
   strictObject({ file: relPath }),
@@ -73,20 +130,20 @@ const patchEntry = z.union([
  * `patches:` and `config:`.
  */
 export const kernelSchema = strictObject({
-  debian: z.string().regex(PKG_RE, 'must be a Debian package such as linux-image-7.2 or linux-source-7.2').optional(),
+  debian: z.string().max(L.nameLength).regex(PKG_RE, 'must be a Debian package such as linux-image-7.2 or linux-source-7.2').optional(),
   path: relPath.optional(),
-  ref: z.string().regex(/^[^\s-][^\s]*$/, 'must be a git ref (branch, tag or commit)').optional(),
+  ref: z.string().max(L.textLength).regex(/^[^\s-][^\s]*$/, 'must be a git ref (branch, tag or commit)').optional(),
   tarball: relPath.optional(),
   flavour: z.string().regex(/^[a-z0-9][a-z0-9-]*$/, 'must be a kernel flavour such as amd64 or cloud-amd64').default('amd64'),
   suite: z.string().regex(/^[a-z][a-z0-9.-]*$/, 'must be a Debian suite name such as sid').default('sid'),
   mirror: z.string().regex(/^https?:\/\/[^\s,]+$/, 'must be an http:// or https:// URL').default('http://deb.debian.org/debian'),
-  patches: orEmpty([], z.array(patchEntry)),
+  patches: orEmpty([], z.array(patchEntry).max(L.patches)),
   driver: z.preprocess((v) => (v === null ? {} : v), strictObject({
-    dirs: z.array(z.string().regex(/^[A-Za-z0-9_./-]+$/, 'must be a tree-relative directory such as drivers/vfio/pci')).min(1).optional(),
+    dirs: z.array(z.string().max(L.pathLength).regex(/^[A-Za-z0-9_./-]+$/, 'must be a tree-relative directory such as drivers/vfio/pci')).min(1).max(L.modules).optional(),
   })).optional(),
   config: orEmpty({}, strictObject({
-    base: z.string().regex(/^[a-z0-9_.-]+$/, 'must be a make config target such as tinyconfig or defconfig').default('tinyconfig'),
-    fragments: z.array(relPath).optional(),
+    base: z.string().max(L.nameLength).regex(/^[a-z0-9_.-]+$/, 'must be a make config target such as tinyconfig or defconfig').default('tinyconfig'),
+    fragments: z.array(relPath).max(L.fragments).optional(),
   })),
 }).superRefine((k, ctx) => {
   const given = (['debian', 'path', 'tarball'] as const).filter((x) => k[x] !== undefined);
@@ -156,14 +213,15 @@ const endpointsSchema = z
 
 /** A lab file as written (snake_case keys, shorthands expanded, defaults filled in). */
 export const labSchema = orEmpty({}, strictObject({
-  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, ., _ or - (it names result directories)').optional(),
-  description: z.string().default(''),
+  name: z.string().max(L.nameLength).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'must be letters, digits, ., _ or - (it names result directories)').optional(),
+  description: z.string().max(L.descriptionLength).default(''),
   kernel: kernelSchema,
-  image: z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'must be the name of a recipe in images/ (without .yaml)'),
+  image: z.string().max(L.nameLength).regex(/^[a-z0-9][a-z0-9._-]*$/, 'must be the name of a recipe in images/ (without .yaml)'),
   machine: orEmpty({}, strictObject({
     // No whitespace; commas are legitimate (`EPYC,+x2apic`): it is one -cpu argument.
-    cpu: z.string().regex(/^\S+$/, 'must be a QEMU CPU model without spaces').default('EPYC'),
-    memory: sizeMiB(2048),
+    // Only what QEMU's CPU model names and feature flags use (`EPYC,+x2apic,-svm`, `host`, `Skylake-Server-v4`).
+    cpu: z.string().max(L.textLength).regex(/^[A-Za-z0-9][A-Za-z0-9_.+=,-]*$/, 'must be a QEMU CPU model such as EPYC or Skylake-Server, optionally with ,+feature or ,-feature').default('EPYC'),
+    memory: sizeMiB(2048, L.memoryMiB),
     smp: z.number().int().min(1).max(255).default(2),
     accel: enumOf<Accel>(ACCELS).default('auto'),
     cmdline: cmdlineSchema,
@@ -185,28 +243,29 @@ export const labSchema = orEmpty({}, strictObject({
     }),
   ),
   topology: orEmpty({}, strictObject({
-    root_ports: orEmpty([], z.array(z.preprocess((v) => (typeof v === 'string' ? { id: v } : v), strictObject({ id: idSchema })))),
+    root_ports: orEmpty([], z.array(z.preprocess((v) => (typeof v === 'string' ? { id: v } : v), strictObject({ id: idSchema }))).max(L.ports)),
     switches: orEmpty([], z.array(strictObject({
       id: idSchema,
       port: idSchema,
-      downstream: z.array(idSchema).min(1),
-    }))),
-    endpoints: orEmpty([], endpointsSchema),
+      downstream: z.array(idSchema).min(1).max(L.ports),
+    })).max(L.ports)),
+    endpoints: orEmpty([], capped(L.endpoints, endpointsSchema)),
   })),
-  modules: orEmpty(['vfio-pci'], z.array(z.string().regex(/^[A-Za-z0-9_-]+$/, 'must be a kernel module name'))),
+  modules: orEmpty(['vfio-pci'], z.array(z.string().max(L.nameLength).regex(/^[A-Za-z0-9_-]+$/, 'must be a kernel module name')).max(L.modules)),
   dmabuf_abi: enumOf<DmabufAbi>(DMABUF_ABIS).default('ranges'),
-  probes: orEmpty([], z.array(z.preprocess((v) => (typeof v === 'string' ? { name: v } : v), strictObject({
-    name: z.string().min(1),
+  probes: orEmpty([], capped(L.probes, z.array(z.preprocess((v) => (typeof v === 'string' ? { name: v } : v), strictObject({
+    name: z.string().min(1).max(L.nameLength),
     device: idSchema.optional(),
     params: orEmpty({}, z.record(z.string(), z.unknown())),
-    expect_fail: z.string().min(1).optional(),
-    timeout: z.number().positive().optional(),
-  })))),
+    expect_fail: z.string().min(1).max(L.textLength).optional(),
+    timeout: seconds().optional(),
+  }))))),
   timeouts: orEmpty({}, strictObject({
     boot: positiveSeconds(180),
     probes: positiveSeconds(600),
     probe: positiveSeconds(120),
     shutdown: positiveSeconds(20),
+    runner_exit: positiveSeconds(30),
   })),
 }));
 

@@ -124,6 +124,8 @@ export interface TimeoutsSpec {
   probeSec: number;
   /** Seconds for a clean poweroff before QEMU is killed. */
   shutdownSec: number;
+  /** Seconds the probe runner has to exit after its last probe closed; past it the phase ends with blocked tasks. */
+  runnerExitSec: number;
 }
 
 export interface LabSpec {

@@ -14,6 +14,29 @@ export interface ExitInfo {
   signal: string | null;
 }
 
+/** How the backend process ended, in words: `was killed by SIGKILL`, `exited with code 0`. */
+export function describeExit(e: ExitInfo): string {
+  return e.signal ? `was killed by ${e.signal}` : `exited with code ${e.code}`;
+}
+
+/** The machine's exit if it has ended or ends within `ms` (a channel closing is often seen just before the process exit). */
+export async function exitWithin(m: { readonly exited: ExitInfo | null }, ms: number): Promise<ExitInfo | null> {
+  const deadline = Date.now() + ms;
+  while (!m.exited && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  return m.exited;
+}
+
+/**
+ * The error a run stops with when the machine process ended under it (killed
+ * from outside, the host's OOM killer, a crash, or the guest rebooting on a
+ * panic): infra unless the console holds a kernel report, which classifyRun
+ * puts first anyway.
+ */
+export function machineGoneError(e: ExitInfo, phase: string): InfraError {
+  return new InfraError(`QEMU ${describeExit(e)} during the ${phase}; the results up to then are kept (see console.log and qemu-stderr.log)`,
+    e.signal ? 'something outside hwlab ended QEMU (the OOM killer, a user); run it again' : undefined, 'qemu-died');
+}
+
 export interface ExecOptions {
   timeoutMs: number;
   onStdout?: (chunk: string) => void;

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { bootFailure, READY_LINE, type HostRequest } from '../protocol/protocol.ts';
 import { onCleanup } from '../util/cleanup.ts';
 import { InfraError } from '../util/errors.ts';
+import { boundToHwlab } from '../util/host-tools.ts';
 import { decideAccel } from './accel.ts';
 import { buildQemuCommand, type QemuCommand } from './cmdline.ts';
 import {
@@ -101,7 +102,8 @@ class QemuInstance implements MachineInstance {
         append: config.append,
       });
       await writeCommandLine(path.join(config.runDir, 'qemu-cmdline.sh'), cmd);
-      const child = execa(cmd.binary, cmd.args, {
+      // qemu-cmdline.sh has QEMU's own command; it runs behind setpriv so that it dies with hwlab, even a SIGKILLed one.
+      const child = execa(...boundToHwlab(cmd.binary, cmd.args), {
         reject: false, stdin: 'ignore', stdout: 'ignore', stderr: ['pipe', { file: path.join(config.runDir, 'qemu-stderr.log') }], cleanup: true,
       });
       const exitPromise = child.then((r) => {

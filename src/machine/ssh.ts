@@ -60,6 +60,10 @@ export class SshConnection {
         if (/verification failed/i.test(lastError)) {
           throw new InfraError(`guest SSH host key does not match the image's recorded key (port ${opts.port})`, 'rebuild the image (hwlab cache prune --all)', 'ssh-host-key');
         }
+        // sshd answered and refused hwlab's key: trying again until the boot timeout would only hide it.
+        if ((err as { level?: string }).level === 'client-authentication') {
+          throw new InfraError(`the guest's sshd refused hwlab's key (port ${opts.port}): ${lastError}`, 'the image may have been built with another hwlab key; rebuild it (hwlab cache prune --all)', 'ssh-auth-refused');
+        }
         opts.onRetry?.(attempt, lastError);
         await new Promise((r) => setTimeout(r, 250));
       }

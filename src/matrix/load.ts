@@ -8,14 +8,13 @@
 // YamlError for the whole file; a value whose files are missing or broken
 // refuses only the cells that use it, each with the reason and its place.
 import { existsSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { isProbeName } from '../guest/probes/catalog.ts';
 import { kernelSpec, loadLab } from '../lab/load.ts';
 import { kernelSchema, labSchema } from '../lab/schema.ts';
 import type { IommuSpec, KernelSpec, LabSpec } from '../lab/types.ts';
-import { readYaml, validate, YamlError, type Path } from '../util/yaml.ts';
+import { readYaml, readYamlFile, validate, YamlError, type Path } from '../util/yaml.ts';
 import { resolveCell, type ResolvedValue, type ValueTable } from './cells.ts';
 import { expandMatrix, type Combination } from './expand.ts';
 import { EXTRA_KEYS, matrixSchema, type Extras, type RawConfigValue, type RawExpectation, type RawLabValue } from './schema.ts';
@@ -61,18 +60,12 @@ export interface LoadMatrixOptions {
 }
 
 export async function loadMatrix(file: string, opts: LoadMatrixOptions = {}): Promise<MatrixSpec> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    throw new YamlError([{ file, line: 1, col: 1, path: '', message: `cannot read matrix file: ${(e as Error).message}` }]);
-  }
-  return parseMatrix(text, file, opts);
+  return parseMatrix(await readYamlFile(file, 'matrix'), file, opts);
 }
 
 /** Parse, check and expand a matrix file's text; `file` is used in messages as given, and relative paths are resolved against its directory. */
 export async function parseMatrix(text: string, file: string, opts: LoadMatrixOptions = {}): Promise<MatrixSpec> {
-  const { src, data } = readYaml(text, file);
+  const { src, data } = readYaml(text, file, 'matrix');
   const raw = validate(src, data ?? {}, matrixSchema);
   if (!raw || src.issues.length) return src.fail();
   const dir = path.dirname(path.resolve(file));

@@ -9,7 +9,7 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { vfioEndpointsOf } from '../guest/probes/catalog.ts';
 import type { LabSpec } from '../lab/types.ts';
-import type { MachineBackend, MachineInstance } from '../machine/instance.ts';
+import { exitWithin, machineGoneError, type MachineBackend, type MachineInstance } from '../machine/instance.ts';
 import { GUEST_KMOD_DIR } from '../protocol/protocol.ts';
 import { failureFromError } from '../results/outcome.ts';
 import type { RunResults } from '../results/report.ts';
@@ -134,7 +134,8 @@ export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Pr
     state.phase = 'teardown';
     await giveBack(ctx, m, state);
   } catch (err) {
-    state.failure ??= failureFromError(state.phase, err);
+    const gone = m && state.phase !== 'boot' ? await exitWithin(m, 3000) : null;
+    state.failure ??= failureFromError(state.phase, gone ? machineGoneError(gone, state.phase) : err);
     ctx.progress.info(`run stopped (${state.phase}): ${state.failure.message.split('\n')[0]}`);
   } finally {
     if (m) await shutDown(ctx, m).catch((err) => { state.failure ??= failureFromError('teardown', err); });

@@ -4,7 +4,6 @@
 // that the probes require, the guest image and the initramfs. Errors here
 // say whose fault they are (bad input or the host), so a run that stops
 // before booting still ends in a class.
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { requirementsOf } from '../guest/probes/catalog.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
@@ -17,9 +16,11 @@ import { buildHwlabModule, type HwlabModule, type ModuleTarget } from '../kernel
 import { loadPatchSeries } from '../kernel/patches.ts';
 import { resolveKernelTree } from '../kernel/source.ts';
 import type { Kernel } from '../kernel/types.ts';
+import { imagesDirFor } from '../lab/load.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { InputError } from '../util/errors.ts';
 import type { Progress } from '../util/progress.ts';
+import { readFragment } from './preflight.ts';
 
 export interface PrepareOptions {
   progress: Progress;
@@ -69,10 +70,7 @@ async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string)
   const tree = await progress.run('kernel source', (s) => resolveKernelTree(spec.source, s), (t) => t.label);
   const patches = await loadPatchSeries([...spec.patches, ...extra]);
   const fragmentFiles = [...spec.config.fragments, ...(opts.extraFragments ?? []).map((f) => path.resolve(f))];
-  const fragments = await Promise.all(fragmentFiles.map(async (file) => ({
-    file,
-    text: await readFile(file, 'utf8').catch((err: Error) => { throw new InputError(`config fragment ${file}: ${err.message}`); }),
-  })));
+  const fragments = await Promise.all(fragmentFiles.map((file) => readFragment(file, 'config fragment')));
   const built = await progress.run(`kernel build (${patches.length} patches, ${fragments.length} fragments)`,
     (step) => buildKernel({ tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log'), step }),
     (k) => `${k.release} ${builtNote(k)}${k.incrementalFrom ? ` (incremental from ${k.incrementalFrom})` : ''}`);
@@ -92,7 +90,7 @@ export async function prepareLab(lab: LabSpec, opts: PrepareOptions, logDir: str
     hwlabModules.push(await progress.run(`module ${name}`, (step) => buildHwlabModule(name, target, path.join(logDir, `${name}-build.log`), step),
       (m) => `${m.built ? 'built' : 'from cache'}, build-id ${m.buildId.slice(0, 12)}`));
   }
-  const recipe = await loadImageRecipe(lab.image, path.join(path.dirname(path.dirname(lab.file)), 'images'));
+  const recipe = await loadImageRecipe(lab.image, imagesDirFor(lab.file, lab.image));
   const image = await progress.run(`image ${recipe.name}`, (s) => buildImage(recipe, s), (i) => `node ${i.nodeVersion}`);
   const initrd = await progress.run('initramfs', () => buildInitramfs(kernel, image));
   return { kernel, hwlabModules, image, initrd };

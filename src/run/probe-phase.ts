@@ -4,9 +4,10 @@
 // hung: the host diagnoses what the guest is stuck on and ends the phase),
 // and keeps every byte of TAP, so a hang, a lost connection or the phase's
 // own timeout never loses the results of the probes before.
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ChannelLostError, type MachineInstance } from '../machine/instance.ts';
+import { ChannelLostError, exitWithin, machineGoneError, type MachineInstance } from '../machine/instance.ts';
 import { bundleProbes } from '../probes/bundle.ts';
 import {
   countPoints, GUEST_CONFIG_FILE, GUEST_DIR, RUNNER_EXIT, subtestName, type GuestDevice, type GuestRunConfig, type HostRequest,
@@ -92,8 +93,23 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
       .then((d) => { state.hung = { ...to, blockedTasks: d.blockedTasks }; })
       .catch((err: Error) => { state.hung = { ...to, blockedTasks: `(could not diagnose: ${err.message})` }; })
       .finally(() => stop.abort());
-  });
+  }, (afterSec) => {
+    // Every probe closed and the runner did not exit: something in the guest (a CPU spinning in the kernel) holds it.
+    progress.info(`the probe runner did not exit ${afterSec} s after its last probe; collecting blocked tasks`);
+    void m.diagnose()
+      .then((d) => d.blockedTasks, (err: Error) => `(could not diagnose: ${err.message})`)
+      .then((tasks) => {
+        state.failure ??= failureFromError('probes', new InfraError(
+          `the probe runner did not exit within ${afterSec} s after its last probe (the guest may be spinning in the kernel; see console.log)${tasks.trim() ? `; blocked tasks:\n${tasks.trim().split('\n').slice(0, 40).join('\n')}` : ''}`,
+          undefined, 'runner-did-not-exit'));
+      })
+      .finally(() => stop.abort());
+  }, lab.timeouts.runnerExitSec);
   state.tap = '';
+  const tapFile = path.join(runDir, 'probes.tap');
+  writeFileSync(tapFile, '');
+  // The runner's exit status is unknown when its channel closed under it: then QEMU may be gone.
+  let statusKnown = true;
   try {
     const r = await progress.run(`probes (${lab.probes.length})`, (step) => {
       let points = 0;
@@ -102,6 +118,8 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
         signal: stop.signal,
         onStdout: (chunk) => {
           state.tap += chunk;
+          // On disk as it comes: a SIGKILLed hwlab (no collect()) still leaves the TAP so far.
+          try { appendFileSync(tapFile, chunk); } catch { /* collect() writes it whole */ }
           watchdog.push(chunk);
           requests.push(chunk);
           points += countPoints(chunk);
@@ -115,6 +133,7 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
       await m.exec(['sh', '-c', 'kill -9 $(pidof node) 2>/dev/null; true'], { timeoutMs: 5000 }).catch(() => {});
     } else {
       if (r.stderr.trim()) await writeFile(path.join(runDir, 'probes-stderr.log'), r.stderr);
+      statusKnown = r.code !== null && r.code !== undefined || !!r.signal;
       if (r.code !== RUNNER_EXIT.ok) {
         throw new InfraError(`probe runner exited ${r.code ?? r.signal}: ${r.stderr.trim().split('\n').slice(-5).join(' | ')}`, undefined, 'runner-exit');
       }
@@ -122,7 +141,9 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
   } catch (err) {
     // Whatever ended the phase, the probes that finished keep their results; the one cut off fails as interrupted.
     if (err instanceof ChannelLostError && err.stdout.length > state.tap.length) state.tap = err.stdout;
-    state.failure ??= failureFromError('probes', err);
+    // A runner that ended with no exit status, or a lost channel, is often QEMU gone under it: say that instead.
+    const gone = await exitWithin(m, statusKnown && !(err instanceof ChannelLostError) ? 0 : 3000);
+    state.failure ??= failureFromError('probes', gone ? machineGoneError(gone, 'probes') : err);
   } finally {
     watchdog.stop();
     ctx.timings.probes = (Date.now() - t0) / 1000;

@@ -4,6 +4,9 @@
 // the TAP stream: a top-level "# Subtest:" line starts a probe's clock, its
 // closing test point stops it. When a clock runs out the caller collects the
 // guest's blocked tasks and ends the probe phase, keeping the TAP so far.
+// After the last probe closes, the runner itself gets a short budget to exit
+// (a kernel spinning after the last probe used to hold the run until the
+// whole phase's timeout, 600 s).
 
 import { isTopLevelPoint, subtestName } from '../protocol/protocol.ts';
 
@@ -20,7 +23,11 @@ export interface ProbeTimeout {
 }
 
 
+/** Seconds the runner has to exit once its last probe has closed (it only prints the plan's end and exits). */
+export const RUNNER_EXIT_BUDGET_SEC = 30;
+
 export class ProbeWatchdog {
+  private exitTimer: NodeJS.Timeout | undefined;
   private buffered = '';
   private started = 0;
   private running: { index: number; timer: NodeJS.Timeout } | undefined;
@@ -29,6 +36,9 @@ export class ProbeWatchdog {
   constructor(
     private readonly budgets: readonly ProbeBudget[],
     private readonly onTimeout: (t: ProbeTimeout) => void,
+    /** Called when the runner has not exited RUNNER_EXIT_BUDGET_SEC (or exitBudgetSec) after its last probe closed. */
+    private readonly onRunnerStuck?: (afterSec: number) => void,
+    private readonly exitBudgetSec = RUNNER_EXIT_BUDGET_SEC,
   ) {}
 
   /** Feeds runner stdout; chunks may split lines anywhere. */
@@ -55,6 +65,12 @@ export class ProbeWatchdog {
   }
 
   stop(): void {
+    this.stopProbe();
+    if (this.exitTimer) clearTimeout(this.exitTimer);
+    this.exitTimer = undefined;
+  }
+
+  private stopProbe(): void {
     if (this.running) clearTimeout(this.running.timer);
     this.running = undefined;
   }
@@ -62,7 +78,7 @@ export class ProbeWatchdog {
   private line(line: string): void {
     if (this.fired) return;
     if (subtestName(line) !== null) {
-      this.stop();
+      this.stopProbe();
       const index = this.started++;
       const budget = this.budgets[index];
       if (!budget) return;
@@ -74,7 +90,12 @@ export class ProbeWatchdog {
       timer.unref();
       this.running = { index, timer };
     } else if (isTopLevelPoint(line)) {
-      this.stop();
+      const wasRunning = this.running !== undefined;
+      this.stopProbe();
+      if (wasRunning && this.started === this.budgets.length && this.onRunnerStuck && !this.exitTimer) {
+        this.exitTimer = setTimeout(() => this.onRunnerStuck?.(this.exitBudgetSec), this.exitBudgetSec * 1000);
+        this.exitTimer.unref();
+      }
     }
   }
 }

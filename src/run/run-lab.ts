@@ -17,6 +17,7 @@ import { writeReports } from '../reports/write.ts';
 import { ensureHwlabKey } from '../session/keys.ts';
 import { resultsWithoutMachine } from './collect.ts';
 import { runOnMachine } from './on-machine.ts';
+import { checkHostMemory, preflightInputs } from './preflight.ts';
 import { prepareLab, type PrepareOptions } from './prepare.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -57,12 +58,15 @@ async function finish(results: RunResults, lab: LabSpec, opts: RunOptions): Prom
 
 export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome> {
   const startedAt = Date.now();
+  // Bad input files are refused before the run folder, a download or a build exists.
+  await preflightInputs(lab, opts);
   const runDir = await openRunFolder(lab, opts);
   const timings: Record<string, number> = {};
   let prepared;
   try {
     if (!opts.backend) await ensureHostTools((l) => opts.progress.info(l));
     prepared = await prepareLab(lab, opts, runDir);
+    if (!opts.backend) await checkHostMemory(lab);
   } catch (err) {
     // Nothing booted; the folder still says why the run stopped, and results.json says which class that is.
     const failure = failureFromError('prepare', err);

@@ -1,9 +1,12 @@
 // Content-addressed cache entries under one root. An entry is a directory
 // that is visible only once complete: it is built in a temp directory beside
 // it and renamed into place, so an interrupted or failed build never leaves
-// an entry a later run would trust.
+// an entry a later run would trust. The manifest lists the entry's files with
+// their size and sha256, and an entry is checked against it when a run uses
+// it: a truncated kernel, a flipped byte in a module or a deleted file makes
+// the entry corrupt, and it is removed and built again instead of booted.
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, rmSync } from 'node:fs';
+import { createReadStream, existsSync, rmSync } from 'node:fs';
 import { mkdir, readdir, rename, rm, stat, utimes, writeFile, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -40,7 +43,17 @@ export interface CacheEntryInfo {
   bytes?: number;
   /** When a run last used the entry (the manifest's mtime, touched on every hit). */
   lastUsed?: string;
+  /** Every checked file (relative path) with its size and sha256, as built; absent in entries of older hwlab versions. */
+  files?: Record<string, { size: number; sha256: string }>;
 }
+
+/**
+ * Top-level directories of an entry that are not checked on use: a kernel
+ * build's objects (obj/, only an input to later incremental builds, and tens
+ * of thousands of files) and an unpacked source tree (tree/). What a boot
+ * reads (kernel image, modules, disks, initramfs) is always checked.
+ */
+const UNCHECKED_DIRS = new Set(['obj', 'tree']);
 
 const MANIFEST = 'hwlab-entry.json';
 
@@ -50,6 +63,86 @@ export function entryDir(kind: string, key: string): string {
 
 export function isComplete(dir: string): boolean {
   return existsSync(path.join(dir, MANIFEST));
+}
+
+async function fileSha256(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** Regular files under dir (relative paths), but the UNCHECKED_DIRS at the top and the manifest. */
+async function checkedFiles(dir: string, rel = ''): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of await readdir(path.join(dir, rel), { withFileTypes: true })) {
+    const r = rel ? `${rel}/${d.name}` : d.name;
+    if (!rel && (d.name === MANIFEST || UNCHECKED_DIRS.has(d.name))) continue;
+    if (d.isDirectory()) out.push(...await checkedFiles(dir, r));
+    else if (d.isFile()) out.push(r);
+  }
+  return out.sort();
+}
+
+/** Size and sha256 of every checked file of a finished build directory. */
+export async function contentList(dir: string): Promise<NonNullable<CacheEntryInfo['files']>> {
+  const out: NonNullable<CacheEntryInfo['files']> = {};
+  for (const f of await checkedFiles(dir)) {
+    out[f] = { size: (await stat(path.join(dir, f))).size, sha256: await fileSha256(path.join(dir, f)) };
+  }
+  return out;
+}
+
+/** Entries already checked by this process: a matrix run uses one kernel for many cells. */
+const verified = new Set<string>();
+/** For tests that damage an entry this process has checked already. */
+export function resetVerified(): void {
+  verified.clear();
+}
+
+/**
+ * Whether a complete entry still holds what its manifest lists: each file
+ * present with its size and sha256, and no file missing. The first problem,
+ * or null when it is intact (or from an hwlab that listed no files).
+ */
+export async function entryProblem(dir: string): Promise<string | null> {
+  if (verified.has(dir)) return null;
+  let info: CacheEntryInfo;
+  try {
+    info = JSON.parse(await readFile(path.join(dir, MANIFEST), 'utf8')) as CacheEntryInfo;
+  } catch (err) {
+    return `unreadable manifest (${(err as Error).message})`;
+  }
+  if (!info.files) return null;
+  for (const [f, want] of Object.entries(info.files)) {
+    const st = await stat(path.join(dir, f)).catch(() => null);
+    if (!st) return `${f} is missing`;
+    if (st.size !== want.size) return `${f} is ${st.size} bytes, ${want.size} when built`;
+    if (await fileSha256(path.join(dir, f)) !== want.sha256) return `${f} does not have the sha256 it had when built`;
+  }
+  verified.add(dir);
+  return null;
+}
+
+/**
+ * Checks a complete entry before use. A corrupt one is moved aside (so no
+ * other run picks it up meanwhile) and removed; the caller builds it again.
+ * `onCorrupt` hears what was wrong. True when the entry can be used.
+ */
+export async function usableEntry(dir: string, onCorrupt?: (problem: string) => void): Promise<boolean> {
+  if (!isComplete(dir)) return false;
+  const problem = await entryProblem(dir);
+  if (!problem) return true;
+  onCorrupt?.(`cache entry ${dir} is corrupt (${problem}); removed, building it again`);
+  const aside = path.join(path.dirname(dir), `.corrupt-${path.basename(dir)}-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await rename(dir, aside).catch(() => {});
+  await rm(aside, { recursive: true, force: true });
+  return false;
+}
+
+/** Who is told about corrupt entries (the CLI's progress); stderr by default. */
+let corruptListener: (message: string) => void = (m) => process.stderr.write(`hwlab: ${m}\n`);
+export function onCorruptEntry(fn: (message: string) => void): void {
+  corruptListener = fn;
 }
 
 /**
@@ -63,7 +156,7 @@ export async function ensureEntry(
   build: (tmpDir: string) => Promise<void>,
 ): Promise<{ dir: string; hit: boolean }> {
   const dir = entryDir(kind, key);
-  if (isComplete(dir)) {
+  if (await usableEntry(dir, corruptListener)) {
     await markUsed(dir);
     return { dir, hit: true };
   }
@@ -79,7 +172,7 @@ export async function ensureEntry(
   process.once('exit', onExit);
   try {
     await build(tmp);
-    const info: CacheEntryInfo = { kind, key, dir, createdAt: new Date().toISOString(), label };
+    const info: CacheEntryInfo = { kind, key, dir, createdAt: new Date().toISOString(), label, files: await contentList(tmp) };
     await writeFile(path.join(tmp, MANIFEST), JSON.stringify(info, null, 2));
     // A half-built leftover from a crashed run (no manifest) is not an entry: replace it.
     if (existsSync(dir) && !isComplete(dir)) await rm(dir, { recursive: true, force: true });

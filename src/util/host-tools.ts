@@ -21,6 +21,8 @@ export const HOST_TOOLS: Record<string, string> = {
   xz: 'xz-utils',
   zstd: 'zstd',
   chroot: 'coreutils',
+  // Binds QEMU and make to hwlab's life (see boundToHwlab).
+  setpriv: 'util-linux',
   // Source builds (kernel, drivers, hwlab's own modules).
   make: 'make',
   gcc: 'gcc',
@@ -39,6 +41,17 @@ export const HOST_FILES: Record<string, string> = {
 };
 /** The Debian archive keyring debootstrap and the private apt configuration verify with. */
 export const KEYRING = { file: '/usr/share/keyrings/debian-archive-keyring.gpg', pkg: 'debian-archive-keyring' };
+/**
+ * The argv that runs `binary args` so that it is SIGKILLed when hwlab dies,
+ * even by SIGKILL (when no cleanup handler runs): util-linux's setpriv sets
+ * PR_SET_PDEATHSIG and execs the command, which keeps the setting. QEMU has
+ * no exit-with-parent option before 9.x; make would go on writing into a
+ * build tree whose lock its hwlab no longer holds.
+ */
+export function boundToHwlab(binary: string, args: string[]): [string, string[]] {
+  return ['setpriv', ['--pdeathsig', 'KILL', '--', binary, ...args]];
+}
+
 /** Is `cmd` on PATH (or in /usr/sbin, /sbin, which a non-login root shell may lack)? */
 export async function which(cmd: string): Promise<boolean> {
   const dirs = (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin']);

@@ -3,9 +3,20 @@
 // schema, a later cross-check) is reported as `file:line:col: path: message`,
 // all of them at once, in one YamlError. Shared by the lab stage (src/lab) and
 // the image recipes (src/image/recipe.ts); it knows nothing of either.
-import { LineCounter, parseDocument, isMap, isSeq, isScalar, isAlias, type Document } from 'yaml';
+import { readFile, stat } from 'node:fs/promises';
+import { LineCounter, parseDocument, isMap, isSeq, isScalar, isAlias, isPair, type Document } from 'yaml';
 import { z } from 'zod';
 import { InputError } from './errors.ts';
+import { quoteForTerminal, escapeForTerminal } from './text.ts';
+
+/**
+ * Limits on any hwlab YAML file (labs, image recipes, matrix files): the
+ * biggest lab shipped is about 5 KB, so 1 MiB is generous, and a file past it
+ * is refused before the parser spends seconds on it. Aliases are expanded at
+ * most this many times (an "alias bomb" multiplies them).
+ */
+export const MAX_YAML_BYTES = 1 << 20;
+export const MAX_YAML_ALIASES = 100;
 
 // ---------------------------------------------------------------------------
 // Located issues
@@ -22,8 +33,9 @@ export interface YamlIssue {
   message: string;
 }
 
+/** One issue as a line; control and bidi characters (in the file name, the path or the message) are escaped, so a line reads as it is. */
 export function formatIssue(i: YamlIssue): string {
-  return `${i.file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`;
+  return escapeForTerminal(`${i.file}:${i.line}:${i.col}: ${i.path ? `${i.path}: ` : ''}${i.message}`);
 }
 
 /** Everything wrong with a YAML file (a lab, an image recipe); `message` has one `file:line:col: path: message` line per issue. */
@@ -109,7 +121,7 @@ export function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'a map';
-  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'string') return quoteForTerminal(v);
   return String(v);
 }
 
@@ -160,7 +172,8 @@ function reportZodIssue(src: YamlSource, data: unknown, issue: z.ZodIssue): void
       else src.add(p, `must be ${issue.inclusive ? 'at least' : 'greater than'} ${issue.minimum} (got ${describe(got)})`);
       return;
     case 'too_big':
-      if (issue.type === 'array') src.add(p, `must have at most ${issue.maximum} entries`);
+      if (issue.type === 'array') src.add(p, `must have at most ${issue.maximum} entries${Array.isArray(got) ? ` (got ${got.length})` : ''}`);
+      else if (issue.type === 'string') src.add(p, `must be at most ${issue.maximum} characters (got ${typeof got === 'string' ? `${got.length}: ${describe(got)}` : describe(got)})`);
       else src.add(p, `must be ${issue.inclusive ? 'at most' : 'less than'} ${issue.maximum} (got ${describe(got)})`);
       return;
     case 'invalid_string':
@@ -171,16 +184,87 @@ function reportZodIssue(src: YamlSource, data: unknown, issue: z.ZodIssue): void
   }
 }
 
-/** Parse YAML keeping ranges; syntax errors are thrown as a YamlError. */
-export function readYaml(text: string, file: string): { src: YamlSource; data: unknown } {
+/**
+ * Parse YAML keeping ranges; syntax errors, duplicate keys (naming the key and
+ * its first occurrence) and alias bombs are thrown as a YamlError. `what`
+ * names the kind of file for "not a ... file" messages.
+ */
+export function readYaml(text: string, file: string, what = 'YAML'): { src: YamlSource; data: unknown } {
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
+  // uniqueKeys off: duplicates are found below, with both places named.
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: false });
   const src = new YamlSource(file, doc, lines);
+  const at = (pos: number) => lines.linePos(Math.min(pos, text.length));
   for (const e of doc.errors) {
-    src.issues.push({ file, ...lines.linePos(e.pos[0]), path: '', message: e.message.split('\n')[0] });
+    src.issues.push({ file, ...at(e.pos[0]), path: '', message: `not valid YAML: ${e.message.split('\n')[0].replace(/ at line \d+, column \d+.*$/, '')}` });
+    break; // after the first syntax error the rest are its echoes
   }
   if (src.issues.length) src.fail();
-  return { src, data: doc.toJS() };
+  let aliases = 0;
+  const walk = (node: unknown, p: Path): void => {
+    if (isAlias(node)) {
+      aliases++;
+      return;
+    }
+    if (isMap(node)) {
+      const first = new Map<string, number>();
+      for (const pair of node.items) {
+        if (!isPair(pair)) continue;
+        const keyNode = pair.key;
+        const key = isScalar(keyNode) ? String(keyNode.value) : String(keyNode);
+        const pos = rangeStart(keyNode) ?? 0;
+        const seen = first.get(key);
+        if (seen !== undefined) {
+          const f = lines.linePos(seen);
+          src.issues.push({ file, ...at(pos), path: pathString([...p, key]), message: `duplicate key ${quoteForTerminal(key)} (first at line ${f.line}, column ${f.col})` });
+        } else first.set(key, pos);
+        walk(pair.value, [...p, key]);
+      }
+    } else if (isSeq(node)) node.items.forEach((item, i) => walk(item, [...p, i]));
+  };
+  walk(doc.contents, []);
+  if (src.issues.length) src.fail();
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: MAX_YAML_ALIASES });
+  } catch (err) {
+    // yaml's ReferenceError for an alias expanded past maxAliasCount (or an alias to nothing).
+    src.issues.push({ file, line: 1, col: 1, path: '', message: `aliases expand too far (${aliases} aliases; at most ${MAX_YAML_ALIASES} expansions): ${(err as Error).message.split('\n')[0]}` });
+    src.fail();
+  }
+  if (data !== null && data !== undefined && (typeof data !== 'object' || Array.isArray(data))) {
+    src.issues.push({ file, line: 1, col: 1, path: '', message: `${article(what)} file: expected a map of keys (got ${describe(data).slice(0, 60)})` });
+    src.fail();
+  }
+  return { src, data };
+}
+
+/** "not a lab", "not an image recipe". */
+function article(what: string): string {
+  return `not ${/^[aeiou]/i.test(what) ? 'an' : 'a'} ${what}`;
+}
+
+/**
+ * The text of a YAML file hwlab reads (a lab, a recipe, a matrix file), after
+ * the checks that need no parser: a regular file, at most MAX_YAML_BYTES,
+ * UTF-8 text without NUL bytes. Any problem is a YamlError at 1:1.
+ */
+export async function readYamlFile(file: string, what: string): Promise<string> {
+  const refuse = (message: string): never => {
+    throw new YamlError([{ file, line: 1, col: 1, path: '', message }]);
+  };
+  const st = await stat(file).catch((e: NodeJS.ErrnoException) => refuse(`cannot read ${what} file: ${e.code === 'ENOENT' ? 'no such file' : e.message}`));
+  if (st.isDirectory()) refuse(`${article(what)} file: it is a directory`);
+  if (!st.isFile()) refuse(`${article(what)} file: not a regular file`);
+  if (st.size > MAX_YAML_BYTES) refuse(`${article(what)} file: ${st.size} bytes, more than the ${MAX_YAML_BYTES} a file may have`);
+  const bytes = await readFile(file).catch((e: Error) => refuse(`cannot read ${what} file: ${e.message}`));
+  const nul = bytes.indexOf(0);
+  if (nul >= 0) refuse(`${article(what)} file: binary content (a NUL byte at offset ${nul})`);
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    return refuse(`${article(what)} file: not UTF-8 text`);
+  }
 }
 
 /** Validate already-read YAML with a zod schema; schema issues are added to src (not thrown). */
@@ -192,8 +276,8 @@ export function validate<S extends z.ZodTypeAny>(src: YamlSource, data: unknown,
 }
 
 /** Parse + validate any hwlab YAML file (labs, image recipes); throws YamlError with located issues. */
-export function parseYamlWith<S extends z.ZodTypeAny>(text: string, file: string, schema: S): z.output<S> {
-  const { src, data } = readYaml(text, file);
+export function parseYamlWith<S extends z.ZodTypeAny>(text: string, file: string, schema: S, what = 'YAML'): z.output<S> {
+  const { src, data } = readYaml(text, file, what);
   const out = validate(src, data ?? {}, schema);
   if (out === undefined || src.issues.length) src.fail();
   return out;

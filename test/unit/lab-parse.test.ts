@@ -76,7 +76,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
       ['revoke-triggers', 'nvme0'], ['revoke-triggers', 'shm0'], ['rdma-reg-dmabuf-mr', 'shm0'], ['iommufd-map-file', 'shm0'], ['export-ranges', 'shm0'],
       ['lifetime', 'shm0'], ['rough-edges', 'nvme0'], ['stress', 'shm0'], ['hot-reset-set', 'shm3'], ['surprise-removal', 'shm2'],
     ].map(([name, device]) => ({ name, device })) as LabSpec['probes'],
-    timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20 },
+    timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20, runnerExitSec: 30 },
   };
   t.deepEqual({ ...lab, probes: lab.probes.map((p) => ({ name: p.name, device: p.device })) }, expected);
   t.deepEqual(lab.probes[0].params, { ...region, offset: 0, length: 0 });
@@ -132,12 +132,12 @@ test('iommu object form: caching_mode off, strict, passthrough', (t) => {
 
 test('YAML syntax errors are located', async (t) => {
   const e = await labError(loadLab(fx('bad-syntax.yaml')));
-  t.is(e.message, `${fx('bad-syntax.yaml')}:6:3: Flow sequence in block collection must be sufficiently indented and end with a ]`);
+  t.is(e.message, `${fx('bad-syntax.yaml')}:6:3: not valid YAML: Flow sequence in block collection must be sufficiently indented and end with a ]`);
 });
 
 test('duplicate YAML keys are errors', async (t) => {
   const e = await labError(() => parseLab(`${MINIMAL}image: other\n`, 'labs/dup.yaml'));
-  t.is(e.message, 'labs/dup.yaml:3:1: Map keys must be unique');
+  t.is(e.message, 'labs/dup.yaml:3:1: image: duplicate key "image" (first at line 2, column 1)');
 });
 
 test('schema errors: all at once, each with file:line:col and field', async (t) => {
@@ -215,19 +215,19 @@ test('a probe on a device type it does not accept', (t) => {
 test('image recipe must exist; the path tried is named', async (t) => {
   const f = fx('bad-image.yaml');
   const e = await labError(loadLab(f));
-  t.is(e.message, `${f}:2:8: image: no image recipe "trixie" (looked for ${path.join(fixtureImages, 'trixie.yaml')})`);
+  t.is(e.message, `${f}:2:8: image: no image recipe "trixie" (looked for ${path.join(fixtureImages, 'trixie.yaml')} and ${path.join(repo, 'images', 'trixie.yaml')})`);
 });
 
 test('empty file and wrong top-level type', (t) => {
   const empty = t.throws(() => parseLab('', 'labs/empty.yaml', { imagesDir: fixtureImages }), { instanceOf: YamlError });
   t.is(empty.message, 'labs/empty.yaml:1:1: kernel: is required\nlabs/empty.yaml:1:1: image: is required');
   const list = t.throws(() => parseLab('- a\n- b\n', 'labs/list.yaml'), { instanceOf: YamlError });
-  t.is(list.message, 'labs/list.yaml:1:1: expected a map (got a list)');
+  t.is(list.message, 'labs/list.yaml:1:1: not a lab file: expected a map of keys (got a list)');
 });
 
 test('unreadable file is a YamlError too', async (t) => {
   const e = await labError(loadLab('labs/does-not-exist.yaml'));
-  t.regex(e.message, /^labs\/does-not-exist\.yaml:1:1: cannot read lab file: ENOENT/);
+  t.regex(e.message, /^labs\/does-not-exist\.yaml:1:1: cannot read lab file: no such file$/);
 });
 
 test('kernel sections: source builds, fast path, and what each refuses', (t) => {

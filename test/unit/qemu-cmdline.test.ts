@@ -20,7 +20,7 @@ function lab(over: { iommu?: Partial<IommuSpec>; topology?: Partial<TopologySpec
     modules: ['vfio-pci'],
     dmabufAbi: 'ranges',
     probes: [],
-    timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20 },
+    timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20, runnerExitSec: 30 },
   };
 }
 

@@ -145,7 +145,9 @@ test('a kernel panic in the middle of a probe: the kernel\'s, attributed to that
   });
   t.deepEqual([results.outcome.class, results.outcome.code], ['kernel', 'BUG']);
   t.regex(results.outcome.title, /^BUG: kernel NULL pointer dereference in vfio_pci_dma_buf_move/);
-  t.is(results.failure?.code, 'ssh-lost');
+  // QEMU ended (panic=-1 reboots, and QEMU runs with -no-reboot): the failure says so, the class stays the kernel's.
+  t.is(results.failure?.code, 'qemu-died');
+  t.is(results.failure?.message.split(';')[0], 'QEMU exited with code 0 during the probes');
   t.true(results.probes[0].ok);
   t.is(results.probes[1].name, lab.probes[1].name);
   t.false(results.probes[1].ok);
@@ -161,6 +163,46 @@ test('the SSH channel dropping mid-probe without a kernel report is infra; finis
   t.is(results.failure?.phase, 'probes');
   t.true(results.probes[0].ok);
   t.regex(String(results.probes[1].diagnostics?.error), /interrupted/);
+});
+
+test('QEMU killed by a signal mid-probe (issue 16): infra, the signal named, finished probes and the TAP so far kept', async (t) => {
+  const { results, runDir } = await run(t, {
+    runner: [header(lab.probes.length), ...probeSteps(1, lab.probes[0].name, [[true, 'exports']]),
+      { stdout: `# Subtest: ${lab.probes[1].name}\n    ok 1 - opened\n` }, { die: { code: null, signal: 'SIGKILL' } }],
+  });
+  t.deepEqual([results.outcome.class, results.outcome.code], ['infra', 'qemu-died']);
+  t.is(results.outcome.title, 'QEMU was killed by SIGKILL during the probes; the results up to then are kept (see console.log and qemu-stderr.log)');
+  t.is(results.failure?.phase, 'probes');
+  t.true(results.probes[0].ok);
+  t.regex(String(results.probes[1].diagnostics?.error), /interrupted/);
+  t.regex(await readFile(path.join(runDir, 'probes.tap'), 'utf8'), /ok 1 - opened/);
+});
+
+test('a runner that does not exit after its last probe (a kernel spinning): the phase ends after timeouts.runner_exit, not timeouts.probes; a soft lockup on the console makes it the kernel\'s', async (t) => {
+  const quick: LabSpec = { ...lab, timeouts: { ...lab.timeouts, runnerExitSec: 1, probesSec: 600 } };
+  const start = Date.now();
+  const { results, m } = await run(t, { runner: [...allPass(quick), { hang: true }], blockedTasks: 'task:kworker/0:1 state:D\n  vfio_pci_dma_buf_cleanup+0x1/0x2\n' }, quick);
+  t.true(Date.now() - start < 15_000, `ended after ${Date.now() - start} ms`);
+  t.deepEqual([results.outcome.class, results.outcome.code], ['infra', 'runner-did-not-exit']);
+  t.regex(results.outcome.title, /^the probe runner did not exit within 1 s after its last probe/);
+  t.regex(results.failure?.message ?? '', /vfio_pci_dma_buf_cleanup/);
+  t.true(results.probes.every((p) => p.ok), 'every probe keeps its pass');
+  t.true(m.calls.some((c) => c.argv[2]?.includes('pidof node')), 'the stuck runner was killed');
+  const spinning = await run(t, {
+    runner: [...allPass(quick), ...[
+      'watchdog: BUG: soft lockup - CPU#1 stuck for 22s! [node:412]',
+      'Modules linked in: vfio_pci vfio_pci_core',
+      'CPU: 1 UID: 0 PID: 412 Comm: node Not tainted 7.2.13 #1',
+      'RIP: 0010:vfio_pci_dma_buf_move+0x1a/0x90 [vfio_pci_core]',
+      'Call Trace:',
+      ' <TASK>',
+      ' vfio_pci_core_close_device+0x40/0x90 [vfio_pci_core]',
+      ' </TASK>',
+    ].map((l) => ({ console: l })), { hang: true }],
+  }, quick);
+  t.deepEqual([spinning.results.outcome.class, spinning.results.outcome.code], ['kernel', 'lockup']);
+  t.regex(spinning.results.outcome.title, /^BUG: soft lockup/);
+  t.is(spinning.results.failure?.code, 'runner-did-not-exit');
 });
 
 test('a failing point is a fail; the runner exiting non-zero after it is recorded but does not hide it', async (t) => {
