@@ -261,6 +261,19 @@ async function runMake(args: string[], req: KernelBuildRequest, src: string, obj
   }
 }
 
+/**
+ * Removes a kernel-build entry of this tree under the tree's build lock, so no
+ * build of the tree is copying its objects as its incremental base meanwhile
+ * (tests and benchmarks drop the entries of their throw-away patches).
+ */
+export async function removeKernelBuild(tree: KernelTree, kernel: SourceKernel, step: Step): Promise<void> {
+  const work = workDir(tree);
+  await mkdir(work, { recursive: true });
+  await withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000,
+    () => rm(kernel.cacheDir, { recursive: true, force: true }),
+    (pid) => step.update(`waiting for hwlab process ${pid}, which is building this tree`));
+}
+
 export async function buildKernel(req: KernelBuildRequest): Promise<SourceKernel> {
   const work = workDir(req.tree);
   await mkdir(work, { recursive: true });
