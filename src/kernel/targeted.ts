@@ -54,9 +54,12 @@ export function cmdTarget(relCmdPath: string): string {
 /**
  * Decides between a whole-tree make and a targeted module rebuild, from the
  * base build's objects (objDir, built from srcDir) and the tree-relative files
- * whose content differs from what that build compiled.
+ * whose content differs from what that build compiled. kbuild records a
+ * dependency relative to the object tree it built in (../src/include/... when
+ * src/ and obj/ are siblings) or absolute; objtree says where that was, when
+ * the objects were read from a copy (default objDir).
  */
-export async function planRebuild(opts: { objDir: string; srcDir: string; changed: string[] }): Promise<RebuildPlan> {
+export async function planRebuild(opts: { objDir: string; srcDir: string; changed: string[]; objtree?: string }): Promise<RebuildPlan> {
   const changed = [...new Set(opts.changed)].sort();
   if (changed.length === 0) return { kind: 'whole-tree', reason: 'no file differs from the base build' };
   const notSource = changed.filter((f) => !SOURCE_FILE.test(f));
@@ -65,7 +68,8 @@ export async function planRebuild(opts: { objDir: string; srcDir: string; change
   }
   const mods = await moduleObjects(opts.objDir);
   if (!mods) return { kind: 'whole-tree', reason: 'the base build has no modules.order or .mod files' };
-  const wanted = new Map(changed.map((f) => [path.join(opts.srcDir, f), f]));
+  const objtree = opts.objtree ?? opts.objDir;
+  const wanted = new Map(changed.map((f) => [path.resolve(opts.srcDir, f), f]));
   const affected = new Set<string>();
   const entries = await readdir(opts.objDir, { recursive: true, withFileTypes: true });
   for (const e of entries) {
@@ -73,11 +77,15 @@ export async function planRebuild(opts: { objDir: string; srcDir: string; change
     const full = path.join(e.parentPath ?? e.path, e.name);
     const text = await readFile(full, 'utf8');
     // Cheap pre-check before tokenising: most .cmd files mention none of the files.
-    if (![...wanted.keys()].some((w) => text.includes(w))) continue;
-    const tokens = new Set(text.split(/[\s\\]+/));
+    if (!changed.some((rel) => text.includes(rel))) continue;
+    const deps = new Set<string>();
+    for (const tok of text.split(/[\s\\]+/)) {
+      if (!tok || tok.startsWith('$') || tok.startsWith('-') || tok.endsWith(':') || tok === ':=') continue;
+      if (changed.some((rel) => tok.endsWith(rel))) deps.add(path.resolve(objtree, tok));
+    }
     const target = cmdTarget(path.relative(opts.objDir, full));
     for (const [abs, rel] of wanted) {
-      if (!tokens.has(abs)) continue;
+      if (!deps.has(abs)) continue;
       const owner = mods.objectOwner.get(target);
       if (!owner) return { kind: 'whole-tree', reason: `${rel} goes into ${target}, which is not part of a module` };
       affected.add(owner);

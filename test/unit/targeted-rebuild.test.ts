@@ -11,12 +11,19 @@ import { cmdTarget, planRebuild } from '../../src/kernel/targeted.ts';
 import { rebuildMode } from '../../src/kernel/build.ts';
 import { InputError } from '../../src/util/errors.ts';
 
-const SRC = '/cache/kbuild-work/abc/src';
+let SRC: string;
 let obj: string;
 
-/** A .cmd file as kbuild writes it for a compiled object (target objtree-relative). */
-function cmdFile(target: string, deps: string[]): string {
-  const src = `${SRC}/${target.replace(/\.o$/, '.c')}`;
+/**
+ * A .cmd file as kbuild writes it for a compiled object (target
+ * objtree-relative): with src/ and obj/ siblings, the source and its
+ * dependencies relative to the object tree (../src/...), the -I and -include
+ * paths absolute. `absolute` writes the dependencies absolute, as kbuild does
+ * when the source tree is elsewhere.
+ */
+function cmdFile(target: string, deps: string[], absolute = false): string {
+  const srcTree = absolute ? SRC : '../src';
+  const src = `${srcTree}/${target.replace(/\.o$/, '.c')}`;
   return [
     `savedcmd_${target} := gcc -Wp,-MMD,${path.dirname(target)}/.${path.basename(target)}.d -nostdinc -I${SRC}/include -include ${SRC}/include/linux/kconfig.h -c -o ${target} ${src}`,
     '',
@@ -24,7 +31,7 @@ function cmdFile(target: string, deps: string[]): string {
     '',
     `deps_${target} := \\`,
     `  ${src} \\`,
-    ...deps.map((d) => `  ${SRC}/${d} \\`),
+    ...deps.map((d) => `  ${srcTree}/${d} \\`),
     `  $(wildcard include/config/VFIO_PCI_DMABUF) \\`,
     '',
     `${target}: $(deps_${target})`,
@@ -39,7 +46,9 @@ async function put(rel: string, text: string): Promise<void> {
 const cmdPath = (target: string) => path.join(path.dirname(target), `.${path.basename(target)}.cmd`);
 
 test.before(async () => {
-  obj = await mkdtemp(path.join(os.tmpdir(), 'hwlab-targeted-'));
+  const work = await mkdtemp(path.join(os.tmpdir(), 'hwlab-targeted-'));
+  obj = path.join(work, 'obj');
+  SRC = path.join(work, 'src');
   await put('modules.order', 'drivers/vfio/vfio.o\ndrivers/vfio/pci/vfio-pci-core.o\ndrivers/vfio/pci/vfio-pci.o\n');
   await put('drivers/vfio/vfio.mod', 'drivers/vfio/vfio_main.o drivers/vfio/group.o\n');
   await put('drivers/vfio/pci/vfio-pci-core.mod', 'drivers/vfio/pci/vfio_pci_core.o drivers/vfio/pci/vfio_pci_dmabuf.o\n');
@@ -48,7 +57,7 @@ test.before(async () => {
   await put(cmdPath('drivers/vfio/pci/vfio_pci_core.o'), cmdFile('drivers/vfio/pci/vfio_pci_core.o', [privH, 'include/linux/vfio_pci_core.h', 'include/linux/dma-buf.h']));
   await put(cmdPath('drivers/vfio/pci/vfio_pci_dmabuf.o'), cmdFile('drivers/vfio/pci/vfio_pci_dmabuf.o', [privH, 'include/linux/vfio_pci_core.h', 'include/linux/dma-buf.h']));
   await put(cmdPath('drivers/vfio/pci/vfio_pci.o'), cmdFile('drivers/vfio/pci/vfio_pci.o', ['include/linux/vfio_pci_core.h']));
-  await put(cmdPath('drivers/vfio/vfio_main.o'), cmdFile('drivers/vfio/vfio_main.o', ['include/linux/vfio.h']));
+  await put(cmdPath('drivers/vfio/vfio_main.o'), cmdFile('drivers/vfio/vfio_main.o', ['include/linux/vfio.h'], true));
   await put(cmdPath('drivers/vfio/group.o'), cmdFile('drivers/vfio/group.o', ['include/linux/vfio.h']));
   // Built in: dma-buf core, and a host tool.
   await put(cmdPath('drivers/dma-buf/dma-buf.o'), cmdFile('drivers/dma-buf/dma-buf.o', ['include/linux/dma-buf.h']));
@@ -56,7 +65,7 @@ test.before(async () => {
   // The link of a composite module object and its .mod.o: no source dependencies of the driver.
   await put(cmdPath('drivers/vfio/pci/vfio-pci-core.o'), 'savedcmd_drivers/vfio/pci/vfio-pci-core.o := ld -m elf_x86_64 -r -o drivers/vfio/pci/vfio-pci-core.o @drivers/vfio/pci/vfio-pci-core.mod\n');
 });
-test.after.always(() => rm(obj, { recursive: true, force: true }));
+test.after.always(() => rm(path.dirname(obj), { recursive: true, force: true }));
 
 const plan = (changed: string[]) => planRebuild({ objDir: obj, srcDir: SRC, changed });
 
@@ -74,6 +83,17 @@ test('a header only modules include: modules, every including module affected', 
   const p = await plan(['include/linux/vfio_pci_core.h', 'drivers/vfio/pci/vfio_pci_priv.h']);
   t.is(p.kind, 'modules');
   if (p.kind === 'modules') t.deepEqual(p.affected, ['drivers/vfio/pci/vfio-pci-core.ko', 'drivers/vfio/pci/vfio-pci.ko']);
+});
+
+test('dependencies written absolute count too', async (t) => {
+  const p = await plan(['include/linux/vfio.h']);
+  t.is(p.kind, 'modules');
+  if (p.kind === 'modules') t.deepEqual(p.affected, ['drivers/vfio/vfio.ko']);
+});
+
+test('objects read from a copy resolve their dependencies against the tree they were built in', async (t) => {
+  const p = await planRebuild({ objDir: obj, objtree: '/elsewhere/obj', srcDir: '/elsewhere/src', changed: ['include/linux/dma-buf.h'] });
+  t.is(p.kind, 'whole-tree');
 });
 
 test('a header a built-in object includes needs the whole tree, naming the object', async (t) => {
