@@ -27,6 +27,35 @@ import { qemuBackend, startQemu } from './qemu.ts';
 /** Devices QEMU 7.2 refuses to migrate (test/bench/migration-blockers.ts); ivshmem-plain migrates as master. */
 const UNMIGRATABLE_ENDPOINTS: readonly EndpointType[] = ['nvme'];
 const UNMIGRATABLE_IOMMUS: readonly string[] = ['amd'];
+/**
+ * Devices QEMU 7.2 migrates without any state (no vmstate: `-dump-vmstate`
+ * has no entry for them): they come back at reset, config space included, so
+ * their BARs are unassigned and bus mastering is off while the guest kernel
+ * believes otherwise (seen: edu's DMA failing EIO after a restore). The guest
+ * removes and rescans them, and its kernel sets them up again.
+ */
+const STATELESS_ENDPOINTS: readonly EndpointType[] = ['edu', 'pci-testdev'];
+
+/**
+ * Shell glob for an endpoint's sysfs directory from its devfn path (the bus
+ * numbers are the guest's business): /sys/devices/pci0000:00/0000:00:10.0/<any>:00.0/...
+ */
+export function sysfsGlob(devfns: string[]): string {
+  for (const d of devfns) if (!/^[0-9a-f]{2}\.[0-7]$/.test(d)) throw new InfraError(`bad devfn ${JSON.stringify(d)} in a PCI path`);
+  const [first, ...rest] = devfns;
+  return ['/sys/devices/pci0000:00', `0000:00:${first}`, ...rest.map((d) => `*:${d}`)].join('/');
+}
+
+/** Removes and rescans the endpoints whose device state QEMU does not migrate, and checks that each came back. */
+async function reenumerateStateless(m: MachineInstance, lab: LabSpec, timeoutMs: number): Promise<void> {
+  const globs = lab.topology.endpoints.filter((e) => STATELESS_ENDPOINTS.includes(e.type)).map((e) => sysfsGlob(m.pciPaths[e.id]));
+  if (!globs.length) return;
+  // Fixed script; the globs (checked hex, dots and colons) come as arguments and are expanded unquoted on purpose.
+  const script = 'for p in "$@"; do for d in $p; do echo 1 > "$d/remove"; done; done; echo 1 > /sys/bus/pci/rescan; ' +
+    'for p in "$@"; do set -- $p; [ -e "$1" ] || { echo "not back after rescan: $p" >&2; exit 1; }; done';
+  const r = await m.exec(['sh', '-c', script, 'sh', ...globs], { timeoutMs });
+  if (r.code !== 0) throw new InfraError(`after restoring the guest: re-enumerating ${globs.join(' ')} failed: ${r.stderr.trim()}`, undefined, 'snapshot');
+}
 
 /** Why a lab's machine cannot be saved, or null when it can. */
 export function whyNotMigratable(lab: LabSpec): string | null {
@@ -107,8 +136,8 @@ async function filesUnder(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Brings a restored guest up to date: the wall clock, and /lib/modules as this run's build has it. */
-async function refreshRestoredGuest(m: MachineInstance, modulesRoot: string, timeoutMs: number): Promise<void> {
+/** Brings a restored guest up to date: the wall clock, /lib/modules as this run's build has it, devices without migrated state. */
+async function refreshRestoredGuest(m: MachineInstance, lab: LabSpec, modulesRoot: string, timeoutMs: number): Promise<void> {
   const run = async (argv: string[]) => {
     const r = await m.exec(argv, { timeoutMs });
     if (r.code !== 0) throw new InfraError(`after restoring the guest: ${argv.join(' ')} exited ${r.code}: ${r.stderr.trim()}`, undefined, 'snapshot');
@@ -119,6 +148,7 @@ async function refreshRestoredGuest(m: MachineInstance, modulesRoot: string, tim
   const tree = path.join(modulesRoot, 'lib/modules');
   await run(['mount', '-t', 'tmpfs', '-o', 'mode=0755', 'hwlab-modules', '/lib/modules']);
   await m.upload((await filesUnder(tree)).map((rel) => ({ local: path.join(tree, rel), remote: `/lib/modules/${rel}` })), timeoutMs);
+  await reenumerateStateless(m, lab, timeoutMs);
 }
 
 /** A QEMU instance whose waitReady also refreshes a restored guest and records what happened. */
@@ -159,7 +189,7 @@ async function startWithSnapshot(config: MachineConfig): Promise<MachineInstance
     const modulesRoot = config.modulesRoot;
     const inner = await startQemu(config, { kind: 'restore', from: snapshotFiles(dir) });
     return new SnapshotInstance(inner, async (deadline) => {
-      await refreshRestoredGuest(inner, modulesRoot, Math.max(10_000, deadline - Date.now()));
+      await refreshRestoredGuest(inner, config.lab, modulesRoot, Math.max(10_000, deadline - Date.now()));
       // Seconds from QEMU's start to a ready, refreshed guest.
       await record(config.runDir, { action: 'restored', key, seconds: (Date.now() - started) / 1000 });
     });

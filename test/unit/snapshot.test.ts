@@ -12,7 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildQemuCommand } from '../../src/machine/cmdline.ts';
 import { qemuBackend } from '../../src/machine/qemu.ts';
-import { cpioContentHash, defaultQemuBackend, snapshotQemuBackend, whyNotMigratable } from '../../src/machine/snapshot.ts';
+import { cpioContentHash, defaultQemuBackend, snapshotQemuBackend, sysfsGlob, whyNotMigratable } from '../../src/machine/snapshot.ts';
 import { loadLab } from '../../src/lab/load.ts';
 import { InputError } from '../../src/util/errors.ts';
 
@@ -75,4 +75,11 @@ test('HWLAB_SNAPSHOT: on restores, off or unset boots, anything else is refused 
   t.is(defaultQemuBackend({ HWLAB_SNAPSHOT: 'on' }), snapshotQemuBackend);
   const err = t.throws(() => defaultQemuBackend({ HWLAB_SNAPSHOT: '1' }), { instanceOf: InputError });
   t.is(err?.message, 'environment variable HWLAB_SNAPSHOT: must be one of on, off (got "1")');
+});
+
+test('sysfsGlob: the sysfs directory from its devfn path, any bus numbers below the root complex; bad devfns refused', async (t) => {
+  const smoke = await loadLab(path.join(repo, 'labs/smoke.yaml'));
+  const paths = buildQemuCommand({ ...base, lab: smoke }).pciPaths;
+  t.is(sysfsGlob(paths.edu0), '/sys/devices/pci0000:00/0000:00:10.0/*:00.0/*:01.0/*:00.0');
+  t.throws(() => sysfsGlob(['10.0', '00.0; rm -rf /']), { message: /bad devfn/ });
 });
