@@ -3,7 +3,9 @@
 // `initcall_debug`, then the console's printk timestamps split into steps
 // (kernel until the initramfs runs, initramfs, guest init until sshd) and the
 // slowest initcalls. Prints figures; asserts nothing.
-//   node --import tsx test/bench/boot-steps.ts [lab.yaml] [--top N]
+//   node --import tsx test/bench/boot-steps.ts [lab.yaml] [--top N] [--append WORD]...
+// --append adds kernel command-line words, to measure a trimming candidate
+// (e.g. pty.legacy_count=0) against a boot without it.
 import { execa } from 'execa';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -20,7 +22,7 @@ import { runCleanups } from '../../src/util/cleanup.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '15' } } });
+const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string', default: '15' }, append: { type: 'string', multiple: true, default: [] } } });
 const lab = await loadLab(path.resolve(positionals[0] ?? path.join(repoRoot, 'labs/smoke.yaml')));
 const logDir = await mkdtemp('/tmp/hwlab-boot-steps-');
 const prepared = await prepareLab(lab, { progress: silentProgress() }, logDir);
@@ -35,7 +37,7 @@ try {
   const cmd = buildQemuCommand({
     lab, accel: accel.accel, kernelImage: prepared.kernel.vmlinuz, initrd: prepared.initrd, rootDisk: overlay, modulesDisk: prepared.kernel.modulesDisk,
     consoleLog: path.join(dir, 'console.log'), qmpSocket: path.join(dir, 'qmp.sock'), sshPort: 20001 + Math.floor(Math.random() * 20000),
-    memoryBackendDir: dir, append: [...KERNEL_WORDS, 'hwlab.bare', 'initcall_debug'],
+    memoryBackendDir: dir, append: [...KERNEL_WORDS, 'hwlab.bare', 'initcall_debug', 'ignore_loglevel', ...(values.append ?? [])],
   });
   const start = Date.now();
   await execa(cmd.binary, cmd.args, { timeout: 300_000 });
@@ -47,7 +49,7 @@ try {
 
 /** printk time (seconds since the kernel started) of the first line matching re. */
 const at = (re: RegExp) => {
-  for (const l of consoleText.split('\n')) {
+  for (const l of consoleText.split(/\r?\n/)) {
     const m = /^\[\s*([\d.]+)\]\s(.*)$/.exec(l);
     if (m && re.test(m[2])) return Number(m[1]);
   }
@@ -60,7 +62,7 @@ const userspace = at(/^Run \/init as init process/);
 const switched = at(/^hwlab-init: |EXT4-fs \(vda\): mounted/);
 const ready = at(new RegExp(READY_LINE));
 const fmt = (x: number | undefined) => (x === undefined ? '?' : `${x.toFixed(2)} s`);
-console.log(`${lab.name}: ${prepared.kernel.release}, ${accel.accel}, 2 cores; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
+console.log(`${lab.name}: ${prepared.kernel.release}, ${accel.accel}, 2 cores${values.append?.length ? `, extra words: ${values.append.join(' ')}` : ''}; load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')}`);
 console.log(`bare boot-to-poweroff (QEMU start to exit, initcall_debug on): ${fmt(wall)}`);
 console.log(`kernel start -> initramfs /init:     ${fmt(userspace)}   (${initcalls.length} initcalls, ${fmt(total)} in them)`);
 console.log(`initramfs -> root mounted:           ${fmt(switched !== undefined && userspace !== undefined ? switched - userspace : undefined)}`);
