@@ -3,7 +3,7 @@
 // and a bare boot-to-poweroff of the same kernel and image measured in the
 // same run, so the ratios hold on a shared, loaded host. Prints figures;
 // asserts nothing. Lab runs go one at a time (one guest).
-//   node --import tsx test/bench/speed.ts [--runs N] [--skip-default]
+//   node --import tsx test/bench/speed.ts [--runs N] [--skip-warm] [--skip-change] [--skip-default]
 import { execa } from 'execa';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -26,7 +26,12 @@ import { onCleanup, runCleanups } from '../../src/util/cleanup.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '3' }, 'skip-default': { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: {
+  runs: { type: 'string', default: '3' },
+  'skip-warm': { type: 'boolean', default: false },
+  'skip-change': { type: 'boolean', default: false },
+  'skip-default': { type: 'boolean', default: false },
+} });
 const runs = Number(values.runs);
 const progress = silentProgress();
 const load = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
@@ -106,6 +111,7 @@ row({ what: 'first run, cold caches', value: 'not re-measured', breakdown: `this
 const bare: number[] = [];
 const booted: Timed[] = [];
 const restored: Timed[] = [];
+if (!values['skip-warm']) {
 const primer = await timedRun(smoke, snapshotQemuBackend);
 console.log(`snapshot primer run (saves the booted guest unless one exists): ${s(primer.wall)} [${stages(primer)}]${primer.snapshot?.action === 'saved' ? `, save ${s(primer.snapshot.seconds)}, ${(primer.snapshot.bytes / 2 ** 20).toFixed(0)} MiB` : ''}`);
 for (let i = 0; i < runs; i++) {
@@ -124,6 +130,7 @@ for (const [name, xs] of [['booted', booted], ['restored', restored]] as const) 
   });
 }
 row({ what: 'boot to SSH, debug kernel', value: `booted ${s(med(booted, 'boot'))}, restored ${s(med(restored, 'boot'))}`, breakdown: `bare boot-to-poweroff ${s(bareMed)}`, target: '<= 4 s', load: load() });
+}
 
 // 3. One-file change in drivers/vfio/pci to smoke results: whole-tree make (before), targeted rebuild, targeted + restore.
 const variants: Array<[string, MachineBackend, 'whole-tree' | 'auto']> = [
@@ -131,7 +138,7 @@ const variants: Array<[string, MachineBackend, 'whole-tree' | 'auto']> = [
   ['targeted rebuild, booted', qemuBackend, 'auto'],
   ['targeted rebuild, restored', snapshotQemuBackend, 'auto'],
 ];
-for (const [name, backend, mode] of variants) {
+for (const [name, backend, mode] of values['skip-change'] ? [] : variants) {
   const patch = await oneFileChange(name.replace(/\W+/g, '_'));
   process.env.HWLAB_KERNEL_REBUILD = mode;
   const r = await timedRun(smoke, backend, [patch]).finally(() => { delete process.env.HWLAB_KERNEL_REBUILD; });
