@@ -22,6 +22,7 @@ import type { Step } from '../util/progress.ts';
 import { assembleConfig } from './config.ts';
 import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
+import { planRebuild, describePlan, type RebuildPlan } from './targeted.ts';
 import { filesInEntry, type SourceKernel } from './types.ts';
 import { InfraError, InputError, isDiskFull } from '../util/errors.ts';
 
@@ -42,6 +43,26 @@ export interface KernelBuildRequest {
   logFile: string;
   step: Step;
   jobs?: number;
+  /**
+   * auto: rebuild only the modules when kbuild's records show the changed files
+   * go into modules only (targeted.ts); whole-tree: always `make bzImage modules`.
+   * Default: $HWLAB_KERNEL_REBUILD, else auto.
+   */
+  rebuild?: RebuildMode;
+}
+
+export type RebuildMode = 'auto' | 'whole-tree';
+const REBUILD_MODES: readonly RebuildMode[] = ['auto', 'whole-tree'];
+
+/** The rebuild mode a request asks for, or $HWLAB_KERNEL_REBUILD (checked: a typo must not silently change what is measured). */
+export function rebuildMode(req: Pick<KernelBuildRequest, 'rebuild'>, env: NodeJS.ProcessEnv = process.env): RebuildMode {
+  if (req.rebuild) return req.rebuild;
+  const v = env.HWLAB_KERNEL_REBUILD;
+  if (v === undefined || v === '') return 'auto';
+  if (!(REBUILD_MODES as readonly string[]).includes(v)) {
+    throw new InputError(`environment variable HWLAB_KERNEL_REBUILD: must be one of ${REBUILD_MODES.join(', ')} (got "${v}")`, undefined, 'bad-environment');
+  }
+  return v as RebuildMode;
 }
 
 
@@ -242,6 +263,19 @@ async function runMake(args: string[], req: KernelBuildRequest, src: string, obj
   }
 }
 
+/**
+ * Removes a kernel-build entry of this tree under the tree's build lock, so no
+ * build of the tree is copying its objects as its incremental base meanwhile
+ * (tests and benchmarks drop the entries of their throw-away patches).
+ */
+export async function removeKernelBuild(tree: KernelTree, kernel: SourceKernel, step: Step): Promise<void> {
+  const work = workDir(tree);
+  await mkdir(work, { recursive: true });
+  await withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000,
+    () => rm(kernel.cacheDir, { recursive: true, force: true }),
+    (pid) => step.update(`waiting for hwlab process ${pid}, which is building this tree`));
+}
+
 export async function buildKernel(req: KernelBuildRequest): Promise<SourceKernel> {
   const work = workDir(req.tree);
   await mkdir(work, { recursive: true });
@@ -272,7 +306,7 @@ async function cachedBuild(req: KernelBuildRequest): Promise<SourceKernel | null
   return builtFromEntry(req, dir, key, configSha, false);
 }
 
-async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string, configSha: string, built: boolean, buildSeconds?: number, incrementalFrom?: string): Promise<SourceKernel> {
+async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string, configSha: string, built: boolean, buildSeconds?: number, incrementalFrom?: string, rebuild?: RebuildPlan): Promise<SourceKernel> {
   const manifest = JSON.parse(await readFile(path.join(dir, 'build.json'), 'utf8')) as BuildManifest;
   if (!built) await writeFile(req.logFile, `cache hit: ${dir} (built ${manifest.finishedAt} in ${manifest.buildSeconds.toFixed(0)} s)\n`);
   return {
@@ -282,6 +316,7 @@ async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string,
     built,
     buildSeconds,
     incrementalFrom,
+    ...(rebuild ? { rebuild } : {}),
     patches: req.patches.map((p) => ({ name: p.name, sha256: p.sha256, origin: p.origin })),
     configSha256: configSha,
   };
@@ -300,6 +335,8 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
   let built = false;
   let buildSeconds: number | undefined;
   let incrementalFrom: string | undefined;
+  let plan: RebuildPlan | undefined;
+  const mode = rebuildMode(req);
   const logChunks: string[] = [];
   const { dir } = await ensureEntry('kernel-build', key, `${req.tree.label} + ${req.patches.length} patches`, async (tmp) => {
     const near = await nearestEntry(req.tree.id, configSha);
@@ -321,10 +358,16 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
       await rm(obj, { recursive: true, force: true });
       await mkdir(obj, { recursive: true });
     }
-    await writeFile(lastTouchedFile, JSON.stringify([...new Set([...lastTouched, ...touchedFiles(req.patches)])]));
+    const changed = [...new Set([...lastTouched, ...touchedFiles(req.patches)])];
+    await writeFile(lastTouchedFile, JSON.stringify(changed));
     await writeFile(path.join(obj, '.config'), configText);
     const start = Date.now();
+    plan = !near ? { kind: 'whole-tree', reason: reuseWork ? 'continuing an unfinished build' : 'no earlier build of this tree' }
+      : mode === 'whole-tree' ? { kind: 'whole-tree', reason: 'whole-tree asked for (HWLAB_KERNEL_REBUILD or the request)' }
+      : near.manifest.configSha !== configSha ? { kind: 'whole-tree', reason: `the base build ${path.basename(near.dir)} has another config` }
+      : await planRebuild({ objDir: obj, srcDir: src, changed });
     const log = (s: string) => logChunks.push(s);
+    log(`hwlab: ${describePlan(plan)}\n`);
     try {
       await runMake(['olddefconfig'], req, src, obj, log);
       const after = await readFile(path.join(obj, '.config'), 'utf8');
@@ -333,7 +376,19 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
       if (values(after) !== values(configText)) {
         throw new InfraError('olddefconfig changed the verified config in the build tree; the source tree and the config cache disagree');
       }
-      await runMake(['bzImage', 'modules'], req, src, obj, log);
+      if (plan.kind === 'modules') {
+        // Single .ko targets end by deleting modules.order ("not the real one");
+        // the full build's list is put back for modules_install and the next build.
+        const orderFile = path.join(obj, 'modules.order');
+        const order = await readFile(orderFile);
+        try {
+          await runMake(plan.targets, req, src, obj, log);
+        } finally {
+          await writeFile(orderFile, order);
+        }
+      } else {
+        await runMake(['bzImage', 'modules'], req, src, obj, log);
+      }
       req.step.update('modules_install');
       await runMake(['modules_install', `INSTALL_MOD_PATH=${path.join(tmp, 'modroot')}`, 'INSTALL_MOD_STRIP=1', 'DEPMOD=/sbin/depmod'], req, src, obj, log);
     } finally {
@@ -361,5 +416,5 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
     await writeFile(path.join(tmp, 'build.json'), JSON.stringify(manifest, null, 2));
     await writeFile(path.join(tmp, 'kernel.json'), JSON.stringify({ package: req.tree.label, version: req.tree.version, release }, null, 2));
   });
-  return builtFromEntry(req, dir, key, configSha, built, buildSeconds, incrementalFrom);
+  return builtFromEntry(req, dir, key, configSha, built, buildSeconds, incrementalFrom, plan);
 }

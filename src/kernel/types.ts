@@ -7,6 +7,7 @@
 // Every kind lays out its cache entry the same way (artifactInEntry).
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import type { RebuildPlan } from './targeted.ts';
 
 export type KernelKind = 'stock' | 'source' | 'overlay';
 
@@ -50,6 +51,8 @@ export interface SourceKernel extends KernelFiles {
   buildSeconds?: number;
   /** How the build started: from scratch, or from an earlier entry's objects. */
   incrementalFrom?: string;
+  /** When make ran: whole tree or only the modules, and why. */
+  rebuild?: RebuildPlan;
   patches: AppliedPatch[];
   configSha256: string;
 }

@@ -25,6 +25,13 @@ export interface QemuLaunchInput {
   memoryBackendDir: string;
   /** hwlab's own kernel command-line words, before the IOMMU words and lab.machine.cmdline. */
   append: string[];
+  /**
+   * A booted guest saved to or restored from a migration file (snapshot.ts):
+   * ivshmem-plain as master (peer mode blocks migration), the console opened
+   * for appending (a restored run's console.log starts with the boot's), and
+   * for a restore QEMU waiting for the stream (`-incoming defer`).
+   */
+  migration?: 'save' | 'restore';
 }
 
 export interface QemuCommand {
@@ -113,11 +120,13 @@ function switchesInCreationOrder(lab: LabSpec): SwitchSpec[] {
   return ordered;
 }
 
-function endpointArgs(ep: EndpointSpec, memoryBackendDir: string, multifunction: boolean): string[] {
+function endpointArgs(ep: EndpointSpec, memoryBackendDir: string, multifunction: boolean, migratable: boolean): string[] {
   // Function 0 of a multifunction device says so; QEMU then accepts functions 1-7 in the slot.
   const slot = multifunction ? `${addr(0)}.${ep.function ?? 0}${ep.function ? '' : ',multifunction=on'}` : addr(0);
   // The kind's own arguments come from the table of endpoint kinds (src/lab/endpoints.ts).
-  return endpointQemuArgs(ep, { at: `id=${ep.id},bus=${ep.port},addr=${slot}`, backingFile: path.join(memoryBackendDir, ep.id), optValue });
+  const args = endpointQemuArgs(ep, { at: `id=${ep.id},bus=${ep.port},addr=${slot}`, backingFile: path.join(memoryBackendDir, ep.id), optValue });
+  // master=on: this QEMU owns the shared memory and migrates it with the guest's RAM (QEMU 7.2 refuses to migrate peer mode).
+  return migratable && ep.type === 'ivshmem-plain' ? args.map((a) => (a.startsWith('ivshmem-plain,') ? `${a},master=on` : a)) : args;
 }
 
 export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
@@ -153,7 +162,9 @@ export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
     '-netdev', `user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${input.sshPort}-:22`,
     '-device', `virtio-net-pci,netdev=net0,addr=${addr(PCIE0_SLOTS.net)}`,
     // file: takes the rest verbatim (no option parsing), so no comma escaping here.
-    '-serial', `file:${input.consoleLog}`,
+    ...(input.migration
+      ? ['-chardev', `file,id=hwlab-serial,path=${optValue(input.consoleLog)},append=on`, '-serial', 'chardev:hwlab-serial']
+      : ['-serial', `file:${input.consoleLog}`]),
     '-qmp', `unix:${optValue(input.qmpSocket)},server=on,wait=off`,
     '-monitor', 'none',
   ];
@@ -183,9 +194,10 @@ export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
     const parent = portPath.get(ep.port);
     if (!parent) throw new Error(`endpoint ${ep.id}: no port ${ep.port} (parseLab rejects this)`);
     const shared = topology.endpoints.filter((x) => x.port === ep.port).length > 1;
-    args.push(...endpointArgs(ep, input.memoryBackendDir, shared));
+    args.push(...endpointArgs(ep, input.memoryBackendDir, shared, input.migration !== undefined));
     pciPaths[ep.id] = [...parent, devfn(0, ep.function ?? 0)];
   }
 
+  if (input.migration === 'restore') args.push('-incoming', 'defer');
   return { binary: 'qemu-system-x86_64', args, pciPaths, append };
 }

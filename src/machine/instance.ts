@@ -69,6 +69,8 @@ export interface MachineConfig {
   kernelImage: string;
   /** ext4 image of lib/modules, attached read-only. */
   modulesDisk: string;
+  /** The directory that disk was made from (holding lib/modules/<release>): what a restored guest gets instead (snapshot.ts). */
+  modulesRoot?: string;
   initrd: string;
   /** The cached root image (raw ext4); a backend boots it through a throwaway overlay. */
   rootImage: string;

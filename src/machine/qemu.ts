@@ -7,7 +7,7 @@
 // quit, SIGTERM, SIGKILL, and Ctrl-C through hwlab's cleanup registry.
 import { execa, type ResultPromise } from 'execa';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -22,6 +22,7 @@ import {
   type Diagnosis, type ExecOptions, type ExecResult, type ExitInfo, type HostRequestOutcome,
   type AccelDecision, type MachineBackend, type MachineConfig, type MachineInstance, type PowerOffOutcome, type UploadFile,
 } from './instance.ts';
+import { loadGuest, type GuestSnapshotFiles } from './migration.ts';
 import { QmpClient } from './qmp.ts';
 import { SshConnection } from './ssh.ts';
 
@@ -50,8 +51,25 @@ export function lastConsoleLine(text: string): string {
 
 export const qemuBackend: MachineBackend = {
   name: 'qemu',
-  start: (config) => QemuInstance.start(config),
+  start: (config) => QemuInstance.start(config, { kind: 'boot' }),
 };
+
+/**
+ * How a QEMU machine comes up (snapshot.ts uses the last two):
+ *   boot     from the kernel, as always
+ *   save     boot with migratable devices; once the guest says it is ready and
+ *            before SSH connects, save() gets the QMP connection and the disks
+ *            (it saves and resumes the guest; a failure there must not stop the run)
+ *   restore  load a saved guest instead of booting (its disks, its console so far)
+ */
+export type QemuLaunch =
+  | { kind: 'boot' }
+  | { kind: 'save'; save: (m: { qmp: QmpClient; rootOverlay: string; modulesDisk: string; consoleLog: string }) => Promise<void> }
+  | { kind: 'restore'; from: GuestSnapshotFiles };
+
+export function startQemu(config: MachineConfig, launch: QemuLaunch): Promise<MachineInstance> {
+  return QemuInstance.start(config, launch);
+}
 
 class QemuInstance implements MachineInstance {
   private exitInfo: ExitInfo | null = null;
@@ -69,12 +87,14 @@ class QemuInstance implements MachineInstance {
     private readonly child: ResultPromise,
     private readonly exitPromise: Promise<void>,
     private readonly removeCleanup: () => void,
+    private readonly launch: QemuLaunch,
+    private readonly overlay: string,
   ) {
     this.consoleLog = path.join(config.runDir, 'console.log');
     this.qmpSocket = path.join(scratch, 'qmp.sock');
   }
 
-  static async start(config: MachineConfig): Promise<QemuInstance> {
+  static async start(config: MachineConfig, launch: QemuLaunch): Promise<QemuInstance> {
     const scratch = await mkdtemp(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'hwlab-'));
     // Registered before anything else exists, so a failure below still removes the scratch folder.
     let instance: QemuInstance | undefined;
@@ -85,21 +105,26 @@ class QemuInstance implements MachineInstance {
     try {
       const accel = await decideAccel(config.lab.machine.accel, config.kernelImage);
       const overlay = path.join(scratch, 'root.qcow2');
-      const img = await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', config.rootImage, '-F', 'raw', overlay], { reject: false, timeout: 60_000 });
+      // A restored guest's root disk is the saved overlay (copy-on-write per run); a booted one's the cached image.
+      const [backing, backingFormat] = launch.kind === 'restore' ? [launch.from.rootOverlay, 'qcow2'] : [config.rootImage, 'raw'];
+      const img = await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', backing, '-F', backingFormat, overlay], { reject: false, timeout: 60_000 });
       if (img.exitCode !== 0) throw new InfraError(`qemu-img create of the root overlay failed: ${img.stderr.trim()}`, undefined, 'qemu-img');
       const sshPort = await freePort();
+      // The restored console continues the saved one (QEMU appends to it).
+      if (launch.kind === 'restore') await copyFile(launch.from.console, path.join(config.runDir, 'console.log'));
       const cmd = buildQemuCommand({
         lab: config.lab,
         accel: accel.accel,
         kernelImage: config.kernelImage,
         initrd: config.initrd,
         rootDisk: overlay,
-        modulesDisk: config.modulesDisk,
+        modulesDisk: launch.kind === 'restore' ? launch.from.modulesDisk : config.modulesDisk,
         consoleLog: path.join(config.runDir, 'console.log'),
         qmpSocket: path.join(scratch, 'qmp.sock'),
         sshPort,
         memoryBackendDir: scratch,
         append: config.append,
+        ...(launch.kind === 'boot' ? {} : { migration: launch.kind }),
       });
       await writeCommandLine(path.join(config.runDir, 'qemu-cmdline.sh'), cmd);
       // qemu-cmdline.sh has QEMU's own command; it runs behind setpriv so that it dies with hwlab, even a SIGKILLed one.
@@ -109,7 +134,7 @@ class QemuInstance implements MachineInstance {
       const exitPromise = child.then((r) => {
         if (instance) instance.exitInfo = { code: r.exitCode ?? null, signal: r.signal ?? null };
       });
-      instance = new QemuInstance(config, accel, scratch, sshPort, cmd.pciPaths, child, exitPromise, removeCleanup);
+      instance = new QemuInstance(config, accel, scratch, sshPort, cmd.pciPaths, child, exitPromise, removeCleanup, launch, overlay);
       return instance;
     } catch (err) {
       removeCleanup();
@@ -133,6 +158,10 @@ class QemuInstance implements MachineInstance {
 
   async waitReady(opts: { timeoutMs: number; onProgress?: (line: string) => void }): Promise<void> {
     const deadline = Date.now() + opts.timeoutMs;
+    if (this.launch.kind === 'restore') {
+      opts.onProgress?.('restoring the saved guest');
+      await loadGuest(await this.qmpClient(), this.launch.from.state, Math.max(5000, deadline - Date.now()));
+    }
     // Connecting before sshd listens stalls in slirp's SYN retries; the guest init says when it is up.
     for (;;) {
       const text = await this.console();
@@ -147,6 +176,10 @@ class QemuInstance implements MachineInstance {
       }
       opts.onProgress?.(lastConsoleLine(text));
       await new Promise((r) => setTimeout(r, 100));
+    }
+    if (this.launch.kind === 'save') {
+      opts.onProgress?.('saving the booted guest');
+      await this.launch.save({ qmp: await this.qmpClient(), rootOverlay: this.overlay, modulesDisk: this.config.modulesDisk, consoleLog: this.consoleLog });
     }
     opts.onProgress?.('sshd up, connecting');
     try {

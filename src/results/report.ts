@@ -4,6 +4,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AppliedPatch, Kernel, KernelKind } from '../kernel/types.ts';
+import type { RebuildPlan } from '../kernel/targeted.ts';
 import type { Outcome, RunFailure } from './outcome.ts';
 import { countSuffix, describeReport, type KernelReport } from '../report/kernel-report.ts';
 import { probeStatus, type ProbeResult } from './tap.ts';
@@ -22,6 +23,8 @@ export interface KernelRecord {
   built?: boolean;
   buildSeconds?: number;
   incrementalFrom?: string;
+  /** Source builds that ran make: the whole tree or only the modules (a targeted rebuild), and why. */
+  rebuild?: RebuildPlan;
   /** Overlay: the driver directories rebuilt against the prebuilt kernel's headers. */
   driverDirs?: string[];
   compilerNote?: string;
@@ -35,7 +38,7 @@ export function kernelRecord(k: Kernel): KernelRecord {
     case 'stock':
       return base;
     case 'source':
-      return { ...base, patches: k.patches, configSha256: k.configSha256, built: k.built, buildSeconds: k.buildSeconds, ...(k.incrementalFrom ? { incrementalFrom: k.incrementalFrom } : {}) };
+      return { ...base, patches: k.patches, configSha256: k.configSha256, built: k.built, buildSeconds: k.buildSeconds, ...(k.incrementalFrom ? { incrementalFrom: k.incrementalFrom } : {}), ...(k.rebuild ? { rebuild: k.rebuild } : {}) };
     case 'overlay':
       return { ...base, patches: k.patches, driverDirs: k.dirs, built: k.built, buildSeconds: k.buildSeconds, ...(k.compiler.note ? { compilerNote: k.compiler.note } : {}) };
   }

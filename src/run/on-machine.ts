@@ -122,7 +122,7 @@ export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Pr
   let m: MachineInstance | undefined;
   try {
     m = await backend.start({
-      lab: ctx.lab, kernelImage: kernel.vmlinuz, modulesDisk: kernel.modulesDisk, initrd, rootImage: image.rootDisk,
+      lab: ctx.lab, kernelImage: kernel.vmlinuz, modulesDisk: kernel.modulesDisk, modulesRoot: kernel.modulesRoot, initrd, rootImage: image.rootDisk,
       privateKey: ctx.privateKey, hostKey: image.hostKey, runDir: ctx.runDir, append: KERNEL_WORDS,
     });
     ctx.progress.info(`accel: ${m.accel.note}`);

@@ -73,7 +73,7 @@ async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string)
   const fragments = await Promise.all(fragmentFiles.map((file) => readFragment(file, 'config fragment')));
   const built = await progress.run(`kernel build (${patches.length} patches, ${fragments.length} fragments)`,
     (step) => buildKernel({ tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log'), step }),
-    (k) => `${k.release} ${builtNote(k)}${k.incrementalFrom ? ` (incremental from ${k.incrementalFrom})` : ''}`);
+    (k) => `${k.release} ${builtNote(k)}${k.incrementalFrom ? ` (incremental from ${k.incrementalFrom}${k.rebuild?.kind === 'modules' ? ', modules only' : ''})` : ''}`);
   return { kernel: built, target: { kind: 'built', kernel: built, tree, patches } };
 }
 

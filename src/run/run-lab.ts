@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { ensureHostTools } from '../util/host-tools.ts';
 import type { LabSpec } from '../lab/types.ts';
 import type { MachineBackend } from '../machine/instance.ts';
-import { qemuBackend } from '../machine/qemu.ts';
+import { defaultQemuBackend } from '../machine/snapshot.ts';
 import { failureFromError } from '../results/outcome.ts';
 import { formatResultTable, writeRunResults, type RunResults } from '../results/report.ts';
 import { runSummary } from '../reports/summary.ts';
@@ -57,6 +57,8 @@ async function finish(results: RunResults, lab: LabSpec, opts: RunOptions): Prom
 }
 
 export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome> {
+  // Checked before anything is fetched or built: HWLAB_SNAPSHOT=on|off.
+  const backend = opts.backend ?? defaultQemuBackend();
   const startedAt = Date.now();
   // Bad input files are refused before the run folder, a download or a build exists.
   await preflightInputs(lab, opts);
@@ -76,6 +78,6 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
   }
   timings.prepare = (Date.now() - startedAt) / 1000;
   const key = await ensureHwlabKey();
-  const results = await runOnMachine({ lab, prepared, runDir, progress: opts.progress, privateKey: key.privateKey, startedAt, timings }, opts.backend ?? qemuBackend);
+  const results = await runOnMachine({ lab, prepared, runDir, progress: opts.progress, privateKey: key.privateKey, startedAt, timings }, backend);
   return finish(results, lab, opts);
 }

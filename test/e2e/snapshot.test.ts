@@ -1,0 +1,126 @@
+// Issue 12's snapshot restore on real guests, through the CLI with
+// HWLAB_SNAPSHOT=on and labs/smoke.yaml: a first run leaves a saved booted
+// guest (or finds one); the next runs, each with a freshly built (targeted)
+// vfio-pci-core, must restore it, run the modules just built (srcversion
+// checked, the patched errno seen by the probe), keep the boot's console in
+// front of the run's, and still attribute a kernel report to the probe that
+// caused it.
+import test from 'ava';
+import { execa } from 'execa';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { buildKernel, removeKernelBuild, type KernelBuildRequest } from '../../src/kernel/build.ts';
+import { loadPatchSeries } from '../../src/kernel/patches.ts';
+import { resolveKernelTree, type KernelTree } from '../../src/kernel/source.ts';
+import { loadLab } from '../../src/lab/load.ts';
+import type { SnapshotRecord } from '../../src/machine/snapshot.ts';
+import { silentProgress } from '../../src/util/progress.ts';
+import { readRun, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+
+const smokeLab = path.join(repoRoot, 'labs/smoke.yaml');
+const enoent = path.join(repoRoot, 'test/fixtures/patches/vfio-zero-length-enoent.patch');
+const progress = silentProgress();
+let scratch: string;
+let tree: KernelTree;
+let request: (extra: string[]) => Promise<KernelBuildRequest>;
+/** Patch series of the runs here: their kernel-build entries are removed afterwards. */
+const series: string[][] = [];
+
+test.before(async () => {
+  scratch = await mkdtemp(path.join(os.tmpdir(), 'hwlab-snapshot-e2e-'));
+  const lab = await loadLab(smokeLab);
+  if (lab.kernel.kind !== 'source') throw new Error('labs/smoke.yaml must build from source');
+  const spec = lab.kernel;
+  tree = await resolveKernelTree(spec.source, progress.step('tree'));
+  const fragments = await Promise.all(spec.config.fragments.map(async (file) => ({ file, text: await readFile(file, 'utf8') })));
+  request = async (extra) => ({
+    tree, base: spec.config.base, fragments, step: progress.step('kernel'), logFile: path.join(scratch, 'cleanup.log'),
+    patches: await loadPatchSeries([...spec.patches, ...extra.map((p) => ({ kind: 'file' as const, path: p }))]),
+  });
+});
+test.after.always(async () => {
+  // Each run's build entry is this file's alone: the same request is a cache hit that names it.
+  for (const extra of series) {
+    const k = await buildKernel(await request(extra)).catch(() => null);
+    if (k) await removeKernelBuild(tree, k, progress.step('cleanup'));
+  }
+  await rm(scratch, { recursive: true, force: true });
+  await removeRunsDirs();
+});
+
+/** A patch editing one file of the pristine tree. */
+async function patchOf(name: string, rel: string, edit: (orig: string) => string): Promise<string> {
+  const orig = await readFile(path.join(tree.dir, rel), 'utf8');
+  const dir = await mkdtemp(path.join(scratch, 'diff-'));
+  for (const [side, text] of [['a', orig], ['b', edit(orig)]] as const) {
+    await mkdir(path.dirname(path.join(dir, side, rel)), { recursive: true });
+    await writeFile(path.join(dir, side, rel), text);
+  }
+  const r = await execa('diff', ['-u', `a/${rel}`, `b/${rel}`], { cwd: dir, reject: false });
+  if (r.exitCode !== 1) throw new Error(`diff of ${rel}: exit ${r.exitCode}`);
+  const file = path.join(scratch, name);
+  await writeFile(file, r.stdout + '\n');
+  return file;
+}
+
+/** New code unique to this run in vfio_pci_core.c, so the build is new (a targeted rebuild of the same kernel image). */
+function marker(name: string): Promise<string> {
+  const tok = `hwlab_snapshot_${name}_${Date.now().toString(36)}`;
+  return patchOf(`${name}.patch`, 'drivers/vfio/pci/vfio_pci_core.c', (s) => `${s}\nstatic const char ${tok}[] __used = "${tok}";\n`);
+}
+
+async function run(patches: string[]) {
+  series.push(patches);
+  const dir = runsDir();
+  const r = await execa('node', [path.join(repoRoot, 'src/cli/hwlab.js'), 'run', smokeLab, ...patches.flatMap((p) => ['--patch', p]), '--runs-dir', dir], {
+    cwd: repoRoot, reject: false, all: true, timeout: 45 * 60_000, env: { ...process.env, CI: 'true', HWLAB_SNAPSHOT: 'on' },
+  });
+  const { runDir, results } = await readRun(dir);
+  const snapshot = JSON.parse(await readFile(path.join(runDir, 'snapshot.json'), 'utf8')) as SnapshotRecord;
+  const consoleText = await readFile(path.join(runDir, 'console.log'), 'utf8');
+  return { r, runDir, results, snapshot, consoleText };
+}
+
+test.serial('a run with HWLAB_SNAPSHOT=on leaves a saved booted guest (or restores one) and passes', async (t) => {
+  const { r, results, snapshot } = await run([await marker('first')]);
+  t.log(`snapshot: ${JSON.stringify(snapshot)}; boot_to_ssh ${results.timings.boot_to_ssh} s`);
+  t.is(r.exitCode, 0, r.all);
+  t.true(snapshot.action === 'saved' || snapshot.action === 'restored', JSON.stringify(snapshot));
+  t.is(results.machine?.backend, 'qemu+snapshot');
+});
+
+test.serial('a restored guest runs the vfio-pci-core just built: srcversion checked, the patched errno seen, the boot console kept in front', async (t) => {
+  const { r, results, snapshot, consoleText } = await run([enoent, await marker('enoent')]);
+  t.log(`snapshot: ${JSON.stringify(snapshot)}; boot_to_ssh ${results.timings.boot_to_ssh} s, setup ${results.timings.setup} s`);
+  t.is(snapshot.action, 'restored', JSON.stringify(snapshot));
+  t.is(r.exitCode, 1, r.all);
+  t.is(results.outcome.class, 'fail');
+  t.is(results.kernel?.rebuild?.kind, 'modules', 'a targeted rebuild: the same kernel image, so the same snapshot');
+  const core = (results.kernel?.modulesVerified ?? []).find((m) => m.module === 'vfio_pci_core');
+  t.regex(core?.srcversion ?? '', /^[0-9A-F]{20,}$/, JSON.stringify(results.kernel?.modulesVerified));
+  const failed = results.probes.find((p) => p.name === 'dmabuf-bad-inputs')!.subtests.filter((s) => !s.ok);
+  t.is(failed.length, 1, JSON.stringify(failed));
+  t.is(failed[0].diagnostics?.actual, 'ENOENT');
+  for (const p of results.probes.filter((x) => x.name !== 'dmabuf-bad-inputs')) t.true(p.ok, `${p.name} still passes`);
+  // The saved boot's console first (kernel banner, the ready line), then this run's probe markers.
+  const banner = consoleText.indexOf('Linux version');
+  const ready = consoleText.indexOf('hwlab-init: sshd started');
+  const firstMarker = consoleText.indexOf('hwlab-probe: begin');
+  t.true(banner >= 0 && banner < ready && ready < firstMarker, `banner ${banner}, ready ${ready}, first probe marker ${firstMarker}`);
+});
+
+test.serial('a kernel report in a restored guest is attributed to the probe that caused it', async (t) => {
+  const warn = await patchOf('warn.patch', 'drivers/vfio/pci/vfio_pci_dmabuf.c', (s) => {
+    const at = s.indexOf('\tif (!vdev->pci_ops || !vdev->pci_ops->get_dmabuf_phys)');
+    if (at < 0) throw new Error('vfio_pci_core_feature_dma_buf changed: the test needs another anchor');
+    return `${s.slice(0, at)}\tWARN_ONCE(1, "hwlab snapshot attribution check\\n");\n${s.slice(at)}`;
+  });
+  const { results, snapshot } = await run([warn, await marker('warn')]);
+  t.log(`snapshot: ${JSON.stringify(snapshot)}`);
+  t.is(snapshot.action, 'restored', JSON.stringify(snapshot));
+  t.is(results.outcome.class, 'kernel', JSON.stringify(results.outcome));
+  const first = results.probes.find((p) => p.name === 'dmabuf-export')!;
+  t.true(first.kernelReports.some((k) => k.kind === 'WARNING'), JSON.stringify(first.kernelReports));
+  for (const p of results.probes.filter((x) => x.name !== 'dmabuf-export')) t.deepEqual(p.kernelReports, [], `${p.name}: WARN_ONCE fires once, in the first probe`);
+});
