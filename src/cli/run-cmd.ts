@@ -1,0 +1,52 @@
+// `hwlab run <lab.yaml>`: build what the lab needs, boot it, run its probes
+// and print the result table. The exit code is the outcome class's
+// (src/results/outcome.ts). With --json, stdout is results.json alone and
+// every human line goes to stderr, so `hwlab run --json | jq` works.
+import path from 'node:path';
+import { loadLab } from '../lab/load.ts';
+import { EXIT_CODE } from '../results/outcome.ts';
+import { runLab, type RunOutcome } from '../run/run-lab.ts';
+import { Progress } from '../util/progress.ts';
+import { flag, str, strs, type CommandSpec, type OptionTable, type ParsedArgs } from './command.ts';
+
+/** The options of `run` that `rerun` and `shell` share: what changes the build, the probes, where results go. */
+export const RUN_OPTIONS: OptionTable = {
+  patch: { type: 'string', multiple: true, value: 'FILE', help: "apply FILE on top of the lab's series for this run" },
+  fragment: { type: 'string', multiple: true, value: 'FILE', help: "merge a config fragment after the lab's (e.g. labs/configs/kasan.config)" },
+  'runs-dir': { type: 'string', value: 'DIR', help: 'parent of the run folder (default runs/)' },
+  refresh: { type: 'boolean', help: 'look the kernel version up again (otherwise reused for 6 h)' },
+  json: { type: 'boolean', help: 'stdout: results.json only; everything else goes to stderr' },
+};
+
+/** Prints what a finished run says to a person: the table, the failure, the folder, the class, the times. */
+export function printRunOutcome(out: RunOutcome, json: boolean): void {
+  const { outcome, failure, timings: t, machine } = out.results;
+  const human = json ? process.stderr : process.stdout;
+  if (json) process.stdout.write(JSON.stringify(out.results, null, 2) + '\n');
+  else if (out.results.probes.length) process.stdout.write(`\n${out.table}\n`);
+  if (failure && failure.phase === 'prepare') {
+    human.write(`\nhwlab: ${failure.message}${failure.hint ? `\n  hint: ${failure.hint}` : ''}\n`);
+  }
+  human.write(`\nresults: ${path.join(out.runDir, 'results.json')}\n`);
+  human.write(`${outcome.class.toUpperCase()}${outcome.class === 'pass' ? '' : ` (${outcome.code}): ${outcome.title}`}\n`);
+  human.write(`total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, probes ${t.probes?.toFixed(1) ?? '-'} s${machine ? `, ${machine.accelNote}` : ''}\n`);
+}
+
+export async function runFromArgs(labFile: string, a: ParsedArgs): Promise<number> {
+  const lab = await loadLab(path.resolve(labFile));
+  const out = await runLab(lab, {
+    progress: new Progress(), runsDir: str(a, 'runs-dir'), refresh: flag(a, 'refresh'), extraPatches: strs(a, 'patch'), extraFragments: strs(a, 'fragment'),
+  });
+  printRunOutcome(out, flag(a, 'json'));
+  return EXIT_CODE[out.results.outcome.class];
+}
+
+export const runCommand: CommandSpec = {
+  name: 'run',
+  summary: 'build what the lab needs, boot it, run its probes; prints a result table and the run folder',
+  args: '<lab.yaml>',
+  positionals: { min: 1, max: 1 },
+  options: RUN_OPTIONS,
+  details: 'exit: 0 pass, 1 fail or kernel report, 2 bad input or a patch that does not build, 3 infra.',
+  handler: (a) => runFromArgs(a.positionals[0], a),
+};
