@@ -91,7 +91,7 @@ test('the real CLI: usage errors exit 2 with one message and no stack trace; --v
   }
   const v = await cli(['--version']);
   t.is(v.exitCode, 0);
-  t.regex(v.stdout, /^hwlab \d+\.\d+\.\d+ \([^)\s]+\)\n$/);
+  t.regex(v.stdout, /^hwlab \d+\.\d+\.\d+ \([^)\s]+\)$/);
   const h = await cli(['--help']);
   t.is(h.exitCode, 0);
   for (const e of COMMANDS) t.true(h.stdout.includes(`  ${e.name}`), `--help lists ${e.name}`);
