@@ -22,11 +22,13 @@ import { doctorCommand } from './doctor.ts';
 import { imageCommands } from './image-cmd.ts';
 import { matrixCommandSpec, mergeCommandSpec } from './matrix-cmd.ts';
 import { mutantsCommand } from './mutants-cmd.ts';
+import { rerunCommand } from './rerun-cmd.ts';
 import { runCommand } from './run-cmd.ts';
 
 /** Every command, in the order `hwlab --help` lists them. */
 export const COMMANDS: CommandEntry[] = [
   runCommand,
+  rerunCommand,
   mutantsCommand,
   matrixCommandSpec,
   mergeCommandSpec,

@@ -4,15 +4,28 @@
 // every human line goes to stderr, so `hwlab run --json | jq` works.
 import path from 'node:path';
 import { loadLab } from '../lab/load.ts';
+import { applyProbeOverrides, parseOnly, parseProbeParam } from '../lab/overrides.ts';
+import type { LabSpec } from '../lab/types.ts';
+import { rerunLine } from '../run/reproduce.ts';
 import { EXIT_CODE } from '../results/outcome.ts';
 import { runLab, type RunOutcome } from '../run/run-lab.ts';
 import { Progress } from '../util/progress.ts';
 import { flag, str, strs, type CommandSpec, type OptionTable, type ParsedArgs } from './command.ts';
 
-/** The options of `run` that `rerun` and `shell` share: what changes the build, the probes, where results go. */
-export const RUN_OPTIONS: OptionTable = {
+/** What changes the kernel: --patch, --fragment (run and shell; a rerun has them in its lab already). */
+export const BUILD_OPTIONS: OptionTable = {
   patch: { type: 'string', multiple: true, value: 'FILE', help: "apply FILE on top of the lab's series for this run" },
   fragment: { type: 'string', multiple: true, value: 'FILE', help: "merge a config fragment after the lab's (e.g. labs/configs/kasan.config)" },
+};
+
+/** Which probes run, with which params: a quick rerun of one probe. */
+export const PROBE_OPTIONS: OptionTable = {
+  only: { type: 'string', multiple: true, value: 'PROBE[,PROBE]', help: 'run only these probes of the lab (in the lab\'s order)' },
+  'probe-param': { type: 'string', multiple: true, value: 'PROBE.KEY=VALUE', help: 'set a probe parameter (VALUE is YAML; KEY may be dotted), checked by the catalogue' },
+};
+
+/** The options of `run` that `rerun` shares: where results go, how the kernel is resolved, output. */
+export const RUN_OPTIONS: OptionTable = {
   'runs-dir': { type: 'string', value: 'DIR', help: 'parent of the run folder (default runs/)' },
   refresh: { type: 'boolean', help: 'look the kernel version up again (otherwise reused for 6 h)' },
   json: { type: 'boolean', help: 'stdout: results.json only; everything else goes to stderr' },
@@ -30,12 +43,19 @@ export function printRunOutcome(out: RunOutcome, json: boolean): void {
   human.write(`\nresults: ${path.join(out.runDir, 'results.json')}\n`);
   human.write(`${outcome.class.toUpperCase()}${outcome.class === 'pass' ? '' : ` (${outcome.code}): ${outcome.title}`}\n`);
   human.write(`total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, probes ${t.probes?.toFixed(1) ?? '-'} s${machine ? `, ${machine.accelNote}` : ''}\n`);
+  // The last line of a run that did not pass: the one command that runs it again.
+  if (outcome.class !== 'pass') human.write(`to run it again: ${rerunLine(out.runDir)}\n`);
 }
 
-export async function runFromArgs(labFile: string, a: ParsedArgs): Promise<number> {
-  const lab = await loadLab(path.resolve(labFile));
+/** The lab with --only and --probe-param applied (checked like a lab file). */
+export function withProbeOptions(lab: LabSpec, a: ParsedArgs): LabSpec {
+  return applyProbeOverrides(lab, parseOnly(strs(a, 'only')), strs(a, 'probe-param').map(parseProbeParam));
+}
+
+export async function runFromArgs(labFile: string, a: ParsedArgs, defaults: { runsDir?: string } = {}): Promise<number> {
+  const lab = withProbeOptions(await loadLab(path.resolve(labFile)), a);
   const out = await runLab(lab, {
-    progress: new Progress(), runsDir: str(a, 'runs-dir'), refresh: flag(a, 'refresh'), extraPatches: strs(a, 'patch'), extraFragments: strs(a, 'fragment'),
+    progress: new Progress(), runsDir: str(a, 'runs-dir') ?? defaults.runsDir, refresh: flag(a, 'refresh'), extraPatches: strs(a, 'patch'), extraFragments: strs(a, 'fragment'),
   });
   printRunOutcome(out, flag(a, 'json'));
   return EXIT_CODE[out.results.outcome.class];
@@ -46,7 +66,9 @@ export const runCommand: CommandSpec = {
   summary: 'build what the lab needs, boot it, run its probes; prints a result table and the run folder',
   args: '<lab.yaml>',
   positionals: { min: 1, max: 1 },
-  options: RUN_OPTIONS,
-  details: 'exit: 0 pass, 1 fail or kernel report, 2 bad input or a patch that does not build, 3 infra.',
+  options: { ...BUILD_OPTIONS, ...PROBE_OPTIONS, ...RUN_OPTIONS },
+  details: `The run folder keeps the lab as run (lab/lab.yaml, with copies of its patches and fragments),
+the kernel's .config and the QEMU command; hwlab rerun <run-dir> runs it again.
+exit: 0 pass, 1 fail or kernel report, 2 bad input or a patch that does not build, 3 infra.`,
   handler: (a) => runFromArgs(a.positionals[0], a),
 };

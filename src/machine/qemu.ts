@@ -35,10 +35,37 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** The QEMU command, quoted for a shell so a developer can paste it to reproduce the boot by hand. */
-export async function writeCommandLine(file: string, cmd: QemuCommand): Promise<void> {
+/**
+ * qemu-cmdline.sh: the run's QEMU command as a script that boots the same
+ * machine again by hand. It refers only to the cache and the run folder: the
+ * per-run scratch files (root overlay, QMP socket, BAR backing files) are
+ * made afresh in a scratch folder of its own, and the console is the terminal.
+ */
+export function reproduceScript(cmd: QemuCommand, scratch: string, rootImage: string): string {
   const q = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
-  await writeFile(file, [cmd.binary, ...cmd.args].map(q).join(' \\\n  ') + '\n');
+  // Scratch paths become "$scratch/..." (double quotes, the rest escaped for them).
+  const arg = (a: string) => (a.includes(scratch) ? `"${a.split(scratch).map((p) => p.replace(/["$`\\]/g, '\\$&')).join('$scratch')}"` : q(a));
+  const args = [...cmd.args];
+  const serial = args.indexOf('-serial');
+  if (serial >= 0) args[serial + 1] = 'mon:stdio';
+  return [
+    '#!/bin/sh',
+    '# This run\'s QEMU command, to boot the same machine by hand: the console is',
+    '# this terminal (Ctrl-A X quits QEMU). Kernel, initramfs, modules and root',
+    '# image come from the cache; the root overlay, QMP socket and BAR backing',
+    '# files go to a fresh scratch folder, removed on exit.',
+    'set -eu',
+    'scratch=$(mktemp -d /dev/shm/hwlab-manual-XXXXXX)',
+    'trap \'rm -rf "$scratch"\' EXIT INT TERM',
+    `qemu-img create -q -f qcow2 -b ${q(rootImage)} -F raw "$scratch/root.qcow2"`,
+    // One option and its value per line.
+    [cmd.binary, ...args.map(arg)].reduce((lines: string[], a, i, all) => {
+      if (i > 0 && !a.startsWith('-') && all[i - 1].startsWith('-')) lines[lines.length - 1] += ` ${a}`;
+      else lines.push(a);
+      return lines;
+    }, []).join(' \\\n  '),
+    '',
+  ].join('\n');
 }
 
 /** The last line of a console text, without its printk timestamp, for progress. */
@@ -100,7 +127,7 @@ class QemuInstance implements MachineInstance {
         memoryBackendDir: scratch,
         append: config.append,
       });
-      await writeCommandLine(path.join(config.runDir, 'qemu-cmdline.sh'), cmd);
+      await writeFile(path.join(config.runDir, 'qemu-cmdline.sh'), reproduceScript(cmd, scratch, config.rootImage), { mode: 0o755 });
       const child = execa(cmd.binary, cmd.args, {
         reject: false, stdin: 'ignore', stdout: 'ignore', stderr: ['pipe', { file: path.join(config.runDir, 'qemu-stderr.log') }], cleanup: true,
       });

@@ -1,7 +1,9 @@
 // One lab run, stage by stage: prepare (kernel, hwlab's modules, image,
 // initramfs) -> boot -> setup -> probe phase -> collect. Every run writes a
 // folder with what is needed to judge it afterwards (console log, QEMU
-// command line, lab as resolved, TAP, results.json) and ends in exactly one
+// command line, lab as resolved, TAP, results.json) and to run it again
+// (lab/lab.yaml with copies of its patches and fragments, kernel.config:
+// `hwlab rerun <run-dir>`, see reproduce.ts), and ends in exactly one
 // outcome class, including a run that stopped before booting.
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -18,6 +20,7 @@ import { ensureHwlabKey } from '../session/keys.ts';
 import { resultsWithoutMachine } from './collect.ts';
 import { runOnMachine } from './on-machine.ts';
 import { prepareLab, type PrepareOptions } from './prepare.ts';
+import { keepKernelConfig, labWithExtras, writeRunLab } from './reproduce.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -45,6 +48,7 @@ async function openRunFolder(lab: LabSpec, opts: RunOptions): Promise<string> {
   await mkdir(runDir, { recursive: true });
   opts.progress.info(`run folder: ${runDir}`);
   await writeFile(path.join(runDir, 'lab.resolved.json'), JSON.stringify(lab, null, 2));
+  await writeRunLab(lab, runDir);
   return runDir;
 }
 
@@ -55,14 +59,19 @@ async function finish(results: RunResults, lab: LabSpec, opts: RunOptions): Prom
   return { results, runDir: results.runDir, table: formatResultTable(results) };
 }
 
-export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome> {
+export async function runLab(asked: LabSpec, askedOpts: RunOptions): Promise<RunOutcome> {
   const startedAt = Date.now();
+  // --patch and --fragment become part of the lab the folder keeps; where the
+  // kernel kind cannot take them they stay options, for prepare to refuse.
+  const lab = labWithExtras(asked, askedOpts.extraPatches ?? [], askedOpts.extraFragments ?? []);
+  const opts = lab === asked ? askedOpts : { ...askedOpts, extraPatches: [], extraFragments: [] };
   const runDir = await openRunFolder(lab, opts);
   const timings: Record<string, number> = {};
   let prepared;
   try {
     if (!opts.backend) await ensureHostTools((l) => opts.progress.info(l));
     prepared = await prepareLab(lab, opts, runDir);
+    await keepKernelConfig(prepared.kernel.config, runDir);
   } catch (err) {
     // Nothing booted; the folder still says why the run stopped, and results.json says which class that is.
     const failure = failureFromError('prepare', err);
