@@ -23,12 +23,20 @@ import { imageCommands } from './image-cmd.ts';
 import { matrixCommandSpec, mergeCommandSpec } from './matrix-cmd.ts';
 import { mutantsCommand } from './mutants-cmd.ts';
 import { rerunCommand } from './rerun-cmd.ts';
+import { psCommand } from './ps-cmd.ts';
 import { runCommand } from './run-cmd.ts';
+import { shellCommand } from './shell-cmd.ts';
+import { sshCommand } from './ssh-cmd.ts';
+import { stopCommand } from './stop-cmd.ts';
 
 /** Every command, in the order `hwlab --help` lists them. */
 export const COMMANDS: CommandEntry[] = [
   runCommand,
   rerunCommand,
+  shellCommand,
+  sshCommand,
+  stopCommand,
+  psCommand,
   mutantsCommand,
   matrixCommandSpec,
   mergeCommandSpec,

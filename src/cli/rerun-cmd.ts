@@ -7,14 +7,14 @@ import path from 'node:path';
 import { RUN_LAB_FILE } from '../run/reproduce.ts';
 import { InputError } from '../util/errors.ts';
 import type { CommandSpec } from './command.ts';
-import { PROBE_OPTIONS, RUN_OPTIONS, runFromArgs } from './run-cmd.ts';
+import { KEEP_OPTIONS, PROBE_OPTIONS, RUN_OPTIONS, runFromArgs } from './run-cmd.ts';
 
 export const rerunCommand: CommandSpec = {
   name: 'rerun',
   summary: "run a run folder's lab again: same lab, patches, fragments and probes",
   args: '<run-dir>',
   positionals: { min: 1, max: 1 },
-  options: { ...PROBE_OPTIONS, ...RUN_OPTIONS },
+  options: { ...PROBE_OPTIONS, ...KEEP_OPTIONS, ...RUN_OPTIONS },
   details: 'The new run folder goes beside <run-dir> unless --runs-dir says otherwise.',
   async handler(a) {
     const runDir = path.resolve(a.positionals[0]);

@@ -25,6 +25,8 @@ export interface QemuLaunchInput {
   memoryBackendDir: string;
   /** hwlab's own kernel command-line words, before the IOMMU words and lab.machine.cmdline. */
   append: string[];
+  /** 127.0.0.1 port for QEMU's gdbstub (`--gdb`); none when absent. */
+  gdbPort?: number;
 }
 
 export interface QemuCommand {
@@ -156,6 +158,8 @@ export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
     '-serial', `file:${input.consoleLog}`,
     '-qmp', `unix:${optValue(input.qmpSocket)},server=on,wait=off`,
     '-monitor', 'none',
+    // The gdbstub listens on loopback only, like the SSH forward.
+    ...(input.gdbPort !== undefined ? ['-gdb', `tcp:127.0.0.1:${input.gdbPort}`] : []),
   ];
 
   // Each port has its own chassis number and the same slot number: (chassis, slot)

@@ -19,7 +19,7 @@ import { buildQemuCommand, type QemuCommand } from './cmdline.ts';
 import {
   BootError, diagnoseThroughExec,
   type Diagnosis, type ExecOptions, type ExecResult, type ExitInfo, type HostRequestOutcome,
-  type AccelDecision, type MachineBackend, type MachineConfig, type MachineInstance, type PowerOffOutcome, type UploadFile,
+  type AccelDecision, type GuestAccess, type MachineBackend, type MachineConfig, type MachineInstance, type PowerOffOutcome, type UploadFile,
 } from './instance.ts';
 import { QmpClient } from './qmp.ts';
 import { SshConnection } from './ssh.ts';
@@ -91,6 +91,7 @@ class QemuInstance implements MachineInstance {
     readonly accel: AccelDecision,
     private readonly scratch: string,
     private readonly sshPort: number,
+    private readonly gdbPort: number | undefined,
     readonly pciPaths: Record<string, string[]>,
     private readonly child: ResultPromise,
     private readonly exitPromise: Promise<void>,
@@ -114,6 +115,7 @@ class QemuInstance implements MachineInstance {
       const img = await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', config.rootImage, '-F', 'raw', overlay], { reject: false, timeout: 60_000 });
       if (img.exitCode !== 0) throw new InfraError(`qemu-img create of the root overlay failed: ${img.stderr.trim()}`, undefined, 'qemu-img');
       const sshPort = await freePort();
+      const gdbPort = config.gdb ? await freePort() : undefined;
       const cmd = buildQemuCommand({
         lab: config.lab,
         accel: accel.accel,
@@ -126,6 +128,7 @@ class QemuInstance implements MachineInstance {
         sshPort,
         memoryBackendDir: scratch,
         append: config.append,
+        gdbPort,
       });
       await writeFile(path.join(config.runDir, 'qemu-cmdline.sh'), reproduceScript(cmd, scratch, config.rootImage), { mode: 0o755 });
       const child = execa(cmd.binary, cmd.args, {
@@ -134,7 +137,7 @@ class QemuInstance implements MachineInstance {
       const exitPromise = child.then((r) => {
         if (instance) instance.exitInfo = { code: r.exitCode ?? null, signal: r.signal ?? null };
       });
-      instance = new QemuInstance(config, accel, scratch, sshPort, cmd.pciPaths, child, exitPromise, removeCleanup);
+      instance = new QemuInstance(config, accel, scratch, sshPort, gdbPort, cmd.pciPaths, child, exitPromise, removeCleanup);
       return instance;
     } catch (err) {
       removeCleanup();
@@ -145,6 +148,14 @@ class QemuInstance implements MachineInstance {
 
   get exited(): ExitInfo | null {
     return this.exitInfo;
+  }
+
+  get access(): GuestAccess {
+    return { pid: this.child.pid!, sshPort: this.sshPort, ...(this.gdbPort !== undefined ? { gdbPort: this.gdbPort } : {}), scratch: this.scratch };
+  }
+
+  whenExited(timeoutMs: number): Promise<boolean> {
+    return this.waitExit(timeoutMs);
   }
 
   async console(): Promise<string> {

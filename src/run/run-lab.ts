@@ -10,7 +10,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureHostTools } from '../util/host-tools.ts';
 import type { LabSpec } from '../lab/types.ts';
-import type { MachineBackend } from '../machine/instance.ts';
+import type { Kernel } from '../kernel/types.ts';
+import type { MachineBackend, MachineInstance } from '../machine/instance.ts';
 import { qemuBackend } from '../machine/qemu.ts';
 import { failureFromError } from '../results/outcome.ts';
 import { formatResultTable, writeRunResults, type RunResults } from '../results/report.ts';
@@ -31,6 +32,25 @@ export interface RunOptions extends PrepareOptions {
   runDir?: string;
   /** What runs the guest; default QEMU. */
   backend?: MachineBackend;
+  /** false: boot and set up, upload the probes, run none (`hwlab shell`). */
+  runProbes?: boolean;
+  /** QEMU's gdbstub on a free loopback port, KASLR off (`--gdb`). */
+  gdb?: boolean;
+  /** Keep the guest up after the probes until this resolves (`--keep`, `hwlab shell`); results.json is written first. */
+  hold?: (guest: HeldGuest) => Promise<void>;
+}
+
+/** A guest kept up after its run, and what a person needs to reach it. */
+export interface HeldGuest {
+  machine: MachineInstance;
+  /** The run's results so far (already in results.json) and its table. */
+  outcome: RunOutcome;
+  lab: LabSpec;
+  kernel: Kernel;
+  /** The image's host key (OpenSSH line): pinned for ssh. */
+  hostKey: string;
+  /** The command that runs the probes in the guest by hand. */
+  runner: string[];
 }
 
 export interface RunOutcome {
@@ -81,6 +101,13 @@ export async function runLab(asked: LabSpec, askedOpts: RunOptions): Promise<Run
   }
   timings.prepare = (Date.now() - startedAt) / 1000;
   const key = await ensureHwlabKey();
-  const results = await runOnMachine({ lab, prepared, runDir, progress: opts.progress, privateKey: key.privateKey, startedAt, timings }, opts.backend ?? qemuBackend);
+  const p = prepared;
+  const hold = opts.hold && (async (machine: MachineInstance, held: RunResults, runner: string[]) => {
+    await opts.hold!({ machine, outcome: await finish(held, lab, opts), lab, kernel: p.kernel, hostKey: p.image.hostKey, runner });
+  });
+  const results = await runOnMachine({
+    lab, prepared, runDir, progress: opts.progress, privateKey: key.privateKey, startedAt, timings,
+    runProbes: opts.runProbes, gdb: opts.gdb, ...(hold ? { hold } : {}),
+  }, opts.backend ?? qemuBackend);
   return finish(results, lab, opts);
 }
