@@ -64,8 +64,11 @@ export async function listKept(): Promise<KeptGuest[]> {
 export async function findKept(ref: string | undefined): Promise<KeptGuest> {
   const all = await listKept();
   if (ref === undefined) {
-    if (all.length === 1) return all[0];
-    throw new InputError(all.length ? `${all.length} guests are kept (${all.map((g) => g.name).join(', ')}): name one` : 'no guest is kept (hwlab run --keep keeps one)');
+    // Entries whose QEMU is gone (an owner killed before it could forget them) do not count: stop --all clears them.
+    const live: KeptGuest[] = [];
+    for (const g of all) if (await isQemuOf(g.qemuPid, g.runDir)) live.push(g);
+    if (live.length === 1) return live[0];
+    throw new InputError(live.length ? `${live.length} guests are kept (${live.map((g) => g.name).join(', ')}): name one` : 'no guest is kept (hwlab run --keep keeps one)');
   }
   const name = path.basename(path.resolve(ref));
   const g = all.find((x) => x.name === name || x.name === ref);
