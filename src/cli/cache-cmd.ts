@@ -1,3 +1,6 @@
+// `hwlab cache ls|prune`: what the content-addressed cache (src/util/cache.ts)
+// holds, with sizes and last use, and removing unfinished or least recently
+// used entries. With `ls --json`, stdout is the entries alone.
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { readdir, rm, stat } from 'node:fs/promises';
@@ -5,6 +8,7 @@ import path from 'node:path';
 import { cacheRoot, isComplete, listEntries, type CacheEntryInfo } from '../util/cache.ts';
 import { InputError } from '../util/errors.ts';
 import { lockHolder } from '../util/lock.ts';
+import { flag, str, type CommandGroup } from './command.ts';
 
 
 /** Entries used this recently are never pruned by size: a running lab may be reading them. */
@@ -104,3 +108,50 @@ export async function pruneCache(opts: { all: boolean; maxBytes?: number; now?: 
   }
   return removed;
 }
+
+export const cacheCommands: CommandGroup = {
+  name: 'cache',
+  summary: 'the cache of kernels, images and builds',
+  subcommands: [
+    {
+      name: 'cache ls',
+      summary: `list cache entries with size and last use (${cacheRoot()})`,
+      args: '',
+      positionals: { min: 0, max: 0 },
+      options: { json: { type: 'boolean', help: 'stdout: the entries as JSON only' } },
+      async handler(a) {
+        const entries = await entriesBySize();
+        if (flag(a, 'json')) {
+          process.stdout.write(`${JSON.stringify({ root: cacheRoot(), entries }, null, 2)}\n`);
+          return 0;
+        }
+        for (const e of entries) {
+          process.stdout.write(`${e.kind.padEnd(13)} ${e.key}  ${formatSize(e.bytes).padStart(6)}  used ${(e.lastUsed ?? e.createdAt).slice(0, 19)}  ${e.label}\n`);
+        }
+        process.stdout.write(`${entries.length} entries, ${formatSize(entries.reduce((n, e) => n + e.bytes, 0))} in ${cacheRoot()} (least recently used first)\n`);
+        return 0;
+      },
+    },
+    {
+      name: 'cache prune',
+      summary: 'remove unfinished entries; --all everything; --max-size then the least recently used until the cache fits',
+      args: '',
+      positionals: { min: 0, max: 0 },
+      options: {
+        all: { type: 'boolean', help: 'remove everything' },
+        'max-size': { type: 'string', value: 'SIZE', help: 'e.g. 20G: remove least recently used entries (not used in the last 15 min) until the cache fits' },
+      },
+      async handler(a) {
+        const max = str(a, 'max-size');
+        if (flag(a, 'all') && max !== undefined) throw new InputError('cache prune: --all and --max-size exclude each other');
+        const removed = await pruneCache({
+          all: flag(a, 'all'), maxBytes: max === undefined ? undefined : parseSize(max),
+          onKept: (dir, pid) => process.stdout.write(`kept ${dir}: in use by process ${pid > 0 ? pid : '(unknown)'}\n`),
+        });
+        for (const r of removed) process.stdout.write(`removed ${r}\n`);
+        process.stdout.write(`removed ${removed.length} entries\n`);
+        return 0;
+      },
+    },
+  ],
+};

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { cacheRoot } from '../util/cache.ts';
 import { HOST_FILES, HOST_TOOLS, installPackages, KEYRING, missingPackages, which } from '../util/host-tools.ts';
 import { probeKvm } from '../machine/accel.ts';
+import { flag, type CommandSpec } from './command.ts';
 
 const MIN_FREE_GIB = 4;
 
@@ -57,3 +58,12 @@ export async function runDoctor(opts: { install: boolean }): Promise<number> {
   }
   return bad ? 2 : 0;
 }
+
+export const doctorCommand: CommandSpec = {
+  name: 'doctor',
+  summary: 'check the host tools, whether KVM really works, and free disk space',
+  args: '',
+  positionals: { min: 0, max: 0 },
+  options: { install: { type: 'boolean', help: 'apt-install the missing Debian packages (as root)' } },
+  handler: (a) => runDoctor({ install: flag(a, 'install') }),
+};

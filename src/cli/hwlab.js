@@ -4,4 +4,5 @@
 import { register } from 'tsx/esm/api';
 
 register();
-await import('./main.ts');
+const { cliMain } = await import('./main.ts');
+await cliMain(process.argv.slice(2));

@@ -9,7 +9,7 @@
 // is copied back first, and every file a patch touched now or in that build
 // gets a fresh mtime so make recompiles exactly those.
 import { execa } from 'execa';
-import { existsSync } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,6 +20,7 @@ import { withLock } from '../util/lock.ts';
 import { boundToHwlab } from '../util/host-tools.ts';
 import type { Step } from '../util/progress.ts';
 import { assembleConfig } from './config.ts';
+import { BuildProgress, objectCount } from './build-progress.ts';
 import { applySeries, parseDiff, scratchCopy, stripPath, type PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
 import { planRebuild, describePlan, type RebuildPlan } from './targeted.ts';
@@ -236,7 +237,7 @@ export function extractBuildErrors(log: string, max = 40): string[] {
   return out;
 }
 
-async function runMake(args: string[], req: KernelBuildRequest, src: string, obj: string, log: (s: string) => void): Promise<void> {
+async function runMake(args: string[], req: KernelBuildRequest, src: string, obj: string, log: (s: string) => void, progress?: BuildProgress): Promise<void> {
   const useCcache = (await execa('ccache', ['--version'], { reject: false })).exitCode === 0;
   // Killed with hwlab: make must not go on writing into obj/ once the tree lock is free for the next run.
   const child = execa(...boundToHwlab('make', ['-C', src, `O=${obj}`, 'ARCH=x86_64', `-j${req.jobs ?? os.cpus().length}`, ...(useCcache ? ['CC=ccache gcc'] : []), ...args]), {
@@ -249,6 +250,7 @@ async function runMake(args: string[], req: KernelBuildRequest, src: string, obj
   child.all?.on('data', (d: Buffer) => {
     const s = d.toString();
     log(s);
+    if (progress) return req.step.update(progress.push(s));
     const m = s.match(/^\s+(CC|LD|AR|AS)( \[M\])?\s+(\S+)/gm);
     if (m) lastFile = m[m.length - 1].trim();
     req.step.update(lastFile);
@@ -337,7 +339,6 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
   let incrementalFrom: string | undefined;
   let plan: RebuildPlan | undefined;
   const mode = rebuildMode(req);
-  const logChunks: string[] = [];
   const { dir } = await ensureEntry('kernel-build', key, `${req.tree.label} + ${req.patches.length} patches`, async (tmp) => {
     const near = await nearestEntry(req.tree.id, configSha);
     // Files patched by whatever last built in obj/ (an earlier entry, or an interrupted build).
@@ -361,12 +362,16 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
     const changed = [...new Set([...lastTouched, ...touchedFiles(req.patches)])];
     await writeFile(lastTouchedFile, JSON.stringify(changed));
     await writeFile(path.join(obj, '.config'), configText);
+    // Same config as the entry the objects came from: only what changed compiles, no useful total.
+    const expected = near && near.manifest.configSha === configSha ? undefined : near ? await objectCount(path.join(near.dir, 'obj')) : undefined;
     const start = Date.now();
     plan = !near ? { kind: 'whole-tree', reason: reuseWork ? 'continuing an unfinished build' : 'no earlier build of this tree' }
       : mode === 'whole-tree' ? { kind: 'whole-tree', reason: 'whole-tree asked for (HWLAB_KERNEL_REBUILD or the request)' }
       : near.manifest.configSha !== configSha ? { kind: 'whole-tree', reason: `the base build ${path.basename(near.dir)} has another config` }
       : await planRebuild({ objDir: obj, srcDir: src, changed });
-    const log = (s: string) => logChunks.push(s);
+    // Written as make runs, so tail -f of the run folder's kernel-build.log follows the build.
+    const logStream = createWriteStream(req.logFile);
+    const log = (s: string) => { logStream.write(s); };
     log(`hwlab: ${describePlan(plan)}\n`);
     try {
       await runMake(['olddefconfig'], req, src, obj, log);
@@ -387,12 +392,12 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
           await writeFile(orderFile, order);
         }
       } else {
-        await runMake(['bzImage', 'modules'], req, src, obj, log);
+        await runMake(['bzImage', 'modules'], req, src, obj, log, new BuildProgress(expected));
       }
       req.step.update('modules_install');
       await runMake(['modules_install', `INSTALL_MOD_PATH=${path.join(tmp, 'modroot')}`, 'INSTALL_MOD_STRIP=1', 'DEPMOD=/sbin/depmod'], req, src, obj, log);
     } finally {
-      await writeFile(req.logFile, logChunks.join(''));
+      await new Promise<void>((resolve) => logStream.end(resolve));
     }
     buildSeconds = (Date.now() - start) / 1000;
     built = true;

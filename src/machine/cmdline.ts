@@ -32,6 +32,8 @@ export interface QemuLaunchInput {
    * for a restore QEMU waiting for the stream (`-incoming defer`).
    */
   migration?: 'save' | 'restore';
+  /** 127.0.0.1 port for QEMU's gdbstub (`--gdb`); none when absent. */
+  gdbPort?: number;
 }
 
 export interface QemuCommand {
@@ -167,6 +169,8 @@ export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
       : ['-serial', `file:${input.consoleLog}`]),
     '-qmp', `unix:${optValue(input.qmpSocket)},server=on,wait=off`,
     '-monitor', 'none',
+    // The gdbstub listens on loopback only, like the SSH forward.
+    ...(input.gdbPort !== undefined ? ['-gdb', `tcp:127.0.0.1:${input.gdbPort}`] : []),
   ];
 
   // Each port has its own chassis number and the same slot number: (chassis, slot)

@@ -103,6 +103,15 @@ export class FakeInstance implements MachineInstance {
     return this.exitInfo;
   }
 
+  /** No emulator process: nothing a person could ssh or gdb into. */
+  readonly access = null;
+
+  async whenExited(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.exitInfo && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    return this.exitInfo !== null;
+  }
+
   /** Appends a kernel line with a printk timestamp (seconds since the fake started). */
   printk(message: string): void {
     // Strictly increasing, as printk's microseconds are in practice: two lines never share a time.

@@ -81,6 +81,20 @@ export interface MachineConfig {
   runDir: string;
   /** hwlab's kernel command-line words, before the IOMMU words and the lab's own. */
   append: string[];
+  /** Open the emulator's gdbstub on a free 127.0.0.1 port (`hwlab run --gdb`). */
+  gdb?: boolean;
+}
+
+/** How a person reaches a running guest from outside hwlab: a kept guest, a shell, gdb. */
+export interface GuestAccess {
+  /** The emulator's process id: what `hwlab stop` ends. */
+  pid: number;
+  /** 127.0.0.1 port forwarded to the guest's sshd. */
+  sshPort: number;
+  /** 127.0.0.1 port of the emulator's gdbstub, when MachineConfig.gdb asked for it. */
+  gdbPort?: number;
+  /** The per-run scratch folder (root overlay, QMP socket, BAR files), removed when the machine ends. */
+  scratch: string;
 }
 
 /** Why a boot did not reach a ready guest. */
@@ -132,6 +146,10 @@ export interface MachineInstance {
   readonly pciPaths: Readonly<Record<string, string[]>>;
   /** The backend process's exit, once it has exited. */
   readonly exited: ExitInfo | null;
+  /** Process, ports and scratch folder of a real emulator; null for a backend without one (the fake). */
+  readonly access: GuestAccess | null;
+  /** Resolves true when the machine has exited (whoever ended it), false after timeoutMs. */
+  whenExited(timeoutMs: number): Promise<boolean>;
   /** Waits until the guest is ready (sshd up and SSH answering); throws BootError. */
   waitReady(opts: { timeoutMs: number; onProgress?: (lastConsoleLine: string) => void }): Promise<void>;
   /** Runs argv in the guest (each argument quoted; nothing is parsed as shell code). Throws ChannelLostError if the connection drops. */

@@ -20,7 +20,7 @@ import { buildQemuCommand, type QemuCommand } from './cmdline.ts';
 import {
   BootError, diagnoseThroughExec,
   type Diagnosis, type ExecOptions, type ExecResult, type ExitInfo, type HostRequestOutcome,
-  type AccelDecision, type MachineBackend, type MachineConfig, type MachineInstance, type PowerOffOutcome, type UploadFile,
+  type AccelDecision, type GuestAccess, type MachineBackend, type MachineConfig, type MachineInstance, type PowerOffOutcome, type UploadFile,
 } from './instance.ts';
 import { loadGuest, type GuestSnapshotFiles } from './migration.ts';
 import { QmpClient } from './qmp.ts';
@@ -37,10 +37,37 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** The QEMU command, quoted for a shell so a developer can paste it to reproduce the boot by hand. */
-export async function writeCommandLine(file: string, cmd: QemuCommand): Promise<void> {
+/**
+ * qemu-cmdline.sh: the run's QEMU command as a script that boots the same
+ * machine again by hand. It refers only to the cache and the run folder: the
+ * per-run scratch files (root overlay, QMP socket, BAR backing files) are
+ * made afresh in a scratch folder of its own, and the console is the terminal.
+ */
+export function reproduceScript(cmd: QemuCommand, scratch: string, rootImage: string): string {
   const q = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
-  await writeFile(file, [cmd.binary, ...cmd.args].map(q).join(' \\\n  ') + '\n');
+  // Scratch paths become "$scratch/..." (double quotes, the rest escaped for them).
+  const arg = (a: string) => (a.includes(scratch) ? `"${a.split(scratch).map((p) => p.replace(/["$`\\]/g, '\\$&')).join('$scratch')}"` : q(a));
+  const args = [...cmd.args];
+  const serial = args.indexOf('-serial');
+  if (serial >= 0) args[serial + 1] = 'mon:stdio';
+  return [
+    '#!/bin/sh',
+    '# This run\'s QEMU command, to boot the same machine by hand: the console is',
+    '# this terminal (Ctrl-A X quits QEMU). Kernel, initramfs, modules and root',
+    '# image come from the cache; the root overlay, QMP socket and BAR backing',
+    '# files go to a fresh scratch folder, removed on exit.',
+    'set -eu',
+    'scratch=$(mktemp -d /dev/shm/hwlab-manual-XXXXXX)',
+    'trap \'rm -rf "$scratch"\' EXIT INT TERM',
+    `qemu-img create -q -f qcow2 -b ${q(rootImage)} -F raw "$scratch/root.qcow2"`,
+    // One option and its value per line.
+    [cmd.binary, ...args.map(arg)].reduce((lines: string[], a, i, all) => {
+      if (i > 0 && !a.startsWith('-') && all[i - 1].startsWith('-')) lines[lines.length - 1] += ` ${a}`;
+      else lines.push(a);
+      return lines;
+    }, []).join(' \\\n  '),
+    '',
+  ].join('\n');
 }
 
 /** The last line of a console text, without its printk timestamp, for progress. */
@@ -83,6 +110,7 @@ class QemuInstance implements MachineInstance {
     readonly accel: AccelDecision,
     private readonly scratch: string,
     private readonly sshPort: number,
+    private readonly gdbPort: number | undefined,
     readonly pciPaths: Record<string, string[]>,
     private readonly child: ResultPromise,
     private readonly exitPromise: Promise<void>,
@@ -112,6 +140,7 @@ class QemuInstance implements MachineInstance {
       const sshPort = await freePort();
       // The restored console continues the saved one (QEMU appends to it).
       if (launch.kind === 'restore') await copyFile(launch.from.console, path.join(config.runDir, 'console.log'));
+      const gdbPort = config.gdb ? await freePort() : undefined;
       const cmd = buildQemuCommand({
         lab: config.lab,
         accel: accel.accel,
@@ -124,9 +153,11 @@ class QemuInstance implements MachineInstance {
         sshPort,
         memoryBackendDir: scratch,
         append: config.append,
+        gdbPort,
         ...(launch.kind === 'boot' ? {} : { migration: launch.kind }),
       });
-      await writeCommandLine(path.join(config.runDir, 'qemu-cmdline.sh'), cmd);
+      // A script that boots the same machine again from the cache (a restored guest's script boots it instead).
+      await writeFile(path.join(config.runDir, 'qemu-cmdline.sh'), reproduceScript(cmd, scratch, config.rootImage), { mode: 0o755 });
       // qemu-cmdline.sh has QEMU's own command; it runs behind setpriv so that it dies with hwlab, even a SIGKILLed one.
       const child = execa(...boundToHwlab(cmd.binary, cmd.args), {
         reject: false, stdin: 'ignore', stdout: 'ignore', stderr: ['pipe', { file: path.join(config.runDir, 'qemu-stderr.log') }], cleanup: true,
@@ -134,7 +165,7 @@ class QemuInstance implements MachineInstance {
       const exitPromise = child.then((r) => {
         if (instance) instance.exitInfo = { code: r.exitCode ?? null, signal: r.signal ?? null };
       });
-      instance = new QemuInstance(config, accel, scratch, sshPort, cmd.pciPaths, child, exitPromise, removeCleanup, launch, overlay);
+      instance = new QemuInstance(config, accel, scratch, sshPort, gdbPort, cmd.pciPaths, child, exitPromise, removeCleanup, launch, overlay);
       return instance;
     } catch (err) {
       removeCleanup();
@@ -145,6 +176,14 @@ class QemuInstance implements MachineInstance {
 
   get exited(): ExitInfo | null {
     return this.exitInfo;
+  }
+
+  get access(): GuestAccess {
+    return { pid: this.child.pid!, sshPort: this.sshPort, ...(this.gdbPort !== undefined ? { gdbPort: this.gdbPort } : {}), scratch: this.scratch };
+  }
+
+  whenExited(timeoutMs: number): Promise<boolean> {
+    return this.waitExit(timeoutMs);
   }
 
   async console(): Promise<string> {

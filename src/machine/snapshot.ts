@@ -157,6 +157,8 @@ class SnapshotInstance implements MachineInstance {
   get accel() { return this.inner.accel; }
   get pciPaths() { return this.inner.pciPaths; }
   get exited() { return this.inner.exited; }
+  get access() { return this.inner.access; }
+  whenExited: MachineInstance['whenExited'] = (t) => this.inner.whenExited(t);
   async waitReady(opts: Parameters<MachineInstance['waitReady']>[0]): Promise<void> {
     const deadline = Date.now() + opts.timeoutMs;
     await this.inner.waitReady(opts);

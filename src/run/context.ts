@@ -1,6 +1,8 @@
 // What the phases of a run on a machine share: the context they read (the
 // lab, the prepared artifacts, the run folder) and the state they fill in as
 // they go, which collect() turns into results whatever happened.
+import type { MachineInstance } from '../machine/instance.ts';
+import type { RunResults } from '../results/report.ts';
 import type { GuestPciDevice } from '../session/pci.ts';
 import type { LabSpec } from '../lab/types.ts';
 import type { RunFailure, RunPhase } from '../results/outcome.ts';
@@ -20,6 +22,16 @@ export interface RunContext {
   startedAt: number;
   /** Seconds per phase, filled as the phases end. */
   timings: Record<string, number>;
+  /** false: set the guest up and upload the probes, but run none (`hwlab shell`). */
+  runProbes?: boolean;
+  /** QEMU's gdbstub on, KASLR off (`--gdb`). */
+  gdb?: boolean;
+  /**
+   * After the probes the guest stays up until this resolves (`--keep`,
+   * `hwlab shell`), devices still bound; it gets the results so far and
+   * the command that runs the probes by hand. Then the guest powers off.
+   */
+  hold?: (m: MachineInstance, results: RunResults, runner: string[]) => Promise<void>;
 }
 
 /** A module the guest runs, proven to be the one hwlab built. */

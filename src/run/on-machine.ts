@@ -20,7 +20,7 @@ import { findPciDevices, type GuestPciDevice } from '../session/pci.ts';
 import { InfraError } from '../util/errors.ts';
 import { collect } from './collect.ts';
 import type { RunContext, RunState } from './context.ts';
-import { probePhase } from './probe-phase.ts';
+import { probePhase, uploadProbes } from './probe-phase.ts';
 
 /**
  * hwlab's kernel command-line words (the IOMMU words and the lab's own follow).
@@ -123,16 +123,21 @@ export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Pr
   try {
     m = await backend.start({
       lab: ctx.lab, kernelImage: kernel.vmlinuz, modulesDisk: kernel.modulesDisk, modulesRoot: kernel.modulesRoot, initrd, rootImage: image.rootDisk,
-      privateKey: ctx.privateKey, hostKey: image.hostKey, runDir: ctx.runDir, append: KERNEL_WORDS,
+      privateKey: ctx.privateKey, hostKey: image.hostKey, runDir: ctx.runDir,
+      // gdb resolves symbols at their link addresses: no KASLR under --gdb.
+      append: ctx.gdb ? [...KERNEL_WORDS, 'nokaslr'] : KERNEL_WORDS, gdb: ctx.gdb,
     });
     ctx.progress.info(`accel: ${m.accel.note}`);
     await boot(ctx, m);
     state.phase = 'setup';
     await setup(ctx, m, state);
     state.phase = 'probes';
-    await probePhase(ctx, m, state);
+    const runner = ctx.runProbes === false ? await uploadProbes(ctx, m, state) : await probePhase(ctx, m, state);
     state.phase = 'teardown';
-    await giveBack(ctx, m, state);
+    if (ctx.hold) {
+      // Kept as the probes left it (devices bound, bundle in place) for a person to look at.
+      await ctx.hold(m, await collect(ctx, m, backend.name, state), runner);
+    } else await giveBack(ctx, m, state);
   } catch (err) {
     const gone = m && state.phase !== 'boot' ? await exitWithin(m, 3000) : null;
     state.failure ??= failureFromError(state.phase, gone ? machineGoneError(gone, state.phase) : err);

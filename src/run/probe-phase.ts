@@ -73,16 +73,23 @@ class HostRequestServer {
 }
 
 /** Runs the probes; what goes wrong is recorded in `state` (failure, hung), never thrown, so the TAP so far is always kept. */
-export async function probePhase(ctx: RunContext, m: MachineInstance, state: RunState): Promise<void> {
-  const { lab, runDir, progress } = ctx;
-  const t0 = Date.now();
-  const bundle = await bundleProbes(path.join(runDir, 'probe-bundle'));
-  const configFile = path.join(runDir, 'guest-config.json');
-  await writeFile(configFile, JSON.stringify(guestRunConfig(lab, state.devices ?? {}), null, 2));
-  await progress.run('upload probes', () => m.upload([
+/** Puts the probe bundle and the run config in the guest; returns the command that runs them (also by hand, in a kept guest). */
+export async function uploadProbes(ctx: RunContext, m: MachineInstance, state: RunState): Promise<string[]> {
+  const bundle = await bundleProbes(path.join(ctx.runDir, 'probe-bundle'));
+  const configFile = path.join(ctx.runDir, 'guest-config.json');
+  await writeFile(configFile, JSON.stringify(guestRunConfig(ctx.lab, state.devices ?? {}), null, 2));
+  await ctx.progress.run('upload probes', () => m.upload([
     ...bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_DIR}/${f.relative}` })),
     { local: configFile, remote: GUEST_CONFIG_FILE },
   ]));
+  return ['node', `${GUEST_DIR}/${bundle.entry}`, GUEST_CONFIG_FILE];
+}
+
+/** Returns the command that runs the probes (for a guest kept afterwards). */
+export async function probePhase(ctx: RunContext, m: MachineInstance, state: RunState): Promise<string[]> {
+  const { lab, runDir, progress } = ctx;
+  const t0 = Date.now();
+  const runner = await uploadProbes(ctx, m, state);
 
   const requests = new HostRequestServer(m, state, path.join(runDir, 'host-requests.log'), lab.topology.endpoints.map((e) => e.id));
   // A probe past its budget is hung (typically in the kernel): diagnose, then end the phase with the TAP so far.
@@ -113,7 +120,7 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
   try {
     const r = await progress.run(`probes (${lab.probes.length})`, (step) => {
       let points = 0;
-      return m.exec(['node', `${GUEST_DIR}/${bundle.entry}`, GUEST_CONFIG_FILE], {
+      return m.exec(runner, {
         timeoutMs: lab.timeouts.probesSec * 1000,
         signal: stop.signal,
         onStdout: (chunk) => {
@@ -149,4 +156,5 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
     ctx.timings.probes = (Date.now() - t0) / 1000;
   }
   await requests.settled();
+  return runner;
 }

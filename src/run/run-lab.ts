@@ -1,14 +1,17 @@
 // One lab run, stage by stage: prepare (kernel, hwlab's modules, image,
 // initramfs) -> boot -> setup -> probe phase -> collect. Every run writes a
 // folder with what is needed to judge it afterwards (console log, QEMU
-// command line, lab as resolved, TAP, results.json) and ends in exactly one
+// command line, lab as resolved, TAP, results.json) and to run it again
+// (lab/lab.yaml with copies of its patches and fragments, kernel.config:
+// `hwlab rerun <run-dir>`, see reproduce.ts), and ends in exactly one
 // outcome class, including a run that stopped before booting.
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureHostTools } from '../util/host-tools.ts';
 import type { LabSpec } from '../lab/types.ts';
-import type { MachineBackend } from '../machine/instance.ts';
+import type { Kernel } from '../kernel/types.ts';
+import type { MachineBackend, MachineInstance } from '../machine/instance.ts';
 import { defaultQemuBackend } from '../machine/snapshot.ts';
 import { failureFromError } from '../results/outcome.ts';
 import { formatResultTable, writeRunResults, type RunResults } from '../results/report.ts';
@@ -19,6 +22,7 @@ import { resultsWithoutMachine } from './collect.ts';
 import { runOnMachine } from './on-machine.ts';
 import { checkHostMemory, preflightInputs } from './preflight.ts';
 import { prepareLab, type PrepareOptions } from './prepare.ts';
+import { keepKernelConfig, labWithExtras, writeRunLab } from './reproduce.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -29,6 +33,25 @@ export interface RunOptions extends PrepareOptions {
   runDir?: string;
   /** What runs the guest; default QEMU. */
   backend?: MachineBackend;
+  /** false: boot and set up, upload the probes, run none (`hwlab shell`). */
+  runProbes?: boolean;
+  /** QEMU's gdbstub on a free loopback port, KASLR off (`--gdb`). */
+  gdb?: boolean;
+  /** Keep the guest up after the probes until this resolves (`--keep`, `hwlab shell`); results.json is written first. */
+  hold?: (guest: HeldGuest) => Promise<void>;
+}
+
+/** A guest kept up after its run, and what a person needs to reach it. */
+export interface HeldGuest {
+  machine: MachineInstance;
+  /** The run's results so far (already in results.json) and its table. */
+  outcome: RunOutcome;
+  lab: LabSpec;
+  kernel: Kernel;
+  /** The image's host key (OpenSSH line): pinned for ssh. */
+  hostKey: string;
+  /** The command that runs the probes in the guest by hand. */
+  runner: string[];
 }
 
 export interface RunOutcome {
@@ -46,6 +69,7 @@ async function openRunFolder(lab: LabSpec, opts: RunOptions): Promise<string> {
   await mkdir(runDir, { recursive: true });
   opts.progress.info(`run folder: ${runDir}`);
   await writeFile(path.join(runDir, 'lab.resolved.json'), JSON.stringify(lab, null, 2));
+  await writeRunLab(lab, runDir);
   return runDir;
 }
 
@@ -56,12 +80,16 @@ async function finish(results: RunResults, lab: LabSpec, opts: RunOptions): Prom
   return { results, runDir: results.runDir, table: formatResultTable(results) };
 }
 
-export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome> {
+export async function runLab(asked: LabSpec, askedOpts: RunOptions): Promise<RunOutcome> {
   // Checked before anything is fetched or built: HWLAB_SNAPSHOT=on|off.
-  const backend = opts.backend ?? defaultQemuBackend();
+  const backend = askedOpts.backend ?? defaultQemuBackend();
   const startedAt = Date.now();
   // Bad input files are refused before the run folder, a download or a build exists.
-  await preflightInputs(lab, opts);
+  await preflightInputs(asked, askedOpts);
+  // --patch and --fragment become part of the lab the folder keeps; where the
+  // kernel kind cannot take them they stay options, for prepare to refuse.
+  const lab = labWithExtras(asked, askedOpts.extraPatches ?? [], askedOpts.extraFragments ?? []);
+  const opts = lab === asked ? askedOpts : { ...askedOpts, extraPatches: [], extraFragments: [] };
   const runDir = await openRunFolder(lab, opts);
   const timings: Record<string, number> = {};
   let prepared;
@@ -69,6 +97,7 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
     if (!opts.backend) await ensureHostTools((l) => opts.progress.info(l));
     prepared = await prepareLab(lab, opts, runDir);
     if (!opts.backend) await checkHostMemory(lab);
+    await keepKernelConfig(prepared.kernel.config, runDir);
   } catch (err) {
     // Nothing booted; the folder still says why the run stopped, and results.json says which class that is.
     const failure = failureFromError('prepare', err);
@@ -78,6 +107,13 @@ export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome
   }
   timings.prepare = (Date.now() - startedAt) / 1000;
   const key = await ensureHwlabKey();
-  const results = await runOnMachine({ lab, prepared, runDir, progress: opts.progress, privateKey: key.privateKey, startedAt, timings }, backend);
+  const p = prepared;
+  const hold = opts.hold && (async (machine: MachineInstance, held: RunResults, runner: string[]) => {
+    await opts.hold!({ machine, outcome: await finish(held, lab, opts), lab, kernel: p.kernel, hostKey: p.image.hostKey, runner });
+  });
+  const results = await runOnMachine({
+    lab, prepared, runDir, progress: opts.progress, privateKey: key.privateKey, startedAt, timings,
+    runProbes: opts.runProbes, gdb: opts.gdb, ...(hold ? { hold } : {}),
+  }, backend);
   return finish(results, lab, opts);
 }

@@ -13,9 +13,14 @@ export interface HwlabKey {
   publicKey: string;
 }
 
+/** The private key file, for an ssh a person runs (`hwlab ssh`, the printed command). */
+export function hwlabKeyFile(): string {
+  return path.join(cacheRoot(), 'ssh', 'id_ed25519');
+}
+
 export async function ensureHwlabKey(): Promise<HwlabKey> {
-  const dir = path.join(cacheRoot(), 'ssh');
-  const priv = path.join(dir, 'id_ed25519');
+  const priv = hwlabKeyFile();
+  const dir = path.dirname(priv);
   const pub = `${priv}.pub`;
   if (!existsSync(priv) || !existsSync(pub)) {
     await mkdir(dir, { recursive: true, mode: 0o700 });

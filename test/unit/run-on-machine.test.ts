@@ -224,3 +224,40 @@ test('a probe asking for a hot removal is served through the machine and logged;
   const unbinds = m.calls.filter((c) => c.argv[2]?.includes('echo > "$d/driver_override"')).map((c) => c.argv[4]);
   t.false(unbinds.includes('0000:01:00.0'), 'shm0 was removed: nothing to give back');
 });
+
+test('hold (--keep): after the probes the guest stays up with the devices bound until hold returns, then powers off', async (t) => {
+  const runDir = await mkdtemp(path.join(os.tmpdir(), 'hwlab-fake-run-'));
+  t.teardown(() => rm(runDir, { recursive: true, force: true }));
+  const backend = new FakeBackend({ runner: allPass(lab) });
+  let seen: { results: RunResults; runner: string[]; unbindsBefore: number; alive: boolean } | undefined;
+  const results = await runOnMachine({
+    lab, prepared, runDir, progress: silentProgress(), privateKey: 'key', startedAt: Date.now(), timings: {},
+    hold: async (m, held, runner) => {
+      const f = m as FakeInstance;
+      seen = { results: held, runner, unbindsBefore: f.calls.filter((c) => c.argv.join(' ').includes('echo > "$d/driver_override"')).length, alive: f.exited === null };
+    },
+  }, backend);
+  t.truthy(seen);
+  t.is(seen!.results.outcome.class, 'pass', 'hold sees the results of the probes');
+  t.deepEqual(seen!.runner.slice(0, 1), ['node']);
+  t.true(seen!.runner[2].endsWith('config.json'));
+  t.is(seen!.unbindsBefore, 0, 'no device given back before the hold');
+  t.true(seen!.alive);
+  t.is(results.outcome.class, 'pass');
+  t.not(backend.instances[0].exited, null, 'powered off after the hold');
+});
+
+test('runProbes false (hwlab shell): set up and uploaded, no probe run, hold gets the runner command', async (t) => {
+  const runDir = await mkdtemp(path.join(os.tmpdir(), 'hwlab-fake-run-'));
+  t.teardown(() => rm(runDir, { recursive: true, force: true }));
+  const backend = new FakeBackend({ runner: allPass(lab) });
+  let runner: string[] = [];
+  await runOnMachine({
+    lab, prepared, runDir, progress: silentProgress(), privateKey: 'key', startedAt: Date.now(), timings: {},
+    runProbes: false, hold: async (_m, _r, r) => { runner = r; },
+  }, backend);
+  const m = backend.instances[0] as FakeInstance;
+  t.true(m.uploads.some((u) => u.remote.endsWith('config.json')), 'probes uploaded');
+  t.false(m.calls.some((c) => c.argv[0] === 'node'), 'no probe ran');
+  t.is(runner[0], 'node');
+});
