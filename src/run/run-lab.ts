@@ -8,6 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureHostTools } from '../util/host-tools.ts';
 import type { LabSpec } from '../lab/types.ts';
+import { selectProbes } from '../lab/select.ts';
 import type { MachineBackend } from '../machine/instance.ts';
 import { qemuBackend } from '../machine/qemu.ts';
 import { failureFromError } from '../results/outcome.ts';
@@ -28,6 +29,8 @@ export interface RunOptions extends PrepareOptions {
   runDir?: string;
   /** What runs the guest; default QEMU. */
   backend?: MachineBackend;
+  /** Only these probes of the lab (names or `name(device)`, see src/lab/select.ts): nightly reruns, bisect steps. */
+  onlyProbes?: readonly string[];
 }
 
 export interface RunOutcome {
@@ -55,7 +58,9 @@ async function finish(results: RunResults, lab: LabSpec, opts: RunOptions): Prom
   return { results, runDir: results.runDir, table: formatResultTable(results) };
 }
 
-export async function runLab(lab: LabSpec, opts: RunOptions): Promise<RunOutcome> {
+export async function runLab(fullLab: LabSpec, opts: RunOptions): Promise<RunOutcome> {
+  // Before the folder: lab.resolved.json must list the probes that run, so reports read the folder right.
+  const lab = opts.onlyProbes?.length ? selectProbes(fullLab, opts.onlyProbes) : fullLab;
   const startedAt = Date.now();
   const runDir = await openRunFolder(lab, opts);
   const timings: Record<string, number> = {};
