@@ -12,6 +12,7 @@ import { runLab } from '../run/run-lab.ts';
 import { EXIT_CODE } from '../results/outcome.ts';
 import { formatMutantsTable, runMutants } from '../run/mutants.ts';
 import { runDoctor } from './doctor.ts';
+import { BISECT_USAGE, bisectCommand } from './bisect-cmd.ts';
 import { HISTORY_USAGE, historyCommand } from './history-cmd.ts';
 import { NIGHTLY_USAGE, nightlyCommand } from './nightly-cmd.ts';
 import { MATRIX_USAGE, matrixCommand, mergeCommand } from './matrix-cmd.ts';
@@ -31,7 +32,7 @@ const USAGE = `usage: hwlab <command> [options]
                         run the lab once per known-bad patch in DIR (default labs/mutants),
                         on top of the lab's series; exit 0 only if every patch was caught;
                         --focus runs only the probes each patch's Expected-catch names
-${MATRIX_USAGE}${NIGHTLY_USAGE}${HISTORY_USAGE}  image build <recipe>  build (or reuse) the guest image images/<recipe>.yaml
+${MATRIX_USAGE}${NIGHTLY_USAGE}${HISTORY_USAGE}${BISECT_USAGE}  image build <recipe>  build (or reuse) the guest image images/<recipe>.yaml
   doctor [--install]    check host tools, a KVM that really works, disk space;
                         --install apt-installs the missing Debian packages
   cache ls              list cache entries (${cacheRoot()})
@@ -91,6 +92,8 @@ async function main(argv: string[]): Promise<number> {
       return nightlyCommand(rest, progress);
     case 'history':
       return historyCommand(rest);
+    case 'bisect':
+      return bisectCommand(rest, progress);
     case 'image': {
       if (rest[0] !== 'build' || rest.length !== 2) throw new UsageError('usage: hwlab image build <recipe>');
       const recipe = await loadImageRecipe(rest[1]);
