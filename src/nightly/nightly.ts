@@ -24,7 +24,7 @@ import { readRunFolder } from '../reports/folders.ts';
 import { summarize, type CellRecord } from '../reports/summary.ts';
 import { writeReports } from '../reports/write.ts';
 import type { OutcomeClass } from '../results/outcome.ts';
-import { runLab } from '../run/run-lab.ts';
+import { runLab, type RunOptions } from '../run/run-lab.ts';
 import { InfraError } from '../util/errors.ts';
 import type { Progress } from '../util/progress.ts';
 
@@ -54,7 +54,12 @@ export interface NightlyOptions {
   infraRetries?: number;
   backoffSec?: number;
   backend?: MachineBackend;
+  /** What runs a lab into a folder; runLab unless a unit test stands in for the whole run. */
+  runner?: LabRunner;
 }
+
+/** runLab's shape as the night uses it: the run must leave results.json (and lab.resolved.json) in runDir. */
+export type LabRunner = (lab: LabSpec, opts: RunOptions & { runDir: string }) => Promise<unknown>;
 
 export const DEFAULT_RERUNS = 2;
 export const DEFAULT_INFRA_RETRIES = 2;
@@ -161,6 +166,7 @@ async function runUnit(db: HistoryDb, unit: NightUnit, folder: string, opts: Nig
   const { progress } = opts;
   await mkdir(folder, { recursive: true });
   const nightId = startNight(db, { series: unit.series, source: opts.source, folder });
+  const runner = opts.runner ?? runLab;
   const runOpts = { progress, extraPatches: opts.extraPatches, extraFragments: opts.extraFragments, backend: opts.backend };
   const attempts: Attempt[] = [];
   const record = async (purpose: RunPurpose, runDir: string, probes?: string[]): Promise<Attempt> => {
@@ -180,7 +186,7 @@ async function runUnit(db: HistoryDb, unit: NightUnit, folder: string, opts: Nig
     }
     const runDir = path.join(folder, i === 0 ? 'run' : `infra-retry-${i}`);
     // --refresh: a night looks the kernel up again (a new upload, a moved ref).
-    await runLab(unit.lab, { ...runOpts, runDir, refresh: true, onlyProbes: opts.onlyProbes });
+    await runner(unit.lab, { ...runOpts, runDir, refresh: true, onlyProbes: opts.onlyProbes });
     attempts.push(await record(i === 0 ? 'nightly' : 'infra-retry', runDir));
     if (attempts.at(-1)!.outcome.class !== 'infra') break;
   }
@@ -219,7 +225,7 @@ async function runUnit(db: HistoryDb, unit: NightUnit, folder: string, opts: Nig
     const probes = [...new Set(open.map((p) => p.probeKey))];
     progress.info(`${unit.series}: rerun ${i}: ${open.length} new failing point(s) in ${probes.join(', ')}`);
     const runDir = path.join(folder, `rerun-${i}`);
-    await runLab(unit.lab, { ...runOpts, runDir, onlyProbes: probes });
+    await runner(unit.lab, { ...runOpts, runDir, onlyProbes: probes });
     const a = await record('rerun', runDir, probes);
     reruns.push(a);
     // A rerun the host broke says nothing about any point.

@@ -124,7 +124,7 @@ test.serial('default lab: with the dma-buf-mapping.c fix, the multirange expect_
   t.true(nowPasses.every((c) => c.before === 'todo' && c.now === 'pass'));
   t.deepEqual(after.unit.stale.map((s) => s.probeKey), ['importer-multirange(shm0)']);
   t.deepEqual(after.unit.changes.filter((c) => c.now === 'fail' || c.now === 'todo'), [], 'no point fails, expected or not');
-  t.regex(after.text, /^KNOWN FAILURE NOW PASSES \(stale expect_fail\)/m);
+  t.regex(after.text, /^KNOWN FAILURE NOW PASSES \(STALE EXPECT_FAIL\)/m);
   t.regex(after.text, /^STALE EXPECT_FAIL/m);
   t.deepEqual(await qemuProcessesMentioning(dir), []);
 });
