@@ -199,7 +199,12 @@ export const labSchema = orEmpty({}, strictObject({
     name: z.string().min(1),
     device: idSchema.optional(),
     params: orEmpty({}, z.record(z.string(), z.unknown())),
-    expect_fail: z.string().min(1).optional(),
+    // A reason (every failure of the probe is expected), or the reason and the points / errnos it covers.
+    expect_fail: z.union([z.string().min(1), strictObject({
+      reason: z.string().min(1),
+      points: z.array(z.string().min(1)).min(1).optional(),
+      errno: z.array(z.string().regex(/^E[A-Z0-9]+$/, 'must be an errno name like EADDRINUSE')).min(1).optional(),
+    })]).optional(),
     timeout: z.number().positive().optional(),
   })))),
   timeouts: orEmpty({}, strictObject({
