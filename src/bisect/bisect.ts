@@ -140,7 +140,7 @@ async function readSteps(folder: string): Promise<StepRecord[]> {
 /** A step, as `git bisect run` calls it: the exit code is the verdict. */
 export async function bisectStep(db: HistoryDb, lab: LabSpec, s: BisectState, progress: Progress): Promise<number> {
   const commit = await git(s.clone, ['rev-parse', 'BISECT_HEAD']);
-  const n = (await readSteps(s.folder)).length + 1;
+  const n = Math.max(0, ...(await readSteps(s.folder)).map((x) => x.n)) + 1;
   try {
     return STEP_EXIT[(await runAt(db, lab, s, commit, n, s.onlyProbes, progress)).verdict];
   } catch (err) {

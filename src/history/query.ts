@@ -153,9 +153,9 @@ function nightRow(r: { id: number; series: string; source: string; started_at: s
   };
 }
 
-/** The last finished night of a series (any class): whether the kernel changed is judged against it. */
+/** The last finished night of a series that knew its kernel (any class): whether the kernel changed is judged against it. */
 export function lastNight(db: HistoryDb, series: string, before?: number): NightRow | undefined {
-  const r = db.prepare('SELECT * FROM nights WHERE series = ? AND finished_at IS NOT NULL AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT 1').get(series, before ?? null, before ?? null);
+  const r = db.prepare('SELECT * FROM nights WHERE series = ? AND finished_at IS NOT NULL AND kernel_identity IS NOT NULL AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT 1').get(series, before ?? null, before ?? null);
   return r ? nightRow(r as Parameters<typeof nightRow>[0]) : undefined;
 }
 
