@@ -202,7 +202,7 @@ export async function runBisect(db: HistoryDb, lab: LabSpec, opts: BisectOptions
       reject: false, timeout: BISECT_TIMEOUT_MS, env: { LC_ALL: 'C' }, stdout: 'pipe', stderr: 'inherit',
     });
     await writeFile(path.join(folder, 'git-bisect-run.log'), `${run.stdout}\n`);
-    await writeFile(path.join(folder, 'git-bisect.log'), await git(clone, ['bisect', 'log']).catch(() => ''));
+    await writeFile(path.join(folder, 'git-bisect.log'), `${await git(clone, ['bisect', 'log']).catch(() => '')}\n`);
     const steps = [oracle, ...(await readSteps(folder)).filter((s) => s.n > 0)];
     const result: BisectResult = { folder, lab: lab.name, tree, good, bad, oracleProbes: state.onlyProbes, steps, labRuns: steps.length };
     const found = /^([0-9a-f]{40}) is the first bad commit$/m.exec(run.stdout);
