@@ -164,3 +164,25 @@ test('an expect_fail whose points pass is reported as known failure now passes a
   t.is(readFileSync(files.markdown, 'utf8'), formatDigestMarkdown(n2.d));
   t.regex(readFileSync(n2.d.report!, 'utf8'), /<html/i, 'the night\'s HTML report is written');
 });
+
+test('several units (a matrix\'s cells): one series and folder each, one digest, the worst verdict decides the exit', async (t) => {
+  const c = await ctx();
+  const units = [{ series: 'vfio-dmabuf/smoke.a', lab: c.lab }, { series: 'vfio-dmabuf/smoke.b', lab: c.lab }];
+  const run = (scripts: Script[]) => runNightly(c.db, units, {
+    progress: silentProgress(), source: 'labs/matrix.yaml', name: 'vfio-dmabuf', runsDir: c.dir, backoffSec: 0, reruns: 1, infraRetries: 0,
+    runner: scriptedRunner(scripts, []),
+  });
+  const d1 = await run([{}, {}]);
+  t.is(d1.exitCode, 0);
+  t.deepEqual(d1.units.map((u) => path.relative(d1.folder, u.folder)), ['vfio-dmabuf_smoke.a', 'vfio-dmabuf_smoke.b']);
+  await new Promise((r) => setTimeout(r, 5));
+  // Cell a: infra; cell b: a new failure its rerun confirms. News outranks infra.
+  const d2 = await run([{ infra: true }, { fail: [F] }, { fail: [F] }]);
+  t.deepEqual(d2.units.map((u) => u.verdict), ['infra', 'news']);
+  t.is(d2.verdict, 'news');
+  t.is(d2.exitCode, 1);
+  t.is(d2.units[1].baseline?.nightId, d1.units[1].nightId, 'each cell against its own series');
+  const text = formatDigestText(d2);
+  t.regex(text, /^vfio-dmabuf\/smoke\.a: INFRASTRUCTURE only/m);
+  t.regex(text, /^vfio-dmabuf\/smoke\.b: NEWS/m);
+});
