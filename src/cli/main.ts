@@ -23,6 +23,9 @@ import { doctorCommand } from './doctor.ts';
 import { imageCommands } from './image-cmd.ts';
 import { matrixCommandSpec, mergeCommandSpec } from './matrix-cmd.ts';
 import { mutantsCommand } from './mutants-cmd.ts';
+import { nightlyCommandSpec } from './nightly-cmd.ts';
+import { historyCommandSpec } from './history-cmd.ts';
+import { bisectCommandSpec } from './bisect-cmd.ts';
 import { rerunCommand } from './rerun-cmd.ts';
 import { psCommand } from './ps-cmd.ts';
 import { runCommand } from './run-cmd.ts';
@@ -41,6 +44,9 @@ export const COMMANDS: CommandEntry[] = [
   mutantsCommand,
   matrixCommandSpec,
   mergeCommandSpec,
+  nightlyCommandSpec,
+  historyCommandSpec,
+  bisectCommandSpec,
   checkCommand,
   imageCommands,
   doctorCommand,

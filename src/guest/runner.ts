@@ -4,7 +4,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import {
   DMABUF_ABIS, ENDPOINT_TYPES, formatProbeMarker, isEndpointType, RUNNER_EXIT, STRESS_WORKER_FLAG,
-  type DmabufAbi, type EndpointType, type GuestDevice, type GuestProbeRequest, type GuestRunConfig, type ProbeMarker,
+  type DmabufAbi, type EndpointType, type ExpectFailScope, type GuestDevice, type GuestProbeRequest, type GuestRunConfig, type ProbeMarker,
 } from '../protocol/protocol.ts';
 import { isProbeName, resolveParams, type ProbeName } from './probes/catalog.ts';
 import type { Probe } from './probes/common.ts';
@@ -37,10 +37,13 @@ function parseConfig(raw: unknown): { ok: true; config: GuestRunConfig } | { ok:
     errors.push(...deviceErrors(`${at}.device`, d));
     if (p.params !== undefined && !isObj(p.params)) errors.push(`${at}.params must be an object`);
     if (p.expectFail !== undefined && typeof p.expectFail !== 'string') errors.push(`${at}.expectFail must be a string`);
+    const scope = p.expectFailScope;
+    const strings = (v: unknown) => v === undefined || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+    if (scope !== undefined && (!isObj(scope) || !strings(scope.points) || !strings(scope.errno))) errors.push(`${at}.expectFailScope must be { points?: string[], errno?: string[] }`);
     if (typeof p.name !== 'string' || !isProbeName(p.name)) return;
     const r = resolveParams(p.name, isObj(p.params) ? p.params : {}, d.type as EndpointType);
     if (!r.ok) return void errors.push(...r.errors.map((e) => `${at}: ${e}`));
-    probes.push({ name: p.name, device: d as unknown as GuestDevice, params: r.params, expectFail: p.expectFail as string | undefined });
+    probes.push({ name: p.name, device: d as unknown as GuestDevice, params: r.params, expectFail: p.expectFail as string | undefined, ...(isObj(scope) ? { expectFailScope: scope as ExpectFailScope } : {}) });
   });
   for (const p of probes) devices[p.device.id] ??= p.device;
   return errors.length ? { ok: false, errors } : { ok: true, config: { abi: raw.abi as DmabufAbi, probes, devices } };
@@ -75,7 +78,7 @@ async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
       t.comment(`device ${d.id} (${d.type}) at ${d.bdf}, iommu group ${d.iommuGroup ?? 'none (noiommu)'}, ${config.abi} ABI`);
       if (!impls) throw new Error(`cannot load probes: ${loadError instanceof Error ? loadError.message : String(loadError)}`);
       await impls[p.name as ProbeName]({ device: d, devices: config.devices, abi: config.abi, params: p.params, t });
-    }, { todo: p.expectFail });
+    }, { todo: p.expectFail, todoScope: p.expectFailScope });
     kmsgMarker({ edge: 'end', index: i + 1, probe: p.name });
   }
 }

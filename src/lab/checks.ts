@@ -204,7 +204,12 @@ export function checkProbes(src: YamlSource, raw: RawLab, topo: TopologySpec, ca
     // Defaults come from the catalog's own objects: never share them.
     const params = structuredClone(r.params);
     const probe: ProbeSpec = { name: p.name, device: device.id, params, timeoutSec: p.timeout ?? raw.timeouts.probe };
-    if (p.expect_fail !== undefined) probe.expectFail = p.expect_fail;
+    if (typeof p.expect_fail === 'string') probe.expectFail = p.expect_fail;
+    else if (p.expect_fail !== undefined) {
+      probe.expectFail = p.expect_fail.reason;
+      const { points, errno } = p.expect_fail;
+      if (points || errno) probe.expectFailScope = { ...(points ? { points } : {}), ...(errno ? { errno } : {}) };
+    }
     out.push(probe);
   });
   return out;

@@ -48,7 +48,7 @@ function endpointDoc(ep: EndpointSpec): Record<string, unknown> {
 }
 
 function probeDoc(p: ProbeSpec): Record<string, unknown> {
-  return { name: p.name, device: p.device, params: p.params, ...(p.expectFail !== undefined ? { expect_fail: p.expectFail } : {}), timeout: p.timeoutSec };
+  return { name: p.name, device: p.device, params: p.params, ...(p.expectFail !== undefined ? { expect_fail: p.expectFailScope ? { reason: p.expectFail, ...p.expectFailScope } : p.expectFail } : {}), timeout: p.timeoutSec };
 }
 
 /** The lab as a lab-file document: every default written out, nothing left to the loader's defaults. */

@@ -29,6 +29,8 @@ export const LAB_LIMITS = {
   patches: 1000,
   fragments: 64,
   cmdlineWords: 64,
+  /** Point names or errnos an expect_fail covers. */
+  expectations: 64,
   /** QEMU's q35 takes more, but no lab needs a guest over 1 TiB. */
   memoryMiB: 1 << 20,
   /** A day: any timeout longer is a mistake, and Node clamps timers past 2^31-1 ms (24.8 days) to 1 ms. */
@@ -257,7 +259,12 @@ export const labSchema = orEmpty({}, strictObject({
     name: z.string().min(1).max(L.nameLength),
     device: idSchema.optional(),
     params: orEmpty({}, z.record(z.string(), z.unknown())),
-    expect_fail: z.string().min(1).max(L.textLength).optional(),
+    // A reason (every failure of the probe is expected), or the reason and the points / errnos it covers.
+    expect_fail: z.union([z.string().min(1).max(L.textLength), strictObject({
+      reason: z.string().min(1).max(L.textLength),
+      points: z.array(z.string().min(1).max(L.textLength)).min(1).max(L.expectations).optional(),
+      errno: z.array(z.string().regex(/^E[A-Z0-9]+$/, 'must be an errno name like EADDRINUSE')).min(1).max(L.expectations).optional(),
+    })]).optional(),
     timeout: seconds().optional(),
   }))))),
   timeouts: orEmpty({}, strictObject({

@@ -111,6 +111,8 @@ export interface ProbeSpec {
   params: Record<string, unknown>;
   /** Known failure on this kernel: the probe's failures become TAP todo with this reason. */
   expectFail?: string;
+  /** Which failures expectFail covers (expect_fail's points / errno); absent: every failure of the probe. */
+  expectFailScope?: { points?: string[]; errno?: string[] };
   /** Seconds this probe may run before the host calls it hung (`timeout`, else `timeouts.probe`). */
   timeoutSec: number;
 }

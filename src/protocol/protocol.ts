@@ -76,6 +76,30 @@ export interface GuestProbeRequest {
   params: Record<string, unknown>;
   /** When set, failures of this probe are reported as TAP todo with this reason. */
   expectFail?: string;
+  /** Only the failures this names are expected (every failure when absent); see ExpectFailScope. */
+  expectFailScope?: ExpectFailScope;
+}
+
+/**
+ * Which failures of a probe a lab's expect_fail covers: points whose name
+ * contains one of `points`, or whose diagnostics carry one of `errno` as a
+ * value. Any other failure of the probe still fails it.
+ */
+export interface ExpectFailScope {
+  points?: string[];
+  errno?: string[];
+}
+
+/** Whether a failing point is one the scope expects (no scope: every failure is). */
+export function expectedByScope(scope: ExpectFailScope | undefined, point: string, diag: Record<string, unknown> | undefined): boolean {
+  if (!scope) return true;
+  if (scope.points?.some((p) => point.includes(p))) return true;
+  if (scope.errno?.length && diag) {
+    // An errno is a value somewhere in the diagnostics ({ errno: 'EADDRINUSE' }, { actual: 'ENODEV' }, an error's code).
+    const seen = JSON.stringify(diag, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+    return scope.errno.some((e) => seen.includes(`"${e}"`));
+  }
+  return false;
 }
 
 export interface GuestRunConfig {

@@ -35,6 +35,7 @@ export function guestRunConfig(lab: LabSpec, devices: Record<string, GuestPciDev
       device: guestDevices[p.device],
       params: p.params,
       ...(p.expectFail ? { expectFail: p.expectFail } : {}),
+      ...(p.expectFail && p.expectFailScope ? { expectFailScope: p.expectFailScope } : {}),
     })),
   };
 }

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { ensureHostTools } from '../util/host-tools.ts';
 import type { LabSpec } from '../lab/types.ts';
 import type { Kernel } from '../kernel/types.ts';
+import { selectProbes } from '../lab/select.ts';
 import type { MachineBackend, MachineInstance } from '../machine/instance.ts';
 import { defaultQemuBackend } from '../machine/snapshot.ts';
 import { failureFromError } from '../results/outcome.ts';
@@ -39,6 +40,8 @@ export interface RunOptions extends PrepareOptions {
   gdb?: boolean;
   /** Keep the guest up after the probes until this resolves (`--keep`, `hwlab shell`); results.json is written first. */
   hold?: (guest: HeldGuest) => Promise<void>;
+  /** Only these probes of the lab (names or `name(device)`, see src/lab/select.ts): nightly reruns, bisect steps. */
+  onlyProbes?: readonly string[];
 }
 
 /** A guest kept up after its run, and what a person needs to reach it. */
@@ -80,9 +83,11 @@ async function finish(results: RunResults, lab: LabSpec, opts: RunOptions): Prom
   return { results, runDir: results.runDir, table: formatResultTable(results) };
 }
 
-export async function runLab(asked: LabSpec, askedOpts: RunOptions): Promise<RunOutcome> {
+export async function runLab(fullLab: LabSpec, askedOpts: RunOptions): Promise<RunOutcome> {
   // Checked before anything is fetched or built: HWLAB_SNAPSHOT=on|off.
   const backend = askedOpts.backend ?? defaultQemuBackend();
+  // Before the folder: lab.resolved.json must list the probes that run, so reports read the folder right.
+  const asked = askedOpts.onlyProbes?.length ? selectProbes(fullLab, askedOpts.onlyProbes) : fullLab;
   const startedAt = Date.now();
   // Bad input files are refused before the run folder, a download or a build exists.
   await preflightInputs(asked, askedOpts);

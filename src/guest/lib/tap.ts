@@ -13,7 +13,7 @@
 //   not ok 1 - dmabuf-export # time=12.3ms
 import { isDeepStrictEqual } from 'node:util';
 import { stringify } from 'yaml';
-import { SUBTEST_PREFIX, TAP_VERSION_LINE } from '../../protocol/protocol.ts';
+import { expectedByScope, SUBTEST_PREFIX, TAP_VERSION_LINE, type ExpectFailScope } from '../../protocol/protocol.ts';
 
 export type Writer = (line: string) => void;
 export type Diag = Record<string, unknown>;
@@ -59,11 +59,11 @@ export interface SubtestSummary { name: string; ok: boolean; pass: number; fail:
 export class Subtest {
   private n = 0;
   readonly counts = { pass: 0, fail: 0, skip: 0, todo: 0 };
-  constructor(private readonly out: Writer, readonly todoReason?: string, private readonly indent = '    ') {}
+  constructor(private readonly out: Writer, readonly todoReason?: string, private readonly indent = '    ', private readonly todoScope?: ExpectFailScope) {}
 
-  /** Records a point; returns cond so callers can branch on it. Failures inherit the subtest's TODO. */
+  /** Records a point; returns cond so callers can branch on it. Failures the subtest's TODO covers (its scope) inherit it. */
   ok(cond: boolean, name: string, diag?: Diag, opts: { todo?: string } = {}): boolean {
-    const todo = opts.todo ?? (cond ? undefined : this.todoReason);
+    const todo = opts.todo ?? (cond || !expectedByScope(this.todoScope, name, diag) ? undefined : this.todoReason);
     if (todo !== undefined && !cond) this.counts.todo++;
     else this.counts[cond ? 'pass' : 'fail']++;
     for (const l of pointLines(cond, ++this.n, name, { diag: cond ? undefined : diag, todo }, this.indent)) this.out(l);
@@ -113,9 +113,9 @@ export class Tap {
    * a probe that asserted nothing fails too (a silent probe proves nothing).
    * With todo set, failures (and the parent line) carry `# TODO todo`.
    */
-  async subtest(name: string, fn: (t: Subtest) => void | Promise<void>, opts: { todo?: string } = {}): Promise<SubtestSummary> {
+  async subtest(name: string, fn: (t: Subtest) => void | Promise<void>, opts: { todo?: string; todoScope?: ExpectFailScope } = {}): Promise<SubtestSummary> {
     const id = ++this.n;
-    const t = new Subtest(this.out, opts.todo);
+    const t = new Subtest(this.out, opts.todo, '    ', opts.todoScope);
     this.out(`${SUBTEST_PREFIX}${escapeName(name)}`);
     const start = performance.now();
     try {
@@ -131,7 +131,8 @@ export class Tap {
     const ok = t.counts.fail === 0 && (opts.todo === undefined || t.counts.todo === 0);
     const time = (performance.now() - start).toFixed(1);
     let line = `${ok ? 'ok' : 'not ok'} ${id} - ${escapeName(name)}`;
-    line += opts.todo !== undefined ? ` # TODO ${oneLine(opts.todo)}` : ` # time=${time}ms`;
+    // A failure outside the expectation's scope fails the probe: no TODO on the parent then.
+    line += opts.todo !== undefined && t.counts.fail === 0 ? ` # TODO ${oneLine(opts.todo)}` : ` # time=${time}ms`;
     this.out(line);
     return { name, ok, ...t.counts };
   }
