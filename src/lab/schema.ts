@@ -54,6 +54,10 @@ const cmdlineSchema = z.unknown().transform((v, ctx): string[] => {
   return words;
 });
 
+/** Collection and test names travel to the guest as arguments and kmsg markers: no spaces, no shell syntax. */
+export const SELFTEST_COLLECTION_RE = /^[a-z0-9][a-z0-9_.-]*(\/[a-z0-9][a-z0-9_.-]*)*$/;
+export const SELFTEST_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.+-]*$/;
+
 const enumOf = <T extends string>(values: readonly T[]) => z.enum(values as unknown as [T, ...T[]]);
 
 const positiveSeconds = (def: number) => z.number().positive().default(def);
@@ -202,6 +206,20 @@ export const labSchema = orEmpty({}, strictObject({
     expect_fail: z.string().min(1).optional(),
     timeout: z.number().positive().optional(),
   })))),
+  // The kernel's own selftests (src/selftests/): `collection` is a directory
+  // under tools/testing/selftests, checked against the kernel tree once it is there.
+  selftests: orEmpty({ timeout: 300, patches: [], tests: [] }, strictObject({
+    timeout: positiveSeconds(300),
+    // Fixes to the selftests themselves, applied after the kernel's series to the selftests build only.
+    patches: orEmpty([], z.array(patchEntry)),
+    tests: orEmpty([], z.array(strictObject({
+      collection: z.string().regex(SELFTEST_COLLECTION_RE, 'must be a directory under tools/testing/selftests, such as vfio or drivers/dma-buf'),
+      test: z.string().regex(SELFTEST_NAME_RE, 'must be the name of a test program, such as vfio_pci_device_test').optional(),
+      devices: orEmpty([], z.array(idSchema)),
+      timeout: z.number().positive().optional(),
+      expect_fail: z.string().min(1).optional(),
+    }))),
+  })),
   timeouts: orEmpty({}, strictObject({
     boot: positiveSeconds(180),
     probes: positiveSeconds(600),
