@@ -53,6 +53,6 @@ export function unmetSelftestSymbols(collections: readonly CollectionConfig[], k
 
 /** One message line per unmet symbol, in the style of the lab fragments' check: file:line: CONFIG_X=y is n. */
 export function formatUnmet(u: UnmetSelftestSymbol): string {
-  const wanted = u.wanted === 'n' ? 'is not set' : `=${u.wanted}`;
+  const wanted = u.wanted === 'n' ? ' is not set' : `=${u.wanted}`;
   return `${u.file}:${u.line}: CONFIG_${u.symbol}${wanted} is wanted by the ${u.collection} selftests; the kernel config has ${u.got === 'n' ? 'it unset' : `CONFIG_${u.symbol}=${u.got}`}`;
 }
