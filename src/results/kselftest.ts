@@ -60,7 +60,7 @@ function parseInner(lines: string[]): Inner {
   let planSkip: string | undefined;
   if (final) {
     const f = final as FinalResults;
-    if (f.plan.skipAll) planSkip = f.plan.skipReason || NO_REASON;
+    if (f.plan.skipAll) planSkip = f.plan.skipReason?.replace(/^SKIP\b\s*/i, '') || NO_REASON;
     for (const x of f.failures) {
       const e = (x as { tapError?: string | null }).tapError;
       if (e && !(e === 'no plan' && subtests.length === 0)) errors.push(e);
@@ -78,6 +78,12 @@ function skipReason(inner: Inner): string {
   if (reasons.length) return reasons.join('; ');
   const said = inner.comments.filter((c) => !/^(Totals|PASSED|FAILED|Starting|timeout set|overriding timeout)/i.test(c));
   return said.at(-1) ?? NO_REASON;
+}
+
+/** Why a program failed as expected: its XFAIL points' reasons, or its last message. */
+function xfailReason(inner: Inner): string {
+  const reasons = [...new Set(inner.subtests.map((s) => s.todo?.replace(/^XFAIL: /, '')).filter((r): r is string => r !== undefined && r !== NO_REASON))];
+  return reasons.length ? reasons.join('; ') : skipReason(inner);
 }
 
 /** A program's block: header, nested lines, and its top-level point (undefined: cut off). */
@@ -148,7 +154,7 @@ export function parseKselftestTap(tap: string): KselftestStream {
     const d = DIRECTIVE.exec(b.result.rest);
     const kind = d?.[1].toUpperCase();
     if (b.result.ok && kind === 'SKIP') return { ...base, ok: true, skip: skipReason(inner) };
-    if (b.result.ok && kind === 'XFAIL') return { ...base, ok: true, todo: `XFAIL: ${d![2].trim() || skipReason(inner)}` };
+    if (b.result.ok && kind === 'XFAIL') return { ...base, ok: true, todo: `XFAIL: ${d![2].trim() || xfailReason(inner)}` };
     if (b.result.ok) {
       // A program that exits 0 after a broken TAP of its own has not shown what it claims.
       return inner.errors.length ? { ...base, ok: false, diagnostics: { tapErrors: inner.errors } } : { ...base, ok: true };
