@@ -60,14 +60,19 @@ function parseInner(lines: string[]): Inner {
   let planSkip: string | undefined;
   if (final) {
     const f = final as FinalResults;
-    if (f.plan.skipAll) planSkip = f.plan.skipReason?.replace(/^SKIP\b\s*/i, '') || NO_REASON;
+    // tap-parser also calls a stream without a plan or points "skip all" ("no tests found"): only a written 1..0 is one.
+    if (f.plan.skipAll && /^\s*1\.\.0\b/m.test(text)) planSkip = f.plan.skipReason?.replace(/^SKIP\b\s*/i, '') || NO_REASON;
     for (const x of f.failures) {
       const e = (x as { tapError?: string | null }).tapError;
       if (e && !(e === 'no plan' && subtests.length === 0)) errors.push(e);
     }
     if (f.bailout !== false) errors.push(`bail out: ${f.bailout === true ? NO_REASON : f.bailout}`);
   }
-  const comments = lines.filter((l) => /^#\s*\S/.test(l)).map((l) => l.replace(/^#\s*/, ''));
+  // What the program said besides TAP syntax: its comments and plain lines (ksft_exit_skip() messages, assertion output).
+  const comments = lines
+    .filter((l) => l.trim() && !/^\s*(TAP version \d|\d+\.\.\d|(not )?ok\b|Bail out!)/.test(l))
+    .map((l) => l.replace(/^#\s*/, '').trim())
+    .filter(Boolean);
   return { subtests, ...(planSkip ? { planSkip } : {}), errors, comments };
 }
 

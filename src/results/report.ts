@@ -121,7 +121,9 @@ function resultTable(title: string, list: readonly ProbeResult[], details: strin
     if (p.diagnostics) details.push(indentBlock(fmtDiag(p.diagnostics), '    '));
     for (const s of p.subtests) {
       if (s.ok || s.skip !== undefined) continue;
-      details.push(`  not ok ${s.id} - ${s.name}${s.todo !== undefined ? ` # TODO ${s.todo}` : ''}`);
+      // A selftest's expected failure marks each failing point with the same reason: say it once.
+      const todo = s.todo === undefined ? '' : selftests && s.todo === p.todo ? ' # TODO (as above)' : ` # TODO ${s.todo}`;
+      details.push(`  not ok ${s.id} - ${s.name}${todo}`);
       if (s.diagnostics) details.push(indentBlock(fmtDiag(s.diagnostics), '      '));
     }
     for (const r of p.kernelReports) details.push(`  kernel ${r.kind}: ${r.title}${countSuffix(r)} (first at console line ${r.line})`);

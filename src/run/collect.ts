@@ -59,6 +59,7 @@ function selftestResults(ctx: RunContext, state: RunState, found: Parameters<typ
     const p = plan[r.index - 1];
     if (!p || `${p.collection}:${p.test}` !== r.name) continue;
     if (p.devices.length) r.devices = p.devices;
+    if (state.selftestDurationsMs[r.index] !== undefined) r.durationMs = state.selftestDurationsMs[r.index];
     if (p.expectFail) markExpectedFailure(r, p.expectFail);
   }
   for (const to of state.selftestTimeouts) {

@@ -45,6 +45,8 @@ export interface RunState {
   /** The kernel's selftests as one kselftest TAP 13 stream; undefined when the selftest phase never started. */
   selftestTap?: string;
   selftestPlanLength?: number;
+  /** Wall time of each selftest (by 1-based index), as the host measured its command. */
+  selftestDurationsMs: Record<number, number>;
   /** Selftests hwlab killed at their timeout, with what the guest was stuck on. */
   selftestTimeouts: SelftestTimeout[];
 }

@@ -118,7 +118,7 @@ async function shutDown(ctx: RunContext, m: MachineInstance): Promise<void> {
 
 /** Runs the lab on a machine from `backend` and returns its results (never throws for what happens in the guest). */
 export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Promise<RunResults> {
-  const state: RunState = { phase: 'boot', verified: [], removed: new Set(), selftestTimeouts: [] };
+  const state: RunState = { phase: 'boot', verified: [], removed: new Set(), selftestTimeouts: [], selftestDurationsMs: {} };
   const { kernel, image, initrd } = ctx.prepared;
   let m: MachineInstance | undefined;
   try {

@@ -51,6 +51,7 @@ async function runOne(ctx: RunContext, m: MachineInstance, state: RunState, t: P
     return d.bdf;
   });
   const stop = new AbortController();
+  const t0 = Date.now();
   let hung: SelftestTimeout | undefined;
   let lastLine = '';
   const timer = setTimeout(() => {
@@ -92,6 +93,7 @@ async function runOne(ctx: RunContext, m: MachineInstance, state: RunState, t: P
     throw err;
   } finally {
     clearTimeout(timer);
+    state.selftestDurationsMs[t.index] = Date.now() - t0;
   }
 }
 

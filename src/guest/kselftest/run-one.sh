@@ -40,6 +40,14 @@ case "${1:-}" in
   exit 0 ;;
 esac
 
+# kselftest's runner.sh writes each test's output to $logfile, /dev/stdout by
+# default; hwlab's init mounts a bare devtmpfs, which has no /dev/stdout or
+# /dev/fd (udev makes those on a full system), so the output would be lost.
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+for n in 0:stdin 1:stdout 2:stderr; do
+  [ -e "/dev/${n#*:}" ] || ln -s "/proc/self/fd/${n%%:*}" "/dev/${n#*:}"
+done
+
 index=$1 collection=$2 test=$3 timeout=$4 argsvar=$5
 shift 5
 cd "$dir" || exit 2
