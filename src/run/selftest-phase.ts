@@ -58,10 +58,10 @@ async function runOne(ctx: RunContext, m: MachineInstance, state: RunState, t: P
     ctx.progress.info(`selftest ${t.collection}:${t.test} did not finish in ${t.timeoutSec} s; listing blocked tasks and its stacks, then killing it`);
     void (async () => {
       const d = await m.diagnose().catch((err: Error) => ({ blockedTasks: `(could not list blocked tasks: ${err.message})` }));
-      const stacks = await m.exec([GUEST_SELFTEST_RUNNER, SELFTEST_RUNNER_STACKS], { timeoutMs: 20_000 })
+      const stacks = await m.exec([GUEST_SELFTEST_RUNNER, SELFTEST_RUNNER_STACKS], { timeoutMs: 60_000 })
         .then((r) => r.stdout.trim()).catch((err: Error) => `(could not list its stacks: ${err.message})`);
       hung = { index: t.index, test: `${t.collection}:${t.test}`, timeoutSec: t.timeoutSec, blockedTasks: d.blockedTasks, testStacks: stacks };
-      await m.exec([GUEST_SELFTEST_RUNNER, SELFTEST_RUNNER_KILL], { timeoutMs: 20_000 }).catch(() => undefined);
+      await m.exec([GUEST_SELFTEST_RUNNER, SELFTEST_RUNNER_KILL], { timeoutMs: 60_000 }).catch(() => undefined);
       // A test stuck in the kernel cannot die: leave its command behind after a while.
       setTimeout(() => stop.abort(), AFTER_KILL_MS).unref();
     })();

@@ -20,21 +20,28 @@ set -u
 dir=$(dirname "$0")
 sid_file=$dir/hwlab-current.sid
 
+# The test's processes are those whose session is the recorded one (field 4
+# after the command's closing parenthesis in /proc/PID/stat: state ppid pgrp
+# session). Shell builtins only for the scan (read, parameter expansion):
+# a fork per process is slow in a TCG guest that a runaway test keeps busy.
+
 case "${1:-}" in
 --stacks)
   sid=$(cat "$sid_file" 2>/dev/null) || { echo "(no test running)"; exit 0; }
   for d in /proc/[0-9]*; do
-    # /proc/PID/stat after the command's closing parenthesis: state ppid pgrp session ...
-    set -- $(sed 's/.*) //' "$d/stat" 2>/dev/null)
+    { read -r stat < "$d/stat"; } 2>/dev/null || continue
+    set -- ${stat##*) }
     [ "${4:-}" = "$sid" ] || continue
-    echo "pid ${d#/proc/} $(cat "$d/comm" 2>/dev/null) state $1 wchan $(cat "$d/wchan" 2>/dev/null)"
-    sed 's/^/  /' "$d/stack" 2>/dev/null
+    { read -r comm < "$d/comm"; } 2>/dev/null
+    echo "pid ${d#/proc/} $comm state $1"
+    { while read -r l; do echo "  $l"; done < "$d/stack"; } 2>/dev/null
   done
   exit 0 ;;
 --kill)
   sid=$(cat "$sid_file" 2>/dev/null) || exit 0
   for d in /proc/[0-9]*; do
-    set -- $(sed 's/.*) //' "$d/stat" 2>/dev/null)
+    { read -r stat < "$d/stat"; } 2>/dev/null || continue
+    set -- ${stat##*) }
     [ "${4:-}" = "$sid" ] && kill -9 "${d#/proc/}" 2>/dev/null
   done
   exit 0 ;;
