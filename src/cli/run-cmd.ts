@@ -47,13 +47,13 @@ export function printRunOutcome(out: RunOutcome, json: boolean): void {
   const { outcome, failure, timings: t, machine } = out.results;
   const human = json ? process.stderr : process.stdout;
   if (json) process.stdout.write(JSON.stringify(out.results, null, 2) + '\n');
-  else if (out.results.probes.length) process.stdout.write(`\n${out.table}\n`);
+  else if (out.results.probes.length || out.results.selftests?.length) process.stdout.write(`\n${out.table}\n`);
   if (failure && failure.phase === 'prepare') {
     human.write(`\nhwlab: ${failure.message}${failure.hint ? `\n  hint: ${failure.hint}` : ''}\n`);
   }
   human.write(`\nresults: ${path.join(out.runDir, 'results.json')}\n`);
   human.write(`${outcome.class.toUpperCase()}${outcome.class === 'pass' ? '' : ` (${outcome.code}): ${outcome.title}`}\n`);
-  human.write(`total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, probes ${t.probes?.toFixed(1) ?? '-'} s${machine ? `, ${machine.accelNote}` : ''}\n`);
+  human.write(`total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, probes ${t.probes?.toFixed(1) ?? '-'} s${t.selftests !== undefined ? `, selftests ${t.selftests.toFixed(1)} s` : ''}${machine ? `, ${machine.accelNote}` : ''}\n`);
   // The last line of a run that did not pass: the one command that runs it again.
   if (outcome.class !== 'pass') human.write(`to run it again: ${rerunLine(out.runDir)}\n`);
 }

@@ -192,6 +192,20 @@ async function finalConfig(req: KernelBuildRequest, src: string): Promise<string
   return readFile(path.join(dir, 'config'), 'utf8');
 }
 
+/**
+ * The final config a build request would use, assembled and verified (cached
+ * by its inputs like a build's) without building anything: for checks that
+ * must stop a run before make, such as what the kernel's selftests ask for.
+ */
+export async function assembledConfig(req: KernelBuildRequest): Promise<string> {
+  const dir = entryDir('kconfig', configKey(req));
+  if (isComplete(dir)) return readFile(path.join(dir, 'config'), 'utf8');
+  const work = workDir(req.tree);
+  await mkdir(work, { recursive: true });
+  return withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000, () => finalConfig(req, path.join(work, 'src')),
+    (pid) => req.step.update(`waiting for hwlab process ${pid}, which is building this tree`));
+}
+
 interface BuildManifest {
   treeId: string;
   patches: Array<{ name: string; sha256: string; origin: string }>;

@@ -10,7 +10,7 @@ import { PROBES, resolveParams, type ProbeSpec as CatalogProbe } from '../guest/
 import { endpointKind } from './endpoints.ts';
 import type { RawLab } from './schema.ts';
 import { slotIssues } from './slots.ts';
-import type { EndpointSpec, ProbeSpec, SwitchSpec, TopologySpec } from './types.ts';
+import type { EndpointSpec, ProbeSpec, SelftestSpec, SwitchSpec, TopologySpec } from './types.ts';
 
 /** What the probe checks need of src/guest/probes/catalog.ts (injectable for tests). */
 export interface ProbeCatalog {
@@ -213,4 +213,30 @@ export function checkProbes(src: YamlSource, raw: RawLab, topo: TopologySpec, ca
     out.push(probe);
   });
   return out;
+}
+
+/**
+ * The `selftests:` entries: the endpoints each test is given exist. Whether a
+ * collection and its tests exist is only known from the kernel tree, so the
+ * entry keeps its location (`at`) for that check (src/selftests/plan.ts).
+ */
+export function checkSelftests(src: YamlSource, raw: RawLab, topo: TopologySpec): SelftestSpec[] {
+  const kinds = topologyKinds(topo);
+  const endpoints = topo.endpoints.map((e) => e.id);
+  return raw.selftests.tests.map((t, i) => {
+    const at: Path = ['selftests', 'tests', i];
+    t.devices.forEach((d, j) => {
+      const kind = kinds.get(d);
+      if (kind && kind !== 'endpoint') src.add([...at, 'devices', j], `"${d}" is ${article(kind)} ${kind}, not an endpoint`);
+      else if (!kind) src.add([...at, 'devices', j], `no endpoint "${d}" (endpoints: ${endpoints.join(', ') || 'none'})`);
+    });
+    return {
+      collection: t.collection,
+      ...(t.test !== undefined ? { test: t.test } : {}),
+      devices: [...t.devices],
+      timeoutSec: t.timeout ?? raw.selftests.timeout,
+      ...(t.expect_fail !== undefined ? { expectFail: t.expect_fail } : {}),
+      at: `${src.file}:${src.at(at)}`,
+    };
+  });
 }

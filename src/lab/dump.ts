@@ -5,7 +5,7 @@
 // Loading the dump gives back the same LabSpec (test/unit/lab-dump.test.ts).
 import { stringify } from 'yaml';
 import { endpointKind, type EndpointSpec } from './endpoints.ts';
-import type { KernelSpec, LabSpec, PatchSourceSpec, ProbeSpec } from './types.ts';
+import type { KernelSpec, LabSpec, PatchSourceSpec, ProbeSpec, SelftestSpec } from './types.ts';
 
 /** What a path in the lab is, so the caller can decide where its copy goes. */
 export type PathKind = 'patch' | 'quilt' | 'mbox' | 'fragment' | 'tree' | 'tarball';
@@ -51,6 +51,10 @@ function probeDoc(p: ProbeSpec): Record<string, unknown> {
   return { name: p.name, device: p.device, params: p.params, ...(p.expectFail !== undefined ? { expect_fail: p.expectFailScope ? { reason: p.expectFail, ...p.expectFailScope } : p.expectFail } : {}), timeout: p.timeoutSec };
 }
 
+function selftestDoc(t: SelftestSpec): Record<string, unknown> {
+  return { collection: t.collection, ...(t.test ? { test: t.test } : {}), devices: t.devices, timeout: t.timeoutSec, ...(t.expectFail !== undefined ? { expect_fail: t.expectFail } : {}) };
+}
+
 /** The lab as a lab-file document: every default written out, nothing left to the loader's defaults. */
 export function labDocument(lab: LabSpec, place: PlacePath = asIs): Record<string, unknown> {
   return {
@@ -73,7 +77,13 @@ export function labDocument(lab: LabSpec, place: PlacePath = asIs): Record<strin
     modules: lab.modules,
     dmabuf_abi: lab.dmabufAbi,
     probes: lab.probes.map(probeDoc),
-    timeouts: { boot: lab.timeouts.bootSec, probes: lab.timeouts.probesSec, probe: lab.timeouts.probeSec, shutdown: lab.timeouts.shutdownSec },
+    ...(lab.selftests?.length || lab.selftestPatches?.length ? {
+      selftests: { patches: (lab.selftestPatches ?? []).map((p) => patchEntry(p, place)), tests: (lab.selftests ?? []).map(selftestDoc) },
+    } : {}),
+    timeouts: {
+      boot: lab.timeouts.bootSec, probes: lab.timeouts.probesSec, probe: lab.timeouts.probeSec, shutdown: lab.timeouts.shutdownSec,
+      runner_exit: lab.timeouts.runnerExitSec,
+    },
   };
 }
 

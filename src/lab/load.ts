@@ -8,7 +8,7 @@ import { existsSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { readYaml, readYamlFile, validate, type YamlSource } from '../util/yaml.ts';
-import { checkProbes, checkTopology, DEFAULT_CATALOG, type ProbeCatalog } from './checks.ts';
+import { checkProbes, checkSelftests, checkTopology, DEFAULT_CATALOG, type ProbeCatalog } from './checks.ts';
 import { endpointKind, type EndpointSpec } from './endpoints.ts';
 import { labSchema, type RawEndpoint, type RawKernel } from './schema.ts';
 import {
@@ -70,6 +70,7 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
   };
   checkTopology(src, topology);
   const probes = checkProbes(src, raw, topology, opts.catalog ?? DEFAULT_CATALOG);
+  const selftests = checkSelftests(src, raw, topology);
 
   const imagesDir = opts.imagesDir ?? imagesDirFor(file, raw.image);
   const recipe = path.join(imagesDir, `${raw.image}.yaml`);
@@ -87,6 +88,10 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
   }
 
   const kernel = kernelSpec(src, raw.kernel, path.dirname(path.resolve(file)));
+  const selftestPatches = patchSpecs(src, raw.selftests.patches, path.dirname(path.resolve(file)), ['selftests', 'patches']);
+  if (selftests.length && kernel.kind !== 'source') {
+    src.add(['selftests'], `the kernel's selftests are built from the kernel's own source tree, so they need a kernel built from source (kernel.debian: linux-source-<version>, path: or tarball:), not the prebuilt ${raw.kernel.debian}`);
+  }
   if (src.issues.length) src.fail();
   return {
     file: path.resolve(file),
@@ -107,6 +112,9 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
     modules: raw.modules,
     dmabufAbi: raw.dmabuf_abi,
     probes,
+    // Only labs that have selftests carry the keys (lab.resolved.json and LabSpec literals stay as they were).
+    ...(selftests.length ? { selftests } : {}),
+    ...(selftestPatches.length ? { selftestPatches } : {}),
     timeouts: {
       bootSec: raw.timeouts.boot,
       probesSec: raw.timeouts.probes,
@@ -133,16 +141,11 @@ export function kernelSpec(src: YamlSource, k: RawKernel, labDir: string): Kerne
     if (kind === 'directory' && !st.isDirectory()) src.add(at, `${p} is not a directory; expected a directory`);
     return p;
   };
-  const patchSpecs = (): PatchSourceSpec[] => k.patches.map((p, i) => {
-    const at = ['kernel', 'patches', i];
-    if ('file' in p) return { kind: 'file', path: mustExist(abs(p.file), at, 'file') };
-    if ('quilt' in p) return { kind: 'quilt', dir: mustExist(abs(p.quilt), at, 'directory') };
-    return { kind: 'mbox', path: mustExist(abs(p.mbox), at, 'file') };
-  });
+  const patchSpecs_ = () => patchSpecs(src, k.patches, labDir, ['kernel', 'patches']);
   if (k.debian !== undefined && !k.debian.startsWith('linux-source-')) {
     return {
       kind: 'debian-prebuilt', package: k.debian, flavour: k.flavour, suite: k.suite, mirror: k.mirror,
-      patches: patchSpecs(),
+      patches: patchSpecs_(),
       ...(k.driver ? { driver: { dirs: k.driver.dirs ?? [...DEFAULT_DRIVER_DIRS] } } : {}),
     };
   }
@@ -150,11 +153,34 @@ export function kernelSpec(src: YamlSource, k: RawKernel, labDir: string): Kerne
     k.debian !== undefined ? { kind: 'debian-source', package: k.debian, suite: k.suite, mirror: k.mirror }
       : k.path !== undefined ? { kind: 'git', path: mustExist(abs(k.path), ['kernel', 'path']), ...(k.ref ? { ref: k.ref } : {}) }
         : { kind: 'tarball', path: mustExist(abs(k.tarball!), ['kernel', 'tarball'], 'file') };
-  const patches = patchSpecs();
+  const patches = patchSpecs_();
   const fragments = k.config.fragments
     ? k.config.fragments.map((f, i) => mustExist(abs(f), ['kernel', 'config', 'fragments', i], 'file'))
     : DEFAULT_FRAGMENTS.map((f) => path.join(configsDir, f));
   return { kind: 'source', source, patches, config: { base: k.config.base, fragments } };
+}
+
+/** Patch entries as written (file, quilt, mbox) -> PatchSourceSpecs, resolved against the lab's directory and checked to exist. */
+function patchSpecs(src: YamlSource, entries: RawKernel['patches'], labDir: string, at: (string | number)[]): PatchSourceSpec[] {
+  const abs = (p: string) => path.resolve(labDir, p.replace(/^~(?=\/)/, process.env.HOME ?? '~'));
+  // A patch file that is a directory (or a quilt series that is a file) is refused here, not after a download.
+  const mustExist = (p: string, i: number, kind: 'file' | 'directory') => {
+    let st;
+    try {
+      st = statSync(p);
+    } catch {
+      src.add([...at, i], `${p} does not exist`);
+      return p;
+    }
+    if (kind === 'file' && !st.isFile()) src.add([...at, i], `${p} is ${st.isDirectory() ? 'a directory' : 'not a regular file'}; expected a file`);
+    if (kind === 'directory' && !st.isDirectory()) src.add([...at, i], `${p} is not a directory; expected a directory`);
+    return p;
+  };
+  return entries.map((p, i) => {
+    if ('file' in p) return { kind: 'file', path: mustExist(abs(p.file), i, 'file') };
+    if ('quilt' in p) return { kind: 'quilt', dir: mustExist(abs(p.quilt), i, 'directory') };
+    return { kind: 'mbox', path: mustExist(abs(p.mbox), i, 'file') };
+  });
 }
 
 /** An endpoint as written -> LabSpec form: its kind's fields by their camelCase names, in table order. */

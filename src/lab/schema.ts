@@ -112,6 +112,10 @@ function capped<T extends z.ZodTypeAny>(max: number, schema: T) {
   }).pipe(schema);
 }
 
+/** Collection and test names travel to the guest as arguments and kmsg markers: no spaces, no shell syntax. */
+export const SELFTEST_COLLECTION_RE = /^[a-z0-9][a-z0-9_.-]*(\/[a-z0-9][a-z0-9_.-]*)*$/;
+export const SELFTEST_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.+-]*$/;
+
 const enumOf = <T extends string>(values: readonly T[]) => z.enum(values as unknown as [T, ...T[]]);
 
 const seconds = () => z.number().positive().max(L.timeoutSec);
@@ -267,6 +271,20 @@ export const labSchema = orEmpty({}, strictObject({
     })]).optional(),
     timeout: seconds().optional(),
   }))))),
+  // The kernel's own selftests (src/selftests/): `collection` is a directory
+  // under tools/testing/selftests, checked against the kernel tree once it is there.
+  selftests: orEmpty({ timeout: 300, patches: [], tests: [] }, strictObject({
+    timeout: positiveSeconds(300),
+    // Fixes to the selftests themselves, applied after the kernel's series to the selftests build only.
+    patches: orEmpty([], z.array(patchEntry).max(L.patches)),
+    tests: orEmpty([], capped(L.probes, z.array(strictObject({
+      collection: z.string().max(L.nameLength).regex(SELFTEST_COLLECTION_RE, 'must be a directory under tools/testing/selftests, such as vfio or drivers/dma-buf'),
+      test: z.string().max(L.nameLength).regex(SELFTEST_NAME_RE, 'must be the name of a test program, such as vfio_pci_device_test').optional(),
+      devices: orEmpty([], z.array(idSchema).max(L.endpoints)),
+      timeout: seconds().optional(),
+      expect_fail: z.string().min(1).max(L.textLength).optional(),
+    })))),
+  })),
   timeouts: orEmpty({}, strictObject({
     boot: positiveSeconds(180),
     probes: positiveSeconds(600),

@@ -117,6 +117,26 @@ export interface ProbeSpec {
   timeoutSec: number;
 }
 
+/**
+ * One entry of a lab's `selftests:`: a kselftest collection (a directory under
+ * tools/testing/selftests of the lab's own kernel tree) and one of its tests,
+ * or every test of the collection when `test` is absent.
+ */
+export interface SelftestSpec {
+  /** tools/testing/selftests/<collection>: vfio, iommu, dmabuf-heaps, drivers/dma-buf. */
+  collection: string;
+  /** A test program of the collection (its kselftest-list.txt name); absent: all of them. */
+  test?: string;
+  /** Endpoint ids whose guest BDFs the test gets as trailing arguments (bound to vfio-pci first). */
+  devices: string[];
+  /** Seconds one test may run before hwlab lists the blocked tasks and kills it. */
+  timeoutSec: number;
+  /** Known failure on this kernel or emulator: the test's failures become TODO with this reason. */
+  expectFail?: string;
+  /** Where the entry is in the lab file (`labs/x.yaml:12:5`), for errors found after loading (an unknown collection). */
+  at: string;
+}
+
 export interface TimeoutsSpec {
   /** Seconds from QEMU start until SSH answers. */
   bootSec: number;
@@ -145,5 +165,9 @@ export interface LabSpec {
   modules: string[];
   dmabufAbi: DmabufAbi;
   probes: ProbeSpec[];
+  /** The kernel's own selftests, run after the probes (absent or empty: none; optional so labs built in code need not say). */
+  selftests?: SelftestSpec[];
+  /** Patches to the selftests alone (`selftests.patches`), applied after the kernel's series to their build only. */
+  selftestPatches?: PatchSourceSpec[];
   timeouts: TimeoutsSpec;
 }

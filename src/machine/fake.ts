@@ -8,7 +8,9 @@
 // QEMU's serial file does.
 import { appendFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { READY_LINE, type HostRequest } from '../protocol/protocol.ts';
+import {
+  formatSelftestMarker, GUEST_SELFTEST_RUNNER, READY_LINE, SELFTEST_RUNNER_KILL, SELFTEST_RUNNER_STACKS, type HostRequest,
+} from '../protocol/protocol.ts';
 import { InfraError } from '../util/errors.ts';
 import {
   BLOCKED_TASKS_SCRIPT, BootError, ChannelLostError, diagnoseThroughExec,
@@ -51,6 +53,14 @@ export interface FakeScript {
   blockedTasks?: string;
   /** Commands that fail: argv[0] or the script's first line -> exit code and stderr. */
   failing?: Record<string, { code: number; stderr: string }>;
+  /**
+   * What each kernel selftest prints (`collection:test` -> steps, its exit code
+   * last), run through the selftest wrapper; the fake writes the wrapper's kmsg
+   * markers around it. A `hang` step blocks until the host kills the test.
+   */
+  selftests?: Record<string, { steps: RunnerStep[]; exit?: number }>;
+  /** What the wrapper's --stacks prints for the running test. */
+  selftestStacks?: string;
 }
 
 /** A command the run issued, for assertions. */
@@ -171,7 +181,8 @@ export class FakeInstance implements MachineInstance {
     const done = (stdout: string, code = 0, stderr = ''): ExecResult => ({ code, stdout, stderr, durationMs: Date.now() - start });
     const bad = this.failing(argv);
     if (bad) return done('', bad.code, bad.stderr);
-    if (argv[0] === 'node' && argv.some((a) => a.endsWith('config.json'))) return this.runRunner(opts, start);
+    if (argv[0] === 'node' && argv.some((a) => a.endsWith('config.json'))) return this.runRunner(opts, start, this.script.runner ?? [{ stdout: 'TAP version 14\n1..0\n' }], this.script.runnerExit ?? 0);
+    if (argv[0] === GUEST_SELFTEST_RUNNER) return this.runSelftest(argv, opts, start);
     if (argv[0] === 'busybox' && argv[1] === 'poweroff') {
       this.printk('reboot: Power down');
       setTimeout(() => this.die({ code: 0, signal: null }), 1);
@@ -209,8 +220,25 @@ export class FakeInstance implements MachineInstance {
   }
 
   private killRunner: (() => void) | undefined;
+  private killSelftest: (() => void) | undefined;
 
-  private runRunner(opts: ExecOptions, start: number): Promise<ExecResult> {
+  /** The selftest wrapper (src/guest/kselftest/run-one.sh): a test's scripted output between its kmsg markers; --stacks, --kill. */
+  private async runSelftest(argv: string[], opts: ExecOptions, start: number): Promise<ExecResult> {
+    if (argv[1] === SELFTEST_RUNNER_STACKS) return { code: 0, stdout: this.script.selftestStacks ?? '(no test running)\n', stderr: '', durationMs: 0 };
+    if (argv[1] === SELFTEST_RUNNER_KILL) {
+      this.killSelftest?.();
+      return { code: 0, stdout: '', stderr: '', durationMs: 0 };
+    }
+    const [index, collection, test] = argv.slice(1, 4);
+    const name = `${collection}:${test}`;
+    const t = this.script.selftests?.[name] ?? { steps: [{ stdout: `TAP version 13\n1..1\n# selftests: ${collection}: ${test}\nok 1 selftests: ${collection}: ${test}\n` }] };
+    this.printk(formatSelftestMarker({ edge: 'begin', index: Number(index), test: name }));
+    const r = await this.runRunner(opts, start, t.steps, t.exit ?? 0, (kill) => { this.killSelftest = kill; });
+    if (!this.dropped) this.printk(formatSelftestMarker({ edge: 'end', index: Number(index), test: name }));
+    return r;
+  }
+
+  private runRunner(opts: ExecOptions, start: number, steps: RunnerStep[], exitCode: number, onKill?: (kill: () => void) => void): Promise<ExecResult> {
     let stdout = '';
     return new Promise<ExecResult>((resolve, reject) => {
       let finished = false;
@@ -225,9 +253,11 @@ export class FakeInstance implements MachineInstance {
       const lost = () => finish(() => reject(new ChannelLostError('guest command "node runner": the SSH channel closed without an exit status', stdout, '')));
       this.onLost.add(lost);
       opts.signal?.addEventListener('abort', () => finish(() => resolve({ code: null, stdout, stderr: '', durationMs: Date.now() - start, aborted: true })), { once: true });
-      this.killRunner = () => finish(() => resolve({ code: null, signal: 'KILL', stdout, stderr: '', durationMs: Date.now() - start }));
+      const kill = () => finish(() => resolve({ code: null, signal: 'KILL', stdout, stderr: '', durationMs: Date.now() - start }));
+      if (onKill) onKill(kill);
+      else this.killRunner = kill;
       void (async () => {
-        for (const step of this.script.runner ?? [{ stdout: 'TAP version 14\n1..0\n' }]) {
+        for (const step of steps) {
           if (finished) return;
           if ('stdout' in step) {
             stdout += step.stdout;
@@ -240,7 +270,7 @@ export class FakeInstance implements MachineInstance {
           // Let the run's stream handlers see each chunk before the next.
           await new Promise((r) => setImmediate(r));
         }
-        finish(() => resolve({ code: this.script.runnerExit ?? 0, stdout, stderr: '', durationMs: Date.now() - start }));
+        finish(() => resolve({ code: exitCode, stdout, stderr: '', durationMs: Date.now() - start }));
       })();
     });
   }

@@ -163,6 +163,56 @@ export function parseProbeMarker(message: string): ProbeMarker | null {
 }
 
 // ---------------------------------------------------------------------------
+// 3b. The kernel's own selftests (src/selftests/, src/run/selftest-phase.ts).
+// The host uploads the kselftest install tree to GUEST_SELFTEST_DIR and runs
+// each test alone through src/guest/kselftest/run-one.sh, which writes a
+// begin/end marker per test to /dev/kmsg (for kernel report attribution, as
+// the probe markers do) around kselftest's own run_kselftest.sh.
+
+export const GUEST_SELFTEST_DIR = `${GUEST_DIR}/kselftest`;
+/**
+ * The wrapper hwlab puts beside run_kselftest.sh (src/guest/kselftest/run-one.sh):
+ * `INDEX COLLECTION TEST TIMEOUT ARGS_VAR [ARG...]` runs a test; `--stacks` lists
+ * the running test's processes with their kernel stacks; `--kill` kills them.
+ */
+export const GUEST_SELFTEST_RUNNER = `${GUEST_SELFTEST_DIR}/hwlab-run-one.sh`;
+export const SELFTEST_RUNNER_STACKS = '--stacks';
+export const SELFTEST_RUNNER_KILL = '--kill';
+
+export interface SelftestMarker {
+  edge: ProbeEdge;
+  /** 1-based position of the test in the run's list of selftests. */
+  index: number;
+  /** `collection:test`, as kselftest-list.txt names it. */
+  test: string;
+}
+
+const SELFTEST_MARKER_PREFIX = 'hwlab-selftest:';
+const SELFTEST_MARKER = /^hwlab-selftest: (begin|end) (\d+) (\S+)\s*$/;
+
+/** The kmsg line run-one.sh writes at a selftest's start and end. */
+export function formatSelftestMarker(m: SelftestMarker): string {
+  return `${SELFTEST_MARKER_PREFIX} ${m.edge} ${m.index} ${m.test}`;
+}
+
+/** A selftest marker from a kernel message (printk prefixes removed), or null. */
+export function parseSelftestMarker(message: string): SelftestMarker | null {
+  const m = SELFTEST_MARKER.exec(message.trim());
+  return m ? { edge: m[1] as ProbeEdge, index: Number(m[2]), test: m[3] } : null;
+}
+
+/**
+ * The environment variable kselftest's runner.sh appends to a test's command
+ * line: KSELFTEST_<NAME>_ARGS, the name upper-cased with every character
+ * other than letters, digits and _ turned into _ (runner.sh run_one). The vfio
+ * selftests take their device BDFs as trailing arguments
+ * (tools/testing/selftests/vfio/lib/libvfio.c, vfio_selftests_get_bdfs).
+ */
+export function kselftestArgsVar(test: string): string {
+  return `KSELFTEST_${test.replace(/[\s\x00-\x1f]/g, '').replace(/[^A-Za-z0-9_]/g, '_').toUpperCase()}_ARGS`;
+}
+
+// ---------------------------------------------------------------------------
 // 4. Requests from a probe to the host.
 
 export const HOST_REQUEST_VERBS = ['device_del'] as const;

@@ -9,6 +9,7 @@ import type { OutcomeClass } from '../results/outcome.ts';
 import type { KernelReport } from '../report/kernel-report.ts';
 import { CLASS_WORDS, secondsText } from './grid.ts';
 import type { CellRecord, ProbeClass, ProbeRow, ReportSummary } from './summary.ts';
+import { testResults } from './summary.ts';
 
 /** The colour of each class: the grid's squares, the badges (the e2e screenshot test looks for them). */
 export const CLASS_COLOURS: Record<ProbeClass | OutcomeClass, string> = {
@@ -85,7 +86,7 @@ function cellSection(c: CellRecord, ci: number, opts: HtmlOptions): string {
     c.meta?.reproduce ? `<p>run it again: <code>${esc(c.meta.reproduce)}</code></p>` : '',
     links ? `<p>${links}</p>` : '',
     c.meta?.expectations.length ? `<ul>${c.meta.expectations.map((e) => `<li>${esc(e.probe)}${e.device ? ` on ${esc(e.device)}` : ''}: ${esc(e.what)} <span class="muted">(${esc(e.reason)}; ${esc(e.at)})</span></li>`).join('')}</ul>` : '',
-    ...unattributedReports(r.kernelReports, r.probes).map(reportBlock),
+    ...unattributedReports(r.kernelReports, testResults(r)).map(reportBlock),
     ...c.probes.map((row) => `<details id="${anchor(ci, row.key)}"${row.class !== 'pass' && row.class !== 'skip' ? ' open' : ''}><summary>${badge(row.class)} ${esc(row.key)}${row.result?.durationMs !== undefined ? ` <span class="muted">${secondsText(row.result.durationMs / 1000)}</span>` : ''}</summary>${pointsTable(row)}</details>`),
   ];
   return `<section>${parts.join('\n')}</section>`;

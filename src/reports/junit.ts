@@ -10,6 +10,7 @@ import { unattributedReports } from '../results/attribution.ts';
 import type { KernelReport } from '../report/kernel-report.ts';
 import type { SubtestResult } from '../results/tap.ts';
 import type { CellRecord, ProbeRow, ReportSummary } from './summary.ts';
+import { testResults } from './summary.ts';
 
 /** XML 1.0 cannot carry most control characters (a console excerpt may): they are written as \uXXXX. */
 export function xmlText(s: string): string {
@@ -81,7 +82,7 @@ function runCases(c: CellRecord): Case[] {
   } else if (outcome.class === 'infra' || outcome.class === 'error') {
     cases.push({ name: 'run', classname, time: c.results.timings.total, kind: 'error', type: `${outcome.class}:${outcome.code}`, message: outcome.title, text: outcome.detail });
   } else cases.push({ name: 'run', classname, time: c.results.timings.total, kind: 'pass' });
-  for (const r of unattributedReports(c.results.kernelReports, c.results.probes)) cases.push(reportCase(r, classname));
+  for (const r of unattributedReports(c.results.kernelReports, testResults(c.results))) cases.push(reportCase(r, classname));
   return cases;
 }
 
@@ -122,7 +123,7 @@ export function junitXml(s: ReportSummary): string {
       ...(c.meta?.reproduce ? [['reproduce', c.meta.reproduce] as [string, string]] : []),
     ];
     add(`${c.id}/(run)`, runCases(c), c.results.timings.total, c, props);
-    for (const row of c.probes) add(`${c.id}/${row.key}`, probeCases(c, row), row.result?.durationMs !== undefined ? row.result.durationMs / 1000 : undefined, c, [['cell', c.id], ['probe', row.name], ...(row.device ? [['device', row.device] as [string, string]] : []), ['class', row.class]]);
+    for (const row of c.probes) add(`${c.id}/${row.key}`, probeCases(c, row), row.result?.durationMs !== undefined ? row.result.durationMs / 1000 : undefined, c, [['cell', c.id], ['probe', row.name], ...(row.device ? [['device', row.device] as [string, string]] : []), ...(row.collection ? [['kselftest-collection', row.collection] as [string, string]] : []), ['class', row.class]]);
   }
   const total = s.cells.reduce((n, c) => n + (c.results.timings.total ?? 0), 0);
   return [

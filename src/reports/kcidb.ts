@@ -12,6 +12,7 @@ import type { KernelReport } from '../report/kernel-report.ts';
 import { unattributedReports } from '../results/attribution.ts';
 import { sha256 } from '../util/cache.ts';
 import type { CellRecord, ProbeClass, ReportSummary } from './summary.ts';
+import { testResults } from './summary.ts';
 
 export const KCIDB_VERSION = { major: 5, minor: 3 } as const;
 export const DEFAULT_ORIGIN = 'hwlab';
@@ -118,7 +119,7 @@ export function kcidbReport(s: ReportSummary, origin = DEFAULT_ORIGIN): KcidbRep
         if (cls === 'todo') linkKnown(pt.todo!, tid);
       }
     }
-    for (const rep of unattributedReports(r.kernelReports, r.probes)) {
+    for (const rep of unattributedReports(r.kernelReports, testResults(r))) {
       test('hwlab.kernel_report', `report\0${rep.title}`, 'FAIL', { comment: rep.title, log_excerpt: reportText(rep) });
     }
   }

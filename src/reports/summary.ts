@@ -40,6 +40,8 @@ export interface ProbeRow {
   class: ProbeClass;
   /** Undefined when the probe never ran (the run stopped before it). */
   result?: ProbeResult;
+  /** Set for a kernel selftest's row (a lab's `selftests:`): its kselftest collection, the suite it belongs to. */
+  collection?: string;
 }
 
 export interface CellRecord {
@@ -111,7 +113,17 @@ export function probeRows(results: RunResults, lab?: PlannedProbes): ProbeRow[] 
   });
   // Results the lab does not account for (a lab file changed under a folder): shown, never dropped.
   for (const r of ran.slice(next)) rows.push({ key: keyOf(r.name), name: r.name, class: probeClass(r), result: r });
+  // The kernel's selftests after the probes, one row per test program: `kselftest:collection:test(devices)`.
+  for (const r of results.selftests ?? []) {
+    const device = r.devices?.join('+');
+    rows.push({ key: keyOf(`kselftest:${r.name}`, device), name: `kselftest:${r.name}`, ...(device ? { device } : {}), class: probeClass(r), result: r, collection: r.collection });
+  }
   return rows;
+}
+
+/** Every probe and selftest result of a run: what kernel reports are attributed to. */
+export function testResults(r: Pick<RunResults, 'probes' | 'selftests'>): ProbeResult[] {
+  return [...r.probes, ...(r.selftests ?? [])];
 }
 
 export function summarize(kind: SummaryKind, name: string, cells: CellRecord[]): ReportSummary {

@@ -4,7 +4,7 @@
 // probe and fails it. Attribution works on single reports; the per-probe and
 // per-run lists are then kept one entry per title, with counts.
 
-import { parseProbeMarker } from '../protocol/protocol.ts';
+import { parseProbeMarker, parseSelftestMarker } from '../protocol/protocol.ts';
 import { dedupByTitle, describeReport, type KernelReport } from '../report/kernel-report.ts';
 import { consoleLines } from '../report/lines.ts';
 import { TAP_STREAM_PROBE, type ProbeResult } from './tap.ts';
@@ -25,11 +25,11 @@ export interface ProbeWindow extends ProbeRef {
  * Probe windows from the markers in the console. A begin without an end (the
  * guest died mid-probe) runs to the end of the log.
  */
-export function probeWindowsFromConsole(consoleText: string): ProbeWindow[] {
+export function probeWindowsFromConsole(consoleText: string, parse: (message: string) => { edge: 'begin' | 'end'; index: number; probe: string } | null = parseProbeMarker): ProbeWindow[] {
   const open = new Map<number, { ref: ProbeRef; startSec: number }>();
   const windows: ProbeWindow[] = [];
   for (const l of consoleLines(consoleText)) {
-    const m = l.ts === undefined ? null : parseProbeMarker(l.text);
+    const m = l.ts === undefined ? null : parse(l.text);
     if (!m) continue;
     const o = open.get(m.index);
     if (m.edge === 'begin') open.set(m.index, { ref: { index: m.index, probe: m.probe }, startSec: l.ts! });
@@ -40,6 +40,14 @@ export function probeWindowsFromConsole(consoleText: string): ProbeWindow[] {
   }
   for (const { ref, startSec } of open.values()) windows.push({ ...ref, startSec, endSec: Number.POSITIVE_INFINITY });
   return windows;
+}
+
+/** The selftests' windows (hwlab-selftest markers, see src/guest/kselftest/run-one.sh); `probe` is `collection:test`. */
+export function selftestWindowsFromConsole(consoleText: string): ProbeWindow[] {
+  return probeWindowsFromConsole(consoleText, (text) => {
+    const m = parseSelftestMarker(text);
+    return m ? { edge: m.edge, index: m.index, probe: m.test } : null;
+  });
 }
 
 export interface Attribution {

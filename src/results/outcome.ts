@@ -34,7 +34,7 @@ export interface Outcome {
 /** hwlab's exit code for each class (documented in the README). */
 export const EXIT_CODE: Record<OutcomeClass, number> = { pass: 0, fail: 1, kernel: 1, error: 2, infra: 3 };
 
-export type RunPhase = 'prepare' | 'boot' | 'setup' | 'probes' | 'teardown';
+export type RunPhase = 'prepare' | 'boot' | 'setup' | 'probes' | 'selftests' | 'teardown';
 
 /** Why a run stopped short of finishing its probes normally. */
 export interface RunFailure {
@@ -77,6 +77,11 @@ function streamProblems(probes: readonly ProbeResult[]): string[] {
 
 const first = (s: string) => s.split('\n')[0];
 
+/** A kernel selftest's result (src/results/kselftest.ts) among the probes' (classification treats both alike; messages name which). */
+const isSelftest = (p: ProbeResult): boolean => 'collection' in p;
+/** `probe` or `selftest`, for the n-th (0-based, stream entry left out) result. */
+const what = (probes: readonly ProbeResult[], index: number): string => (isSelftest(probes.filter((p) => p.name !== TAP_STREAM_PROBE)[index]) ? 'selftest' : 'probe');
+
 /** Everything that went wrong in a run, one line each (the outcome's detail, the table's reasons). */
 export function runReasons(probes: readonly ProbeResult[], kernelReports: readonly KernelReport[], failure?: RunFailure): string[] {
   const reasons: string[] = [];
@@ -84,18 +89,22 @@ export function runReasons(probes: readonly ProbeResult[], kernelReports: readon
   for (const r of kernelReports) reasons.push(`kernel ${describeReport(r)}`);
   const byProbe = new Map<number, FailingPoint[]>();
   for (const f of failingPoints(probes)) byProbe.set(f.index, [...(byProbe.get(f.index) ?? []), f]);
-  for (const [, fs] of byProbe) reasons.push(`probe ${fs[0].probe} failed: ${fs.map((f) => f.subtest).join(', ')}`);
+  for (const [i, fs] of byProbe) reasons.push(`${what(probes, i)} ${fs[0].probe} failed: ${fs.map((f) => f.subtest).join(', ')}`);
   for (const p of probes) {
     if (p.name === TAP_STREAM_PROBE || probeStatus(p) !== 'FAIL' || p.notRun !== undefined) continue;
     if (!p.subtests.some((s) => !s.ok && s.todo === undefined && s.skip === undefined)) {
       // A probe that finished with every point ok fails for the kernel reports in its window (attribution.ts).
+      const kind = isSelftest(p) ? 'selftest' : 'probe';
       reasons.push(p.kernelReports.length && p.diagnostics?.error === undefined
-        ? `probe ${p.name} failed: kernel reported ${p.kernelReports.map((r) => `${r.title}${countSuffix(r)}`).join(', ')} during it`
-        : `probe ${p.name} did not finish: ${String(p.diagnostics?.error ?? 'no closing result')}`);
+        ? `${kind} ${p.name} failed: kernel reported ${p.kernelReports.map((r) => `${r.title}${countSuffix(r)}`).join(', ')} during it`
+        : `${kind} ${p.name} did not finish: ${String(p.diagnostics?.error ?? (p.diagnostics?.reasons as string[] | undefined)?.join('; ') ?? 'no closing result')}`);
     }
   }
   const notRun = probes.filter((p) => p.notRun !== undefined);
-  if (notRun.length) reasons.push(`${notRun.length} probe(s) not run: ${notRun.map((p) => p.name).join(', ')}`);
+  const notRunProbes = notRun.filter((p) => !isSelftest(p));
+  const notRunSelftests = notRun.filter(isSelftest);
+  if (notRunProbes.length) reasons.push(`${notRunProbes.length} probe(s) not run: ${notRunProbes.map((p) => p.name).join(', ')}`);
+  if (notRunSelftests.length) reasons.push(`${notRunSelftests.length} selftest(s) not run: ${notRunSelftests.map((p) => p.name).join(', ')}`);
   for (const r of streamProblems(probes)) reasons.push(`TAP stream: ${r}`);
   return reasons;
 }

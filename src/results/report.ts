@@ -7,6 +7,7 @@ import type { AppliedPatch, Kernel, KernelKind } from '../kernel/types.ts';
 import type { RebuildPlan } from '../kernel/targeted.ts';
 import type { Outcome, RunFailure } from './outcome.ts';
 import { countSuffix, describeReport, type KernelReport } from '../report/kernel-report.ts';
+import type { SelftestResult } from './kselftest.ts';
 import { probeStatus, type ProbeResult } from './tap.ts';
 
 /** The kernel a run booted, as results.json records it. */
@@ -56,6 +57,10 @@ export interface RunResults {
   /** Which backend ran the guest, and under which accelerator. */
   machine?: { backend: string; accel: 'kvm' | 'tcg'; accelNote: string };
   probes: ProbeResult[];
+  /** The kernel's own selftests (a lab's `selftests:`), one per test program, named `collection:test`; absent when the lab has none. */
+  selftests?: SelftestResult[];
+  /** How the selftests were built for this kernel (make ran, or the cached entry). */
+  selftestsBuild?: { collections: string[]; cacheKey: string; built: boolean; buildSeconds?: number };
   /** Every kernel report of the run, one entry per title with its count (probes hold theirs too). */
   kernelReports: KernelReport[];
   timings: Record<string, number>;
@@ -100,32 +105,42 @@ function fmtDiag(d: Record<string, unknown>): string {
 /** Lines of a kernel report's excerpt shown under the table; results.json keeps it whole. */
 const REPORT_PREVIEW_LINES = 8;
 
-/** Probe table, then each failing/TODO probe's subtests with diagnostics, then each kernel report's head (once per title). */
-export function formatResultTable(results: Pick<RunResults, 'probes' | 'kernelReports'> & Partial<RunResults>): string {
-  const { probes, kernelReports } = results;
-  const rows = probes.map((p) => {
+/** One table of results (probes, or selftests) and the details of the failing and TODO ones. */
+function resultTable(title: string, list: readonly ProbeResult[], details: string[], selftests: boolean): string[] {
+  const rows = list.map((p) => {
     const counted = p.subtests.filter((s) => s.skip === undefined);
     const passed = counted.filter((s) => s.ok).length;
-    return [p.name, p.subtests.length > 0 ? `${passed}/${counted.length}` : '-', probeStatus(p), fmtDuration(p.durationMs)];
+    return [p.name, p.subtests.length > 0 ? `${passed}/${counted.length}` : '-', selftests && p.notRun !== undefined ? 'NOT RUN' : probeStatus(p), fmtDuration(p.durationMs)];
   });
-  const header = ['PROBE', 'SUBTESTS', 'STATUS', 'DURATION'];
+  const header = [title, 'SUBTESTS', 'STATUS', 'DURATION'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]) => cells.map((c, i) => pad(c, widths[i])).join('  ').trimEnd();
-  const out: string[] = [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)];
-
-  const details: string[] = [];
-  for (const p of probes) {
+  for (const p of list) {
     const st = probeStatus(p);
+    // kselftest's skip reasons say what the guest lacks (a device QEMU does not emulate, a config).
+    if (selftests && st === 'SKIP') details.push(`SKIP ${p.name}: ${p.skip}`);
     if (st !== 'FAIL' && st !== 'TODO') continue;
     details.push(`${st} ${p.name}${p.todo !== undefined ? ` (todo: ${p.todo})` : ''}`);
     if (p.diagnostics) details.push(indentBlock(fmtDiag(p.diagnostics), '    '));
     for (const s of p.subtests) {
       if (s.ok || s.skip !== undefined) continue;
-      details.push(`  not ok ${s.id} - ${s.name}${s.todo !== undefined ? ` # TODO ${s.todo}` : ''}`);
+      // A selftest's expected failure marks each failing point with the same reason: say it once.
+      const todo = s.todo === undefined ? '' : selftests && s.todo === p.todo ? ' # TODO (as above)' : ` # TODO ${s.todo}`;
+      details.push(`  not ok ${s.id} - ${s.name}${todo}`);
       if (s.diagnostics) details.push(indentBlock(fmtDiag(s.diagnostics), '      '));
     }
     for (const r of p.kernelReports) details.push(`  kernel ${r.kind}: ${r.title}${countSuffix(r)} (first at console line ${r.line})`);
   }
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)];
+}
+
+/** Probe table (and the selftests' when the lab has them), then each failing/TODO one's subtests with diagnostics, then each kernel report's head (once per title). */
+export function formatResultTable(results: Pick<RunResults, 'probes' | 'kernelReports'> & Partial<RunResults>): string {
+  const { probes, kernelReports } = results;
+  const details: string[] = [];
+  const out: string[] = [];
+  if (probes.length || !results.selftests) out.push(...resultTable('PROBE', probes, details, false));
+  if (results.selftests) out.push(...(out.length ? [''] : []), ...resultTable('SELFTEST', results.selftests, details, true));
   for (const r of kernelReports) {
     const lines = r.excerpt.split('\n');
     details.push(`KERNEL REPORT ${describeReport(r)}  [first at console line ${r.line}]`);

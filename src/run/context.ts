@@ -54,4 +54,21 @@ export interface RunState {
   tap?: string;
   /** The probe that ran out of time, with what the guest was stuck on. */
   hung?: HungProbe;
+  /** The kernel's selftests as one kselftest TAP 13 stream; undefined when the selftest phase never started. */
+  selftestTap?: string;
+  selftestPlanLength?: number;
+  /** Wall time of each selftest (by 1-based index), as the host measured its command. */
+  selftestDurationsMs: Record<number, number>;
+  /** Selftests hwlab killed at their timeout, with what the guest was stuck on. */
+  selftestTimeouts: SelftestTimeout[];
+}
+
+/** A selftest past its time budget: what the guest's blocked tasks and the test's own processes were doing when it was killed. */
+export interface SelftestTimeout {
+  /** 1-based position in the run's selftests. */
+  index: number;
+  test: string;
+  timeoutSec: number;
+  blockedTasks: string;
+  testStacks: string;
 }

@@ -21,6 +21,7 @@ import { InfraError } from '../util/errors.ts';
 import { collect } from './collect.ts';
 import type { RunContext, RunState } from './context.ts';
 import { probePhase, uploadProbes } from './probe-phase.ts';
+import { selftestPhase } from './selftest-phase.ts';
 
 /**
  * hwlab's kernel command-line words (the IOMMU words and the lab's own follow).
@@ -45,9 +46,9 @@ async function boot(ctx: RunContext, m: MachineInstance): Promise<void> {
     m.waitReady({ timeoutMs: ctx.lab.timeouts.bootSec * 1000, onProgress: (l) => step.update(l) })));
 }
 
-/** Endpoints the probes open through VFIO: bound to vfio-pci before, given back after. */
+/** Endpoints the probes open through VFIO and those the selftests are given: bound to vfio-pci before, given back after. */
 function vfioEndpoints(lab: LabSpec): Set<string> {
-  return new Set(lab.probes.flatMap((p) => vfioEndpointsOf(p)));
+  return new Set([...lab.probes.flatMap((p) => vfioEndpointsOf(p)), ...(lab.selftests ?? []).flatMap((s) => s.devices)]);
 }
 
 /** The driver under test, proven to be the build's: srcversion for source builds, build-id for the fast path. */
@@ -117,7 +118,7 @@ async function shutDown(ctx: RunContext, m: MachineInstance): Promise<void> {
 
 /** Runs the lab on a machine from `backend` and returns its results (never throws for what happens in the guest). */
 export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Promise<RunResults> {
-  const state: RunState = { phase: 'boot', verified: [], removed: new Set() };
+  const state: RunState = { phase: 'boot', verified: [], removed: new Set(), selftestTimeouts: [], selftestDurationsMs: {} };
   const { kernel, image, initrd } = ctx.prepared;
   let m: MachineInstance | undefined;
   try {
@@ -132,7 +133,17 @@ export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Pr
     state.phase = 'setup';
     await setup(ctx, m, state);
     state.phase = 'probes';
-    const runner = ctx.runProbes === false ? await uploadProbes(ctx, m, state) : await probePhase(ctx, m, state);
+    let runner: string[] = [];
+    if (ctx.runProbes === false) runner = await uploadProbes(ctx, m, state);
+    else {
+      // A lab of selftests alone has no probe runner to start.
+      if (ctx.lab.probes.length || !ctx.lab.selftests?.length) runner = await probePhase(ctx, m, state);
+      // After a hung probe the guest may be stuck in the kernel: the selftests would say nothing more.
+      if (!state.hung && !state.failure) {
+        state.phase = 'selftests';
+        await selftestPhase(ctx, m, state);
+      }
+    }
     state.phase = 'teardown';
     if (ctx.hold) {
       // Kept as the probes left it (devices bound, bundle in place) for a person to look at.

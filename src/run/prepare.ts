@@ -9,7 +9,7 @@ import { requirementsOf } from '../guest/probes/catalog.ts';
 import { buildImage, type GuestImage } from '../image/build.ts';
 import { buildInitramfs } from '../image/initramfs.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
-import { buildKernel } from '../kernel/build.ts';
+import { assembledConfig, buildKernel } from '../kernel/build.ts';
 import { fetchDebianKernel } from '../kernel/debian.ts';
 import { buildOverlayKernel } from '../kernel/driver-build.ts';
 import { buildHwlabModule, type HwlabModule, type ModuleTarget } from '../kernel/extmod.ts';
@@ -18,6 +18,9 @@ import { resolveKernelTree } from '../kernel/source.ts';
 import type { Kernel } from '../kernel/types.ts';
 import { imagesDirFor } from '../lab/load.ts';
 import type { LabSpec } from '../lab/types.ts';
+import { buildSelftests, type BuiltSelftests } from '../selftests/build.ts';
+import { formatUnmet, unmetSelftestSymbols } from '../selftests/config.ts';
+import { checkSelftestsAgainstTree, collectionsOf, parseKselftestList, planSelftests, type PlannedSelftest } from '../selftests/plan.ts';
 import { InputError } from '../util/errors.ts';
 import type { Progress } from '../util/progress.ts';
 import { readFragment } from './preflight.ts';
@@ -38,6 +41,8 @@ export interface PreparedLab {
   hwlabModules: HwlabModule[];
   image: GuestImage;
   initrd: string;
+  /** The kernel's selftests the lab asks for: built for this kernel, and the tests to run in order. */
+  selftests?: { built: BuiltSelftests; plan: PlannedSelftest[] };
 }
 
 const builtNote = (k: { built: boolean; buildSeconds?: number }) => (k.built ? `built in ${k.buildSeconds?.toFixed(0)} s` : 'from cache, make not run');
@@ -71,8 +76,20 @@ async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string)
   const patches = await loadPatchSeries([...spec.patches, ...extra]);
   const fragmentFiles = [...spec.config.fragments, ...(opts.extraFragments ?? []).map((f) => path.resolve(f))];
   const fragments = await Promise.all(fragmentFiles.map((file) => readFragment(file, 'config fragment')));
+  const request = { tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log') };
+  if (lab.selftests?.length) {
+    // What each selftest collection's config file asks for must hold in the assembled config, before anything is built.
+    const collections = await checkSelftestsAgainstTree(lab.selftests, tree.dir);
+    const config = await progress.run('selftests: kernel config check', (step) => assembledConfig({ ...request, step }),
+      () => `${collections.map((c) => c.file).join(', ') || 'no collection config files'}`);
+    const unmet = unmetSelftestSymbols(collections, config);
+    if (unmet.length) {
+      throw new InputError(`${lab.file}: the kernel config does not have what the selftests ask for:\n${unmet.map(formatUnmet).join('\n')}`,
+        'add the symbols to a fragment of the lab (kernel.config.fragments), as labs/configs/kselftest.config does', 'selftest-config');
+    }
+  }
   const built = await progress.run(`kernel build (${patches.length} patches, ${fragments.length} fragments)`,
-    (step) => buildKernel({ tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log'), step }),
+    (step) => buildKernel({ ...request, step }),
     (k) => `${k.release} ${builtNote(k)}${k.incrementalFrom ? ` (incremental from ${k.incrementalFrom}${k.rebuild?.kind === 'modules' ? ', modules only' : ''})` : ''}`);
   return { kernel: built, target: { kind: 'built', kernel: built, tree, patches } };
 }
@@ -93,5 +110,18 @@ export async function prepareLab(lab: LabSpec, opts: PrepareOptions, logDir: str
   const recipe = await loadImageRecipe(lab.image, imagesDirFor(lab.file, lab.image));
   const image = await progress.run(`image ${recipe.name}`, (s) => buildImage(recipe, s), (i) => `node ${i.nodeVersion}`);
   const initrd = await progress.run('initramfs', () => buildInitramfs(kernel, image));
-  return { kernel, hwlabModules, image, initrd };
+  const selftests = await prepareSelftests(lab, target, progress, logDir);
+  return { kernel, hwlabModules, image, initrd, ...(selftests ? { selftests } : {}) };
+}
+
+/** The lab's selftests built for its kernel (source builds only; the lab loader refuses others) and planned from what was built. */
+async function prepareSelftests(lab: LabSpec, target: ModuleTarget, progress: Progress, logDir: string): Promise<PreparedLab['selftests']> {
+  if (!lab.selftests?.length) return undefined;
+  if (target.kind !== 'built') throw new InputError(`${lab.file}: selftests need a kernel built from source`);
+  const collections = collectionsOf(lab.selftests);
+  const selftestPatches = await loadPatchSeries(lab.selftestPatches ?? []);
+  const built = await progress.run(`selftests build (${collections.join(' ')})`,
+    (step) => buildSelftests({ kernel: target.kernel, tree: target.tree, patches: target.patches, selftestPatches, collections, logFile: path.join(logDir, 'selftests-build.log'), step }),
+    (b) => (b.built ? `built in ${b.buildSeconds?.toFixed(0)} s` : 'from cache, make not run'));
+  return { built, plan: planSelftests(lab.selftests, parseKselftestList(built.list)) };
 }

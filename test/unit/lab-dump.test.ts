@@ -19,7 +19,9 @@ test('every shipped lab survives dump -> load unchanged (paths absolute, every d
   for (const file of labFiles) {
     const lab = await loadLab(file);
     const text = dumpLab(lab, `dumped from ${file}`);
-    t.deepEqual(parseLab(text, file), lab, path.basename(file));
+    // A selftest entry's `at` names its line in the file it was read from, which the dump renumbers.
+    const withoutPlaces = (l: typeof lab) => ({ ...l, ...(l.selftests ? { selftests: l.selftests.map((s) => ({ ...s, at: '' })) } : {}) });
+    t.deepEqual(withoutPlaces(parseLab(text, file)), withoutPlaces(lab), path.basename(file));
     const doc = parse(text);
     t.is(doc.name, lab.name);
     t.false(/[A-Z]\w*:/.test(Object.keys(doc).join(' ')), 'snake_case keys');
