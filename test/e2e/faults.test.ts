@@ -156,7 +156,7 @@ fast('a lab asking for more memory than the host has is refused before boot, wit
   t.deepEqual(await readdir(dir), ['huge.yaml'], 'no run folder');
 });
 
-fast('a corrupt cache entry (a flipped byte in hwlab_importer.ko, a truncated initramfs) is found on use and built again', async (t) => {
+full('a corrupt cache entry (a flipped byte in hwlab_importer.ko, a truncated initramfs) is found on use and built again', async (t) => {
   // A run first, so the entries exist; then damage them and run again.
   await nextRunPasses(t);
   const kmodDir = path.join(cacheRoot(), 'kmod');
