@@ -51,6 +51,8 @@ export interface FakeScript {
   blockedTasks?: string;
   /** Commands that fail: argv[0] or the script's first line -> exit code and stderr. */
   failing?: Record<string, { code: number; stderr: string }>;
+  /** Commands that never return (blocked in the guest kernel), matched by a substring of the command: they fail as timed out at once, and print `console` lines. */
+  blocking?: Record<string, { console?: string[] }>;
 }
 
 /** A command the run issued, for assertions. */
@@ -162,6 +164,12 @@ export class FakeInstance implements MachineInstance {
     const done = (stdout: string, code = 0, stderr = ''): ExecResult => ({ code, stdout, stderr, durationMs: Date.now() - start });
     const bad = this.failing(argv);
     if (bad) return done('', bad.code, bad.stderr);
+    const joined = argv.join(' ');
+    const blocks = Object.entries(this.script.blocking ?? {}).find(([k]) => joined.includes(k))?.[1];
+    if (blocks) {
+      for (const l of blocks.console ?? []) this.printk(l);
+      throw new InfraError(`guest command "${argv.join(' ').slice(0, 80)}": timed out after ${(opts.timeoutMs / 1000).toFixed(0)} s`, undefined, 'timeout');
+    }
     if (argv[0] === 'node' && argv.some((a) => a.endsWith('config.json'))) return this.runRunner(opts, start);
     if (argv[0] === 'busybox' && argv[1] === 'poweroff') {
       this.printk('reboot: Power down');
