@@ -199,7 +199,7 @@ test('a runner that does not exit after its last probe (a kernel spinning): the 
       ' vfio_pci_core_close_device+0x40/0x90 [vfio_pci_core]',
       ' </TASK>',
     ].map((l) => ({ console: l })), { hang: true }],
-  }, quick);
+  }, { ...quick, timeouts: { ...quick.timeouts, runnerExitSec: 4 } }); // room for the fake to print the report on a loaded host
   t.deepEqual([spinning.results.outcome.class, spinning.results.outcome.code], ['kernel', 'lockup']);
   t.regex(spinning.results.outcome.title, /^BUG: soft lockup/);
   t.is(spinning.results.failure?.code, 'runner-did-not-exit');
