@@ -61,6 +61,8 @@ export interface FakeScript {
   selftests?: Record<string, { steps: RunnerStep[]; exit?: number }>;
   /** What the wrapper's --stacks prints for the running test. */
   selftestStacks?: string;
+  /** Commands that never return (blocked in the guest kernel), matched by a substring of the command: they fail as timed out at once, and print `console` lines. */
+  blocking?: Record<string, { console?: string[] }>;
 }
 
 /** A command the run issued, for assertions. */
@@ -181,6 +183,12 @@ export class FakeInstance implements MachineInstance {
     const done = (stdout: string, code = 0, stderr = ''): ExecResult => ({ code, stdout, stderr, durationMs: Date.now() - start });
     const bad = this.failing(argv);
     if (bad) return done('', bad.code, bad.stderr);
+    const joined = argv.join(' ');
+    const blocks = Object.entries(this.script.blocking ?? {}).find(([k]) => joined.includes(k))?.[1];
+    if (blocks) {
+      for (const l of blocks.console ?? []) this.printk(l);
+      throw new InfraError(`guest command "${argv.join(' ').slice(0, 80)}": timed out after ${(opts.timeoutMs / 1000).toFixed(0)} s`, undefined, 'timeout');
+    }
     if (argv[0] === 'node' && argv.some((a) => a.endsWith('config.json'))) return this.runRunner(opts, start, this.script.runner ?? [{ stdout: 'TAP version 14\n1..0\n' }], this.script.runnerExit ?? 0);
     if (argv[0] === GUEST_SELFTEST_RUNNER) return this.runSelftest(argv, opts, start);
     if (argv[0] === 'busybox' && argv[1] === 'poweroff') {

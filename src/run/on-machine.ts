@@ -13,7 +13,7 @@ import { exitWithin, machineGoneError, type MachineBackend, type MachineInstance
 import { GUEST_KMOD_DIR } from '../protocol/protocol.ts';
 import { failureFromError } from '../results/outcome.ts';
 import type { RunResults } from '../results/report.ts';
-import { bindVfio, check, modprobe, unbindVfio } from '../session/commands.ts';
+import { bindVfio, check, modprobe, UNBIND_TIMEOUT_SEC, unbindVfio } from '../session/commands.ts';
 import { verifyLoadedModules } from '../session/modules.ts';
 import { guestModuleBuildIds, verifyReplacedModules } from '../session/modules-buildid.ts';
 import { findPciDevices, type GuestPciDevice } from '../session/pci.ts';
@@ -99,13 +99,31 @@ async function setup(ctx: RunContext, m: MachineInstance, state: RunState): Prom
   }, (d) => Object.entries(d).map(([id, x]) => `${id}=${x.bdf}`).join(' ')));
 }
 
-/** Unbinds the endpoints the probes used, except those removed; skipped after a hang (the runner may still hold them). */
+/**
+ * Unbinds the endpoints the probes used, except those removed; skipped after
+ * a hang (the runner may still hold them). The first unbind that does not
+ * return (vfio waits for a device registration the kernel leaked) ends the
+ * give-back: waiting for each device in turn took minutes. What blocked is
+ * said: the guest's blocked tasks and vfio's "blocked until released" line.
+ */
 async function giveBack(ctx: RunContext, m: MachineInstance, state: RunState): Promise<void> {
   if (state.hung || !state.devices) return;
   const vfio = vfioEndpoints(ctx.lab);
-  for (const [id, d] of Object.entries(state.devices)) {
-    if (!vfio.has(id) || state.removed.has(id)) continue;
-    await unbindVfio(m, d.bdf);
+  const todo = Object.entries(state.devices).filter(([id]) => vfio.has(id) && !state.removed.has(id));
+  for (const [i, [id, d]] of todo.entries()) {
+    try {
+      await unbindVfio(m, d.bdf);
+    } catch (err) {
+      if (!(err instanceof InfraError) || err.code !== 'timeout') throw err;
+      const tasks = await m.diagnose().then((x) => x.blockedTasks.trim(), () => '');
+      const blocked = (await m.console().catch(() => '')).split('\n').filter((l) => /blocked until .*released/i.test(l)).pop();
+      const rest = todo.slice(i + 1).map(([x]) => x);
+      throw new InfraError(
+        `giving ${id} (${d.bdf}) back to its driver blocked in the guest kernel: the unbind did not return in ${UNBIND_TIMEOUT_SEC} s` +
+        `${blocked ? `; the kernel says: ${blocked.replace(/^\[[^\]]*\]\s*/, '').trim()}` : ''}` +
+        `${rest.length ? `; not tried: ${rest.join(', ')}` : ''}${tasks ? `\nblocked tasks:\n${tasks.split('\n').slice(0, 40).join('\n')}` : ''}`,
+        'a device registration the driver never dropped keeps vfio-pci from unbinding; see console.log', 'teardown-blocked');
+    }
   }
 }
 

@@ -55,8 +55,11 @@ d=/sys/bus/pci/devices/$1
 echo > "$d/driver_override"
 echo "$1" > /sys/bus/pci/drivers_probe || true`;
 
+/** How long an unbind may take; past it the unbind is blocked in the kernel (vfio waiting for a device's users). */
+export const UNBIND_TIMEOUT_SEC = 60;
+
 /** Undoes bindVfio: clears driver_override and lets the kernel pick the driver again. */
 export async function unbindVfio(guest: GuestShell, bdf: string): Promise<void> {
-  const r = await sh(guest, UNBIND_VFIO, [bdf], { timeoutMs: 60_000 });
+  const r = await sh(guest, UNBIND_VFIO, [bdf], { timeoutMs: UNBIND_TIMEOUT_SEC * 1000 });
   if (r.code !== 0) throw new InfraError(`unbinding ${bdf} from vfio-pci failed: ${r.stderr.trim()}`, undefined, 'vfio-unbind');
 }

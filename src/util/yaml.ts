@@ -11,11 +11,11 @@ import { quoteForTerminal, escapeForTerminal } from './text.ts';
 
 /**
  * Limits on any hwlab YAML file (labs, image recipes, matrix files): the
- * biggest lab shipped is about 5 KB, so 1 MiB is generous, and a file past it
+ * biggest lab shipped is about 5 KB, so 128 KiB is generous, and a file past it
  * is refused before the parser spends seconds on it. Aliases are expanded at
  * most this many times (an "alias bomb" multiplies them).
  */
-export const MAX_YAML_BYTES = 1 << 20;
+export const MAX_YAML_BYTES = 128 << 10;
 export const MAX_YAML_ALIASES = 100;
 
 // ---------------------------------------------------------------------------
@@ -229,7 +229,10 @@ export function readYaml(text: string, file: string, what = 'YAML'): { src: Yaml
     data = doc.toJS({ maxAliasCount: MAX_YAML_ALIASES });
   } catch (err) {
     // yaml's ReferenceError for an alias expanded past maxAliasCount (or an alias to nothing).
-    src.issues.push({ file, line: 1, col: 1, path: '', message: `aliases expand too far (${aliases} aliases; at most ${MAX_YAML_ALIASES} expansions): ${(err as Error).message.split('\n')[0]}` });
+    const why = (err as Error).message.split('\n')[0];
+    src.issues.push({ file, line: 1, col: 1, path: '', message: /excessive alias count/i.test(why)
+      ? `aliases expand too far (${aliases} aliases; at most ${MAX_YAML_ALIASES} expansions): not a lab-sized document`
+      : `bad alias: ${why}` });
     src.fail();
   }
   if (data !== null && data !== undefined && (typeof data !== 'object' || Array.isArray(data))) {

@@ -8,7 +8,7 @@
 import test from 'ava';
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
-import { readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -156,29 +156,33 @@ fast('a lab asking for more memory than the host has is refused before boot, wit
   t.deepEqual(await readdir(dir), ['huge.yaml'], 'no run folder');
 });
 
-fast('a corrupt cache entry (a flipped byte in hwlab_importer.ko, a truncated initramfs) is found on use and built again', async (t) => {
-  // A run first, so the entries exist; then damage them and run again.
-  await nextRunPasses(t);
-  const kmodDir = path.join(cacheRoot(), 'kmod');
-  const initDir = path.join(cacheRoot(), 'initramfs');
-  const newest = async (d: string) => {
-    const names = (await readdir(d)).filter((n) => !n.startsWith('.'));
-    const st = await Promise.all(names.map(async (n) => [n, (await import('node:fs')).statSync(path.join(d, n, 'hwlab-entry.json')).mtimeMs] as const));
-    return path.join(d, st.sort((a, b) => b[1] - a[1])[0][0]);
+full('a corrupt cache entry (a flipped byte in hwlab_importer.ko, a truncated initramfs) is found on use and built again', async (t) => {
+  // A private cache: the kernel, image, key and sources are the shared ones (symlinked, never damaged);
+  // the module and initramfs entries are built here by this hwlab, with their content lists, and damaged here.
+  const shared = cacheRoot();
+  const cache = runsDir();
+  for (const kind of await readdir(shared)) {
+    if (kind === 'kmod' || kind === 'initramfs' || kind.startsWith('.')) continue;
+    await symlink(path.join(shared, kind), path.join(cache, kind));
+  }
+  const env = { HWLAB_CACHE: cache };
+  const first = await hwlab(['run', LAB, '--runs-dir', runsDir()], { env });
+  t.is(first.exitCode, 0, first.all);
+  const only = async (kind: string) => {
+    const names = (await readdir(path.join(cache, kind))).filter((n) => !n.startsWith('.'));
+    t.is(names.length, 1, kind);
+    return path.join(cache, kind, names[0]);
   };
-  const kmod = await newest(kmodDir);
-  const init = await newest(initDir);
-  const ko = path.join(kmod, 'hwlab_importer.ko');
+  const ko = path.join(await only('kmod'), 'hwlab_importer.ko');
   const bytes = await readFile(ko);
   bytes[bytes.length >> 1] ^= 0xff;
   await writeFile(ko, bytes);
-  const initrd = (await readdir(init)).find((n) => n !== 'hwlab-entry.json')!;
-  await writeFile(path.join(init, initrd), (await readFile(path.join(init, initrd))).subarray(0, 1000));
-  const dir = runsDir();
-  const r = await hwlab(['run', LAB, '--runs-dir', dir]);
+  const cpio = path.join(await only('initramfs'), 'initramfs.cpio');
+  await writeFile(cpio, (await readFile(cpio)).subarray(0, 1000));
+  const r = await hwlab(['run', LAB, '--runs-dir', runsDir()], { env });
   t.is(r.exitCode, 0, r.all);
   t.regex(r.all ?? '', /cache entry .*kmod.* is corrupt \(hwlab_importer\.ko does not have the sha256 it had when built\); removed, building it again/);
-  t.regex(r.all ?? '', /cache entry .*initramfs.* is corrupt \(.* is 1000 bytes, \d+ when built\)/);
+  t.regex(r.all ?? '', /cache entry .*initramfs.* is corrupt \(initramfs\.cpio is 1000 bytes, \d+ when built\); removed, building it again/);
 });
 
 /** Boots the lab's machine through the machine interface, for checks that need their own commands in the guest. */

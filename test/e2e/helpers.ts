@@ -9,13 +9,13 @@ import type { RunResults } from '../../src/results/report.ts';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-export function hwlab(args: string[], opts: { timeoutMs?: number } = {}): ResultPromise<{ reject: false; all: true }> {
+export function hwlab(args: string[], opts: { timeoutMs?: number; env?: Record<string, string> } = {}): ResultPromise<{ reject: false; all: true }> {
   return execa('node', [path.join(repoRoot, 'src/cli/hwlab.js'), ...args], {
     cwd: repoRoot,
     reject: false,
     all: true,
     timeout: opts.timeoutMs ?? 45 * 60_000,
-    env: { ...process.env, CI: 'true' },
+    env: { ...process.env, CI: 'true', ...opts.env },
   }) as ResultPromise<{ reject: false; all: true }>;
 }
 

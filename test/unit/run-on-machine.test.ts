@@ -199,10 +199,25 @@ test('a runner that does not exit after its last probe (a kernel spinning): the 
       ' vfio_pci_core_close_device+0x40/0x90 [vfio_pci_core]',
       ' </TASK>',
     ].map((l) => ({ console: l })), { hang: true }],
-  }, quick);
+  }, { ...quick, timeouts: { ...quick.timeouts, runnerExitSec: 4 } }); // room for the fake to print the report on a loaded host
   t.deepEqual([spinning.results.outcome.class, spinning.results.outcome.code], ['kernel', 'lockup']);
   t.regex(spinning.results.outcome.title, /^BUG: soft lockup/);
   t.is(spinning.results.failure?.code, 'runner-did-not-exit');
+});
+
+test('a blocked give-back (issue 16): the first unbind that hangs ends the teardown, with what blocked; the others are not tried', async (t) => {
+  const start = Date.now();
+  const { results, m } = await run(t, {
+    runner: allPass(lab),
+    blockedTasks: 'task:sh state:D\n  vfio_unregister_group_dev+0x9c/0x1c0 [vfio]\n',
+    blocking: { 'echo > "$d/driver_override"': { console: ['vfio-pci 0000:01:00.0: Device is currently in use, task "sh" (120) blocked until device is released'] } },
+  }, lab);
+  t.true(Date.now() - start < 15_000);
+  t.deepEqual([results.failure?.phase, results.failure?.code], ['teardown', 'teardown-blocked']);
+  t.regex(results.failure?.message ?? '', /^giving \S+ \(0000:[0-9a-f:.]+\) back to its driver blocked in the guest kernel: the unbind did not return in 60 s; the kernel says: vfio-pci 0000:01:00\.0: Device is currently in use, task "sh" \(120\) blocked until device is released/);
+  t.regex(results.failure?.message ?? '', /vfio_unregister_group_dev/);
+  t.is(m.calls.filter((c) => c.argv[2]?.includes('echo > "$d/driver_override"')).length, 1, 'one unbind tried, not one per device');
+  t.is(results.outcome.class, 'infra');
 });
 
 test('a failing point is a fail; the runner exiting non-zero after it is recorded but does not hide it', async (t) => {
