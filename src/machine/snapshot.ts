@@ -173,6 +173,9 @@ class SnapshotInstance implements MachineInstance {
   kill: MachineInstance['kill'] = () => this.inner.kill();
 }
 
+/** Most files of a modules tree a restored guest gets copied in (hwlab's lean kernels have about 15). */
+const MAX_MODULE_FILES = 300;
+
 /** Seconds a save or restore may take (the stream is mostly zero pages of the guest's RAM). */
 const MIGRATION_TIMEOUT_MS = 180_000;
 
@@ -183,6 +186,13 @@ async function startWithSnapshot(config: MachineConfig): Promise<MachineInstance
     return qemuBackend.start(config);
   }
   if (!config.modulesRoot) throw new InfraError('snapshot restore needs the kernel\'s modules tree (MachineConfig.modulesRoot)');
+  // A restored guest gets the whole modules tree copied in over SFTP: a few files for hwlab's lean
+  // kernels, thousands for a Debian kernel (the fast path), where booting is the cheaper way.
+  const moduleFiles = (await filesUnder(path.join(config.modulesRoot, 'lib/modules'))).length;
+  if (moduleFiles > MAX_MODULE_FILES) {
+    await record(config.runDir, { action: 'not-saved', reason: `${moduleFiles} files in the modules tree (more than ${MAX_MODULE_FILES} to copy into a restored guest)` });
+    return qemuBackend.start(config);
+  }
   const key = await snapshotKey(config);
   const dir = entryDir('guest-snapshot', key);
   if (isComplete(dir)) {

@@ -2,8 +2,8 @@
 // drivers/vfio/pci (a .c file and a header only those modules include) is
 // built once with the targeted rebuild and once with the whole-tree make from
 // the same base, and every .ko must come out byte-identical (srcversion
-// included); then the same kind of change goes through `hwlab run` on the
-// smoke lab, and the guest must run the modules the targeted rebuild made.
+// included). That a guest runs what a targeted rebuild made (srcversion
+// checked, the patched errno seen) is test/e2e/snapshot.test.ts's second test.
 import test from 'ava';
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
@@ -16,7 +16,7 @@ import { resolveKernelTree, type KernelTree } from '../../src/kernel/source.ts';
 import type { SourceKernel } from '../../src/kernel/types.ts';
 import { loadLab } from '../../src/lab/load.ts';
 import { silentProgress } from '../../src/util/progress.ts';
-import { hwlab, readRun, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+import { repoRoot } from './helpers.ts';
 
 const smokeLab = path.join(repoRoot, 'labs/smoke.yaml');
 const progress = silentProgress();
@@ -43,7 +43,6 @@ test.after.always(async () => {
   // The entries of this file's throw-away patches, under the tree's lock.
   for (const k of made) await removeKernelBuild(tree, k, progress.step('cleanup'));
   await rm(scratch, { recursive: true, force: true });
-  await removeRunsDirs();
 });
 
 /** A unified diff of `rel` in the pristine tree against the text edit() makes of it. */
@@ -122,28 +121,4 @@ test.serial('a drivers/vfio/pci change: the targeted rebuild gives the same .ko 
   t.log(`bzImage: targeted ${targetedImage === (await sha(base.vmlinuz)) ? '=' : '!='} base; whole-tree ${(await sha(whole.vmlinuz)) === targetedImage ? '=' : '!='} targeted`);
   t.is(targetedImage, await sha(base.vmlinuz), 'the targeted rebuild keeps the base kernel image');
   t.log(`build seconds: targeted ${targeted.buildSeconds?.toFixed(1)}, whole-tree ${whole.buildSeconds?.toFixed(1)}; load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
-});
-
-test.serial('hwlab run --patch through a targeted rebuild: the guest runs the rebuilt vfio-pci-core (srcversion checked) and the probe sees its errno', async (t) => {
-  const marker = path.join(scratch, 'marker.patch');
-  const tok = token();
-  // Next to the fixture's change in vfio_pci_dmabuf.c: one new line in vfio_pci_core.c, so the build is new.
-  await writeFile(marker, await diffOf('drivers/vfio/pci/vfio_pci_core.c', (s) => `${s}\nstatic const char ${tok}[] __used = "${tok}";\n`));
-  const dir = runsDir();
-  const r = await hwlab(['run', smokeLab, '--patch', path.join(repoRoot, 'test/fixtures/patches/vfio-zero-length-enoent.patch'), '--patch', marker, '--runs-dir', dir]);
-  t.log(r.all?.split('\n').filter((l) => /kernel build|boot|PASS|FAIL/.test(l)).join('\n'));
-  const { runDir, results } = await readRun(dir);
-  const k = results.kernel!;
-  // The run's entry is this test's alone: the same request is a cache hit that names it, for removal.
-  made.push(await buildKernel(await request([path.join(repoRoot, 'test/fixtures/patches/vfio-zero-length-enoent.patch'), marker], 'auto', 'again.log')));
-  t.regex(await readFile(path.join(runDir, 'kernel-build.log'), 'utf8'), /^hwlab: targeted module rebuild: /m);
-  t.is(r.exitCode, 1, r.all);
-  t.is(results.outcome.class, 'fail');
-  t.true(k.built, 'make ran for this run');
-  t.is(k.rebuild?.kind, 'modules', JSON.stringify(k.rebuild));
-  const core = (k.modulesVerified ?? []).find((m) => m.module === 'vfio_pci_core');
-  t.truthy(core?.srcversion, `the guest's vfio_pci_core has the srcversion of the module just built (${JSON.stringify(k.modulesVerified)})`);
-  const failed = results.probes.find((p) => p.name === 'dmabuf-bad-inputs')!.subtests.filter((s) => !s.ok);
-  t.is(failed.length, 1, JSON.stringify(failed));
-  t.is(failed[0].diagnostics?.actual, 'ENOENT');
 });
