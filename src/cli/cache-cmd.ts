@@ -77,7 +77,8 @@ export async function pruneCache(opts: { all: boolean; maxBytes?: number; now?: 
   if (!existsSync(root)) return removed;
   for (const kind of await readdir(root)) {
     const kdir = path.join(root, kind);
-    if (!(await stat(kdir)).isDirectory() || kind === 'ssh' || kind === 'apt') {
+    // ssh: hwlab's key; kept: the state files of guests running now (src/machine/kept.ts); neither is a cache entry.
+    if (!(await stat(kdir)).isDirectory() || kind === 'ssh' || kind === 'apt' || kind === 'kept') {
       if (opts.all && kind === 'apt') { await rm(kdir, { recursive: true, force: true }); removed.push(kdir); }
       continue;
     }

@@ -24,8 +24,8 @@ export function labWithExtras(lab: LabSpec, extraPatches: readonly string[], ext
 }
 
 /**
- * Writes lab/lab.yaml and the copies it names; returns the lab file's path.
- * Copies are numbered in series order, so two patches of one name stay apart.
+ * Writes lab/lab.yaml and the copies it names (lab/patches/NN/<name>,
+ * lab/configs/NN/<name>); returns the lab file's path.
  */
 export async function writeRunLab(lab: LabSpec, runDir: string): Promise<string> {
   const labDir = path.join(runDir, 'lab');
@@ -38,7 +38,9 @@ export async function writeRunLab(lab: LabSpec, runDir: string): Promise<string>
     // A source tree or tarball is too big to copy: the lab names it where it is.
     if (!dir) return abs;
     counters[dir] = (counters[dir] ?? 0) + 1;
-    const rel = path.join(dir, `${String(counters[dir]).padStart(2, '0')}-${path.basename(abs)}`);
+    // Numbered folders keep series order and tell two files of one name apart; the file keeps its
+    // name, which results record and the config cache key includes (a rerun reuses the config).
+    const rel = path.join(dir, String(counters[dir]).padStart(2, '0'), path.basename(abs));
     copies.push({ from: abs, to: path.join(labDir, rel), dir: kind === 'quilt' });
     return rel;
   };

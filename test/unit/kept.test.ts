@@ -47,3 +47,16 @@ test('the printed ssh command: loopback, the port, hwlab\'s key only, the host k
   t.is(line, 'ssh -i /c/ssh/id_ed25519 -p 40123 -o IdentitiesOnly=yes -o UserKnownHostsFile=/runs/r/known_hosts -o StrictHostKeyChecking=yes root@127.0.0.1');
   t.is(knownHostsLine(40123, 'ssh-ed25519 AAAAC3Nz root@hwlab'), '[127.0.0.1]:40123 ssh-ed25519 AAAAC3Nz\n');
 });
+
+test.serial('cache prune, even --all, keeps the kept-guest state files (they are not cache entries)', async (t) => {
+  const { pruneCache } = await import('../../src/cli/cache-cmd.ts');
+  process.env.HWLAB_CACHE = mkdtempSync(path.join(os.tmpdir(), 'hwlab-kept-prune-'));
+  const runDir = mkdtempSync(path.join(os.tmpdir(), 'hwlab-run-'));
+  await registerKept({
+    name: path.basename(runDir), runDir, lab: 'smoke', qemuPid: 1, ownerPid: 1, sshPort: 1, keyFile: '/k', knownHosts: '/h', scratch: '/s',
+    startedAt: new Date().toISOString(), until: new Date().toISOString(),
+  });
+  await pruneCache({ all: false });
+  await pruneCache({ all: true });
+  t.is((await listKept()).length, 1);
+});

@@ -23,16 +23,17 @@ test('lab/lab.yaml: the run\'s lab with its --patch and --fragment, from copies 
   const runDir = mkdtempSync(path.join(os.tmpdir(), 'hwlab-run-'));
   const file = await writeRunLab(run, runDir);
   t.is(file, path.join(runDir, RUN_LAB_FILE));
-  t.deepEqual((await readdir(path.join(runDir, 'lab/patches'))), ['01-03-attach-allows-no-p2p.patch']);
-  t.deepEqual((await readdir(path.join(runDir, 'lab/configs'))).sort(), ['01-guest-base.config', '02-vfio-dmabuf.config', '03-debug.config', '04-kasan.config']);
-  t.is(await readFile(path.join(runDir, 'lab/patches/01-03-attach-allows-no-p2p.patch'), 'utf8'), await readFile(patch, 'utf8'));
+  t.deepEqual((await readdir(path.join(runDir, 'lab/patches/01'))), ['03-attach-allows-no-p2p.patch']);
+  const configs = ['01/guest-base.config', '02/vfio-dmabuf.config', '03/debug.config', '04/kasan.config'];
+  for (const c of configs) t.is(await readFile(path.join(runDir, 'lab/configs', c), 'utf8'), await readFile(path.join(repo, 'labs/configs', path.basename(c)), 'utf8'));
+  t.is(await readFile(path.join(runDir, 'lab/patches/01/03-attach-allows-no-p2p.patch'), 'utf8'), await readFile(patch, 'utf8'));
   t.is(await readFile(path.join(runDir, 'images/bookworm.yaml'), 'utf8'), await readFile(path.join(repo, 'images/bookworm.yaml'), 'utf8'));
   const again = await loadLab(file);
   t.is(again.file, file);
   t.deepEqual(again.kernel, {
     ...run.kernel,
-    patches: [{ kind: 'file', path: path.join(runDir, 'lab/patches/01-03-attach-allows-no-p2p.patch') }],
-    ...(run.kernel.kind === 'source' ? { config: { base: run.kernel.config.base, fragments: ['01-guest-base.config', '02-vfio-dmabuf.config', '03-debug.config', '04-kasan.config'].map((f) => path.join(runDir, 'lab/configs', f)) } } : {}),
+    patches: [{ kind: 'file', path: path.join(runDir, 'lab/patches/01/03-attach-allows-no-p2p.patch') }],
+    ...(run.kernel.kind === 'source' ? { config: { base: run.kernel.config.base, fragments: configs.map((f) => path.join(runDir, 'lab/configs', f)) } } : {}),
   });
   t.deepEqual({ ...again, file: '', kernel: null }, { ...run, file: '', kernel: null });
   t.regex(await readFile(file, 'utf8'), new RegExp(`^# .*\\n# .*\\n#   hwlab rerun ${runDir}\\n`));
