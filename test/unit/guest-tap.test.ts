@@ -157,7 +157,7 @@ test('bufinfo object lines are parsed, attachment lines skipped', (t) => {
 test('catalog: defaults, types and expect keys are validated', (t) => {
   t.deepEqual(Object.keys(PROBES), ['dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'reset-and-mem-toggle', 'importer-refusals',
     'revoke-triggers', 'map-type', 'importer-multirange', 'rdma-reg-dmabuf-mr', 'iommufd-map-file', 'export-ranges', 'lifetime', 'rough-edges', 'stress', 'surprise-removal', 'hot-reset-set']);
-  t.deepEqual(resolveParams('dmabuf-export', {}, 'ivshmem-plain'), { ok: true, params: { region: 2, offset: 0, length: 0 } });
+  t.deepEqual(resolveParams('dmabuf-export', {}, 'ivshmem-plain'), { ok: true, params: { region: 2, offset: 0, length: 0, expect: 'OK' } });
   // region defaults to the BAR the endpoint's kind exports (src/lab/endpoints.ts): edu's registers are BAR 0.
   t.deepEqual(resolveParams('dmabuf-bad-inputs', { expect: { zero_length: 'ENOENT' } }, 'edu'),
     { ok: true, params: { region: 0, expect: { zero_length: 'ENOENT' } } });
@@ -166,6 +166,9 @@ test('catalog: defaults, types and expect keys are validated', (t) => {
   t.false(bad.ok);
   if (!bad.ok) t.is(bad.errors.length, 4, bad.errors.join('\n'));
   t.false(resolveParams('reset-and-mem-toggle', { closeWhileMemOff: 'yes' }, 'nvme').ok);
+  // dmabuf-export's expect: the export works, or (a kernel without VFIO_PCI_DMABUF) ENOTTY; nothing else.
+  t.true(resolveParams('dmabuf-export', { expect: 'ENOTTY' }, 'ivshmem-plain').ok);
+  t.false(resolveParams('dmabuf-export', { expect: 'EINVAL' }, 'ivshmem-plain').ok);
   t.false(resolveParams('nope', {}, 'nvme').ok);
   const notTaken = resolveParams('importer-multirange', {}, 'edu');
   t.deepEqual(notTaken.ok ? [] : notTaken.errors, ['importer-multirange does not accept endpoint type edu']);

@@ -79,7 +79,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
     timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20 },
   };
   t.deepEqual({ ...lab, probes: lab.probes.map((p) => ({ name: p.name, device: p.device })) }, expected);
-  t.deepEqual(lab.probes[0].params, { ...region, offset: 0, length: 0 });
+  t.deepEqual(lab.probes[0].params, { ...region, offset: 0, length: 0, expect: 'OK' });
   t.deepEqual(lab.probes.find((p) => p.device === 'nvme0' && p.name === 'map-type')?.params.expect, 'bus-address');
   // A known 7.2.13 bug is expected to fail where it bites, with the reason.
   t.regex(lab.probes.find((p) => p.device === 'shm0' && p.name === 'importer-multirange')?.expectFail ?? '', /dma_iova_link\(\) with offset 0/);
@@ -99,7 +99,7 @@ test('shorthands, units and defaults', async (t) => {
   ]);
   t.deepEqual(lab.probes, [
     // Bare name: the first endpoint the probe accepts.
-    { name: 'dmabuf-export', device: 'nvme0', params: { region: 2, offset: 0, length: 0 }, timeoutSec: 120 },
+    { name: 'dmabuf-export', device: 'nvme0', params: { region: 2, offset: 0, length: 0, expect: 'OK' }, timeoutSec: 120 },
     {
       name: 'dmabuf-bad-inputs', device: 'nvme0',
       params: { region: 2, expect: { zero_length: 'ENOENT' } },

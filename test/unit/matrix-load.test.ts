@@ -63,9 +63,11 @@ test('labs/matrix.yaml: the cells issue E lists, with their expectations, on the
     'maptype-iova.debug.intel-pt', 'default.debug.intel-lazy', 'maptype-unsupported.debug.intel-lazy',
     'default.kasan.intel-lazy', 'default.kcsan.intel-lazy', 'smoke.no-dmabuf.intel-lazy',
   ]) t.true(all.includes(id), `${id} is a cell`);
-  // Until part 2 of issue E adds the kcsan and no-dmabuf fragments, only a missing fragment may refuse a cell.
-  for (const r of m.refused) t.true(r.reasons.every((x) => /fragment .* does not exist/.test(x)), `${r.id}: ${r.reasons.join('; ')}`);
+  // Every cell runs: the kcsan and no-dmabuf fragments exist and dmabuf-export takes expect: ENOTTY.
+  t.deepEqual(m.refused.map((r) => `${r.id}: ${r.reasons.join('; ')}`), []);
   const cell = (id: string) => m.cells.find((c) => c.id === id)!;
+  t.deepEqual(cell('smoke.no-dmabuf.intel-lazy').lab.probes.map((p) => [p.name, p.params.expect]), [['dmabuf-export', 'ENOTTY']]);
+  t.deepEqual(cell('default.kcsan.intel-lazy').lab.probes.map((p) => p.name), ['stress']);
 
   // Every p2p map type on the default debug config with intel lazy: bus address, host-bridge IOVA, not supported.
   const lazyTypes = new Set(m.cells.filter((c) => c.axes.iommu === 'intel-lazy' && c.axes.config === 'debug')
