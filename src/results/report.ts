@@ -7,6 +7,7 @@ import type { AppliedPatch, Kernel, KernelKind } from '../kernel/types.ts';
 import type { Outcome, RunFailure } from './outcome.ts';
 import { countSuffix, describeReport, type KernelReport } from '../report/kernel-report.ts';
 import { probeStatus, type ProbeResult } from './tap.ts';
+import type { ViommuRecord } from '../session/viommu.ts';
 
 /** The kernel a run booted, as results.json records it. */
 export interface KernelRecord {
@@ -52,6 +53,8 @@ export interface RunResults {
   kernel?: KernelRecord;
   /** Which backend ran the guest, and under which accelerator. */
   machine?: { backend: string; accel: 'kvm' | 'tcg'; accelNote: string };
+  /** The lab's vIOMMU (type, mode, its cmdline words) and what the guest showed of it per endpoint; absent before setup. */
+  viommu?: ViommuRecord;
   probes: ProbeResult[];
   /** Every kernel report of the run, one entry per title with its count (probes hold theirs too). */
   kernelReports: KernelReport[];

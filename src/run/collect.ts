@@ -32,6 +32,7 @@ export async function collect(ctx: RunContext, m: MachineInstance | undefined, b
     ...(state.failure ? { failure: state.failure } : {}),
     kernel,
     ...(m ? { machine: { backend, accel: m.accel.accel, accelNote: m.accel.note } } : {}),
+    ...(state.viommu ? { viommu: state.viommu } : {}),
     probes,
     kernelReports,
     timings: { ...ctx.timings, total: (Date.now() - ctx.startedAt) / 1000 },

@@ -2,6 +2,7 @@
 // lab, the prepared artifacts, the run folder) and the state they fill in as
 // they go, which collect() turns into results whatever happened.
 import type { GuestPciDevice } from '../session/pci.ts';
+import type { ViommuRecord } from '../session/viommu.ts';
 import type { LabSpec } from '../lab/types.ts';
 import type { RunFailure, RunPhase } from '../results/outcome.ts';
 import type { HungProbe } from '../results/tap.ts';
@@ -35,6 +36,8 @@ export interface RunState {
   /** The first thing that stopped the run. */
   failure?: RunFailure;
   devices?: Record<string, GuestPciDevice>;
+  /** The lab's vIOMMU and what the guest showed of it (recorded before it is checked). */
+  viommu?: ViommuRecord;
   verified: ModuleProof[];
   /** Endpoints a probe had the host remove (device_del); nothing to unbind afterwards. */
   removed: Set<string>;
