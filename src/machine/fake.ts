@@ -9,6 +9,7 @@
 import { appendFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { endpointKind } from '../lab/endpoints.ts';
+import { PCIE0_SLOTS } from '../lab/slots.ts';
 import { READY_LINE, type HostRequest } from '../protocol/protocol.ts';
 import { InfraError } from '../util/errors.ts';
 import {
@@ -196,7 +197,7 @@ export class FakeInstance implements MachineInstance {
 
   /**
    * A model of what Linux shows for an endpoint: its kind's PCI ID; with a vIOMMU, the unit's
-   * name the driver registers (dmar0, ivhd0, virtio0) and the default domain type the kernel
+   * name the driver registers (dmar0, ivhd0, the virtio-iommu-pci function's BDF) and the default domain type the kernel
    * derives from its command line (the AMD driver forcing strict under QEMU's NpCache).
    */
   private deviceInfo(bdf: string): string {
@@ -204,7 +205,7 @@ export class FakeInstance implements MachineInstance {
     const ep = this.config.lab.topology.endpoints[i];
     const words = [...this.config.append, ...iommuKernelWords(this.config.lab.iommu), ...this.config.lab.machine.cmdline];
     const kind = this.config.lab.iommu.kind;
-    const unit = { intel: 'dmar0', amd: 'ivhd0', virtio: 'virtio0', none: null }[kind];
+    const unit = { intel: 'dmar0', amd: 'ivhd0', virtio: `0000:00:${PCIE0_SLOTS.iommu.toString(16).padStart(2, '0')}.0`, none: null }[kind];
     const type = kind === 'none' ? null
       : words.includes('iommu.passthrough=1') ? 'identity'
         : words.includes('iommu.strict=1') || kind === 'amd' ? 'DMA' : 'DMA-FQ';

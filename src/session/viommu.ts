@@ -4,13 +4,14 @@
 // itself picks another domain type than the lab's mode, another QEMU puts a
 // different device at an endpoint's slot. So after boot, before anything is
 // bound, hwlab compares what the guest enumerated (src/session/pci.ts) with
-// the lab: the IOMMU unit in front of each endpoint, its group and default
+// the lab: the IOMMU unit in front of each endpoint (its sysfs `iommu` link), its group and default
 // domain type, and its PCI ID against the endpoint kind table.
 //
 // A mismatch is bad input (outcome `error`, exit 2), not `infra`: it is as
 // deterministic as the lab, kernel config and emulator that made it, so
 // running again cannot help, and the run never tested what the lab describes.
 import { endpointKind } from '../lab/endpoints.ts';
+import { PCIE0_SLOTS } from '../lab/slots.ts';
 import type { IommuSpec, LabSpec } from '../lab/types.ts';
 import { InputError } from '../util/errors.ts';
 import type { GuestPciDevice } from './pci.ts';
@@ -43,8 +44,12 @@ export function expectedViommu(iommu: IommuSpec): ViommuExpectation {
       return { unit: /^dmar\d+$/, driver: 'intel-iommu (units dmarN)', ...domain() };
     case 'amd':
       return { unit: /^ivhd\d+$/, driver: 'amd-iommu (units ivhdN)', ...domain() };
-    case 'virtio':
-      return { unit: /^virtio\d+$/, driver: 'virtio-iommu (unit virtioN)', ...domain() };
+    case 'virtio': {
+      // virtio-iommu registers its unit under the name of the PCI function it sits on
+      // (drivers/iommu/virtio-iommu.c: dev_name of the virtio device's parent): hwlab's slot for it.
+      const bdf = `0000:00:${PCIE0_SLOTS.iommu.toString(16).padStart(2, '0')}.0`;
+      return { unit: new RegExp(`^${bdf.replace(/\./g, '\\.')}$`), driver: `virtio-iommu (unit ${bdf}, the virtio-iommu-pci function)`, ...domain() };
+    }
     case 'none':
       return { unit: null, driver: 'none', domainType: null, domainWhy: 'no vIOMMU: no group until vfio-pci binds in no-IOMMU mode' };
   }

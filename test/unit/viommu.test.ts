@@ -58,7 +58,8 @@ test('the expected driver and domain type of every vIOMMU and mode', (t) => {
   // The AMD driver forces strict under QEMU's amd-iommu (NpCache), whatever iommu.strict says.
   t.deepEqual(e({ kind: 'amd' }), ['^ivhd\\d+$', 'DMA']);
   t.deepEqual(e({ kind: 'amd', passthrough: true }), ['^ivhd\\d+$', 'identity']);
-  t.deepEqual(e({ kind: 'virtio' }), ['^virtio\\d+$', 'DMA-FQ']);
+  // virtio-iommu's unit is named after its PCI function (hwlab puts it at 00:01.0).
+  t.deepEqual(e({ kind: 'virtio' }), ['^0000:00:01\\.0$', 'DMA-FQ']);
   t.deepEqual(e({ kind: 'none' }), [null, null]);
 });
 
@@ -74,7 +75,7 @@ for (const [name, iommu, cmdline, unit, domain] of [
   ['intel strict', { strict: true }, [], 'dmar0', 'DMA'],
   ['intel passthrough', { passthrough: true }, [], 'dmar0', 'identity'],
   ['amd', { kind: 'amd' }, [], 'ivhd0', 'DMA'],
-  ['virtio', { kind: 'virtio' }, ['vfio_iommu_type1.allow_unsafe_interrupts=1'], 'virtio0', 'DMA-FQ'],
+  ['virtio', { kind: 'virtio' }, ['vfio_iommu_type1.allow_unsafe_interrupts=1'], '0000:00:01.0', 'DMA-FQ'],
 ] as const) {
   test(`${name}: the guest matches, the probes run, results.json records the vIOMMU per endpoint`, async (t) => {
     const lab = withIommu(smoke, iommu as Partial<IommuSpec>, [...cmdline]);
