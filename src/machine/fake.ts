@@ -198,7 +198,7 @@ export class FakeInstance implements MachineInstance {
   /**
    * A model of what Linux shows for an endpoint: its kind's PCI ID; with a vIOMMU, the unit's
    * name the driver registers (dmar0, ivhd0, the virtio-iommu-pci function's BDF) and the default domain type the kernel
-   * derives from its command line (the AMD driver forcing strict under QEMU's NpCache).
+   * derives from its command line (the AMD driver forcing strict under QEMU's NpCache, the Intel one under caching mode).
    */
   private deviceInfo(bdf: string): string {
     const i = this.sysfsBdfs().indexOf(bdf);
@@ -208,7 +208,7 @@ export class FakeInstance implements MachineInstance {
     const unit = { intel: 'dmar0', amd: 'ivhd0', virtio: `0000:00:${PCIE0_SLOTS.iommu.toString(16).padStart(2, '0')}.0`, none: null }[kind];
     const type = kind === 'none' ? null
       : words.includes('iommu.passthrough=1') ? 'identity'
-        : words.includes('iommu.strict=1') || kind === 'amd' ? 'DMA' : 'DMA-FQ';
+        : words.includes('iommu.strict=1') || kind === 'amd' || (kind === 'intel' && this.config.lab.iommu.cachingMode) ? 'DMA' : 'DMA-FQ';
     const o = this.script.guestDevices?.[ep.id] ?? {};
     const pick = <T>(k: keyof typeof o, v: T): T => (k in o ? (o[k] as T) : v);
     const group = pick('group', unit ? i + 1 : null);

@@ -37,6 +37,9 @@ export function expectedViommu(iommu: IommuSpec): ViommuExpectation {
     // forces strict invalidation whatever the command line says (drivers/iommu/amd/init.c: "Using strict
     // mode due to virtualization"), so lazy is DMA there, not DMA-FQ.
     if (iommu.kind === 'amd') return { domainType: 'DMA', domainWhy: 'the AMD driver forces strict mode under QEMU\'s amd-iommu (NpCache: "Using strict mode due to virtualization")' };
+    // Likewise the Intel driver under caching mode with second-level tables (QEMU's default):
+    // drivers/iommu/intel/iommu.c "IOMMU batching disallowed due to virtualization".
+    if (iommu.kind === 'intel' && iommu.cachingMode) return { domainType: 'DMA', domainWhy: 'the Intel driver forces strict mode under caching mode ("IOMMU batching disallowed due to virtualization"); caching_mode: false gives lazy (DMA-FQ)' };
     return { domainType: 'DMA-FQ', domainWhy: `lazy mode (iommu.strict=0) gives DMA domains with a flush queue (${mode})` };
   };
   switch (iommu.kind) {

@@ -52,7 +52,9 @@ test('the expected driver and domain type of every vIOMMU and mode', (t) => {
     const x = expectedViommu({ kind: 'intel', cachingMode: true, strict: false, passthrough: false, ...i });
     return [x.unit?.source ?? null, x.domainType];
   };
-  t.deepEqual(e({}), ['^dmar\\d+$', 'DMA-FQ']);
+  // Caching mode (hwlab's default for intel) makes the Intel driver force strict: lazy is DMA there.
+  t.deepEqual(e({}), ['^dmar\\d+$', 'DMA']);
+  t.deepEqual(e({ cachingMode: false }), ['^dmar\\d+$', 'DMA-FQ']);
   t.deepEqual(e({ strict: true }), ['^dmar\\d+$', 'DMA']);
   t.deepEqual(e({ passthrough: true }), ['^dmar\\d+$', 'identity']);
   // The AMD driver forces strict under QEMU's amd-iommu (NpCache), whatever iommu.strict says.
@@ -71,7 +73,8 @@ test('sysfs info line: group, driver, PCI ID, IOMMU unit, domain type; empty fie
 });
 
 for (const [name, iommu, cmdline, unit, domain] of [
-  ['intel lazy', {}, [], 'dmar0', 'DMA-FQ'],
+  ['intel lazy (caching mode: strict after all)', {}, [], 'dmar0', 'DMA'],
+  ['intel lazy without caching mode', { cachingMode: false }, [], 'dmar0', 'DMA-FQ'],
   ['intel strict', { strict: true }, [], 'dmar0', 'DMA'],
   ['intel passthrough', { passthrough: true }, [], 'dmar0', 'identity'],
   ['amd', { kind: 'amd' }, [], 'ivhd0', 'DMA'],
@@ -112,12 +115,12 @@ test('no IOMMU in front of an endpoint (the driver is missing): error in setup, 
 test('another IOMMU than the lab\'s, another domain type, another device at a slot: each named', async (t) => {
   const lab = withIommu(smoke, {});
   const { results, m } = await run(t, lab, {
-    guestDevices: { shm0: { iommu: 'ivhd0' }, edu0: { domainType: 'DMA', pciId: '1b36:0010' } },
+    guestDevices: { shm0: { iommu: 'ivhd0' }, edu0: { domainType: 'DMA-FQ', pciId: '1b36:0010' } },
   });
   t.is(results.outcome.class, 'error');
   const msg = results.failure!.message;
   t.regex(msg, /shm0 \(0000:01:00\.0\): behind IOMMU unit ivhd0, but the lab's vIOMMU is intel-iommu \(units dmarN\)/);
-  t.regex(msg, /edu0 \(0000:02:00\.0\): IOMMU group 2 has a DMA domain, but the lab asks for DMA-FQ \(lazy mode/);
+  t.regex(msg, /edu0 \(0000:02:00\.0\): IOMMU group 2 has a DMA-FQ domain, but the lab asks for DMA \(the Intel driver forces strict mode under caching mode/);
   t.regex(msg, /edu0 \(0000:02:00\.0\): PCI ID 1b36:0010, but a edu is 1234:11e8 \(src\/lab\/endpoints\.ts\): another device sits at its slot/);
   t.regex(results.failure!.hint ?? '', /devices\.json/);
   t.false(ranRunner(m));
@@ -127,7 +130,7 @@ test('endpoints on different root ports in one group: the guest does not see the
   const devices = Object.fromEntries(deflt.topology.endpoints.map((ep, i) => [ep.id, {
     bdf: `0000:0${i + 1}:00.0`, iommuGroup: ep.id === 'shm2' ? 1 : i + 1, driver: null,
     vendorDevice: { 'ivshmem-plain': '0x1af4:0x1110', edu: '0x1234:0x11e8', nvme: '0x1b36:0x0010', 'pci-testdev': '0x1b36:0x0005', 'secondary-vga': '0x1234:0x1111' }[ep.type],
-    iommu: 'dmar0', domainType: 'DMA-FQ',
+    iommu: 'dmar0', domainType: 'DMA',
   }]));
   t.deepEqual(viommuMismatches(deflt, devices), ['shm2 and shm0 share IOMMU group 1, but sit under different root ports (rp2, rp0)']);
   // Endpoints behind one switch, or functions of one device, may share a group (no ACS between them).
