@@ -37,10 +37,14 @@ function parseConfig(raw: unknown): { ok: true; config: GuestRunConfig } | { ok:
     errors.push(...deviceErrors(`${at}.device`, d));
     if (p.params !== undefined && !isObj(p.params)) errors.push(`${at}.params must be an object`);
     if (p.expectFail !== undefined && typeof p.expectFail !== 'string') errors.push(`${at}.expectFail must be a string`);
+    if (p.expectFailPoints !== undefined && !(Array.isArray(p.expectFailPoints) && p.expectFailPoints.every((x) => typeof x === 'string'))) {
+      errors.push(`${at}.expectFailPoints must be a list of strings`);
+    }
     if (typeof p.name !== 'string' || !isProbeName(p.name)) return;
     const r = resolveParams(p.name, isObj(p.params) ? p.params : {}, d.type as EndpointType);
     if (!r.ok) return void errors.push(...r.errors.map((e) => `${at}: ${e}`));
-    probes.push({ name: p.name, device: d as unknown as GuestDevice, params: r.params, expectFail: p.expectFail as string | undefined });
+    probes.push({ name: p.name, device: d as unknown as GuestDevice, params: r.params, expectFail: p.expectFail as string | undefined,
+      ...(p.expectFailPoints ? { expectFailPoints: p.expectFailPoints as string[] } : {}) });
   });
   for (const p of probes) devices[p.device.id] ??= p.device;
   return errors.length ? { ok: false, errors } : { ok: true, config: { abi: raw.abi as DmabufAbi, probes, devices } };
@@ -75,7 +79,7 @@ async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
       t.comment(`device ${d.id} (${d.type}) at ${d.bdf}, iommu group ${d.iommuGroup ?? 'none (noiommu)'}, ${config.abi} ABI`);
       if (!impls) throw new Error(`cannot load probes: ${loadError instanceof Error ? loadError.message : String(loadError)}`);
       await impls[p.name as ProbeName]({ device: d, devices: config.devices, abi: config.abi, params: p.params, t });
-    }, { todo: p.expectFail });
+    }, { todo: p.expectFail, todoPoints: p.expectFailPoints });
     kmsgMarker({ edge: 'end', index: i + 1, probe: p.name });
   }
 }

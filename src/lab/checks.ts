@@ -205,6 +205,10 @@ export function checkProbes(src: YamlSource, raw: RawLab, topo: TopologySpec, ca
     const params = structuredClone(r.params);
     const probe: ProbeSpec = { name: p.name, device: device.id, params, timeoutSec: p.timeout ?? raw.timeouts.probe };
     if (p.expect_fail !== undefined) probe.expectFail = p.expect_fail;
+    if (p.expect_fail_points !== undefined) {
+      if (p.expect_fail === undefined) src.add([...at, 'expect_fail_points'], 'needs expect_fail (the reason those points fail)');
+      else probe.expectFailPoints = p.expect_fail_points;
+    }
     out.push(probe);
   });
   return out;

@@ -202,6 +202,8 @@ export const labSchema = orEmpty({}, strictObject({
     device: idSchema.optional(),
     params: orEmpty({}, z.record(z.string(), z.unknown())),
     expect_fail: z.string().min(1).optional(),
+    // Only these points (a part of their names) are expected to fail; any other failure still fails the probe.
+    expect_fail_points: z.array(z.string().min(1)).min(1).optional(),
     timeout: z.number().positive().optional(),
   })))),
   timeouts: orEmpty({}, strictObject({

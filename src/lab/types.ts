@@ -113,6 +113,8 @@ export interface ProbeSpec {
   params: Record<string, unknown>;
   /** Known failure on this kernel: the probe's failures become TAP todo with this reason. */
   expectFail?: string;
+  /** With expectFail: only the failures of points whose name contains one of these (`expect_fail_points`). */
+  expectFailPoints?: string[];
   /** Seconds this probe may run before the host calls it hung (`timeout`, else `timeouts.probe`). */
   timeoutSec: number;
 }

@@ -76,6 +76,8 @@ export interface GuestProbeRequest {
   params: Record<string, unknown>;
   /** When set, failures of this probe are reported as TAP todo with this reason. */
   expectFail?: string;
+  /** With expectFail: only failures of points whose name contains one of these are. */
+  expectFailPoints?: string[];
 }
 
 export interface GuestRunConfig {

@@ -34,6 +34,7 @@ export function guestRunConfig(lab: LabSpec, devices: Record<string, GuestPciDev
       device: guestDevices[p.device],
       params: p.params,
       ...(p.expectFail ? { expectFail: p.expectFail } : {}),
+      ...(p.expectFailPoints ? { expectFailPoints: p.expectFailPoints } : {}),
     })),
   };
 }

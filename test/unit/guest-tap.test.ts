@@ -262,3 +262,28 @@ test('a point-level TODO (a known kernel imperfection) does not fail its probe',
   t.true(lines.includes('ok 1 - rough edge # time=' + lines.find((l) => l.startsWith('ok 1 - rough edge'))!.split('# time=')[1]));
   t.true(lines.some((l) => /^ {4}not ok 2 - the knowingly imperfect part # TODO known 7.2 behaviour$/.test(l)));
 });
+
+test('an expected failure scoped to points: those points are TODO; any other failure fails the probe, without TODO', async (t) => {
+  const run = async (failOther: boolean) => {
+    const lines: string[] = [];
+    const tap = new Tap((l) => lines.push(l));
+    tap.header(1);
+    await tap.subtest('importer-refusals', (s) => {
+      s.pass('map works');
+      s.fail('after MEM on: edu DMA read at 0x0 returns the bytes');
+      s.ok(!failOther, 'attach fails ENODEV while revoked');
+    }, { todo: 'QEMU bug', todoPoints: ['after MEM on: edu DMA read'] });
+    return parse(lines.join('\n') + '\n');
+  };
+  const only = await run(false);
+  t.false(only.points[0].ok);
+  t.is(only.points[0].todo, 'QEMU bug', 'only the expected point failed: an expected failure');
+  t.is(only.children[0].points[1].todo, 'QEMU bug');
+  t.true(only.final.ok);
+  const other = await run(true);
+  t.false(other.points[0].ok);
+  t.falsy(other.points[0].todo, 'another point failed: a real failure, not hidden by the TODO');
+  t.is(other.children[0].points[1].todo, 'QEMU bug');
+  t.falsy(other.children[0].points[2].todo);
+  t.false(other.final.ok);
+});

@@ -318,3 +318,11 @@ test('machine.trace: QEMU event names or patterns, located when not', (t) => {
   const e = t.throws(() => parseLab(`${MINIMAL}machine:\n  trace: ["amdvi_*,file=/etc/x"]\n`, 'labs/x.yaml'), { instanceOf: YamlError });
   t.regex(e.message, /labs\/x\.yaml:\d+:\d+: machine\.trace\[0\]: must be a QEMU trace event name or pattern \(letters, digits, _ and \*\), e\.g\. amdvi_\*/);
 });
+
+test('expect_fail_points: only with expect_fail, kept on the probe', (t) => {
+  const lab = `${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0 }\nprobes:\n`;
+  const ok = parseLab(`${lab}  - { name: dmabuf-export, device: shm0, expect_fail: "QEMU bug", expect_fail_points: [region 2 has] }\n`, 'labs/x.yaml');
+  t.deepEqual(ok.probes[0].expectFailPoints, ['region 2 has']);
+  const e = t.throws(() => parseLab(`${lab}  - { name: dmabuf-export, device: shm0, expect_fail_points: [region] }\n`, 'labs/x.yaml'), { instanceOf: YamlError });
+  t.regex(e.message, /labs\/x\.yaml:\d+:\d+: probes\[0\]\.expect_fail_points: needs expect_fail \(the reason those points fail\)/);
+});
