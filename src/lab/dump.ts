@@ -62,7 +62,7 @@ export function labDocument(lab: LabSpec, place: PlacePath = asIs): Record<strin
     description: lab.description,
     kernel: kernelDoc(lab.kernel, place),
     image: lab.image,
-    machine: { cpu: lab.machine.cpu, memory: `${lab.machine.memoryMiB}M`, smp: lab.machine.smp, accel: lab.machine.accel, cmdline: lab.machine.cmdline },
+    machine: { cpu: lab.machine.cpu, memory: `${lab.machine.memoryMiB}M`, smp: lab.machine.smp, accel: lab.machine.accel, cmdline: lab.machine.cmdline, trace: lab.machine.trace },
     iommu: {
       type: lab.iommu.kind,
       ...(lab.iommu.kind === 'intel' ? { caching_mode: lab.iommu.cachingMode } : {}),

@@ -138,6 +138,12 @@ export interface EndpointKind<F extends Fields = Fields> {
     functions: number;
   };
   guest: GuestFacts;
+  /**
+   * The PCI `vendor:device` ID QEMU gives the device (lower-case hex, as sysfs
+   * shows it without 0x). hwlab compares it with what the guest enumerated at
+   * the endpoint's devfn path, so a probe never runs on another device.
+   */
+  pciId: string;
   /** The QEMU arguments that create the endpoint (checked against QEMU 7.2). */
   qemu(ep: EndpointOf<F>, where: QemuPlacement): string[];
 }
@@ -154,6 +160,7 @@ export const ENDPOINT_KINDS = {
     },
     slot: { functions: 1 },
     guest: { exportBar: 2, contents: 'memory', dmaEngine: false },
+    pciId: '1af4:1110',
     // share=on: the host (and tests) can see the same bytes the guest's BAR2 shows.
     qemu: (ep, q) => [
       '-object', `memory-backend-file,id=mem-${ep.id},size=${ep.memoryMiB}M,mem-path=${q.optValue(q.backingFile)},share=on`,
@@ -168,6 +175,7 @@ export const ENDPOINT_KINDS = {
     },
     slot: { functions: 1 },
     guest: { exportBar: 0, contents: 'registers', dmaEngine: true },
+    pciId: '1234:11e8',
     // edu's dma_mask is a uint64 mask (default (1<<28)-1), not a bit count.
     qemu: (ep, q) => ['-device', `edu,${q.at},dma_mask=0x${((1n << BigInt(ep.dmaMaskBits)) - 1n).toString(16)}`],
   }),
@@ -181,6 +189,7 @@ export const ENDPOINT_KINDS = {
     },
     slot: { functions: 1 },
     guest: { exportBar: 2, contents: 'memory', dmaEngine: false },
+    pciId: '1b36:0010',
     // No drive: a controller without namespaces is enough to export its CMB.
     qemu: (ep, q) => ['-device', `nvme,${q.at},serial=${ep.serial},cmb_size_mb=${ep.cmbSizeMiB}`],
   }),
@@ -192,6 +201,7 @@ export const ENDPOINT_KINDS = {
     },
     slot: { functions: 1 },
     guest: { exportBar: 2, contents: 'nothing', dmaEngine: false },
+    pciId: '1b36:0005',
     qemu: (ep, q) => ['-device', `pci-testdev,${q.at},membar=${ep.membarMiB}M`],
   }),
   'secondary-vga': kind({
@@ -202,6 +212,7 @@ export const ENDPOINT_KINDS = {
     },
     slot: { functions: 1 },
     guest: { exportBar: 0, contents: 'memory', dmaEngine: false },
+    pciId: '1234:1111',
     qemu: (ep, q) => ['-device', `secondary-vga,${q.at},vgamem_mb=${ep.vgamemMiB}`],
   }),
 } as const;

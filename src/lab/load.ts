@@ -106,6 +106,7 @@ export function parseLab(text: string, file: string, opts: ParseOptions = {}): L
       smp: raw.machine.smp,
       accel: raw.machine.accel,
       cmdline: raw.machine.cmdline,
+      trace: raw.machine.trace,
     },
     iommu,
     topology,

@@ -231,6 +231,8 @@ export const labSchema = orEmpty({}, strictObject({
     smp: z.number().int().min(1).max(255).default(2),
     accel: enumOf<Accel>(ACCELS).default('auto'),
     cmdline: cmdlineSchema,
+    // QEMU trace events (`-trace enable=`), e.g. amdvi_* to see the emulated IOMMU translate and invalidate.
+    trace: z.array(z.string().regex(/^[A-Za-z0-9_*]+$/, 'must be a QEMU trace event name or pattern (letters, digits, _ and *), e.g. amdvi_*')).default([]),
   })),
   iommu: z.preprocess(
     (v) => (v === null || v === undefined ? {} : typeof v === 'string' ? { type: v } : v),

@@ -71,6 +71,8 @@ export interface MachineSpec {
   accel: Accel;
   /** Extra kernel command-line words appended after hwlab's own. */
   cmdline: string[];
+  /** QEMU trace events or patterns to enable (`-trace enable=`); they go to qemu-trace.log in the run folder. */
+  trace: string[];
 }
 
 export interface IommuSpec {

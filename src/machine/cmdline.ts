@@ -34,6 +34,8 @@ export interface QemuLaunchInput {
   migration?: 'save' | 'restore';
   /** 127.0.0.1 port for QEMU's gdbstub (`--gdb`); none when absent. */
   gdbPort?: number;
+  /** Where QEMU writes the trace events lab.machine.trace enables (-D); needed only when it enables some. */
+  traceLog?: string;
 }
 
 export interface QemuCommand {
@@ -143,6 +145,7 @@ export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
   const bad = words.find((w) => w === '' || /\s/.test(w));
   if (bad !== undefined) throw new Error(`kernel command-line word ${JSON.stringify(bad)} is empty or contains whitespace`);
   const append = words.join(' ');
+  if (machine.trace.length && !input.traceLog) throw new Error(`lab ${lab.name} enables QEMU trace events but the launch names no trace file`);
 
   const args: string[] = [
     // Interrupt remapping in an emulated IOMMU needs the split irqchip under KVM (TCG has no in-kernel irqchip).
@@ -171,6 +174,8 @@ export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
     '-monitor', 'none',
     // The gdbstub listens on loopback only, like the SSH forward.
     ...(input.gdbPort !== undefined ? ['-gdb', `tcp:127.0.0.1:${input.gdbPort}`] : []),
+    // Trace events to their own file (-D), not QEMU's stderr: a busy vIOMMU prints millions of lines.
+    ...(machine.trace.length ? [...machine.trace.flatMap((ev) => ['-trace', `enable=${ev}`]), '-D', input.traceLog!] : []),
   ];
 
   // Each port has its own chassis number and the same slot number: (chassis, slot)

@@ -8,6 +8,8 @@
 // QEMU's serial file does.
 import { appendFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { endpointKind } from '../lab/endpoints.ts';
+import { PCIE0_SLOTS } from '../lab/slots.ts';
 import {
   formatSelftestMarker, GUEST_SELFTEST_RUNNER, READY_LINE, SELFTEST_RUNNER_KILL, SELFTEST_RUNNER_STACKS, type HostRequest,
 } from '../protocol/protocol.ts';
@@ -17,6 +19,7 @@ import {
   type Diagnosis, type ExecOptions, type ExecResult, type ExitInfo, type HostRequestOutcome,
   type MachineBackend, type MachineConfig, type MachineInstance, type PowerOffOutcome, type UploadFile,
 } from './instance.ts';
+import { iommuKernelWords } from './cmdline.ts';
 
 /** How the fake boot ends. */
 export type FakeBoot =
@@ -63,6 +66,13 @@ export interface FakeScript {
   selftestStacks?: string;
   /** Commands that never return (blocked in the guest kernel), matched by a substring of the command: they fail as timed out at once, and print `console` lines. */
   blocking?: Record<string, { console?: string[] }>;
+  /**
+   * What the guest shows of an endpoint in sysfs, where it differs from the model below
+   * (null: the link or file is absent). By default each endpoint has its kind's PCI ID
+   * and a group of its own behind the lab's vIOMMU, with the domain type the kernel picks
+   * from its command line.
+   */
+  guestDevices?: Record<string, Partial<{ pciId: string; iommu: string | null; group: number | null; domainType: string | null }>>;
 }
 
 /** A command the run issued, for assertions. */
@@ -204,7 +214,7 @@ export class FakeInstance implements MachineInstance {
   /** Answers hwlab's fixed guest scripts by what they do. */
   private script_(script: string, args: string[]): string {
     if (script === BLOCKED_TASKS_SCRIPT) return this.script.blockedTasks ?? '';
-    if (script.includes('iommu_group') && script.includes('vendor')) return `${this.groupOf(args[0])}||1af4:1110\n`;
+    if (script.includes('iommu_group') && script.includes('vendor')) return this.deviceInfo(args[0]);
     if (script.includes('driver_override') && script.includes('vfio-pci >')) return '\n';
     if (script.includes('pidof node')) {
       this.killRunner?.();
@@ -213,8 +223,25 @@ export class FakeInstance implements MachineInstance {
     return '';
   }
 
-  private groupOf(bdf: string): number {
-    return this.sysfsBdfs().indexOf(bdf) + 1;
+  /**
+   * A model of what Linux shows for an endpoint: its kind's PCI ID; with a vIOMMU, the unit's
+   * name the driver registers (dmar0, ivhd0, the virtio-iommu-pci function's BDF) and the default domain type the kernel
+   * derives from its command line (the AMD driver forcing strict under QEMU's NpCache, the Intel one under caching mode).
+   */
+  private deviceInfo(bdf: string): string {
+    const i = this.sysfsBdfs().indexOf(bdf);
+    const ep = this.config.lab.topology.endpoints[i];
+    const words = [...this.config.append, ...iommuKernelWords(this.config.lab.iommu), ...this.config.lab.machine.cmdline];
+    const kind = this.config.lab.iommu.kind;
+    const unit = { intel: 'dmar0', amd: 'ivhd0', virtio: `0000:00:${PCIE0_SLOTS.iommu.toString(16).padStart(2, '0')}.0`, none: null }[kind];
+    const type = kind === 'none' ? null
+      : words.includes('iommu.passthrough=1') ? 'identity'
+        : words.includes('iommu.strict=1') || kind === 'amd' || (kind === 'intel' && this.config.lab.iommu.cachingMode) ? 'DMA' : 'DMA-FQ';
+    const o = this.script.guestDevices?.[ep.id] ?? {};
+    const pick = <T>(k: keyof typeof o, v: T): T => (k in o ? (o[k] as T) : v);
+    const group = pick('group', unit ? i + 1 : null);
+    const pciId = pick('pciId', endpointKind(ep.type).pciId).split(':').map((x) => `0x${x}`).join(':');
+    return `${group ?? ''}||${pciId}|${pick('iommu', unit) ?? ''}|${pick('domainType', type) ?? ''}\n`;
   }
 
   /** BDFs in endpoint order: bus = 1 + index, the endpoint's function. */

@@ -149,6 +149,7 @@ class QemuInstance implements MachineInstance {
         rootDisk: overlay,
         modulesDisk: launch.kind === 'restore' ? launch.from.modulesDisk : config.modulesDisk,
         consoleLog: path.join(config.runDir, 'console.log'),
+        traceLog: path.join(config.runDir, 'qemu-trace.log'),
         qmpSocket: path.join(scratch, 'qmp.sock'),
         sshPort,
         memoryBackendDir: scratch,

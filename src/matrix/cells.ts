@@ -199,6 +199,7 @@ function applyExpectation(lab: LabSpec, p: ProbeSpec, e: Expectation, reasons: s
     else p.params = r.params;
   }
   if (e.expectFail !== undefined) p.expectFail = `${e.expectFail} (${e.reason})`;
+  if (e.points !== undefined) p.expectFailScope = { points: e.points };
 }
 
 /** Meaningless combinations of what the cell's lab now says. */

@@ -126,6 +126,7 @@ export async function parseMatrix(text: string, file: string, opts: LoadMatrixOp
       probe: e.probe, reason: e.reason, at: loc(p),
       ...(e.device !== undefined ? { device: e.device } : {}), ...(e.where ? { where: e.where } : {}),
       ...(e.params ? { params: e.params } : {}), ...(e.expect_fail !== undefined ? { expectFail: e.expect_fail } : {}),
+      ...(e.points !== undefined ? { points: e.points } : {}),
     };
   });
   const value = <S>(axis: Axis, name: string, spec: S | undefined, problems: string[]): ResolvedValue<S> => {

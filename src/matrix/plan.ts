@@ -39,7 +39,7 @@ export function reproduceCommand(matrixArg: string, id: string): string {
 export function describeExpectation(e: Expectation): string {
   const parts: string[] = [];
   if (e.params) parts.push(`params ${JSON.stringify(e.params)}${e.where ? ` where ${JSON.stringify(e.where)}` : ''}`);
-  if (e.expectFail !== undefined) parts.push(`expected to fail: ${e.expectFail}`);
+  if (e.expectFail !== undefined) parts.push(`expected to fail${e.points ? ` (only points ${e.points.map((x) => JSON.stringify(x)).join(', ')})` : ''}: ${e.expectFail}`);
   return parts.join('; ');
 }
 

@@ -21,9 +21,12 @@ export const expectationSchema = strictObject({
   where: z.record(z.string(), z.unknown()).optional(),
   params: z.record(z.string(), z.unknown()).optional(),
   expect_fail: z.string().min(1).optional(),
+  // With expect_fail: only the points whose name contains one of these are expected to fail.
+  points: z.array(z.string().min(1)).min(1).optional(),
   reason: z.string().min(1, 'must say why this cell expects something else'),
 }).superRefine((e, ctx) => {
   if (e.params === undefined && e.expect_fail === undefined) ctx.addIssue({ code: 'custom', message: 'needs params or expect_fail (what is different in this cell)' });
+  if (e.points !== undefined && e.expect_fail === undefined) ctx.addIssue({ code: 'custom', path: ['points'], message: 'needs expect_fail (the reason those points fail)' });
 });
 export type RawExpectation = z.output<typeof expectationSchema>;
 

@@ -24,6 +24,8 @@ export interface Expectation {
   params?: Record<string, unknown>;
   /** The probe's failures become TODO with this reason. */
   expectFail?: string;
+  /** Only the failures of points whose name contains one of these. */
+  points?: string[];
   reason: string;
   /** `file:line:col` of the expectation. */
   at: string;

@@ -184,6 +184,17 @@ export const REPORT_FORMATS: readonly ReportFormat[] = [
     closedBySeparator: true,
   },
   {
+    // KCSAN prints the two racing functions sorted by name ("data-race in f1 / f2"), so the pair
+    // is the title whichever side noticed; "data-race in f" alone is a race of unknown origin.
+    // Its "assert: race" and "assert: no watchpoints" kinds come from ASSERT_EXCLUSIVE_*().
+    kind: 'KCSAN',
+    start: re(String.raw`^BUG: KCSAN: (?<what>[\w:-]+(?: [\w-]+)*?) in (?<f1>${SYM})(?:${OFF})?(?: \[[\w-]+\])?(?: \/ (?<f2>${SYM})(?:${OFF})?(?: \[[\w-]+\])?)?\s*$`),
+    title: 'KCSAN: {what} in {f1}[ / {f2}]',
+    fatal: false,
+    specificity: 5,
+    closedBySeparator: true,
+  },
+  {
     // debug_print_object's WARN message; its hint (the timer/work callback) says whose object it is.
     kind: 'ODEBUG',
     start: re(

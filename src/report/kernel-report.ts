@@ -10,6 +10,7 @@ export type KernelReportKind =
   | 'Oops'
   | 'KASAN'
   | 'KFENCE'
+  | 'KCSAN'
   | 'UBSAN'
   | 'panic'
   | 'lockdep'

@@ -9,6 +9,7 @@ import type { Outcome, RunFailure } from './outcome.ts';
 import { countSuffix, describeReport, type KernelReport } from '../report/kernel-report.ts';
 import type { SelftestResult } from './kselftest.ts';
 import { probeStatus, type ProbeResult } from './tap.ts';
+import type { ViommuRecord } from '../session/viommu.ts';
 
 /** The kernel a run booted, as results.json records it. */
 export interface KernelRecord {
@@ -56,6 +57,8 @@ export interface RunResults {
   kernel?: KernelRecord;
   /** Which backend ran the guest, and under which accelerator. */
   machine?: { backend: string; accel: 'kvm' | 'tcg'; accelNote: string };
+  /** The lab's vIOMMU (type, mode, its cmdline words) and what the guest showed of it per endpoint; absent before setup. */
+  viommu?: ViommuRecord;
   probes: ProbeResult[];
   /** The kernel's own selftests (a lab's `selftests:`), one per test program, named `collection:test`; absent when the lab has none. */
   selftests?: SelftestResult[];

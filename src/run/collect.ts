@@ -35,6 +35,7 @@ export async function collect(ctx: RunContext, m: MachineInstance | undefined, b
     ...(state.failure ? { failure: state.failure } : {}),
     kernel,
     ...(m ? { machine: { backend, accel: m.accel.accel, accelNote: m.accel.note } } : {}),
+    ...(state.viommu ? { viommu: state.viommu } : {}),
     probes,
     ...(selftests ? { selftests } : {}),
     ...(built ? { selftestsBuild: { collections: built.collections, cacheKey: built.cacheKey, built: built.built, ...(built.buildSeconds !== undefined ? { buildSeconds: built.buildSeconds } : {}) } } : {}),

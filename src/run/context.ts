@@ -4,6 +4,7 @@
 import type { MachineInstance } from '../machine/instance.ts';
 import type { RunResults } from '../results/report.ts';
 import type { GuestPciDevice } from '../session/pci.ts';
+import type { ViommuRecord } from '../session/viommu.ts';
 import type { LabSpec } from '../lab/types.ts';
 import type { RunFailure, RunPhase } from '../results/outcome.ts';
 import type { HungProbe } from '../results/tap.ts';
@@ -47,6 +48,8 @@ export interface RunState {
   /** The first thing that stopped the run. */
   failure?: RunFailure;
   devices?: Record<string, GuestPciDevice>;
+  /** The lab's vIOMMU and what the guest showed of it (recorded before it is checked). */
+  viommu?: ViommuRecord;
   verified: ModuleProof[];
   /** Endpoints a probe had the host remove (device_del); nothing to unbind afterwards. */
   removed: Set<string>;

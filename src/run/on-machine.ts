@@ -17,6 +17,7 @@ import { bindVfio, check, modprobe, UNBIND_TIMEOUT_SEC, unbindVfio } from '../se
 import { verifyLoadedModules } from '../session/modules.ts';
 import { guestModuleBuildIds, verifyReplacedModules } from '../session/modules-buildid.ts';
 import { findPciDevices, type GuestPciDevice } from '../session/pci.ts';
+import { assertViommu, viommuRecord } from '../session/viommu.ts';
 import { InfraError } from '../util/errors.ts';
 import { collect } from './collect.ts';
 import type { RunContext, RunState } from './context.ts';
@@ -90,6 +91,12 @@ async function setup(ctx: RunContext, m: MachineInstance, state: RunState): Prom
     await loadHwlabModules(ctx, m, state, (s) => step.update(s));
     const found = await findPciDevices(m, m.pciPaths);
     state.devices = found;
+    // Before anything is bound: the guest's vIOMMU and endpoints must be the lab's (devices.json
+    // and results.json keep what it showed, also when they are not).
+    step.update('checking the vIOMMU and the endpoints against the lab');
+    state.viommu = viommuRecord(ctx.lab, found);
+    await writeFile(path.join(ctx.runDir, 'devices.json'), JSON.stringify(found, null, 2));
+    assertViommu(ctx.lab, found);
     for (const id of vfioEndpoints(ctx.lab)) {
       step.update(`bind ${id} (${found[id].bdf}) to vfio-pci`);
       found[id].driver = await bindVfio(m, found[id].bdf);

@@ -18,7 +18,27 @@ export interface GuestPciDevice {
   bdf: string;
   iommuGroup: number | null;
   driver: string | null;
+  /** `vendor:device` as sysfs shows them, e.g. `0x1af4:0x1110`. */
   vendorDevice: string;
+  /** The IOMMU unit translating for the device (its /sys/class/iommu name: dmar0, ivhd0, virtio0), null without one. */
+  iommu: string | null;
+  /** Its IOMMU group's default domain type (DMA, DMA-FQ, identity, ...), null without a group. */
+  domainType: string | null;
+}
+
+/**
+ * One line per device: group|driver|vendor:device|IOMMU unit|domain type. The
+ * unit is the device's `iommu` link, the type its group's `type` file
+ * (drivers/iommu/iommu.c), both read before hwlab binds anything.
+ */
+const DEVICE_INFO = 'd=/sys/bus/pci/devices/$1; g=""; t=""; [ -e $d/iommu_group ] && g=$(basename $(readlink $d/iommu_group)) && t=$(cat $d/iommu_group/type 2>/dev/null); ' +
+  'drv=""; [ -e $d/driver ] && drv=$(basename $(readlink $d/driver)); u=""; [ -e $d/iommu ] && u=$(basename $(readlink $d/iommu)); ' +
+  'echo "$g|$drv|$(cat $d/vendor):$(cat $d/device)|$u|$t"';
+
+/** Parses DEVICE_INFO's line (exported for the fake guest's tests). */
+export function parseDeviceInfo(bdf: string, line: string): GuestPciDevice {
+  const [g, drv, vd, unit, type] = line.trim().split('|');
+  return { bdf, iommuGroup: g ? Number(g) : null, driver: drv || null, vendorDevice: vd, iommu: unit || null, domainType: type || null };
 }
 
 export async function findPciDevices(guest: GuestShell, paths: Record<string, string[]>): Promise<Record<string, GuestPciDevice>> {
@@ -27,14 +47,8 @@ export async function findPciDevices(guest: GuestShell, paths: Record<string, st
   for (const [id, devfn] of Object.entries(paths)) {
     const bdf = resolvePciPath(dirs, devfn);
     if (!bdf) throw new Error(`endpoint ${id}: no PCI device at devfn path ${devfn.join('/')} in the guest (is the topology enumerated?)`);
-    const info = await sh(guest, 
-      'd=/sys/bus/pci/devices/$1; g=""; [ -e $d/iommu_group ] && g=$(basename $(readlink $d/iommu_group)); ' +
-        'drv=""; [ -e $d/driver ] && drv=$(basename $(readlink $d/driver)); echo "$g|$drv|$(cat $d/vendor):$(cat $d/device)"',
-      [bdf],
-      { timeoutMs: 30_000 },
-    );
-    const [g, drv, vd] = info.stdout.trim().split('|');
-    out[id] = { bdf, iommuGroup: g ? Number(g) : null, driver: drv || null, vendorDevice: vd };
+    const info = await sh(guest, DEVICE_INFO, [bdf], { timeoutMs: 30_000 });
+    out[id] = parseDeviceInfo(bdf, info.stdout);
   }
   return out;
 }

@@ -50,7 +50,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
       config: { base: 'tinyconfig', fragments: ['guest-base.config', 'vfio-dmabuf.config', 'debug.config'].map((f) => path.join(repo, 'labs/configs', f)) },
     },
     image: 'bookworm',
-    machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [] },
+    machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [], trace: [] },
     iommu: { kind: 'intel', cachingMode: true, strict: false, passthrough: false },
     topology: {
       rootPorts: [{ id: 'rp0' }, { id: 'rp1' }, { id: 'rp2' }, { id: 'rp3' }, { id: 'rp4' }],
@@ -79,7 +79,7 @@ test('labs/default.yaml is the documented default lab', async (t) => {
     timeouts: { bootSec: 180, probesSec: 600, probeSec: 120, shutdownSec: 20, runnerExitSec: 30 },
   };
   t.deepEqual({ ...lab, probes: lab.probes.map((p) => ({ name: p.name, device: p.device })) }, expected);
-  t.deepEqual(lab.probes[0].params, { ...region, offset: 0, length: 0 });
+  t.deepEqual(lab.probes[0].params, { ...region, offset: 0, length: 0, expect: 'OK' });
   t.deepEqual(lab.probes.find((p) => p.device === 'nvme0' && p.name === 'map-type')?.params.expect, 'bus-address');
   // A known 7.2.13 bug is expected to fail where it bites, with the reason.
   t.regex(lab.probes.find((p) => p.device === 'shm0' && p.name === 'importer-multirange')?.expectFail ?? '', /dma_iova_link\(\) with offset 0/);
@@ -90,7 +90,7 @@ test('shorthands, units and defaults', async (t) => {
   const lab = await loadLab(fx('shorthand.yaml'));
   t.is(lab.name, 'shorthand');
   t.deepEqual(lab.kernel, { kind: 'debian-prebuilt', package: 'linux-image-7.2', flavour: 'cloud-amd64', suite: 'sid', mirror: 'http://deb.debian.org/debian', patches: [] });
-  t.deepEqual(lab.machine, { cpu: 'EPYC', memoryMiB: 512, smp: 2, accel: 'auto', cmdline: ['quiet', 'loglevel=3'] });
+  t.deepEqual(lab.machine, { cpu: 'EPYC', memoryMiB: 512, smp: 2, accel: 'auto', cmdline: ['quiet', 'loglevel=3'], trace: [] });
   t.deepEqual(lab.iommu, { kind: 'amd', cachingMode: false, strict: false, passthrough: false });
   t.deepEqual(lab.topology.rootPorts, [{ id: 'rp0' }, { id: 'rp1' }]);
   t.deepEqual(lab.topology.endpoints, [
@@ -99,7 +99,7 @@ test('shorthands, units and defaults', async (t) => {
   ]);
   t.deepEqual(lab.probes, [
     // Bare name: the first endpoint the probe accepts.
-    { name: 'dmabuf-export', device: 'nvme0', params: { region: 2, offset: 0, length: 0 }, timeoutSec: 120 },
+    { name: 'dmabuf-export', device: 'nvme0', params: { region: 2, offset: 0, length: 0, expect: 'OK' }, timeoutSec: 120 },
     {
       name: 'dmabuf-bad-inputs', device: 'nvme0',
       params: { region: 2, expect: { zero_length: 'ENOENT' } },
@@ -148,7 +148,7 @@ test('schema errors: all at once, each with file:line:col and field', async (t) 
     `${f}:5:11: machine.memory: expected a size such as 512M or 2G, at least 1M (got "2X")`,
     `${f}:6:8: machine.smp: expected a number (got "two")`,
     `${f}:7:10: machine.accel: must be one of auto, kvm, tcg (got "fast")`,
-    `${f}:8:3: machine.cpus: unknown key "cpus" (allowed: cpu, memory, smp, accel, cmdline)`,
+    `${f}:8:3: machine.cpus: unknown key "cpus" (allowed: cpu, memory, smp, accel, cmdline, trace)`,
     `${f}:11:17: iommu.caching_mode: only applies to iommu type intel (this lab uses amd)`,
     `${f}:13:21: topology.root_ports[1].id: must be a lowercase letter followed by a-z, 0-9, _ or - (it becomes a QEMU id) (got "Rp1")`,
     `${f}:15:7: topology.switches[0].port: is required`,
@@ -311,3 +311,11 @@ test('labs/vga.yaml: the quick checks on a secondary-vga, exporting its VRAM (BA
     'dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'export-ranges', 'reset-and-mem-toggle', 'importer-refusals', 'importer-multirange', 'lifetime',
   ].map((name) => [name, 'vga0', 0]));
 });
+
+test('machine.trace: QEMU event names or patterns, located when not', (t) => {
+  t.deepEqual(parseLab(`${MINIMAL}machine:\n  trace: [amdvi_*, vtd_iotlb_page_hit]\n`, 'labs/x.yaml').machine.trace, ['amdvi_*', 'vtd_iotlb_page_hit']);
+  t.deepEqual(parseLab(MINIMAL, 'labs/x.yaml').machine.trace, []);
+  const e = t.throws(() => parseLab(`${MINIMAL}machine:\n  trace: ["amdvi_*,file=/etc/x"]\n`, 'labs/x.yaml'), { instanceOf: YamlError });
+  t.regex(e.message, /labs\/x\.yaml:\d+:\d+: machine\.trace\[0\]: must be a QEMU trace event name or pattern \(letters, digits, _ and \*\), e\.g\. amdvi_\*/);
+});
+

@@ -63,9 +63,11 @@ test('labs/matrix.yaml: the cells issue E lists, with their expectations, on the
     'maptype-iova.debug.intel-pt', 'default.debug.intel-lazy', 'maptype-unsupported.debug.intel-lazy',
     'default.kasan.intel-lazy', 'default.kcsan.intel-lazy', 'smoke.no-dmabuf.intel-lazy',
   ]) t.true(all.includes(id), `${id} is a cell`);
-  // Until part 2 of issue E adds the kcsan and no-dmabuf fragments, only a missing fragment may refuse a cell.
-  for (const r of m.refused) t.true(r.reasons.every((x) => /fragment .* does not exist/.test(x)), `${r.id}: ${r.reasons.join('; ')}`);
+  // Every cell runs: the kcsan and no-dmabuf fragments exist and dmabuf-export takes expect: ENOTTY.
+  t.deepEqual(m.refused.map((r) => `${r.id}: ${r.reasons.join('; ')}`), []);
   const cell = (id: string) => m.cells.find((c) => c.id === id)!;
+  t.deepEqual(cell('smoke.no-dmabuf.intel-lazy').lab.probes.map((p) => [p.name, p.params.expect]), [['dmabuf-export', 'ENOTTY']]);
+  t.deepEqual(cell('default.kcsan.intel-lazy').lab.probes.map((p) => p.name), ['stress']);
 
   // Every p2p map type on the default debug config with intel lazy: bus address, host-bridge IOVA, not supported.
   const lazyTypes = new Set(m.cells.filter((c) => c.axes.iommu === 'intel-lazy' && c.axes.config === 'debug')
@@ -82,7 +84,7 @@ test('labs/matrix.yaml: the cells issue E lists, with their expectations, on the
   const amd = cell('smoke.debug.amd');
   t.is(amd.lab.iommu.kind, 'amd');
   t.deepEqual(amd.lab.probes.filter((p) => p.expectFail).map((p) => p.name), ['importer-refusals']);
-  t.regex(amd.lab.probes.find((p) => p.expectFail)!.expectFail!, /points 21 and 22.*amd-iommu only/);
+  t.regex(amd.lab.probes.find((p) => p.expectFail)!.expectFail!, /points 21 and 22.*QEMU 7.2 amd-iommu bug.*buses != 0/);
   t.deepEqual(cell('smoke.debug.virtio').lab.machine.cmdline, ['vfio_iommu_type1.allow_unsafe_interrupts=1']);
   t.deepEqual(cell('smoke.debug.intel-lazy').lab.machine.cmdline, []);
 

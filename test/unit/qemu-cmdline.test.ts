@@ -14,7 +14,7 @@ function lab(over: { iommu?: Partial<IommuSpec>; topology?: Partial<TopologySpec
     description: '',
     kernel: { kind: 'debian-prebuilt', package: 'linux-image-7.2', flavour: 'amd64', suite: 'sid', mirror: 'http://deb.debian.org/debian', patches: [] },
     image: 'bookworm',
-    machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [], ...over.machine },
+    machine: { cpu: 'EPYC', memoryMiB: 2048, smp: 2, accel: 'auto', cmdline: [], trace: [], ...over.machine },
     iommu: { kind: 'intel', cachingMode: true, strict: false, passthrough: false, ...over.iommu },
     topology: { rootPorts: [], switches: [], endpoints: [], ...over.topology },
     modules: ['vfio-pci'],
@@ -229,4 +229,14 @@ test('a LabSpec built in code that breaks the slot plan is refused with the lab 
   const downstream = Array.from({ length: 32 }, (_, j) => `d${j}`);
   const switches = Array.from({ length: 8 }, (_, i) => ({ id: `s${i}`, port: `rp${i}`, downstream: downstream.map((d) => `${d}x${i}`) }));
   t.throws(() => buildQemuCommand(input(lab({ topology: { rootPorts: rootPorts.slice(0, 15), switches } }))), { message: /at most 255 root and downstream ports in all \(got 271\)/ });
+});
+
+test('machine.trace: each event pattern enabled, the events into their own file (-D), none by default', (t) => {
+  const plain = buildQemuCommand(input(lab()));
+  t.false(plain.args.includes('-trace'));
+  t.false(plain.args.includes('-D'));
+  const c = buildQemuCommand(input(lab({ iommu: { kind: 'amd', cachingMode: false }, machine: { trace: ['amdvi_*', 'pci_update_mappings'] } }), { traceLog: '/run/qemu-trace.log' }));
+  const i = c.args.indexOf('-trace');
+  t.deepEqual(c.args.slice(i, i + 6), ['-trace', 'enable=amdvi_*', '-trace', 'enable=pci_update_mappings', '-D', '/run/qemu-trace.log']);
+  t.throws(() => buildQemuCommand(input(lab({ machine: { trace: ['amdvi_*'] } }))), { message: /enables QEMU trace events but the launch names no trace file/ });
 });

@@ -111,7 +111,9 @@ export class Tap {
   /**
    * Runs fn as a subtest. An exception becomes a failing point carrying the error;
    * a probe that asserted nothing fails too (a silent probe proves nothing).
-   * With todo set, failures (and the parent line) carry `# TODO todo`.
+   * With todo set, failures (and the parent line) carry `# TODO todo`; with
+   * todoPoints too, only the failures of those points do, and the parent fails
+   * on any other failure like a probe without todo.
    */
   async subtest(name: string, fn: (t: Subtest) => void | Promise<void>, opts: { todo?: string; todoScope?: ExpectFailScope } = {}): Promise<SubtestSummary> {
     const id = ++this.n;
@@ -128,6 +130,8 @@ export class Tap {
     // TODO points are known imperfections of the kernel: they do not fail the
     // probe. Under a lab's expected-fail (opts.todo) every failure became a TODO,
     // so the parent is then "not ok # TODO" exactly when one happened.
+    // Point-scoped, a failure outside the expected points is a real one: the parent
+    // is then a plain not ok, without the TODO that would hide it.
     const ok = t.counts.fail === 0 && (opts.todo === undefined || t.counts.todo === 0);
     const time = (performance.now() - start).toFixed(1);
     let line = `${ok ? 'ok' : 'not ok'} ${id} - ${escapeName(name)}`;

@@ -84,6 +84,9 @@ const importerParam: ParamSpec = {
   description: 'Endpoint id of the QEMU edu device the hwlab_importer module attaches for (its DMA engine does the data checks)',
 };
 
+/** Values of dmabuf-export's expect param: the export works, or the kernel was built without the feature. */
+export const DMABUF_EXPORT_EXPECTATIONS = ['OK', 'ENOTTY'] as const;
+
 /** Values of map-type's expect param: the rows of the contract's section 4 table. */
 export const MAP_TYPE_EXPECTATIONS = ['bus-address', 'host-bridge-iova', 'host-bridge-direct', 'not-supported'] as const;
 export type MapTypeExpectation = (typeof MAP_TYPE_EXPECTATIONS)[number];
@@ -97,6 +100,10 @@ export const PROBES = {
       region,
       { name: 'offset', type: 'number', default: 0, description: 'Byte offset of the exported slice within the BAR (page aligned)' },
       { name: 'length', type: 'number', default: 0, description: 'Length of the slice; 0 exports from offset to the end of the BAR' },
+      {
+        name: 'expect', type: 'string', default: 'OK', choices: DMABUF_EXPORT_EXPECTATIONS,
+        description: 'OK: the export returns a dma-buf fd; ENOTTY: the kernel has no VFIO_PCI_DMABUF, so the feature (PROBE and SET alike) is ENOTTY',
+      },
     ],
   },
   'dmabuf-fd': {
