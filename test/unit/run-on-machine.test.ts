@@ -14,21 +14,14 @@ import { FakeBackend, type FakeInstance, type FakeScript, type RunnerStep } from
 import { formatProbeMarker } from '../../src/protocol/protocol.ts';
 import { runOnMachine } from '../../src/run/on-machine.ts';
 import type { PreparedLab } from '../../src/run/prepare.ts';
+import { FAKE_PREPARED } from './helpers/fake-prepared.ts';
 import type { RunResults } from '../../src/results/report.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const lab = await loadLab(path.join(repo, 'labs/smoke.yaml'));
 
-const prepared: PreparedLab = {
-  kernel: {
-    kind: 'stock', package: 'linux-image-7.2.13+deb14-amd64', version: '7.2.13-1', release: '7.2.13+deb14-amd64',
-    vmlinuz: '/fake/vmlinuz', modulesRoot: '/fake/modroot', modulesDisk: '/fake/modules.ext4', cacheDir: '/fake', cacheKey: 'fake',
-  },
-  hwlabModules: [],
-  image: { rootDisk: '/fake/rootfs.ext4', hostKey: 'ssh-ed25519 AAAA', nodeVersion: 'v18' } as PreparedLab['image'],
-  initrd: '/fake/initrd',
-};
+const prepared: PreparedLab = FAKE_PREPARED;
 
 async function run(t: { teardown: (fn: () => Promise<void>) => void }, script: FakeScript, labOverride: LabSpec = lab): Promise<{ results: RunResults; m: FakeInstance; runDir: string }> {
   const runDir = await mkdtemp(path.join(os.tmpdir(), 'hwlab-fake-run-'));

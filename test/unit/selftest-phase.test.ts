@@ -13,6 +13,7 @@ import { parseLab } from '../../src/lab/load.ts';
 import { FakeBackend, type FakeInstance, type FakeScript } from '../../src/machine/fake.ts';
 import { runOnMachine } from '../../src/run/on-machine.ts';
 import type { PreparedLab } from '../../src/run/prepare.ts';
+import { FAKE_PREPARED } from './helpers/fake-prepared.ts';
 import type { RunResults } from '../../src/results/report.ts';
 import { formatResultTable } from '../../src/results/report.ts';
 import { planSelftests, parseKselftestList } from '../../src/selftests/plan.ts';
@@ -39,13 +40,7 @@ selftests:
 const LIST = 'vfio:vfio_pci_device_test\nvfio:vfio_pci_driver_test\niommu:iommufd\ndrivers/dma-buf:udmabuf\n';
 
 const prepared: PreparedLab = {
-  kernel: {
-    kind: 'stock', package: 'linux-image-7.2.13+deb14-amd64', version: '7.2.13-1', release: '7.2.13+deb14-amd64',
-    vmlinuz: '/fake/vmlinuz', modulesRoot: '/fake/modroot', modulesDisk: '/fake/modules.ext4', cacheDir: '/fake', cacheKey: 'fake',
-  },
-  hwlabModules: [],
-  image: { rootDisk: '/fake/rootfs.ext4', hostKey: 'ssh-ed25519 AAAA', nodeVersion: 'v18' } as PreparedLab['image'],
-  initrd: '/fake/initrd',
+  ...FAKE_PREPARED,
   selftests: {
     built: { installDir: '/fake/install', tarball: '/fake/kselftest.tar.gz', list: LIST, collections: ['vfio', 'iommu', 'drivers/dma-buf'], cacheKey: 'st', built: false },
     plan: planSelftests(lab.selftests!, parseKselftestList(LIST)),

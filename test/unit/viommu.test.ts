@@ -14,6 +14,7 @@ import type { IommuSpec, LabSpec } from '../../src/lab/types.ts';
 import { FakeBackend, type FakeInstance, type FakeScript } from '../../src/machine/fake.ts';
 import { runOnMachine } from '../../src/run/on-machine.ts';
 import type { PreparedLab } from '../../src/run/prepare.ts';
+import { FAKE_PREPARED } from './helpers/fake-prepared.ts';
 import type { RunResults } from '../../src/results/report.ts';
 import { expectedViommu, viommuMismatches } from '../../src/session/viommu.ts';
 import { parseDeviceInfo } from '../../src/session/pci.ts';
@@ -23,15 +24,7 @@ const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const smoke = await loadLab(path.join(repo, 'labs/smoke.yaml'));
 const deflt = await loadLab(path.join(repo, 'labs/default.yaml'));
 
-const prepared: PreparedLab = {
-  kernel: {
-    kind: 'stock', package: 'linux-image-7.2.13+deb14-amd64', version: '7.2.13-1', release: '7.2.13+deb14-amd64',
-    vmlinuz: '/fake/vmlinuz', modulesRoot: '/fake/modroot', modulesDisk: '/fake/modules.ext4', cacheDir: '/fake', cacheKey: 'fake',
-  },
-  hwlabModules: [],
-  image: { rootDisk: '/fake/rootfs.ext4', hostKey: 'ssh-ed25519 AAAA', nodeVersion: 'v18' } as PreparedLab['image'],
-  initrd: '/fake/initrd',
-};
+const prepared: PreparedLab = FAKE_PREPARED;
 
 const withIommu = (lab: LabSpec, iommu: Partial<IommuSpec>, cmdline: string[] = []): LabSpec =>
   ({ ...lab, iommu: { ...lab.iommu, ...iommu }, machine: { ...lab.machine, cmdline: [...lab.machine.cmdline, ...cmdline] } });
