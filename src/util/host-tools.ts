@@ -33,11 +33,16 @@ export const HOST_TOOLS: Record<string, string> = {
   ccache: 'ccache',
   readelf: 'binutils',
   git: 'git',
+  // The kernel's selftests: headers_install and kselftest's install copy with it.
+  rsync: 'rsync',
 };
 /** Header files a kernel build needs -> Debian package. */
 export const HOST_FILES: Record<string, string> = {
   '/usr/include/gelf.h': 'libelf-dev',
   '/usr/include/openssl/opensslv.h': 'libssl-dev',
+  // The kernel's selftests link against them (vfio: libuuid; iommu: libcap), see src/selftests/build.ts.
+  '/usr/include/uuid/uuid.h': 'uuid-dev',
+  '/usr/include/sys/capability.h': 'libcap-dev',
 };
 /** The Debian archive keyring debootstrap and the private apt configuration verify with. */
 export const KEYRING = { file: '/usr/share/keyrings/debian-archive-keyring.gpg', pkg: 'debian-archive-keyring' };
