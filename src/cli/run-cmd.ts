@@ -53,7 +53,7 @@ export function printRunOutcome(out: RunOutcome, json: boolean): void {
   }
   human.write(`\nresults: ${path.join(out.runDir, 'results.json')}\n`);
   human.write(`${outcome.class.toUpperCase()}${outcome.class === 'pass' ? '' : ` (${outcome.code}): ${outcome.title}`}\n`);
-  human.write(`total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, probes ${t.probes?.toFixed(1) ?? '-'} s${t.selftests !== undefined ? `, selftests ${t.selftests.toFixed(1)} s` : ''}${machine ? `, ${machine.accelNote}` : ''}\n`);
+  human.write(`total ${t.total?.toFixed(1)} s, boot to SSH ${t.boot_to_ssh?.toFixed(1) ?? '-'} s, ${t.probes !== undefined || t.selftests === undefined ? `probes ${t.probes?.toFixed(1) ?? '-'} s` : 'no probes'}${t.selftests !== undefined ? `, selftests ${t.selftests.toFixed(1)} s` : ''}${machine ? `, ${machine.accelNote}` : ''}\n`);
   // The last line of a run that did not pass: the one command that runs it again.
   if (outcome.class !== 'pass') human.write(`to run it again: ${rerunLine(out.runDir)}\n`);
 }
