@@ -1,6 +1,7 @@
 // Command-line changes to a lab for one run: `--only PROBE[,PROBE]` keeps
-// those probes (in the lab's order), `--probe-param probe.key=value` sets a
-// probe parameter. The changed lab goes through the loader's checks again
+// those probes (in the lab's order; a name or name(device), as nightly and
+// bisect select them: src/lab/select.ts), `--probe-param probe.key=value`
+// sets a probe parameter. The changed lab goes through the loader's checks again
 // (dumped and parsed, src/lab/dump.ts), so a parameter the probe catalogue
 // refuses is refused here, before anything is built.
 import path from 'node:path';
@@ -9,6 +10,7 @@ import { InputError } from '../util/errors.ts';
 import { YamlError } from '../util/yaml.ts';
 import { dumpLab } from './dump.ts';
 import { parseLab } from './load.ts';
+import { selectProbes } from './select.ts';
 import type { LabSpec } from './types.ts';
 
 export interface ProbeParamOverride {
@@ -47,10 +49,8 @@ function setPath(obj: Record<string, unknown>, key: string[], value: unknown): R
 /** The lab with only the named probes and the given params; unchanged when there is nothing to apply. */
 export function applyProbeOverrides(lab: LabSpec, only: readonly string[], params: readonly ProbeParamOverride[]): LabSpec {
   if (!only.length && !params.length) return lab;
-  const names = [...new Set(lab.probes.map((p) => p.name))];
-  const unknown = only.filter((n) => !names.includes(n));
-  if (unknown.length) throw new InputError(`--only ${unknown.join(',')}: not a probe of ${lab.name} (its probes: ${names.join(', ')})`);
-  let probes = only.length ? lab.probes.filter((p) => only.includes(p.name)) : lab.probes;
+  // The same selectors as nightly reruns and bisect steps: a probe name or name(device).
+  let probes = only.length ? selectProbes(lab, only).probes : lab.probes;
   for (const o of params) {
     if (!probes.some((p) => p.name === o.probe)) {
       throw new InputError(`--probe-param ${o.probe}.${o.key.join('.')}: ${o.probe} is not a probe of this run (probes: ${[...new Set(probes.map((p) => p.name))].join(', ')})`);
