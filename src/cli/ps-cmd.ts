@@ -22,7 +22,10 @@ export const psCommand: CommandSpec = {
       return 0;
     }
     for (const g of rows) {
-      const state = !g.qemuAlive ? 'QEMU gone' : g.ownerAlive ? 'up' : `up, OWNER DEAD (hwlab pid ${g.ownerPid}): hwlab stop ${g.name} ends it`;
+      // QEMU runs behind setpriv --pdeathsig (src/util/host-tools.ts): it dies with its hwlab process, so a dead owner means a gone guest.
+      const state = !g.qemuAlive
+        ? (g.ownerAlive ? 'QEMU gone' : `QEMU gone with its hwlab process (pid ${g.ownerPid}, OWNER DEAD): hwlab stop ${g.name} clears the entry`)
+        : g.ownerAlive ? 'up' : `up, OWNER DEAD (hwlab pid ${g.ownerPid}): hwlab stop ${g.name} ends it`;
       process.stdout.write(`${g.name}  lab ${g.lab}  qemu ${g.qemuPid}  ssh 127.0.0.1:${g.sshPort}${g.gdbPort ? `  gdb 127.0.0.1:${g.gdbPort}` : ''}  since ${g.startedAt.slice(11, 19)}  until ${g.until.slice(11, 16)}  ${state}\n`);
     }
     return 0;

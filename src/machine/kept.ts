@@ -3,9 +3,11 @@
 // (kept/<run>.json: QEMU's pid, the hwlab process that owns it, the SSH and
 // gdb ports, the key and the pinned host key), so that `hwlab ssh`, `hwlab
 // stop` and `hwlab ps` work from any shell. The owner ends QEMU when it
-// exits; if the owner died (kill -9, a closed terminal), `ps` says so and
-// `stop` still ends QEMU by its pid, after checking the pid is still that
-// run's QEMU (its command line names the run folder).
+// exits; if the owner is killed (kill -9), QEMU dies with it (setpriv
+// --pdeathsig: no guest outlives hwlab unattended), `ps` shows the entry with
+// the dead owner and `stop` clears it. `stop` ends a live QEMU by its pid,
+// after checking the pid is still that run's QEMU (its command line names the
+// run folder).
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';

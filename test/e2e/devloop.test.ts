@@ -1,6 +1,6 @@
 // The developer's loop on real guests (the smoke lab, the default lab's
 // build): a kept guest reached with the printed ssh command and hwlab ssh,
-// seen by hwlab ps also after its hwlab process was killed, and ended by
+// seen by hwlab ps also after its hwlab process was killed (QEMU dies with it), and cleared by
 // hwlab stop with no QEMU left; hwlab shell driven through a real PTY (tmux)
 // running lspci and uname -r; a failed run with a catalogue patch run again
 // from its folder with hwlab rerun, failing at the same points.
@@ -60,15 +60,18 @@ test.serial('--keep: the printed ssh command and hwlab ssh reach the guest; ps s
   const mine = (JSON.parse(ps.stdout) as Array<{ name: string; qemuAlive: boolean; ownerAlive: boolean }>).find((g) => g.name === name);
   t.like(mine, { qemuAlive: true, ownerAlive: true });
 
-  // The owner dies without cleaning up: QEMU stays, ps says so, stop still ends it by pid.
+  // The owner dies without cleaning up: QEMU dies with it (setpriv --pdeathsig, so no guest
+  // outlives hwlab unattended), ps still lists the entry with a dead owner, stop clears it.
   process.kill(child.pid!, 'SIGKILL');
   await child.catch(() => {});
-  t.true((await qemuProcessesMentioning(runDir)).length > 0, 'QEMU outlived its killed owner');
+  const deadline = Date.now() + 15_000;
+  while ((await qemuProcessesMentioning(runDir)).length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+  t.deepEqual(await qemuProcessesMentioning(runDir), [], 'QEMU ended with its killed owner');
   const ps2 = await hwlab(['ps'], { timeoutMs: 60_000 });
-  t.regex(ps2.stdout, new RegExp(`${name} .* OWNER DEAD \\(hwlab pid ${child.pid}\\): hwlab stop ${name} ends it`));
+  t.regex(ps2.stdout, new RegExp(`${name} .* QEMU gone with its hwlab process \\(pid ${child.pid}, OWNER DEAD\\): hwlab stop ${name} clears the entry`));
   const stop = await hwlab(['stop', name], { timeoutMs: 120_000 });
   t.is(stop.exitCode, 0, stop.all);
-  t.regex(stop.stdout, /QEMU pid \d+ ended \(its hwlab process \d+ was gone\)/);
+  t.regex(stop.stdout, /QEMU was not running \(its hwlab process \d+ was gone\)/);
   t.deepEqual(await qemuProcessesMentioning(runDir), [], 'no QEMU left running');
   t.false((await hwlab(['ps'], { timeoutMs: 60_000 })).stdout.includes(name));
 });
