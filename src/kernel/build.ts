@@ -217,8 +217,14 @@ interface BuildManifest {
   finishedAt: string;
 }
 
-/** The newest build entry of the same tree (same config preferred): the base for an incremental build. */
-async function nearestEntry(treeId: string, configSha: string): Promise<{ dir: string; manifest: BuildManifest } | null> {
+/**
+ * The base for an incremental build: a build entry of the same tree, same
+ * config preferred, then the one that leaves the fewest files to rebuild
+ * (what it patched plus what this series patches: from an unpatched build a
+ * vfio-pci change stays a modules-only rebuild, from a build that patched
+ * built-in dma-buf code it would not), then the newest.
+ */
+async function nearestEntry(treeId: string, configSha: string, touched: readonly string[]): Promise<{ dir: string; manifest: BuildManifest } | null> {
   const kdir = path.join(cacheRoot(), 'kernel-build');
   if (!existsSync(kdir)) return null;
   const found: Array<{ dir: string; manifest: BuildManifest }> = [];
@@ -228,8 +234,10 @@ async function nearestEntry(treeId: string, configSha: string): Promise<{ dir: s
     const manifest = JSON.parse(await readFile(path.join(dir, 'build.json'), 'utf8')) as BuildManifest;
     if (manifest.treeId === treeId) found.push({ dir, manifest });
   }
+  const toRebuild = (m: BuildManifest) => new Set([...m.touched, ...touched]).size;
   found.sort((a, b) =>
     Number(b.manifest.configSha === configSha) - Number(a.manifest.configSha === configSha) ||
+    toRebuild(a.manifest) - toRebuild(b.manifest) ||
     b.manifest.finishedAt.localeCompare(a.manifest.finishedAt));
   return found[0] ?? null;
 }
@@ -354,7 +362,7 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
   let plan: RebuildPlan | undefined;
   const mode = rebuildMode(req);
   const { dir } = await ensureEntry('kernel-build', key, `${req.tree.label} + ${req.patches.length} patches`, async (tmp) => {
-    const near = await nearestEntry(req.tree.id, configSha);
+    const near = await nearestEntry(req.tree.id, configSha, touchedFiles(req.patches));
     // Files patched by whatever last built in obj/ (an earlier entry, or an interrupted build).
     const lastTouchedFile = path.join(work, 'obj-touched.json');
     const reuseWork = !near && existsSync(path.join(obj, 'Makefile'));
