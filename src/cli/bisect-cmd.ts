@@ -10,7 +10,7 @@ import { loadLab } from '../lab/load.ts';
 import { selectProbes } from '../lab/select.ts';
 import { InputError } from '../util/errors.ts';
 import { Progress } from '../util/progress.ts';
-import type { CommandSpec } from './command.ts';
+import { ownParserCommand } from './command.ts';
 
 export const BISECT_USAGE = `  bisect <lab.yaml> --good REF --bad REF [--tree PATH] [--only PROBE]... [--patch FILE]...
          [--history FILE] [--runs-dir DIR] [--keep-clone] [--json]
@@ -66,12 +66,10 @@ export async function bisectCommand(args: string[], progress: Progress): Promise
 }
 
 /** The frame's entry (src/cli/main.ts): this command parses its own arguments. */
-export const bisectCommandSpec: CommandSpec = {
-  name: 'bisect',
-  summary: 'the first commit of a kernel git tree between two refs that fails the lab (git bisect run)',
-  args: '<lab.yaml>',
-  positionals: { min: 0, max: Infinity },
-  options: {},
-  ownParser: { usage: BISECT_USAGE },
-  handler: (a) => bisectCommand(a.positionals, new Progress()),
-};
+export const bisectCommandSpec = ownParserCommand(
+  'bisect',
+  'the first commit of a kernel git tree between two refs that fails the lab (git bisect run)',
+  '<lab.yaml>',
+  BISECT_USAGE,
+  (argv) => bisectCommand(argv, new Progress()),
+);

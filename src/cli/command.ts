@@ -46,6 +46,14 @@ export interface CommandSpec {
   handler(args: ParsedArgs): Promise<number>;
 }
 
+/**
+ * A command that parses its own arguments (node:util parseArgs): the frame
+ * hands it every argument after its name and only answers --help, with `usage`.
+ */
+export function ownParserCommand(name: string, summary: string, args: string, usage: string, run: (argv: string[]) => Promise<number>): CommandSpec {
+  return { name, summary, args, positionals: { min: 0, max: Infinity }, options: {}, ownParser: { usage }, handler: (a) => run(a.positionals) };
+}
+
 /** A command with subcommands (`cache ls`, `cache prune`): chosen by the next word. */
 export interface CommandGroup {
   name: string;

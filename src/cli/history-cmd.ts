@@ -8,7 +8,7 @@ import { recordRun } from '../history/record.ts';
 import { listNights, listRuns, pointHistory, reportTitles } from '../history/query.ts';
 import { findRunFolders, readRunFolder } from '../reports/folders.ts';
 import { InputError } from '../util/errors.ts';
-import type { CommandSpec } from './command.ts';
+import { ownParserCommand } from './command.ts';
 
 export const HISTORY_USAGE = `  history [--lab NAME] [--limit N] [--json] [--history FILE]
                         the recorded runs, newest first (default file ${defaultHistoryPath()})
@@ -93,12 +93,10 @@ export async function historyCommand(args: string[]): Promise<number> {
 }
 
 /** The frame's entry (src/cli/main.ts): this command parses its own arguments. */
-export const historyCommandSpec: CommandSpec = {
-  name: 'history',
-  summary: 'the results history: runs, a probe\'s points over time, kernel report titles, nights, import',
-  args: '[reports|nights|import <run-dir>...]',
-  positionals: { min: 0, max: Infinity },
-  options: {},
-  ownParser: { usage: HISTORY_USAGE },
-  handler: (a) => historyCommand(a.positionals),
-};
+export const historyCommandSpec = ownParserCommand(
+  'history',
+  'the results history: runs, a probe\'s points over time, kernel report titles, nights, import',
+  '[reports|nights|import <run-dir>...]',
+  HISTORY_USAGE,
+  (argv) => historyCommand(argv),
+);

@@ -17,7 +17,7 @@ import { summaryJson, writeReports } from '../reports/write.ts';
 import { EXIT_CODE } from '../results/outcome.ts';
 import { InputError } from '../util/errors.ts';
 import { Progress } from '../util/progress.ts';
-import type { CommandSpec } from './command.ts';
+import { ownParserCommand } from './command.ts';
 
 export const MATRIX_USAGE = `  matrix plan <matrix.yaml> [--cell ID]... [--json]
                         the cells, the kernel builds they share, the cells refused and why
@@ -156,22 +156,18 @@ export async function mergeCommand(args: string[], progress: Progress): Promise<
 }
 
 // The command table's entries (src/cli/main.ts): these two parse their own arguments.
-export const matrixCommandSpec: CommandSpec = {
-  name: 'matrix',
-  summary: 'a matrix of kernel configs, vIOMMUs and topologies: plan, run here, key, CI files',
-  args: 'plan|run|key|ci ...',
-  positionals: { min: 0, max: Infinity },
-  options: {},
-  ownParser: { usage: MATRIX_USAGE.split('\n').filter((l) => !l.trimStart().startsWith('merge') && !l.includes('one summary and its reports')).join('\n') },
-  handler: (a) => matrixCommand(a.positionals, new Progress()),
-};
+export const matrixCommandSpec = ownParserCommand(
+  'matrix',
+  'a matrix of kernel configs, vIOMMUs and topologies: plan, run here, key, CI files',
+  'plan|run|key|ci ...',
+  MATRIX_USAGE.split('\n').filter((l) => !l.trimStart().startsWith('merge') && !l.includes('one summary and its reports')).join('\n'),
+  (argv) => matrixCommand(argv, new Progress()),
+);
 
-export const mergeCommandSpec: CommandSpec = {
-  name: 'merge',
-  summary: 'one summary and its reports from cell folders (matrix runs, CI artifacts)',
-  args: '<dir>...',
-  positionals: { min: 0, max: Infinity },
-  options: {},
-  ownParser: { usage: MATRIX_USAGE.slice(MATRIX_USAGE.indexOf('  merge')) },
-  handler: (a) => mergeCommand(a.positionals, new Progress()),
-};
+export const mergeCommandSpec = ownParserCommand(
+  'merge',
+  'one summary and its reports from cell folders (matrix runs, CI artifacts)',
+  '<dir>...',
+  MATRIX_USAGE.slice(MATRIX_USAGE.indexOf('  merge')),
+  (argv) => mergeCommand(argv, new Progress()),
+);

@@ -16,7 +16,7 @@ import { DEFAULT_BACKOFF_SEC, DEFAULT_INFRA_RETRIES, DEFAULT_RERUNS, runNightly,
 import { InputError } from '../util/errors.ts';
 import { Progress } from '../util/progress.ts';
 import { positiveInt } from './history-cmd.ts';
-import type { CommandSpec } from './command.ts';
+import { ownParserCommand } from './command.ts';
 
 export const NIGHTLY_USAGE = `  nightly <lab-or-matrix.yaml> [--cell ID]... [--only PROBE]... [--patch FILE]... [--fragment FILE]...
           [--reruns N] [--infra-retries N] [--backoff SEC] [--series NAME] [--history FILE]
@@ -95,12 +95,10 @@ export async function nightlyCommand(args: string[], progress: Progress): Promis
 }
 
 /** The frame's entry (src/cli/main.ts): this command parses its own arguments. */
-export const nightlyCommandSpec: CommandSpec = {
-  name: 'nightly',
-  summary: 'one night: the newest kernel, run, compare with the last night, rerun new failures, digest',
-  args: '<lab-or-matrix.yaml>',
-  positionals: { min: 0, max: Infinity },
-  options: {},
-  ownParser: { usage: NIGHTLY_USAGE },
-  handler: (a) => nightlyCommand(a.positionals, new Progress()),
-};
+export const nightlyCommandSpec = ownParserCommand(
+  'nightly',
+  'one night: the newest kernel, run, compare with the last night, rerun new failures, digest',
+  '<lab-or-matrix.yaml>',
+  NIGHTLY_USAGE,
+  (argv) => nightlyCommand(argv, new Progress()),
+);
