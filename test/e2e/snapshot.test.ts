@@ -11,14 +11,12 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { buildKernel, removeKernelBuild, type KernelBuildRequest } from '../../src/kernel/build.ts';
-import { loadPatchSeries } from '../../src/kernel/patches.ts';
-import { resolveKernelTree, type KernelTree } from '../../src/kernel/source.ts';
-import { loadLab } from '../../src/lab/load.ts';
+import type { KernelTree } from '../../src/kernel/source.ts';
 import type { SnapshotRecord } from '../../src/machine/snapshot.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 import { readRun, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+import { smokeBuilds, smokeLab } from './smoke-builds.ts';
 
-const smokeLab = path.join(repoRoot, 'labs/smoke.yaml');
 const enoent = path.join(repoRoot, 'test/fixtures/patches/vfio-zero-length-enoent.patch');
 const progress = silentProgress();
 let scratch: string;
@@ -29,15 +27,9 @@ const series: string[][] = [];
 
 test.before(async () => {
   scratch = await mkdtemp(path.join(os.tmpdir(), 'hwlab-snapshot-e2e-'));
-  const lab = await loadLab(smokeLab);
-  if (lab.kernel.kind !== 'source') throw new Error('labs/smoke.yaml must build from source');
-  const spec = lab.kernel;
-  tree = await resolveKernelTree(spec.source, progress.step('tree'));
-  const fragments = await Promise.all(spec.config.fragments.map(async (file) => ({ file, text: await readFile(file, 'utf8') })));
-  request = async (extra) => ({
-    tree, base: spec.config.base, fragments, step: progress.step('kernel'), logFile: path.join(scratch, 'cleanup.log'),
-    patches: await loadPatchSeries([...spec.patches, ...extra.map((p) => ({ kind: 'file' as const, path: p }))]),
-  });
+  const builds = await smokeBuilds(progress);
+  tree = builds.tree;
+  request = (extra) => builds.request(extra, path.join(scratch, 'cleanup.log'));
 });
 test.after.always(async () => {
   // Each run's build entry is this file's alone: the same request is a cache hit that names it.

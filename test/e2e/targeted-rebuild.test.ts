@@ -11,14 +11,11 @@ import { mkdtemp, readdir, readFile, rm, writeFile, mkdir } from 'node:fs/promis
 import os from 'node:os';
 import path from 'node:path';
 import { buildKernel, removeKernelBuild, type KernelBuildRequest } from '../../src/kernel/build.ts';
-import { loadPatchSeries } from '../../src/kernel/patches.ts';
-import { resolveKernelTree, type KernelTree } from '../../src/kernel/source.ts';
+import type { KernelTree } from '../../src/kernel/source.ts';
 import type { SourceKernel } from '../../src/kernel/types.ts';
-import { loadLab } from '../../src/lab/load.ts';
 import { silentProgress } from '../../src/util/progress.ts';
-import { repoRoot } from './helpers.ts';
+import { smokeBuilds } from './smoke-builds.ts';
 
-const smokeLab = path.join(repoRoot, 'labs/smoke.yaml');
 const progress = silentProgress();
 let scratch: string;
 let tree: KernelTree;
@@ -28,16 +25,10 @@ let request: (extra: string[], rebuild: KernelBuildRequest['rebuild'], log: stri
 
 test.before(async () => {
   scratch = await mkdtemp(path.join(os.tmpdir(), 'hwlab-targeted-e2e-'));
-  const lab = await loadLab(smokeLab);
-  if (lab.kernel.kind !== 'source') throw new Error('labs/smoke.yaml must build from source');
-  const spec = lab.kernel;
-  tree = await resolveKernelTree(spec.source, progress.step('tree'));
-  const fragments = await Promise.all(spec.config.fragments.map(async (file) => ({ file, text: await readFile(file, 'utf8') })));
   // What `hwlab run` asks for (src/run/prepare.ts), with the extra patches after the lab's.
-  request = async (extra, rebuild, log) => ({
-    tree, base: spec.config.base, fragments, rebuild, step: progress.step('kernel'), logFile: path.join(scratch, log),
-    patches: await loadPatchSeries([...spec.patches, ...extra.map((p) => ({ kind: 'file' as const, path: p }))]),
-  });
+  const builds = await smokeBuilds(progress);
+  tree = builds.tree;
+  request = (extra, rebuild, log) => builds.request(extra, path.join(scratch, log), rebuild);
 });
 test.after.always(async () => {
   // The entries of this file's throw-away patches, under the tree's lock.
