@@ -4,7 +4,7 @@
 // hwlab stop with no QEMU left; hwlab shell driven through a real PTY (tmux)
 // running lspci and uname -r; a failed run with a catalogue patch run again
 // from its folder with hwlab rerun, failing at the same points.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execa } from 'execa';
 import { readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -27,15 +27,22 @@ async function waitFor(read: () => string | Promise<string>, re: RegExp, ms: num
   }
 }
 
-test.serial('--keep: the printed ssh command and hwlab ssh reach the guest; ps shows a dead owner; stop leaves no QEMU', async (t) => {
-  const dir = runsDir();
+/** `hwlab run --keep` of the smoke lab's first probe, until it prints how to stop the guest. */
+async function startKept(t: ExecutionContext, dir: string): Promise<{ child: ReturnType<typeof hwlab>; out: () => string; kept: RegExpMatchArray | null }> {
   const child = hwlab(['run', smoke, '--keep', '--only', 'dmabuf-export', '--runs-dir', dir], { timeoutMs: 20 * 60_000 });
   let out = '';
   child.all?.on('data', (d: Buffer) => { out += d.toString(); });
   t.teardown(() => { child.kill('SIGKILL'); });
   const kept = await waitFor(() => out, /^ {2}hwlab stop (\S+)/m, 15 * 60_000);
   t.truthy(kept, out);
+  return { child, out: () => out, kept };
+}
+
+test.serial('--keep: the printed ssh command and hwlab ssh reach the guest; ps shows a dead owner; stop leaves no QEMU', async (t) => {
+  const dir = runsDir();
+  const { child, out: output, kept } = await startKept(t, dir);
   if (!kept) return;
+  const out = output();
   const name = kept[1];
   const runDir = path.join(dir, name);
   t.log(out.slice(out.indexOf('\nPROBE')).trimEnd());
@@ -78,12 +85,7 @@ test.serial('--keep: the printed ssh command and hwlab ssh reach the guest; ps s
 
 test.serial('--keep then hwlab stop: the owning run finishes by itself with its exit code', async (t) => {
   const dir = runsDir();
-  const child = hwlab(['run', smoke, '--keep', '--only', 'dmabuf-export', '--runs-dir', dir], { timeoutMs: 20 * 60_000 });
-  let out = '';
-  child.all?.on('data', (d: Buffer) => { out += d.toString(); });
-  t.teardown(() => { child.kill('SIGKILL'); });
-  const kept = await waitFor(() => out, /^ {2}hwlab stop (\S+)/m, 15 * 60_000);
-  t.truthy(kept, out);
+  const { child, kept } = await startKept(t, dir);
   if (!kept) return;
   const stop = await hwlab(['stop'], { timeoutMs: 120_000 });
   t.regex(stop.stdout, /QEMU pid \d+ ended$/m);
