@@ -17,6 +17,7 @@ import { InputError } from '../../src/util/errors.ts';
 import { Progress } from '../../src/util/progress.ts';
 import { escapeForTerminal, quoteForTerminal } from '../../src/util/text.ts';
 import { YamlError } from '../../src/util/yaml.ts';
+import { tempDir } from './helpers/temp.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const MINIMAL = 'kernel: { debian: linux-image-7.2 }\nimage: bookworm\n';
@@ -24,7 +25,7 @@ const SOURCE = 'kernel: { debian: linux-source-7.2 }\nimage: bookworm\n';
 const HOST_24G = { hostMemoryMiB: 24 * 1024 };
 
 async function scratch(): Promise<string> {
-  return mkdtemp(path.join(os.tmpdir(), 'hwlab-bad-input-'));
+  return tempDir('hwlab-bad-input-');
 }
 
 function refusal(fn: () => unknown): string {

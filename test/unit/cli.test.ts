@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { commandHelp, isGroup, parseCommandLine, UsageError, type CommandSpec } from '../../src/cli/command.ts';
 import { bashCompletion } from '../../src/cli/completion-cmd.ts';
 import { COMMANDS } from '../../src/cli/main.ts';
+import { tempDir } from './helpers/temp.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const specs: CommandSpec[] = COMMANDS.flatMap((e) => (isGroup(e) ? e.subcommands : [e]));
@@ -98,7 +99,7 @@ test('the real CLI: usage errors exit 2 with one message and no stack trace; --v
 });
 
 test('--json: stdout is one JSON document and nothing else (cache ls, check, a run refused in prepare)', async (t) => {
-  const cache = mkdtempSync(path.join(os.tmpdir(), 'hwlab-cli-cache-'));
+  const cache = tempDir('hwlab-cli-cache-');
   const ls = await cli(['cache', 'ls', '--json'], { HWLAB_CACHE: cache });
   t.is(ls.exitCode, 0, ls.stderr);
   t.deepEqual(JSON.parse(ls.stdout), { root: cache, entries: [] });
@@ -113,7 +114,7 @@ test('--json: stdout is one JSON document and nothing else (cache ls, check, a r
   t.true(report.problems.length >= 5 && report.problems.every((p: { line?: number }) => typeof p.line === 'number'));
 
   // --fragment on a prebuilt kernel is refused before the run folder and any download: still one JSON document on stdout (outcome and failure), the message on stderr.
-  const runs = mkdtempSync(path.join(os.tmpdir(), 'hwlab-cli-runs-'));
+  const runs = tempDir('hwlab-cli-runs-');
   const run = await cli(['run', 'labs/prebuilt.yaml', '--fragment', 'labs/configs/kasan.config', '--runs-dir', runs, '--json'], { HWLAB_CACHE: cache });
   t.is(run.exitCode, 2, run.stderr);
   const results = JSON.parse(run.stdout);

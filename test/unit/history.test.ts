@@ -15,10 +15,11 @@ import { baselineNight, flakeRate, listRuns, pointHistory, pointsOfRun, reportTi
 import { recordRun } from '../../src/history/record.ts';
 import { InputError } from '../../src/util/errors.ts';
 import { cell, report } from './helpers/history-cells.ts';
+import { tempDir } from './helpers/temp.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const writer = path.join(here, 'helpers', 'history-writer.ts');
-const tmpDb = () => path.join(mkdtempSync(path.join(os.tmpdir(), 'hwlab-history-')), 'history.sqlite');
+const tmpDb = () => path.join(tempDir('hwlab-history-'), 'history.sqlite');
 
 test('a version 1 history is migrated forward with its runs kept; a newer one is refused', (t) => {
   const file = tmpDb();

@@ -11,10 +11,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { sshCommandLine } from '../../src/cli/keep.ts';
 import { findKept, isQemuOf, knownHostsLine, listKept, processAlive, registerKept, stopKept, type KeptGuest } from '../../src/machine/kept.ts';
+import { tempDir } from './helpers/temp.ts';
 
 test.serial('registry: register, find by name or folder, dead owner seen, stop ends QEMU by pid and forgets it', async (t) => {
-  process.env.HWLAB_CACHE = mkdtempSync(path.join(os.tmpdir(), 'hwlab-kept-'));
-  const runDir = mkdtempSync(path.join(os.tmpdir(), 'hwlab-run-'));
+  process.env.HWLAB_CACHE = tempDir('hwlab-kept-');
+  const runDir = tempDir('hwlab-run-');
   const fakeQemu = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 600000)', `file:${runDir}/console.log`], { argv0: 'qemu-system-x86_64', stdio: 'ignore' });
   t.teardown(() => { fakeQemu.kill('SIGKILL'); });
   const ownerChild = execa('true');
@@ -22,7 +23,7 @@ test.serial('registry: register, find by name or folder, dead owner seen, stop e
   await ownerChild;
   const guest: KeptGuest = {
     name: path.basename(runDir), runDir, lab: 'smoke', qemuPid: fakeQemu.pid!, ownerPid, sshPort: 40000,
-    keyFile: '/cache/ssh/id_ed25519', knownHosts: path.join(runDir, 'known_hosts'), scratch: mkdtempSync(path.join(os.tmpdir(), 'hwlab-scratch-')),
+    keyFile: '/cache/ssh/id_ed25519', knownHosts: path.join(runDir, 'known_hosts'), scratch: tempDir('hwlab-scratch-'),
     startedAt: new Date().toISOString(), until: new Date(Date.now() + 60_000).toISOString(),
   };
   await new Promise((r) => setTimeout(r, 300));
@@ -50,8 +51,8 @@ test('the printed ssh command: loopback, the port, hwlab\'s key only, the host k
 
 test.serial('cache prune, even --all, keeps the kept-guest state files (they are not cache entries)', async (t) => {
   const { pruneCache } = await import('../../src/cli/cache-cmd.ts');
-  process.env.HWLAB_CACHE = mkdtempSync(path.join(os.tmpdir(), 'hwlab-kept-prune-'));
-  const runDir = mkdtempSync(path.join(os.tmpdir(), 'hwlab-run-'));
+  process.env.HWLAB_CACHE = tempDir('hwlab-kept-prune-');
+  const runDir = tempDir('hwlab-run-');
   await registerKept({
     name: path.basename(runDir), runDir, lab: 'smoke', qemuPid: 1, ownerPid: 1, sshPort: 1, keyFile: '/k', knownHosts: '/h', scratch: '/s',
     startedAt: new Date().toISOString(), until: new Date().toISOString(),

@@ -11,6 +11,7 @@ import { probeKey, selectProbes } from '../../src/lab/select.ts';
 import { runLab } from '../../src/run/run-lab.ts';
 import { InputError } from '../../src/util/errors.ts';
 import { silentProgress } from '../../src/util/progress.ts';
+import { tempDir } from './helpers/temp.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -29,7 +30,7 @@ test('a selector that names no probe is bad input naming what exists, and runLab
   const err = t.throws(() => selectProbes(lab, ['dmabuf-export(shm9)', 'nope']), { instanceOf: InputError });
   t.regex(err.message, /smoke\.yaml: no probe matches "dmabuf-export\(shm9\)", "nope"/);
   t.regex(err.hint!, /dmabuf-export\(shm0\)/);
-  const runsDir = mkdtempSync(path.join(os.tmpdir(), 'hwlab-select-'));
+  const runsDir = tempDir('hwlab-select-');
   await t.throwsAsync(runLab(lab, { progress: silentProgress(), runsDir, onlyProbes: ['nope'] }), { instanceOf: InputError });
   t.deepEqual(readdirSync(runsDir), []);
 });

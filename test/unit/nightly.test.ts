@@ -21,6 +21,7 @@ import { classifyRun } from '../../src/results/outcome.ts';
 import type { RunResults } from '../../src/results/report.ts';
 import type { ProbeResult } from '../../src/results/tap.ts';
 import { silentProgress } from '../../src/util/progress.ts';
+import { tempDir } from './helpers/temp.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -61,7 +62,7 @@ function scriptedRunner(scripts: Script[], calls: Array<{ runDir: string; probes
 
 interface Ctx { db: HistoryDb; dir: string; lab: LabSpec }
 async function ctx(labFile = 'labs/smoke.yaml'): Promise<Ctx> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'hwlab-nightly-'));
+  const dir = tempDir('hwlab-nightly-');
   return { db: openHistory(path.join(dir, 'history.sqlite')), dir, lab: await loadLab(path.join(repo, labFile)) };
 }
 

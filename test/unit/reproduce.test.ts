@@ -12,6 +12,7 @@ import { loadLab } from '../../src/lab/load.ts';
 import { buildQemuCommand } from '../../src/machine/cmdline.ts';
 import { reproduceScript } from '../../src/machine/qemu.ts';
 import { labWithExtras, RUN_LAB_FILE, rerunLine, writeRunLab } from '../../src/run/reproduce.ts';
+import { tempDir } from './helpers/temp.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -20,7 +21,7 @@ test('lab/lab.yaml: the run\'s lab with its --patch and --fragment, from copies 
   const patch = path.join(repo, 'labs/mutants/03-attach-allows-no-p2p.patch');
   const frag = path.join(repo, 'labs/configs/kasan.config');
   const run = labWithExtras(lab, [patch], [frag]);
-  const runDir = mkdtempSync(path.join(os.tmpdir(), 'hwlab-run-'));
+  const runDir = tempDir('hwlab-run-');
   const file = await writeRunLab(run, runDir);
   t.is(file, path.join(runDir, RUN_LAB_FILE));
   t.deepEqual((await readdir(path.join(runDir, 'lab/patches/01'))), ['03-attach-allows-no-p2p.patch']);
