@@ -64,6 +64,23 @@ const addr = (slot: number): string => `0x${slot.toString(16)}`;
 /** `slot.fn` as Linux prints it in a BDF: two hex digits, then the function. */
 const devfn = (slot: number, fn = 0): string => `${slot.toString(16).padStart(2, '0')}.${fn}`;
 
+/**
+ * Kernel words the accelerator asks for. Under TCG: tsc=unstable. With the TSC
+ * as clock the kernel flips the sched_clock static branch at late_initcall
+ * ("sched_clock: Marking stable") and again whenever the clocksource watchdog
+ * gives up on the TSC; each flip is live code patching (text_poke_bp: int3,
+ * tail, head). Under QEMU 7.2's multi-threaded TCG another vCPU now and then
+ * executes the temporary int3 after the patch is done and the kernel dies with
+ * "Oops: int3" in sched_clock_cpu or sched_clock_idle_wakeup_event: 2 of 40
+ * boots of Debian's 7.2.13 with two vCPUs here (about 1 in 8 earlier, under
+ * load), and the same flip happens on hwlab's own kernels. tsc=unstable
+ * clears the branch before sched_clock starts, so it never flips: 0 of 40
+ * boots. The clocksource is then the HPET; under KVM nothing changes.
+ */
+export function accelKernelWords(accel: 'kvm' | 'tcg'): string[] {
+  return accel === 'tcg' ? ['tsc=unstable'] : [];
+}
+
 /** Kernel command-line words that make the guest use (or knowingly not use) the vIOMMU. */
 export function iommuKernelWords(iommu: IommuSpec): string[] {
   const words: string[] = [];
@@ -141,7 +158,7 @@ export function buildQemuCommand(input: QemuLaunchInput): QemuCommand {
   if (machine.accel !== 'auto' && machine.accel !== input.accel) {
     throw new Error(`lab ${lab.name} asks for accel=${machine.accel} but the launch uses ${input.accel}`);
   }
-  const words = [...input.append, ...iommuKernelWords(lab.iommu), ...machine.cmdline];
+  const words = [...input.append, ...accelKernelWords(input.accel), ...iommuKernelWords(lab.iommu), ...machine.cmdline];
   const bad = words.find((w) => w === '' || /\s/.test(w));
   if (bad !== undefined) throw new Error(`kernel command-line word ${JSON.stringify(bad)} is empty or contains whitespace`);
   const append = words.join(' ');

@@ -203,6 +203,9 @@ test('commas in paths are escaped inside option strings only', (t) => {
 test('machine settings and accel', (t) => {
   const c = buildQemuCommand(input(lab({ machine: { cpu: 'Skylake-Server,+x2apic', memoryMiB: 512, smp: 4, accel: 'tcg' } }), { accel: 'tcg' }));
   t.deepEqual(c.args.slice(0, 8), ['-machine', 'q35,accel=tcg', '-cpu', 'Skylake-Server,+x2apic', '-m', '512M', '-smp', '4']);
+  // Under TCG the TSC is never the clock (live patching of the sched_clock branch races TCG); under KVM it is untouched.
+  t.is(c.append, 'console=ttyS0 root=/dev/vda tsc=unstable intel_iommu=on iommu.strict=0 iommu.passthrough=0');
+  t.false(buildQemuCommand(input(lab(), { accel: 'kvm' })).append.includes('tsc='));
   t.throws(() => buildQemuCommand(input(lab({ machine: { accel: 'kvm' } }), { accel: 'tcg' })), { message: /asks for accel=kvm but the launch uses tcg/ });
   t.throws(() => buildQemuCommand(input(lab(), { append: ['a b'] })), { message: /"a b" is empty or contains whitespace/ });
 });
