@@ -7,6 +7,7 @@ import path from 'node:path';
 import { cacheRoot } from '../util/cache.ts';
 import { HOST_FILES, HOST_TOOLS, installPackages, KEYRING, missingPackages, which } from '../util/host-tools.ts';
 import { probeKvm } from '../machine/accel.ts';
+import { currentIdentity, kvmAccessible, unprivilegedChecks } from '../util/unprivileged.ts';
 import { flag, type CommandSpec } from './command.ts';
 
 const MIN_FREE_GIB = 4;
@@ -30,9 +31,20 @@ export async function runDoctor(opts: { install: boolean }): Promise<number> {
     bad++;
     out(`\nto install everything missing: apt-get install ${missing.join(' ')}   (or: hwlab doctor --install)`);
   }
-  const root = process.getuid?.() === 0;
-  out(`${root ? 'ok  ' : 'FAIL'} running as root${root ? '' : ' (debootstrap and chroot need it)'}`);
-  if (!root) bad++;
+  const id = currentIdentity();
+  if (id.uid === 0) {
+    out('ok   running as root (image builds: mmdebstrap --mode=root)');
+  } else {
+    // Root is needed once, to install packages and give the user a subordinate id range; runs need none.
+    out(`ok   running as ${id.user} (uid ${id.uid}): runs need no root; image builds use mmdebstrap --mode=unshare`);
+    for (const c of await unprivilegedChecks(id)) {
+      out(`${c.ok ? 'ok  ' : 'FAIL'} ${c.what}${c.fix ? `\n       fix: ${c.fix}` : ''}`);
+      if (!c.ok) bad++;
+    }
+    if (existsSync('/dev/kvm') && !(await kvmAccessible())) {
+      out(`info /dev/kvm is not read-write for ${id.user}: TCG will be used (for KVM, as root: usermod -aG kvm ${id.user}, then log in again)`);
+    }
+  }
   const node = Number(process.versions.node.split('.')[0]);
   out(`${node >= 20 ? 'ok  ' : 'FAIL'} node ${process.versions.node} (need >= 20)`);
   if (node < 20) bad++;

@@ -34,6 +34,35 @@ case " $(cat /proc/cmdline) " in *" hwlab.bare "*) log "bare boot done, powering
 while :; do wait; sleep 60; done
 `;
 
+/**
+ * The image's customize step, run by mmdebstrap with the rootfs as $1 (inside
+ * its user namespace as an ordinary user): what needs the guest's own
+ * binaries. hwlab's files are already synced in (src/image/build.ts).
+ */
+export const IMAGE_CUSTOMIZE_SCRIPT = `#!/bin/sh
+set -e
+root="$1"
+# An ordinary user's PATH may lack the sbin directories ssh-keygen's chroot resolves in.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# sync-in keeps the staging tree's owner and modes, on /etc, /etc/ssh and /root
+# themselves too; sshd's StrictModes refuses a /root that is not root's.
+chown 0:0 "$root/etc" "$root/etc/ssh" "$root/root"
+chmod 0755 "$root/etc" "$root/etc/ssh"
+chmod 0700 "$root/root"
+chown -R 0:0 "$root/root/.ssh" "$root/etc/ssh/sshd_config.d" "$root/etc/hostname" "$root/etc/hosts" "$root/etc/fstab"
+# Uploaded to /tmp: /sbin and /lib may be merged-usr symlinks, which a synced-in tree would replace.
+install -m 0755 -o 0 -g 0 "$root/tmp/hwlab-init" "$root/sbin/hwlab-init"
+rm -f "$root/tmp/hwlab-init"
+mkdir -p "$root/lib/modules"
+# Debian's sshd_config names the external sftp-server (not installed); ours uses internal-sftp.
+sed -E -i 's/^Subsystem[[:space:]]+sftp[[:space:]].*$/# & (hwlab: internal-sftp, see sshd_config.d)/' "$root/etc/ssh/sshd_config"
+rm -f "$root/etc/ssh/ssh_host_rsa_key"
+chroot "$root" ssh-keygen -q -A
+mkdir -p "$root/run/sshd"
+chroot "$root" /usr/sbin/sshd -t
+chroot "$root" node --version > "$root/tmp/hwlab-node-version"
+`;
+
 /** Key-only root login; internal-sftp so no sftp-server package is needed; no PAM or DNS delays. */
 export const SSHD_CONFIG = `PermitRootLogin prohibit-password
 PasswordAuthentication no

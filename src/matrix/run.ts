@@ -20,7 +20,7 @@ import { writeReports } from '../reports/write.ts';
 import { failureFromError, type RunFailure } from '../results/outcome.ts';
 import { writeRunResults } from '../results/report.ts';
 import { resultsWithoutMachine } from '../run/collect.ts';
-import { prepareLab } from '../run/prepare.ts';
+import { labsNeedImageBuild, prepareLab } from '../run/prepare.ts';
 import { runLab } from '../run/run-lab.ts';
 import { ensureHostTools } from '../util/host-tools.ts';
 import { Progress } from '../util/progress.ts';
@@ -128,7 +128,7 @@ export async function runMatrix(m: MatrixSpec, cells: readonly CellSpec[], opts:
     builds, cells: cells.map((c) => ({ ...cellMeta(m, c, opts.matrixArg, planned), lab: c.lab.name })),
   }, null, 2)}\n`);
 
-  if (!opts.backend) await ensureHostTools((l) => opts.progress.info(l));
+  if (!opts.backend) await ensureHostTools((l) => opts.progress.info(l), () => labsNeedImageBuild(cells.map((c) => c.lab)));
   const records = await runBuilds(m, cells, dir, opts);
   const tBuilds = Date.now();
 

@@ -6,11 +6,18 @@ import path from 'node:path';
 import { InfraError } from './errors.ts';
 
 
-/** An ext4 image holding `srcDir` (mkfs.ext4 -d: no mounting, no loop devices). */
-export async function makeExt4(srcDir: string, image: string, label: string, spareMiB = 64): Promise<void> {
+/**
+ * An ext4 image holding `srcDir` (mkfs.ext4 -d: no mounting, no loop devices).
+ * With `fakerootState` (a `fakeroot -s` record of unpacking srcDir), mkfs runs
+ * under that fakeroot, so the image gets the recorded owners and device nodes
+ * rather than the unprivileged user's.
+ */
+export async function makeExt4(srcDir: string, image: string, label: string, spareMiB = 64, fakerootState?: string): Promise<void> {
   const bytes = await dirBytes(srcDir);
   const mib = Math.ceil((bytes * 1.25) / 2 ** 20) + spareMiB;
-  const r = await execa('mkfs.ext4', ['-q', '-F', '-L', label, '-O', '^has_journal', '-E', 'root_owner=0:0', '-d', srcDir, image, `${mib}M`], {
+  const mkfs = ['mkfs.ext4', '-q', '-F', '-L', label, '-O', '^has_journal', '-E', 'root_owner=0:0', '-d', srcDir, image, `${mib}M`];
+  const [cmd, args] = fakerootState ? ['fakeroot', ['-i', fakerootState, '--', ...mkfs]] : [mkfs[0], mkfs.slice(1)];
+  const r = await execa(cmd, args, {
     reject: false,
     timeout: 600_000,
   });

@@ -1,4 +1,4 @@
-// The host tools each stage runs (QEMU, debootstrap, the kernel toolchain),
+// The host tools each stage runs (QEMU, mmdebstrap, the kernel toolchain),
 // which Debian package provides each, and installing what is missing. Used by
 // `hwlab run` before it starts (ensureHostTools) and by `hwlab doctor`, which
 // reports on them; kept out of src/cli so that the run stage need not import
@@ -7,12 +7,18 @@ import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { InfraError } from './errors.ts';
+import { unprivilegedChecks } from './unprivileged.ts';
 
 /** Command -> Debian package that provides it. */
 export const HOST_TOOLS: Record<string, string> = {
   'qemu-system-x86_64': 'qemu-system-x86',
   'qemu-img': 'qemu-utils',
-  debootstrap: 'debootstrap',
+  // Image builds (src/image/build.ts): mmdebstrap, in a user namespace when not root
+  // (newuidmap/newgidmap), and fakeroot to pack its tarball with the right owners.
+  mmdebstrap: 'mmdebstrap',
+  newuidmap: 'uidmap',
+  newgidmap: 'uidmap',
+  fakeroot: 'fakeroot',
   'apt-get': 'apt',
   'dpkg-deb': 'dpkg',
   depmod: 'kmod',
@@ -44,17 +50,18 @@ export const HOST_FILES: Record<string, string> = {
   '/usr/include/uuid/uuid.h': 'uuid-dev',
   '/usr/include/sys/capability.h': 'libcap-dev',
 };
-/** The Debian archive keyring debootstrap and the private apt configuration verify with. */
+/** The Debian archive keyring mmdebstrap and the private apt configuration verify with. */
 export const KEYRING = { file: '/usr/share/keyrings/debian-archive-keyring.gpg', pkg: 'debian-archive-keyring' };
 /**
  * The argv that runs `binary args` so that it is SIGKILLed when hwlab dies,
  * even by SIGKILL (when no cleanup handler runs): util-linux's setpriv sets
  * PR_SET_PDEATHSIG and execs the command, which keeps the setting. QEMU has
  * no exit-with-parent option before 9.x; make would go on writing into a
- * build tree whose lock its hwlab no longer holds.
+ * build tree whose lock its hwlab no longer holds. `TERM` for a command that
+ * must end its own children (make: see src/kernel/build.ts).
  */
-export function boundToHwlab(binary: string, args: string[]): [string, string[]] {
-  return ['setpriv', ['--pdeathsig', 'KILL', '--', binary, ...args]];
+export function boundToHwlab(binary: string, args: string[], signal: 'KILL' | 'TERM' = 'KILL'): [string, string[]] {
+  return ['setpriv', ['--pdeathsig', signal, '--', binary, ...args]];
 }
 
 /** Is `cmd` on PATH (or in /usr/sbin, /sbin, which a non-login root shell may lack)? */
@@ -76,7 +83,7 @@ export async function missingPackages(): Promise<string[]> {
 export async function installPackages(pkgs: string[], log: (l: string) => void): Promise<void> {
   if (pkgs.length === 0) return;
   if (process.getuid?.() !== 0) {
-    throw new InfraError(`missing host packages: ${pkgs.join(' ')}`, `run as root, or: sudo apt-get install ${pkgs.join(' ')}`);
+    throw new InfraError(`missing host packages: ${pkgs.join(' ')} (installing them needs root)`, `as root: hwlab doctor --install, or: sudo apt-get install ${pkgs.join(' ')}`);
   }
   log(`installing host packages: ${pkgs.join(' ')}`);
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
@@ -86,11 +93,20 @@ export async function installPackages(pkgs: string[], log: (l: string) => void):
   if (r.exitCode !== 0) throw new InfraError(`apt-get install ${pkgs.join(' ')} failed:\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
 }
 
-/** Used by `hwlab run`: install what is missing when we can, else say what to do. */
-export async function ensureHostTools(log: (l: string) => void): Promise<void> {
+/**
+ * Used by `hwlab run` before any work: install what is missing when we can,
+ * else say what to do. Root is needed only to install packages and, once, to
+ * give an ordinary user a subordinate id range (see src/util/unprivileged.ts),
+ * which only an image build needs (`imageBuild` says whether one is due).
+ */
+export async function ensureHostTools(log: (l: string) => void, imageBuild: () => Promise<boolean>): Promise<void> {
   const missing = await missingPackages();
   if (missing.length) await installPackages(missing, log);
-  if (process.getuid?.() !== 0) {
-    throw new InfraError('hwlab needs root: debootstrap and chroot build the guest image', 'run it as root (CI runs as root)');
+  // The subordinate ids serve only mmdebstrap: with the image in the cache an ordinary user needs none.
+  if (process.getuid?.() === 0 || !(await imageBuild())) return;
+  const failed = (await unprivilegedChecks()).filter((c) => !c.ok);
+  if (failed.length) {
+    throw new InfraError(`not ready for runs as an ordinary user:\n${failed.map((c) => `  ${c.what}`).join('\n')}`,
+      [...new Set(failed.map((c) => c.fix).filter(Boolean))].join('; '), 'not-ready-unprivileged');
   }
 }
