@@ -7,7 +7,7 @@ import { readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { cacheRoot, isComplete, listEntries, type CacheEntryInfo } from '../util/cache.ts';
 import { InputError } from '../util/errors.ts';
-import { lockHolder } from '../util/lock.ts';
+import { lockHolder, processAlive } from '../util/lock.ts';
 import { flag, str, type CommandGroup } from './command.ts';
 
 
@@ -52,15 +52,7 @@ export async function entriesBySize(): Promise<Array<CacheEntryInfo & { bytes: n
  */
 export async function liveOwner(dir: string): Promise<number> {
   const m = /^\.tmp-.*-(\d+)-[0-9a-f]{8}$/.exec(path.basename(dir));
-  if (m) {
-    const pid = Number(m[1]);
-    try {
-      process.kill(pid, 0);
-      return pid;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EPERM') return pid;
-    }
-  }
+  if (m && processAlive(Number(m[1]))) return Number(m[1]);
   return lockHolder(path.join(dir, 'lock'));
 }
 

@@ -3,14 +3,19 @@
 // no-change run free of make: the assembled config is cached by its inputs,
 // the build by (tree, patches, final config, compiler).
 //
-// Incremental builds: every build of one source tree happens in the same two
-// directories (src/ and obj/ under a per-tree work dir), because kbuild
-// records absolute paths in its .cmd files; the nearest earlier build's obj/
-// is copied back first, and every file a patch touched now or in that build
-// gets a fresh mtime so make recompiles exactly those.
+// Incremental builds: the builds of one source tree with one final config
+// happen in the same two directories (src/ and obj/ under a work dir per
+// (tree, config)), because kbuild records absolute paths in its .cmd files;
+// the nearest earlier build's obj/ is copied back first (its recorded source
+// paths moved to this work dir when it was built in another one), and every
+// file a patch touched now or in that build gets a fresh mtime so make
+// recompiles exactly those. Builds of different configs of one tree have
+// different work dirs and locks, so they never wait for each other, and an
+// M= module build waits only for a build of its own kernel's config.
 import { execa } from 'execa';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
-import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha256, usableEntry } from '../util/cache.ts';
@@ -27,8 +32,15 @@ import { planRebuild, describePlan, type RebuildPlan } from './targeted.ts';
 import { filesInEntry, type SourceKernel } from './types.ts';
 import { InfraError, InputError, isDiskFull } from '../util/errors.ts';
 
-/** Fixed so that unchanged sources give unchanged objects (and ccache hits). */
+/**
+ * Fixed so that unchanged sources give unchanged objects (and ccache hits).
+ * KBUILD_BUILD_VERSION: without it each vmlinux link takes the next number
+ * from the work dir's .version ("#2", "#3" in `uname -v`), so a rebuild whose
+ * changes were all in modules still gave a new bzImage, and a saved booted
+ * guest (keyed by the kernel image's hash) could not be restored for it.
+ */
 const REPRODUCIBLE_ENV = {
+  KBUILD_BUILD_VERSION: '1',
   KBUILD_BUILD_TIMESTAMP: '2026-01-01 00:00:00 UTC',
   KBUILD_BUILD_USER: 'hwlab',
   KBUILD_BUILD_HOST: 'hwlab',
@@ -74,9 +86,23 @@ export class KernelBuildError extends InputError {
   }
 }
 
-function workDir(tree: KernelTree): string {
-  return path.join(cacheRoot(), 'kbuild-work', cacheKey({ tree: tree.id }));
+/** Where builds of this tree with this final config run (src/ and obj/ and the lock). */
+function workDir(tree: KernelTree, configSha: string): string {
+  return path.join(cacheRoot(), 'kbuild-work', cacheKey({ tree: tree.id, config: configSha }));
 }
+
+/** The one work dir per tree of hwlab before per-config work dirs: entries built there record no srcDir. */
+function legacyWorkDir(treeId: string): string {
+  return path.join(cacheRoot(), 'kbuild-work', cacheKey({ tree: treeId }));
+}
+
+/** The source directory an entry's obj/ was built from (its .cmd files and the obj/source link name it). */
+function entrySrcDir(manifest: Pick<BuildManifest, 'treeId' | 'srcDir'>): string {
+  return manifest.srcDir ?? path.join(legacyWorkDir(manifest.treeId), 'src');
+}
+
+const lockFile = (work: string) => path.join(work, 'lock');
+const waitingFor = (step: Step) => (pid: number) => step.update(`waiting for hwlab process ${pid}, which is building this tree with this config`);
 
 /** Repository paths a patch touches (after -p stripping). */
 export function touchedFiles(patches: PatchFile[]): string[] {
@@ -120,22 +146,40 @@ async function preparePatchedTree(req: Pick<KernelBuildRequest, 'tree' | 'patche
   await writeFile(stateFile, srcState(req));
 }
 
+/**
+ * Runs fn on a scratch copy of the tree with the series applied (hard links,
+ * beside the tree's cache entry; `cache prune` leaves it alone while this
+ * process lives), removed afterwards: for checks that must read the patched
+ * tree before anything is built.
+ */
+export async function withPatchedScratch<T>(tree: KernelTree, patches: PatchFile[], fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = path.join(path.dirname(path.dirname(tree.dir)), `.tmp-check-${process.pid}-${randomBytes(4).toString('hex')}`);
+  try {
+    await scratchCopy(tree.dir, dir);
+    await applySeries(dir, patches);
+    return await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 /** Which patch series src/ holds: written last, so an interrupted preparation is never trusted. */
 const srcStateFile = (src: string) => path.join(path.dirname(src), 'src-state.json');
 const srcState = (req: Pick<KernelBuildRequest, 'tree' | 'patches'>) => JSON.stringify({ tree: req.tree.id, patches: req.patches.map((p) => p.sha256) });
 
 /**
- * Runs fn with the tree's shared src/ holding exactly pristine + patches, under
- * the tree's build lock: M= builds of hwlab's own modules against a built
- * kernel read its headers from there (the obj/ in the cache entry points at it),
- * and a series may change headers (include/linux/dma-buf.h, vfio_pci_core.h).
+ * Runs fn with the src/ a built kernel's obj/ points at holding exactly
+ * pristine + patches, under the lock of that kernel's work dir: M= builds of
+ * hwlab's own modules against a built kernel read its headers from there, and
+ * a series may change headers (include/linux/dma-buf.h, vfio_pci_core.h).
  */
 export async function withPatchedSource<T>(
-  req: Pick<KernelBuildRequest, 'tree' | 'patches' | 'step'>,
+  req: Pick<KernelBuildRequest, 'tree' | 'patches' | 'step'> & { objDir: string },
   fn: (src: string) => Promise<T>,
 ): Promise<T> {
-  const work = workDir(req.tree);
-  const src = path.join(work, 'src');
+  const manifest = JSON.parse(await readFile(path.join(path.dirname(req.objDir), 'build.json'), 'utf8')) as BuildManifest;
+  const src = entrySrcDir(manifest);
+  const work = path.dirname(src);
   await mkdir(work, { recursive: true });
   const matches = async () => (await readFile(srcStateFile(src), 'utf8').catch(() => '')) === srcState(req) && existsSync(path.join(src, 'Makefile'));
   // Without the lock when src/ already holds this series (a kernel build of the
@@ -153,10 +197,10 @@ export async function withPatchedSource<T>(
       return result.value;
     }
   }
-  return withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000, async () => {
+  return withLock(lockFile(work), `the build directory ${work}`, 4 * 3600_000, async () => {
     if (!(await matches())) await preparePatchedTree(req, src, []);
     return fn(src);
-  }, (pid) => req.step.update(`waiting for hwlab process ${pid}, which is building this tree`));
+  }, waitingFor(req.step));
 }
 
 /** Files whose change can change what olddefconfig produces. */
@@ -176,11 +220,13 @@ export function configKey(req: Pick<KernelBuildRequest, "tree" | "patches" | "ba
 /**
  * The config this request asks for, assembled and verified once per set of
  * inputs. A cache hit needs no tree copy and no make; a miss assembles it on
- * a freshly patched src/ (so a patch that does not apply stops here).
+ * a freshly patched scratch copy of its own (so a patch that does not apply
+ * stops here, and no build's work dir or lock is involved).
  */
-async function finalConfig(req: KernelBuildRequest, src: string): Promise<string> {
+async function finalConfig(req: KernelBuildRequest): Promise<string> {
   const key = configKey(req);
   const { dir } = await ensureEntry('kconfig', key, `config for ${req.tree.label}`, async (tmp) => {
+    const src = path.join(tmp, 'src');
     await preparePatchedTree(req, src, []);
     const objDir = path.join(tmp, 'obj');
     await mkdir(objDir);
@@ -188,6 +234,8 @@ async function finalConfig(req: KernelBuildRequest, src: string): Promise<string
     const res = await assembleConfig({ srcDir: src, objDir, base: req.base, fragments: req.fragments, step: req.step });
     await writeFile(path.join(tmp, 'config'), res.configText);
     await rm(objDir, { recursive: true, force: true });
+    await rm(src, { recursive: true, force: true });
+    await rm(srcStateFile(src), { force: true });
   });
   return readFile(path.join(dir, 'config'), 'utf8');
 }
@@ -197,17 +245,12 @@ async function finalConfig(req: KernelBuildRequest, src: string): Promise<string
  * by its inputs like a build's) without building anything: for checks that
  * must stop a run before make, such as what the kernel's selftests ask for.
  */
-export async function assembledConfig(req: KernelBuildRequest): Promise<string> {
-  const dir = entryDir('kconfig', configKey(req));
-  if (isComplete(dir)) return readFile(path.join(dir, 'config'), 'utf8');
-  const work = workDir(req.tree);
-  await mkdir(work, { recursive: true });
-  return withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000, () => finalConfig(req, path.join(work, 'src')),
-    (pid) => req.step.update(`waiting for hwlab process ${pid}, which is building this tree`));
-}
+export const assembledConfig: (req: KernelBuildRequest) => Promise<string> = finalConfig;
 
 interface BuildManifest {
   treeId: string;
+  /** The src/ its objects were built from; absent in entries from before per-config work dirs. */
+  srcDir?: string;
   patches: Array<{ name: string; sha256: string; origin: string }>;
   touched: string[];
   configSha: string;
@@ -242,6 +285,53 @@ async function nearestEntry(treeId: string, configSha: string, touched: readonly
   return found[0] ?? null;
 }
 
+/**
+ * Makes a copied obj/ name src/ instead of the source directory it was built
+ * from: kbuild's records (.cmd files with each object's command and header
+ * dependencies, objtool's .d files, the generated Makefile) hold absolute
+ * source paths, and obj/source is a link to the source. Without this, make
+ * would check the old directory's headers and miss a change in the new one.
+ * Host tools' binaries keep the old path in their debug info, which does not
+ * matter to make.
+ */
+export async function relocateObjects(obj: string, fromSrc: string, toSrc: string): Promise<number> {
+  const r = await execa('grep', ['-rlZF', '--include=*.cmd', '--include=*.d', '--include=Makefile', '--', fromSrc, obj], { reject: false, timeout: 600_000 });
+  if (r.exitCode !== 0 && r.exitCode !== 1) throw new InfraError(`relocating ${obj}: grep failed: ${r.stderr.trim()}`);
+  const files = r.stdout.split('\0').filter(Boolean);
+  for (const f of files) {
+    const text = await readFile(f, 'utf8');
+    await writeFile(f, text.split(fromSrc).join(toSrc));
+  }
+  const links = await execa('find', [obj, '-type', 'l', '-lname', `${fromSrc}*`, '-print0'], { timeout: 600_000 });
+  for (const l of links.stdout.split('\0').filter(Boolean)) {
+    const target = await readlink(l);
+    await rm(l);
+    await symlink(toSrc + target.slice(fromSrc.length), l);
+  }
+  return files.length;
+}
+
+/**
+ * kbuild links obj/vmlinux-gdb.py and obj/scripts/gdb/linux/*.py to the
+ * source tree; the work dir's src/ holds another series after the next build
+ * of this config, so the entry keeps copies and its gdb helpers stay its own.
+ */
+export async function materializeGdbScripts(obj: string): Promise<number> {
+  const links = [path.join(obj, 'vmlinux-gdb.py')];
+  const dir = path.join(obj, 'scripts/gdb/linux');
+  if (existsSync(dir)) links.push(...(await readdir(dir)).map((f) => path.join(dir, f)));
+  let n = 0;
+  for (const l of links) {
+    const st = await lstat(l).catch(() => undefined);
+    if (!st?.isSymbolicLink()) continue;
+    const data = await readFile(l);
+    await rm(l);
+    await writeFile(l, data);
+    n++;
+  }
+  return n;
+}
+
 /** Compiler and linker errors out of a build log, instead of a wall of make output. */
 export function extractBuildErrors(log: string, max = 40): string[] {
   const lines = log.split('\n');
@@ -261,8 +351,11 @@ export function extractBuildErrors(log: string, max = 40): string[] {
 
 async function runMake(args: string[], req: KernelBuildRequest, src: string, obj: string, log: (s: string) => void, progress?: BuildProgress): Promise<void> {
   const useCcache = (await execa('ccache', ['--version'], { reject: false })).exitCode === 0;
-  // Killed with hwlab: make must not go on writing into obj/ once the tree lock is free for the next run.
-  const child = execa(...boundToHwlab('make', ['-C', src, `O=${obj}`, 'ARCH=x86_64', `-j${req.jobs ?? os.cpus().length}`, ...(useCcache ? ['CC=ccache gcc'] : []), ...args]), {
+  // Ended with hwlab: make must not go on writing into obj/ once the tree lock is free for the next run.
+  // SIGTERM, not SIGKILL: make then ends its sub-makes and compilers and deletes the targets it was
+  // writing, so neither a compiler outlives hwlab nor a half-written object is left in the work dir
+  // for the next build of this config to take as up to date (a SIGKILLed make left cc1 running).
+  const child = execa(...boundToHwlab('make', ['-C', src, `O=${obj}`, 'ARCH=x86_64', `-j${req.jobs ?? os.cpus().length}`, ...(useCcache ? ['CC=ccache gcc'] : []), ...args], 'TERM'), {
     reject: false,
     all: true,
     env: { ...REPRODUCIBLE_ENV, CCACHE_BASEDIR: path.dirname(src), CCACHE_NOHASHDIR: '1' },
@@ -293,22 +386,21 @@ async function runMake(args: string[], req: KernelBuildRequest, src: string, obj
  * (tests and benchmarks drop the entries of their throw-away patches).
  */
 export async function removeKernelBuild(tree: KernelTree, kernel: SourceKernel, step: Step): Promise<void> {
-  const work = workDir(tree);
+  const work = workDir(tree, kernel.configSha256);
   await mkdir(work, { recursive: true });
-  await withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000,
-    () => rm(kernel.cacheDir, { recursive: true, force: true }),
-    (pid) => step.update(`waiting for hwlab process ${pid}, which is building this tree`));
+  await withLock(lockFile(work), `the build directory ${work}`, 4 * 3600_000,
+    () => rm(kernel.cacheDir, { recursive: true, force: true }), waitingFor(step));
 }
 
 export async function buildKernel(req: KernelBuildRequest): Promise<SourceKernel> {
-  const work = workDir(req.tree);
-  await mkdir(work, { recursive: true });
   // A cache hit needs neither src/ nor obj/: no waiting for another build of the same tree.
   const hit = await cachedBuild(req);
   if (hit) return hit;
-  // One build per tree at a time: builds of a tree share src/ and obj/.
-  return withLock(path.join(work, 'lock'), `the build directory ${work}`, 4 * 3600_000, () => buildKernelLocked(req, work),
-    (pid) => req.step.update(`waiting for hwlab process ${pid}, which is building this tree`));
+  const configText = await finalConfig(req);
+  const work = workDir(req.tree, sha256(configText));
+  await mkdir(work, { recursive: true });
+  // One build per (tree, config) at a time: such builds share src/ and obj/.
+  return withLock(lockFile(work), `the build directory ${work}`, 4 * 3600_000, () => buildKernelLocked(req, work, configText), waitingFor(req.step));
 }
 
 /** Key of a kernel-build entry: the source, the exact series, the final config and the compiler. */
@@ -346,13 +438,12 @@ async function builtFromEntry(req: KernelBuildRequest, dir: string, key: string,
   };
 }
 
-async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise<SourceKernel> {
+async function buildKernelLocked(req: KernelBuildRequest, work: string, configText: string): Promise<SourceKernel> {
   const src = path.join(work, 'src');
   const obj = path.join(work, 'obj');
   await mkdir(work, { recursive: true });
   const patchesInfo = req.patches.map((p) => ({ name: p.name, sha256: p.sha256, origin: p.origin }));
   const compiler = await compilerId();
-  const configText = await finalConfig(req, src);
   const configSha = sha256(configText);
   const key = buildKey(req, configSha, compiler);
 
@@ -362,20 +453,34 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
   let plan: RebuildPlan | undefined;
   const mode = rebuildMode(req);
   const { dir } = await ensureEntry('kernel-build', key, `${req.tree.label} + ${req.patches.length} patches`, async (tmp) => {
-    const near = await nearestEntry(req.tree.id, configSha, touchedFiles(req.patches));
-    // Files patched by whatever last built in obj/ (an earlier entry, or an interrupted build).
+    const nearest = await nearestEntry(req.tree.id, configSha, touchedFiles(req.patches));
+    // The work dir is this config's: objects left in it are an interrupted or
+    // failed build of this config, a better base than another config's entry.
     const lastTouchedFile = path.join(work, 'obj-touched.json');
-    const reuseWork = !near && existsSync(path.join(obj, 'Makefile'));
+    const reuseWork = nearest?.manifest.configSha !== configSha && existsSync(path.join(obj, 'Makefile'));
+    let near = reuseWork ? null : nearest;
+    let baseNote = '';
+    // Files patched by whatever last built in obj/ (an earlier entry, or an interrupted build).
     const lastTouched: string[] = near ? near.manifest.touched
       : reuseWork && existsSync(lastTouchedFile) ? JSON.parse(await readFile(lastTouchedFile, 'utf8')) : [];
     await preparePatchedTree(req, src, lastTouched);
     if (near) {
       req.step.update(`copying objects of ${path.basename(near.dir)}`);
       await rm(obj, { recursive: true, force: true });
-      await execa('cp', ['-a', path.join(near.dir, 'obj'), obj]);
-      incrementalFrom = path.basename(near.dir);
+      const copied = await execa('cp', ['-a', path.join(near.dir, 'obj'), obj], { reject: false });
+      if (copied.exitCode === 0) {
+        // Built in another work dir (another config, or before per-config work dirs): its records name that src/.
+        const from = entrySrcDir(near.manifest);
+        if (from !== src) await relocateObjects(obj, from, src);
+        incrementalFrom = path.basename(near.dir);
+      } else {
+        // Pruned or removed while copying (another config's entry is not under this lock): build from nothing.
+        baseNote = `hwlab: copying ${near.dir} failed (${copied.stderr.trim().split('\n')[0]}); building without a base\n`;
+        near = null;
+        await rm(obj, { recursive: true, force: true });
+        await mkdir(obj, { recursive: true });
+      }
     } else if (reuseWork) {
-      // An interrupted or failed build of this tree left objects: make continues from them.
       incrementalFrom = 'the objects of an unfinished build';
     } else {
       await rm(obj, { recursive: true, force: true });
@@ -394,7 +499,7 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
     // Written as make runs, so tail -f of the run folder's kernel-build.log follows the build.
     const logStream = createWriteStream(req.logFile);
     const log = (s: string) => { logStream.write(s); };
-    log(`hwlab: ${describePlan(plan)}\n`);
+    log(`${baseNote}hwlab: ${describePlan(plan)}\n`);
     try {
       await runMake(['olddefconfig'], req, src, obj, log);
       const after = await readFile(path.join(obj, '.config'), 'utf8');
@@ -416,6 +521,8 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
       } else {
         await runMake(['bzImage', 'modules'], req, src, obj, log, new BuildProgress(expected));
       }
+      // The kernel's gdb helpers (lx-dmesg, lx-symbols) are built only by `all`, not by bzImage or modules.
+      if (/^CONFIG_GDB_SCRIPTS=y$/m.test(configText)) await runMake(['scripts_gdb'], req, src, obj, log);
       req.step.update('modules_install');
       await runMake(['modules_install', `INSTALL_MOD_PATH=${path.join(tmp, 'modroot')}`, 'INSTALL_MOD_STRIP=1', 'DEPMOD=/sbin/depmod'], req, src, obj, log);
     } finally {
@@ -434,10 +541,11 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string): Promise
     await execa('depmod', ['-b', path.join(tmp, 'modroot'), release]);
     req.step.update('modules disk');
     await makeExt4(path.join(tmp, 'modroot/lib/modules'), path.join(tmp, 'modules.ext4'), 'hwlab-mods');
+    await materializeGdbScripts(obj);
     // Keep the objects for the next incremental build and for M= module builds.
     await rename(obj, path.join(tmp, 'obj'));
     const manifest: BuildManifest = {
-      treeId: req.tree.id, patches: patchesInfo, touched: touchedFiles(req.patches), configSha, compiler, release,
+      treeId: req.tree.id, srcDir: src, patches: patchesInfo, touched: touchedFiles(req.patches), configSha, compiler, release,
       buildSeconds, finishedAt: new Date().toISOString(),
     };
     await writeFile(path.join(tmp, 'build.json'), JSON.stringify(manifest, null, 2));

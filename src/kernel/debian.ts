@@ -12,6 +12,7 @@ import type { Step } from '../util/progress.ts';
 import { makeExt4 } from '../util/ext4.ts';
 import { filesInEntry, type StockKernel } from './types.ts';
 import { InfraError, InputError } from '../util/errors.ts';
+import { aptGetLineBytes, bytesUnder, downloadLine, formatBytes, parsePrintUris, watchDownload } from '../util/download-progress.ts';
 
 const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
 /** Resolutions younger than this are reused without `apt-get update` (warm runs stay fast). */
@@ -42,7 +43,7 @@ export function aptOptions(dir: string): string[] {
   ];
 }
 
-export async function aptUpdate(spec: Pick<DebianKernelSpec, 'suite' | 'mirror'>, dir: string): Promise<void> {
+export async function aptUpdate(spec: Pick<DebianKernelSpec, 'suite' | 'mirror'>, dir: string, step?: Step): Promise<void> {
   for (const d of ['lists/partial', 'cache/archives/partial', 'sources.list.d', 'preferences.d']) {
     await mkdir(path.join(dir, d), { recursive: true });
   }
@@ -51,7 +52,21 @@ export async function aptUpdate(spec: Pick<DebianKernelSpec, 'suite' | 'mirror'>
   }
   await writeFile(path.join(dir, 'sources.list'), `deb [signed-by=${KEYRING}] ${spec.mirror} ${spec.suite} main\n`);
   await writeFile(path.join(dir, 'status'), '');
-  const r = await execa('apt-get', [...aptOptions(dir), '-q', 'update'], { reject: false, timeout: 300_000 });
+  // The indexes' sizes are not known before they arrive: bytes and rate from apt's own Get: lines.
+  const child = execa('apt-get', [...aptOptions(dir), '-q', 'update'], { reject: false, timeout: 300_000 });
+  const start = Date.now();
+  let bytes = 0;
+  let files = 0;
+  child.stdout?.on('data', (chunk: Buffer) => {
+    for (const line of chunk.toString().split('\n')) {
+      const n = aptGetLineBytes(line);
+      if (n === undefined) continue;
+      bytes += n;
+      files++;
+      step?.update(downloadLine(`apt indexes (${files} files)`, bytes, undefined, start));
+    }
+  });
+  const r = await child;
   if (r.exitCode !== 0 || /^(E|W): Failed/m.test(r.stderr)) {
     throw new InfraError(`apt-get update for ${spec.suite} at ${spec.mirror} failed:\n${r.stderr.trim()}`);
   }
@@ -82,14 +97,14 @@ function compareRelease(a: string, b: string): number {
  * `linux-image-7.2` + flavour `amd64` -> the newest `linux-image-7.2.N+debM-amd64`
  * in the suite. Exact names (a full release) are accepted as they are.
  */
-export async function resolveDebianKernel(spec: DebianKernelSpec, opts: { refresh?: boolean } = {}): Promise<ResolvedDebianKernel> {
+export async function resolveDebianKernel(spec: DebianKernelSpec, opts: { refresh?: boolean; step?: Step } = {}): Promise<ResolvedDebianKernel> {
   const dir = aptDir(spec);
   const memo = path.join(dir, `resolved-${spec.package}-${spec.flavour}.json`);
   if (!opts.refresh && existsSync(memo)) {
     const m = JSON.parse(await readFile(memo, 'utf8')) as ResolvedDebianKernel;
     if (Date.now() - Date.parse(m.resolvedAt) < RESOLVE_TTL_MS) return m;
   }
-  await aptUpdate(spec, dir);
+  await aptUpdate(spec, dir, opts.step);
   const prefix = spec.package.replace(/^linux-image-/, '');
   if (!/^\d+\.\d+(\.\d+)?/.test(prefix)) {
     throw new InputError(`kernel.debian: "${spec.package}" is not of the form linux-image-<major>.<minor>[.<patch>]`);
@@ -117,6 +132,28 @@ export async function resolveDebianKernel(spec: DebianKernelSpec, opts: { refres
 }
 
 /**
+ * `apt-get download` of pkgs (names or name=version) into dir, with the
+ * private config, showing bytes/total, rate and ETA on `step`: the total
+ * from apt's --print-uris, the bytes from the files as apt writes them.
+ */
+export async function aptDownload(apt: string, pkgs: string[], dir: string, step: Step, timeoutMs: number): Promise<void> {
+  step.update(`apt: the sizes of ${pkgs.join(' ')}`);
+  const uris = await execa('apt-get', [...aptOptions(apt), '-q', '--print-uris', 'download', ...pkgs], { cwd: dir, reject: false, timeout: 60_000 });
+  if (uris.exitCode !== 0) throw new InfraError(`apt-get download ${pkgs.join(' ')} failed:\n${uris.stderr.trim()}`);
+  const files = parsePrintUris(uris.stdout);
+  const total = files.reduce((n, f) => n + f.size, 0) || undefined;
+  const label = `downloading ${files.length === 1 ? files[0].file : `${files.length} packages`}`;
+  const stop = watchDownload(step, label, total, () => bytesUnder(dir));
+  try {
+    const dl = await execa('apt-get', [...aptOptions(apt), '-q', 'download', ...pkgs], { cwd: dir, reject: false, timeout: timeoutMs });
+    if (dl.exitCode !== 0) throw new InfraError(`apt-get download ${pkgs.join(' ')} failed:\n${dl.stderr.trim()}`);
+  } finally {
+    stop();
+  }
+  if (total) step.update(`downloaded ${formatBytes(total)}`);
+}
+
+/**
  * `apt-get download` of pkgs (names or name=version) with the private config,
  * each .deb unpacked with dpkg-deb -x into <workDir>/root (returned); the
  * .debs themselves are removed.
@@ -124,9 +161,7 @@ export async function resolveDebianKernel(spec: DebianKernelSpec, opts: { refres
 export async function aptDownloadExtract(apt: string, pkgs: string[], workDir: string, step: Step): Promise<string> {
   const debs = path.join(workDir, 'debs');
   await mkdir(debs, { recursive: true });
-  step.update(`downloading ${pkgs.join(' ')}`);
-  const dl = await execa('apt-get', [...aptOptions(apt), '-q', 'download', ...pkgs], { cwd: debs, reject: false, timeout: 900_000 });
-  if (dl.exitCode !== 0) throw new InfraError(`apt-get download ${pkgs.join(' ')} failed:\n${dl.stderr.trim()}`);
+  await aptDownload(apt, pkgs, debs, step, 900_000);
   const root = path.join(workDir, 'root');
   await mkdir(root, { recursive: true });
   for (const deb of (await readdir(debs)).filter((f) => f.endsWith('.deb'))) {
@@ -140,7 +175,7 @@ export async function aptDownloadExtract(apt: string, pkgs: string[], workDir: s
 /** Fetches and unpacks the kernel; cached by package and exact version. */
 export async function fetchDebianKernel(spec: DebianKernelSpec, step: Step, opts: { refresh?: boolean } = {}): Promise<StockKernel> {
   step.update('resolving');
-  const res = await resolveDebianKernel(spec, opts);
+  const res = await resolveDebianKernel(spec, { ...opts, step });
   const key = cacheKey({ v: 2, package: res.package, version: res.version, mirror: spec.mirror });
   const { dir } = await ensureEntry('kernel', key, `${res.package} ${res.version}`, async (tmp) => {
     const apt = aptDir(spec);

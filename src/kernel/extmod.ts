@@ -68,7 +68,7 @@ export async function buildHwlabModule(name: string, target: ModuleTarget, logFi
     const make = (h: Pick<PreparedHeaders, 'dir' | 'makeArgs'>) => makeModules(h, work, (s) => log.push(s), step);
     try {
       const kos = target.kind === 'built'
-        ? await withPatchedSource({ tree: target.tree, patches: target.patches, step },
+        ? await withPatchedSource({ tree: target.tree, patches: target.patches, step, objDir: target.kernel.objDir },
           (src) => make({ dir: src, makeArgs: [`O=${target.kernel.objDir}`, 'ARCH=x86_64'] }))
         : await make(prebuilt!);
       const ko = kos.find((k) => path.basename(k) === `${name}.ko`);

@@ -13,7 +13,7 @@ import { pipeline } from 'node:stream/promises';
 import { cacheKey, ensureEntry } from '../util/cache.ts';
 
 import type { Step } from '../util/progress.ts';
-import { aptDir, aptOptions, aptUpdate, RESOLVE_TTL_MS } from './debian.ts';
+import { aptDir, aptDownload, aptOptions, aptUpdate, RESOLVE_TTL_MS } from './debian.ts';
 import { InfraError, InputError } from '../util/errors.ts';
 
 export type KernelSourceSpec =
@@ -186,7 +186,7 @@ async function resolveDebianSource(spec: Extract<KernelSourceSpec, { kind: 'debi
     if (Date.now() - Date.parse(m.resolvedAt) < RESOLVE_TTL_MS) return m;
   }
   step.update(`apt-get update (${spec.suite})`);
-  await aptUpdate(spec, dir);
+  await aptUpdate(spec, dir, step);
   // With an empty dpkg status, the candidate apt-cache shows is the newest version in the suite.
   const show = await execa('apt-cache', [...aptOptions(dir), 'show', '--no-all-versions', spec.package], { reject: false, timeout: 60_000 });
   const version = show.stdout.match(/^Version: (\S+)/m)?.[1];
@@ -211,13 +211,7 @@ async function debianSourceTree(spec: Extract<KernelSourceSpec, { kind: 'debian-
     const apt = aptDir(spec);
     const debs = path.join(tmp, 'debs');
     await mkdir(debs);
-    step.update(`downloading ${res.package} ${res.version}`);
-    const dl = await execa('apt-get', [...aptOptions(apt), '-q', 'download', `${res.package}=${res.version}`], {
-      cwd: debs,
-      reject: false,
-      timeout: 1_800_000,
-    });
-    if (dl.exitCode !== 0) throw new InfraError(`apt-get download ${res.package}=${res.version} failed:\n${dl.stderr.trim()}`);
+    await aptDownload(apt, [`${res.package}=${res.version}`], debs, step, 1_800_000);
     const [deb] = (await readdir(debs)).filter((f) => f.endsWith('.deb'));
     if (!deb) throw new InfraError(`apt-get download ${res.package}=${res.version} produced no .deb`);
     await unpackSourceDeb(path.join(debs, deb), tmp, id, step);

@@ -13,6 +13,7 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promise
 import path from 'node:path';
 import { cacheRoot } from '../util/cache.ts';
 import { InputError } from '../util/errors.ts';
+import { processAlive } from '../util/lock.ts';
 
 export interface KeptGuest {
   /** The run folder's name: what `hwlab ssh/stop` take. */
@@ -78,14 +79,8 @@ export async function findKept(ref: string | undefined): Promise<KeptGuest> {
   return g;
 }
 
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+// The one liveness check hwlab has (util/lock.ts); ps and the tests take it from here.
+export { processAlive };
 
 /** Is pid still this run's QEMU? Its command line names the run folder (the console log); a reused pid does not. */
 export async function isQemuOf(pid: number, runDir: string): Promise<boolean> {

@@ -10,6 +10,7 @@ import { createReadStream, existsSync, rmSync } from 'node:fs';
 import { mkdir, readdir, rename, rm, stat, utimes, writeFile, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { InfraError, isDiskFull } from './errors.ts';
 
 export function cacheRoot(): string {
   if (process.env.HWLAB_CACHE) return path.resolve(process.env.HWLAB_CACHE);
@@ -195,10 +196,26 @@ export async function ensureEntry(
     return { dir, hit: false };
   } catch (err) {
     await cleanup();
-    throw err;
+    throw diskFull(err, kind, label, parent) ?? err;
   } finally {
     process.removeListener('exit', onExit);
   }
+}
+
+/**
+ * A build that ran out of space (ENOSPC from Node, or "No space left on
+ * device" in a tool's output), whatever step hit it, as one infra error that
+ * says so and where; undefined for any other error.
+ */
+function diskFull(err: unknown, kind: string, label: string, parent: string): InfraError | undefined {
+  if (err instanceof InfraError && err.code === 'disk-full') return undefined;
+  const e = err as { code?: unknown; message?: unknown; stderr?: unknown; all?: unknown } | null;
+  if (!e || (e.code !== 'ENOSPC' && !isDiskFull([e.message, e.stderr, e.all].map((x) => (typeof x === 'string' ? x : '')).join('\n')))) return undefined;
+  const first = String(e.message ?? '').split('\n')[0];
+  return new InfraError(
+    `building the ${kind} cache entry (${label}) in ${parent}: the disk is full (${first}); the unfinished entry was removed`,
+    'free space there, e.g. hwlab cache prune --max-size 20G, or point HWLAB_CACHE at a bigger disk', 'disk-full',
+  );
 }
 
 /** Records a use of an entry for `cache prune --max-size` (least recently used go first). */

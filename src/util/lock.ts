@@ -21,7 +21,8 @@ function flock(fd: number, op: number): boolean {
   return flockCall(fd, op) === 0;
 }
 
-function alive(pid: number): boolean {
+/** Whether a process with this PID exists (EPERM: it does, owned by someone else). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -32,7 +33,7 @@ function alive(pid: number): boolean {
 
 /** A live process that could be an older hwlab holding the lock by PID file (node running hwlab, or its tests). */
 function liveHwlab(pid: number): boolean {
-  if (!pid || pid === process.pid || !alive(pid)) return false;
+  if (!pid || pid === process.pid || !processAlive(pid)) return false;
   try {
     return /node|hwlab|tsx/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
   } catch {

@@ -164,3 +164,26 @@ test.serial('a corrupt entry (truncated, one flipped byte, a deleted file) is fo
   }
   t.deepEqual((await readdir(path.dirname(dir))).filter((n) => n.startsWith('.')), [], 'nothing set aside is left');
 });
+
+test('a build that runs out of space ends infra disk-full, saying where, with nothing half-written left', async (t) => {
+  const { InfraError } = await import('../../src/util/errors.ts');
+  const cases: Array<[string, () => never]> = [
+    // Node's own error, as a copy into a full tmpfs gives it.
+    ['fs', () => { throw Object.assign(new Error("ENOSPC: no space left on device, copyfile 'a' -> 'b'"), { code: 'ENOSPC' }); }],
+    // A tool's failure whose output says so (execa's error keeps stderr).
+    ['tool', () => { throw Object.assign(new Error('Command failed with exit code 1: cpio -o'), { stderr: 'cpio: write error: No space left on device' }); }],
+  ];
+  for (const [what, fail] of cases) {
+    const err = await t.throwsAsync(ensureEntry('full', cacheKey({ what }), `a ${what} build`, async (tmp) => {
+      await writeFile(path.join(tmp, 'half'), 'x');
+      fail();
+    }));
+    t.true(err instanceof InfraError, what);
+    t.is((err as InstanceType<typeof InfraError>).code, 'disk-full', what);
+    t.regex(err!.message, new RegExp(`^building the full cache entry \\(a ${what} build\\) in .*/full: the disk is full \\(`), what);
+  }
+  t.deepEqual(await readdir(path.join(process.env.HWLAB_CACHE!, 'full')), [], 'no temp directory or entry left');
+  // Any other failure is passed on as it was.
+  const other = await t.throwsAsync(ensureEntry('full', cacheKey({ what: 'other' }), 'x', async () => { throw new Error('boom'); }));
+  t.is(other?.message, 'boom');
+});
