@@ -3,6 +3,7 @@
 // points of its own (it crashed before its first, never ran, or skipped as a
 // whole) is one point named PROBE_POINT, so it is compared like the others.
 import type { CellRecord } from '../reports/summary.ts';
+import { isFailingPoint } from '../results/tap.ts';
 
 /**
  * pass; fail (counts against the kernel); todo (failed as expected: the
@@ -52,11 +53,13 @@ export function pointsOf(cell: CellRecord): PointRecord[] {
       continue;
     }
     for (const s of r.subtests) {
-      const status: PointStatus = s.skip !== undefined ? 'skip' : s.ok ? 'pass' : s.todo !== undefined ? 'todo' : 'fail';
-      add({ ...base, point: s.name, status, ...(s.skip ?? (status === 'todo' ? s.todo : undefined) ? { reason: s.skip ?? s.todo } : {}) });
+      // A harness point judged nothing: not run, with the harness's reason.
+      const status: PointStatus = s.skip !== undefined ? 'skip' : s.ok ? 'pass' : s.todo !== undefined ? 'todo' : s.harness !== undefined ? 'not-run' : 'fail';
+      const reason = s.skip ?? (status === 'todo' ? s.todo : undefined) ?? s.harness;
+      add({ ...base, point: s.name, status, ...(reason ? { reason } : {}) });
     }
     // A probe with no failing point still fails for a kernel report in its window or an unfinished run (no closing result).
-    if ((row.class === 'kernel' || row.class === 'infra') && !r.subtests.some((s) => !s.ok && s.todo === undefined && s.skip === undefined)) {
+    if ((row.class === 'kernel' || row.class === 'infra') && !r.subtests.some((s) => isFailingPoint(s) || s.harness !== undefined)) {
       add({ ...base, point: PROBE_POINT, status: 'fail', reason: row.class === 'kernel' ? `kernel report: ${r.kernelReports.map((k) => k.title).join(', ')}` : String(r.diagnostics?.error ?? 'did not finish') });
     }
   }

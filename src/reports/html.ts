@@ -49,7 +49,7 @@ function pointsTable(row: ProbeRow): string {
   const p = row.result;
   if (!p) return '<p class="muted">not run</p>';
   const rows = p.subtests.map((s) => {
-    const cls: ProbeClass = s.skip !== undefined ? 'skip' : s.todo !== undefined && !s.ok ? 'todo' : s.ok ? 'pass' : 'fail';
+    const cls: ProbeClass = s.skip !== undefined ? 'skip' : s.todo !== undefined && !s.ok ? 'todo' : s.ok ? 'pass' : s.harness !== undefined ? 'infra' : 'fail';
     const note = s.skip ?? s.todo ?? '';
     const diag = s.diagnostics && (!s.ok || s.todo !== undefined) ? `<pre>${esc(JSON.stringify(s.diagnostics, null, 2))}</pre>` : '';
     return `<tr><td>${s.id}</td><td>${badge(cls)}</td><td>${esc(s.name)}${note ? ` <span class="muted">(${esc(note)})</span>` : ''}${diag}</td></tr>`;

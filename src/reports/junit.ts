@@ -54,6 +54,7 @@ function pointCase(s: SubtestResult, classname: string): Case {
   if (s.skip !== undefined) return { name, classname, kind: 'skipped', message: s.skip };
   if (s.todo !== undefined && !s.ok) return { name, classname, kind: 'skipped', message: `TODO (expected failure): ${s.todo}`, text: diagText(s.diagnostics) };
   if (s.ok) return { name, classname, kind: 'pass' };
+  if (s.harness !== undefined) return { name, classname, kind: 'error', type: 'harness', message: s.harness, text: diagText(s.diagnostics) };
   return { name, classname, kind: 'failure', type: 'fail', message: s.name, text: diagText(s.diagnostics) };
 }
 

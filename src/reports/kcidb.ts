@@ -111,7 +111,7 @@ export function kcidbReport(s: ReportSummary, origin = DEFAULT_ORIGIN): KcidbRep
       });
       if (row.class === 'todo' && p?.todo) linkKnown(p.todo, probeTestId);
       for (const pt of p?.subtests ?? []) {
-        const cls: ProbeClass = pt.skip !== undefined ? 'skip' : pt.todo !== undefined && !pt.ok ? 'todo' : pt.ok ? 'pass' : 'fail';
+        const cls: ProbeClass = pt.skip !== undefined ? 'skip' : pt.todo !== undefined && !pt.ok ? 'todo' : pt.ok ? 'pass' : pt.harness !== undefined ? 'infra' : 'fail';
         const tid = test(`${base}.${pathSegment(`p${pt.id}_${pt.name}`)}`, `${row.key}\0${pt.id}`, STATUS[cls], {
           comment: pt.name,
           ...(cls === 'fail' && pt.diagnostics ? { log_excerpt: excerpt(JSON.stringify(pt.diagnostics, null, 2)) } : {}),

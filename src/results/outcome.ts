@@ -4,10 +4,12 @@
 //   pass    every probe passed and the kernel stayed quiet
 //   fail    a probe point failed (the driver broke the contract)
 //   kernel  the kernel printed a report (WARNING, BUG, KASAN, lockdep, hung
-//           task, panic, RCU stall), whatever the probes said
+//           task, panic, RCU stall), whatever the probes said; or it kept a
+//           device from its driver after the probes' processes had exited
 //   infra   the host or the emulator let the run down (QEMU died or never
 //           booted without a kernel report, SSH lost, a host tool missing,
-//           the disk full): the kernel is not to blame, run it again
+//           the disk full, a probe's own processes never started in a
+//           starved guest): the kernel is not to blame, run it again
 //   error   bad input (lab, patch, fragment) or a patch that does not build
 //
 // When several apply, the strongest evidence about the kernel wins: a bad
@@ -16,7 +18,7 @@
 import type { ErrorClass } from '../util/errors.ts';
 import { classOfError, HwlabError } from '../util/errors.ts';
 import { countSuffix, describeReport, type KernelReport } from '../report/kernel-report.ts';
-import { probeStatus, TAP_STREAM_PROBE, type ProbeResult } from './tap.ts';
+import { isFailingPoint, probeStatus, TAP_STREAM_PROBE, type ProbeResult } from './tap.ts';
 
 export type OutcomeClass = 'pass' | 'fail' | 'kernel' | 'infra' | 'error';
 export const OUTCOME_CLASSES: readonly OutcomeClass[] = ['pass', 'fail', 'kernel', 'infra', 'error'];
@@ -64,9 +66,15 @@ export function failingPoints(probes: readonly ProbeResult[]): FailingPoint[] {
   const out: FailingPoint[] = [];
   probes.filter((p) => p.name !== TAP_STREAM_PROBE).forEach((p, index) => {
     if (probeStatus(p) !== 'FAIL' || p.notRun !== undefined) return;
-    for (const s of p.subtests) if (!s.ok && s.todo === undefined && s.skip === undefined) out.push({ probe: p.name, index, subtest: s.name });
+    for (const s of p.subtests) if (isFailingPoint(s)) out.push({ probe: p.name, index, subtest: s.name });
   });
   return out;
+}
+
+/** Points a probe could not judge because the guest harness failed its part (tap.ts `harness`). */
+export function harnessPoints(probes: readonly ProbeResult[]): Array<{ probe: string; subtest: string; reason: string }> {
+  return probes.filter((p) => p.name !== TAP_STREAM_PROBE && p.notRun === undefined)
+    .flatMap((p) => p.subtests.filter((s) => s.harness !== undefined).map((s) => ({ probe: p.name, subtest: s.name, reason: s.harness! })));
 }
 
 /** Stream-level trouble: the runner's TAP was cut short or malformed. */
@@ -90,9 +98,10 @@ export function runReasons(probes: readonly ProbeResult[], kernelReports: readon
   const byProbe = new Map<number, FailingPoint[]>();
   for (const f of failingPoints(probes)) byProbe.set(f.index, [...(byProbe.get(f.index) ?? []), f]);
   for (const [i, fs] of byProbe) reasons.push(`${what(probes, i)} ${fs[0].probe} failed: ${fs.map((f) => f.subtest).join(', ')}`);
+  for (const h of harnessPoints(probes)) reasons.push(`probe ${h.probe} could not judge "${h.subtest}": ${h.reason}`);
   for (const p of probes) {
     if (p.name === TAP_STREAM_PROBE || probeStatus(p) !== 'FAIL' || p.notRun !== undefined) continue;
-    if (!p.subtests.some((s) => !s.ok && s.todo === undefined && s.skip === undefined)) {
+    if (!p.subtests.some((s) => isFailingPoint(s) || s.harness !== undefined)) {
       // A probe that finished with every point ok fails for the kernel reports in its window (attribution.ts).
       const kind = isSelftest(p) ? 'selftest' : 'probe';
       reasons.push(p.kernelReports.length && p.diagnostics?.error === undefined
@@ -119,12 +128,16 @@ export function classifyRun(probes: readonly ProbeResult[], kernelReports: reado
     const more = kernelReports.length > 1 ? ` (and ${kernelReports.length - 1} more kernel report title${kernelReports.length > 2 ? 's' : ''})` : '';
     return { class: 'kernel', code: top.kind, title: `${top.title}${countSuffix(top)}${more}`, detail };
   }
+  // The kernel misbehaved without a report (a teardown unbind blocked on a reference it never dropped).
+  if (failure?.class === 'kernel') return { class: 'kernel', code: failure.code, title: first(failure.message), detail };
   const points = failingPoints(probes);
   if (points.length) {
     const more = points.length > 1 ? ` (and ${points.length - 1} more failing point${points.length > 2 ? 's' : ''})` : '';
     return { class: 'fail', code: 'probe-failed', title: `${points[0].probe}: ${points[0].subtest}${more}`, detail };
   }
   if (failure) return { class: 'infra', code: failure.code, title: first(failure.message), detail };
+  const harness = harnessPoints(probes);
+  if (harness.length) return { class: 'infra', code: 'probe-harness', title: `${harness[0].probe} could not judge "${harness[0].subtest}": ${harness[0].reason}`, detail };
   const stream = streamProblems(probes);
   if (stream.length) return { class: 'infra', code: 'tap-stream', title: `the probe runner's TAP stream is broken: ${stream[0]}`, detail };
   const ran = probes.filter((p) => p.name !== TAP_STREAM_PROBE);

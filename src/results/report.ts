@@ -46,6 +46,17 @@ export function kernelRecord(k: Kernel): KernelRecord {
   }
 }
 
+/**
+ * Which probe runner ran the probes: `prestarted` (waiting in a restored
+ * guest since before its save, node and koffi loaded: startupSavedSec is what
+ * its start took at the save, the cold start this run did not pay) or `cold`
+ * (node started for this run; prestartRefused says why a waiting one did not
+ * take it, when one was asked).
+ */
+export type RunnerRecord =
+  | { mode: 'prestarted'; startupSavedSec: number }
+  | { mode: 'cold'; prestartRefused?: string };
+
 export interface RunResults {
   lab: string;
   startedAt: string;
@@ -67,6 +78,8 @@ export interface RunResults {
   /** Every kernel report of the run, one entry per title with its count (probes hold theirs too). */
   kernelReports: KernelReport[];
   timings: Record<string, number>;
+  /** Which probe runner ran (absent when no probe phase ran). */
+  runner?: RunnerRecord;
   runDir: string;
 }
 

@@ -4,6 +4,7 @@
 
 import { Parser } from 'tap-parser';
 import type { FinalResults, Result } from 'tap-parser';
+import { HARNESS_DIAG_KEY } from '../protocol/protocol.ts';
 import type { KernelReport } from '../report/kernel-report.ts';
 
 export interface SubtestResult {
@@ -16,6 +17,8 @@ export interface SubtestResult {
   /** TODO directive reason ('(no reason)' when the directive had none). */
   todo?: string;
   diagnostics?: Record<string, unknown>;
+  /** Not ok because the guest harness failed its part (its reason): evidence of nothing, classed infra. */
+  harness?: string;
 }
 
 export interface ProbeResult {
@@ -42,6 +45,11 @@ export interface HungProbe {
   blockedTasks: string;
 }
 
+/** A point that is evidence of a failure: not ok, not a known failure (TODO), not skipped, not a harness point. */
+export function isFailingPoint(s: SubtestResult): boolean {
+  return !s.ok && s.todo === undefined && s.skip === undefined && s.harness === undefined;
+}
+
 /** Name of the synthetic result that carries stream-level failures. */
 export const TAP_STREAM_PROBE = '(tap stream)';
 
@@ -66,6 +74,8 @@ function toSubtest(r: Result): SubtestResult {
   if (skip !== undefined) s.skip = skip;
   if (todo !== undefined) s.todo = todo;
   if (diagnostics) s.diagnostics = diagnostics;
+  const harness = diagnostics?.[HARNESS_DIAG_KEY];
+  if (!r.ok && typeof harness === 'string') s.harness = harness;
   return s;
 }
 
@@ -221,4 +231,23 @@ export function markHungProbe(probes: ProbeResult[], hung: HungProbe, order: rea
     diagnostics: { error: `not run: ${hung.name} (probe ${hung.index + 1}) did not finish in ${hung.timeoutSec} s` },
   }));
   probes.splice(at, 0, ...rest);
+}
+
+/**
+ * After the run stopped in the middle of the probes (the guest panicked, QEMU
+ * died, the channel broke): the probes the TAP never reached are reported as
+ * not run, so the results say what was lost rather than ending at the cut.
+ * The runner runs the lab's probes in order, so those are the ones after the
+ * last probe that has a result.
+ */
+export function markUnreachedProbes(probes: ProbeResult[], order: readonly string[], why: string): void {
+  const reached = probes.filter((p) => p.name !== TAP_STREAM_PROBE).length;
+  if (reached >= order.length) return;
+  const last = reached > 0 ? order[reached - 1] : undefined;
+  const rest = order.slice(reached).map((name): ProbeResult => ({
+    name, ok: false, subtests: [], kernelReports: [], notRun: `not run: ${why}${last ? ` during ${last}` : ''}`,
+    diagnostics: { error: `not run: ${why}${last ? ` during ${last} (probe ${reached})` : ' before the first probe'}` },
+  }));
+  const stream = probes.findIndex((x) => x.name === TAP_STREAM_PROBE);
+  probes.splice(stream === -1 ? probes.length : stream, 0, ...rest);
 }

@@ -156,7 +156,10 @@ test('bufinfo object lines are parsed, attachment lines skipped', (t) => {
 
 test('catalog: defaults, types and expect keys are validated', (t) => {
   t.deepEqual(Object.keys(PROBES), ['dmabuf-export', 'dmabuf-fd', 'dmabuf-bad-inputs', 'reset-and-mem-toggle', 'importer-refusals',
-    'revoke-triggers', 'map-type', 'importer-multirange', 'rdma-reg-dmabuf-mr', 'iommufd-map-file', 'export-ranges', 'lifetime', 'rough-edges', 'stress', 'surprise-removal', 'hot-reset-set']);
+    'revoke-triggers', 'map-type', 'importer-multirange', 'rdma-reg-dmabuf-mr', 'iommufd-map-file', 'export-ranges', 'lifetime', 'rough-edges', 'stress', 'surprise-removal', 'hot-reset-set', 'fault-inject']);
+  t.deepEqual(resolveParams('fault-inject', {}, 'pci-testdev'), { ok: true, params: { kind: 'panic', threshold: 4 } });
+  const kind = resolveParams('fault-inject', { kind: 'oops' }, 'edu');
+  t.deepEqual(kind.ok ? [] : kind.errors, ['fault-inject.kind: must be one of panic, softlockup, hung (got "oops")']);
   t.deepEqual(resolveParams('dmabuf-export', {}, 'ivshmem-plain'), { ok: true, params: { region: 2, offset: 0, length: 0, expect: 'OK' } });
   // region defaults to the BAR the endpoint's kind exports (src/lab/endpoints.ts): edu's registers are BAR 0.
   t.deepEqual(resolveParams('dmabuf-bad-inputs', { expect: { zero_length: 'ENOENT' } }, 'edu'),

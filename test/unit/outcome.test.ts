@@ -6,7 +6,7 @@ import { KernelBuildError } from '../../src/kernel/build.ts';
 import { BootError } from '../../src/machine/instance.ts';
 import { classifyRun, EXIT_CODE, failureFromError, type RunFailure } from '../../src/results/outcome.ts';
 import type { KernelReport } from '../../src/report/kernel-report.ts';
-import { markHungProbe, parseProbeTap, type ProbeResult } from '../../src/results/tap.ts';
+import { markHungProbe, markUnreachedProbes, parseProbeTap, type ProbeResult } from '../../src/results/tap.ts';
 import { classOfError, InfraError, InputError } from '../../src/util/errors.ts';
 
 const probe = (name: string, extra: Partial<ProbeResult> = {}): ProbeResult => ({ name, ok: true, subtests: [{ id: 1, name: 'x', ok: true }], kernelReports: [], ...extra });
@@ -73,6 +73,16 @@ test('a hung probe is a fail through its own point; the probes it kept from runn
   t.true(o.detail.includes('1 probe(s) not run: c'));
 });
 
+test('a run stopped mid-probe (a panic): the probes the TAP never reached are not run, before the stream entry', (t) => {
+  const probes = parseProbeTap('TAP version 14\n1..3\n# Subtest: a\n    1..1\n    ok 1 - x\nok 1 - a\n# Subtest: b\n    ok 1 - y\n');
+  markUnreachedProbes(probes, ['a', 'b', 'c'], 'the run stopped');
+  t.deepEqual(probes.map((p) => [p.name, p.notRun]), [['a', undefined], ['b', undefined], ['c', 'not run: the run stopped during b'], ['(tap stream)', undefined]]);
+  t.true(classifyRun(probes, [oops]).detail.includes('1 probe(s) not run: c'));
+  const whole = parseProbeTap('TAP version 14\n1..1\n# Subtest: a\n    1..1\n    ok 1 - x\nok 1 - a\n');
+  markUnreachedProbes(whole, ['a'], 'the run stopped');
+  t.is(whole.length, 1, 'nothing added when every probe has a result');
+});
+
 test('error: bad input or a patch that does not build outranks everything, with the error code', (t) => {
   const pf = { name: '0001.patch', origin: '/x/0001.patch', sha256: '0', text: '', strip: 1 };
   const apply = failureFromError('prepare', new PatchApplyError(pf, 0, 1, [{ file: 'a.c', hunk: 1, reason: 'FAILED' }], [], ''));
@@ -90,4 +100,27 @@ test('errors say whose fault they are; anything that is not hwlab\'s own error i
   const f = failureFromError('setup', new TypeError('boom'));
   t.deepEqual([f.class, f.code], ['infra', 'internal']);
   t.is(new InfraError('x', 'free space').hint, 'free space');
+});
+
+test('infra: a point the guest harness could not judge (a stress worker never started) is neither fail nor pass', async (t) => {
+  const { Tap } = await import('../../src/guest/lib/tap.ts');
+  const lines: string[] = [];
+  const tap = new Tap((l) => lines.push(l));
+  tap.header(2);
+  await tap.subtest('dmabuf-export', (s) => { s.pass('export'); });
+  await tap.subtest('stress', (s) => {
+    s.pass('region 2 has at least eight pages');
+    s.harness('every worker process started its threads within 60 s', 'the guest did not start 3 node worker processes in 60 s', { ready: [false, true, false] });
+  });
+  const probes = parseProbeTap(`${lines.join('\n')}\n`);
+  const stress = probes.find((p) => p.name === 'stress')!;
+  t.false(stress.ok, 'the probe is not ok: nothing was judged');
+  t.is(stress.subtests[1].harness, 'the guest did not start 3 node worker processes in 60 s');
+  const o = classifyRun(probes, []);
+  t.deepEqual([o.class, o.code], ['infra', 'probe-harness']);
+  t.is(o.title, 'stress could not judge "every worker process started its threads within 60 s": the guest did not start 3 node worker processes in 60 s');
+  t.deepEqual(o.detail.split('\n'), ['probe stress could not judge "every worker process started its threads within 60 s": the guest did not start 3 node worker processes in 60 s']);
+  // Real evidence still wins: a failing point elsewhere, or a kernel report.
+  t.is(classifyRun([...probes, failing('lifetime', 'refcnt back')], []).class, 'fail');
+  t.is(classifyRun(probes, [warn]).class, 'kernel');
 });

@@ -13,7 +13,7 @@
 //   not ok 1 - dmabuf-export # time=12.3ms
 import { isDeepStrictEqual } from 'node:util';
 import { stringify } from 'yaml';
-import { expectedByScope, SUBTEST_PREFIX, TAP_VERSION_LINE, type ExpectFailScope } from '../../protocol/protocol.ts';
+import { expectedByScope, HARNESS_DIAG_KEY, SUBTEST_PREFIX, TAP_VERSION_LINE, type ExpectFailScope } from '../../protocol/protocol.ts';
 
 export type Writer = (line: string) => void;
 export type Diag = Record<string, unknown>;
@@ -58,7 +58,7 @@ export interface SubtestSummary { name: string; ok: boolean; pass: number; fail:
 /** Handle a probe asserts through. Every method writes one test point immediately. */
 export class Subtest {
   private n = 0;
-  readonly counts = { pass: 0, fail: 0, skip: 0, todo: 0 };
+  readonly counts = { pass: 0, fail: 0, skip: 0, todo: 0, harness: 0 };
   constructor(private readonly out: Writer, readonly todoReason?: string, private readonly indent = '    ', private readonly todoScope?: ExpectFailScope) {}
 
   /** Records a point; returns cond so callers can branch on it. Failures the subtest's TODO covers (its scope) inherit it. */
@@ -77,6 +77,16 @@ export class Subtest {
 
   pass(name: string): boolean { return this.ok(true, name); }
   fail(name: string, diag?: Diag): boolean { return this.ok(false, name, diag); }
+
+  /**
+   * A point the probe could not judge: the harness in the guest failed its
+   * part (reason says how), so the host classes the run infra. The probe
+   * should stop judging what depends on it.
+   */
+  harness(name: string, reason: string, diag?: Diag): void {
+    this.counts.harness++;
+    for (const l of pointLines(false, ++this.n, name, { diag: { [HARNESS_DIAG_KEY]: oneLine(reason), ...diag } }, this.indent)) this.out(l);
+  }
 
   skip(name: string, reason: string, diag?: Diag): void {
     this.counts.skip++;
@@ -132,7 +142,7 @@ export class Tap {
     // so the parent is then "not ok # TODO" exactly when one happened.
     // Point-scoped, a failure outside the expected points is a real one: the parent
     // is then a plain not ok, without the TODO that would hide it.
-    const ok = t.counts.fail === 0 && (opts.todo === undefined || t.counts.todo === 0);
+    const ok = t.counts.fail === 0 && t.counts.harness === 0 && (opts.todo === undefined || t.counts.todo === 0);
     const time = (performance.now() - start).toFixed(1);
     let line = `${ok ? 'ok' : 'not ok'} ${id} - ${escapeName(name)}`;
     // A failure outside the expectation's scope fails the probe: no TODO on the parent then.

@@ -20,6 +20,9 @@ export interface ParamSpec {
   keys?: readonly string[];
   /** For strings: the only values allowed. */
   choices?: readonly string[];
+  /** For numbers: the smallest and largest value that makes sense (default: 0 and none). */
+  min?: number;
+  max?: number;
   /** For strings naming another endpoint of the lab (checked when the lab is parsed, default included). */
   endpoint?: EndpointRef;
   /** The default depends on the probe's endpoint: this fact of its kind (region: the BAR the kind exports). */
@@ -34,14 +37,14 @@ export interface EndpointRef {
 }
 
 /** Guest facilities a probe needs; the host provides them before the probes run. */
-export type ProbeRequirement = 'importer';
+export type ProbeRequirement = 'importer' | 'fault';
 
 export interface ProbeSpec {
   name: string;
   description: string;
   endpoints: readonly EndpointType[];
   params: readonly ParamSpec[];
-  /** 'importer': hwlab builds hwlab_importer.ko against the lab's kernel and loads it. */
+  /** 'importer' / 'fault': hwlab builds hwlab_importer.ko / hwlab_fault.ko against the lab's kernel and loads it. */
   requires?: readonly ProbeRequirement[];
 }
 
@@ -90,6 +93,9 @@ export const DMABUF_EXPORT_EXPECTATIONS = ['OK', 'ENOTTY'] as const;
 /** Values of map-type's expect param: the rows of the contract's section 4 table. */
 export const MAP_TYPE_EXPECTATIONS = ['bus-address', 'host-bridge-iova', 'host-bridge-direct', 'not-supported'] as const;
 export type MapTypeExpectation = (typeof MAP_TYPE_EXPECTATIONS)[number];
+
+/** Values of fault-inject's kind param: the faults hwlab_fault makes. */
+export const FAULT_KINDS = ['panic', 'softlockup', 'hung'] as const;
 
 export const PROBES = {
   'dmabuf-export': {
@@ -212,9 +218,9 @@ export const PROBES = {
     endpoints: DEVICE_MEMORY,
     params: [
       region,
-      { name: 'seconds', type: 'number', default: 5, description: 'How long the workers run' },
-      { name: 'processes', type: 'number', default: 3, description: 'Number of worker processes, each given the VFIO group fd' },
-      { name: 'threads', type: 'number', default: 2, description: 'Syscall threads per worker process, each with its own device fd' },
+      { name: 'seconds', type: 'number', default: 5, min: 1, description: 'How long the workers run' },
+      { name: 'processes', type: 'number', default: 3, min: 1, description: 'Number of worker processes, each given the VFIO group fd' },
+      { name: 'threads', type: 'number', default: 2, min: 1, description: 'Syscall threads per worker process, each with its own device fd' },
       { name: 'seed', type: 'number', default: 0, description: 'Seed of the operation mix; 0 picks one from the clock (printed in the TAP)' },
     ],
   },
@@ -243,6 +249,17 @@ export const PROBES = {
       },
     ],
     requires: ['importer'],
+  },
+  'fault-inject': {
+    name: 'fault-inject',
+    description: 'hwlab\'s own fault-suite probe (labs/faults/, test/e2e/faults.test.ts), never for testing a kernel: the hwlab_fault module makes a real kernel panic, soft lockup or hung task in the middle of the probe, so the suite checks that the run ends `kernel` with the report titled and attributed to this probe. The endpoint is not touched',
+    endpoints: ENDPOINT_TYPES,
+    params: [
+      { name: 'kind', type: 'string', default: 'panic', choices: FAULT_KINDS, description: 'panic: panic() at once; softlockup: spin with preemption disabled past the soft lockup detector; hung: sleep uninterruptibly past the hung-task detector' },
+      // watchdog_thresh takes 0 to 60, and 0 turns the detector off: the fault would never be reported.
+      { name: 'threshold', type: 'number', default: 4, min: 1, max: 60, description: 'Seconds: watchdog_thresh (softlockup; the report comes after 2x) or hung_task_timeout_secs (hung) for the length of the fault, restored after it' },
+    ],
+    requires: ['fault'],
   },
 } as const satisfies Record<string, ProbeSpec>;
 
@@ -276,6 +293,9 @@ export function resolveParams(
     const where = `${probe}.${p.name}`;
     if (p.type === 'number') {
       if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) errors.push(`${where}: expected a non-negative integer`);
+      else if ((p.min !== undefined && v < p.min) || (p.max !== undefined && v > p.max)) {
+        errors.push(`${where}: must be ${p.max === undefined ? `at least ${p.min}` : `from ${p.min ?? 0} to ${p.max}`} (got ${v})`);
+      }
     } else if (p.type === 'object') {
       if (typeof v !== 'object' || v === null || Array.isArray(v)) errors.push(`${where}: expected an object`);
       else {

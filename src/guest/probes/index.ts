@@ -6,6 +6,7 @@ import dmabufBadInputs from './dmabuf-bad-inputs.ts';
 import dmabufExport from './dmabuf-export.ts';
 import dmabufFd from './dmabuf-fd.ts';
 import exportRanges from './export-ranges.ts';
+import faultInject from './fault-inject.ts';
 import hotResetSet from './hot-reset-set.ts';
 import importerMultirange from './importer-multirange.ts';
 import importerRefusals from './importer-refusals.ts';
@@ -36,4 +37,5 @@ export const PROBE_IMPLS: Record<ProbeName, Probe> = {
   'stress': stress,
   'surprise-removal': surpriseRemoval,
   'hot-reset-set': hotResetSet,
+  'fault-inject': faultInject,
 };

@@ -160,9 +160,10 @@ async function runWorker(worker: number, env: Env, thread: SyscallThread, iommuf
 const INHERITED_GROUP_FD = 3;
 /**
  * Node's cold start in a TCG guest, allowed on top of the run time. 20 s was
- * too little on a 2-core host at load 19 (three workers not ready after 45 s,
- * a harness failure reported as a probe failure); 60 s keeps start + run time
- * + margin inside the lab's default 120 s probe timeout.
+ * too little on a 2-core host at load 19 (three workers not ready after 45 s);
+ * 60 s keeps start + run time + margin inside the lab's default 120 s probe
+ * timeout. Workers not ready by then are a harness point (infra), not a fail:
+ * at load 11 even 60 s was not enough once.
  */
 const START_ALLOWANCE_MS = 60_000;
 
@@ -304,8 +305,19 @@ export default async function stress(ctx: ProbeContext): Promise<void> {
       process: p, threads: nThreads, seconds, env, seeds: Array.from({ length: nThreads }, () => Math.floor(rand() * 2 ** 31)),
     }, dev.groupFd));
     const allReady = await until(() => workers.every((w) => w.ready), START_ALLOWANCE_MS);
-    t.ok(allReady, `every worker process started its threads within ${START_ALLOWANCE_MS / 1000} s`, { ready: workers.map((w) => w.ready) });
-    // Everyone goes at once (or whoever is ready, so a slow start still gets judged).
+    if (!allReady) {
+      // Node did not even start in time: the guest is starved (an overloaded
+      // TCG host), which says nothing about the kernel. Nothing below can be
+      // judged without every worker, so the probe stops here.
+      for (const w of workers) w.kill();
+      await Promise.race([Promise.all(workers.map((w) => w.closed)), new Promise((r) => setTimeout(r, 10_000).unref())]);
+      t.harness(`every worker process started its threads within ${START_ALLOWANCE_MS / 1000} s`,
+        `the guest did not start ${nProcesses} node worker processes in ${START_ALLOWANCE_MS / 1000} s (a starved guest: is the host overloaded?); the stress was not run`,
+        { ready: workers.map((w) => w.ready) });
+      return;
+    }
+    t.pass(`every worker process started its threads within ${START_ALLOWANCE_MS / 1000} s`);
+    // Everyone goes at once.
     const start = Date.now();
     for (const w of workers) w.go();
     const bound = seconds * 1000 + MARGIN_MS;
