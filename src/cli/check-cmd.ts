@@ -7,7 +7,7 @@ import path from 'node:path';
 import { parse } from 'yaml';
 import { loadImageRecipe } from '../image/recipe.ts';
 import { loadPatchSeries } from '../kernel/patches.ts';
-import { loadLab } from '../lab/load.ts';
+import { imagesDirFor, loadLab } from '../lab/load.ts';
 import { loadMatrix } from '../matrix/load.ts';
 import { HwlabError } from '../util/errors.ts';
 import { YamlError, type YamlIssue } from '../util/yaml.ts';
@@ -52,7 +52,7 @@ export async function checkFile(file: string): Promise<CheckReport> {
       const lab = await loadLab(abs);
       // The loader checked that patch files exist; here they must also parse as patches.
       await loadPatchSeries(lab.kernel.patches).catch(keep);
-      await loadImageRecipe(lab.image, path.join(path.dirname(path.dirname(lab.file)), 'images')).catch(keep);
+      await loadImageRecipe(lab.image, imagesDirFor(lab.file, lab.image)).catch(keep);
       summary = `lab ${lab.name}: ${lab.probes.length} probe${lab.probes.length === 1 ? '' : 's'} on ${lab.topology.endpoints.length} endpoint${lab.topology.endpoints.length === 1 ? '' : 's'}, kernel ${lab.kernel.kind === 'source' ? 'built from source' : lab.kernel.package}`;
     }
   } catch (err) {

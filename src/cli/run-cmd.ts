@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadLab } from '../lab/load.ts';
-import { applyProbeOverrides, parseOnly, parseProbeParam } from '../lab/overrides.ts';
+import { applyProbeParams, parseOnly, parseProbeParam } from '../lab/overrides.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { rerunLine } from '../run/reproduce.ts';
 import { EXIT_CODE, failureFromError } from '../results/outcome.ts';
@@ -40,6 +40,7 @@ export const RUN_OPTIONS: OptionTable = {
   'runs-dir': { type: 'string', value: 'DIR', help: 'parent of the run folder (default runs/)' },
   refresh: { type: 'boolean', help: 'look the kernel version up again (otherwise reused for 6 h)' },
   json: { type: 'boolean', help: 'stdout: results.json only; everything else goes to stderr' },
+  snapshot: { type: 'string', value: 'on|off|auto', help: 'restore a saved booted guest instead of booting (default: HWLAB_SNAPSHOT, else off); auto: where the machine can be saved' },
 };
 
 /** Prints what a finished run says to a person: the table, the failure, the folder, the class, the times. */
@@ -58,9 +59,10 @@ export function printRunOutcome(out: RunOutcome, json: boolean): void {
   if (outcome.class !== 'pass') human.write(`to run it again: ${rerunLine(out.runDir)}\n`);
 }
 
-/** The lab with --only and --probe-param applied (checked like a lab file). */
-export function withProbeOptions(lab: LabSpec, a: ParsedArgs): LabSpec {
-  return applyProbeOverrides(lab, parseOnly(strs(a, 'only')), strs(a, 'probe-param').map(parseProbeParam));
+/** --only as runLab's onlyProbes (src/lab/select.ts) and the lab with --probe-param applied (checked like a lab file). */
+export function withProbeOptions(lab: LabSpec, a: ParsedArgs): { lab: LabSpec; onlyProbes: string[] } {
+  const onlyProbes = parseOnly(strs(a, 'only'));
+  return { lab: applyProbeParams(lab, strs(a, 'probe-param').map(parseProbeParam), onlyProbes), onlyProbes };
 }
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -102,7 +104,7 @@ export async function runFromArgs(labFile: string, a: ParsedArgs, defaults: { ru
 }
 
 async function runOrShell(labFile: string, a: ParsedArgs, defaults: { runsDir?: string; mode?: 'run' | 'shell' }): Promise<number> {
-  const lab = withProbeOptions(await loadLab(path.resolve(labFile)), a);
+  const { lab, onlyProbes } = withProbeOptions(await loadLab(path.resolve(labFile)), a);
   const json = flag(a, 'json');
   const human = json ? process.stderr : process.stdout;
   const shell = defaults.mode === 'shell';
@@ -113,7 +115,7 @@ async function runOrShell(labFile: string, a: ParsedArgs, defaults: { runsDir?: 
   const out = await runLab(lab, {
     progress: new Progress(), runsDir: str(a, 'runs-dir') ?? defaults.runsDir, refresh: flag(a, 'refresh'),
     extraPatches: strs(a, 'patch'), extraFragments: [...strs(a, 'fragment'), ...(gdb ? gdbFragments(lab) : [])],
-    gdb, runProbes: !shell,
+    gdb, runProbes: !shell, onlyProbes, snapshot: str(a, 'snapshot'),
     ...(shell || flag(a, 'keep') ? {
       hold: async (g) => {
         held = true;

@@ -1,9 +1,14 @@
 // Guest entry point: `node runner.js <config.json>`. Prints TAP 14 on stdout,
 // one subtest per probe in config order. Exit 0 whatever the probes found (the
 // host judges the TAP), 2 for an unusable config, 1 only if the runner itself broke.
+// `node runner.js --wait HASH DIR` (started by prestart.sh before a guest is
+// saved) loads the probes and koffi, says it is ready, and waits for a go line
+// naming the config to read and the bundle the run uploaded; a bundle other
+// than its own (HASH) makes it exit RUNNER_EXIT.notPrestarted without running.
 import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import {
-  DMABUF_ABIS, ENDPOINT_TYPES, formatProbeMarker, isEndpointType, RUNNER_EXIT, STRESS_WORKER_FLAG,
+  DMABUF_ABIS, ENDPOINT_TYPES, formatPrestartReady, formatProbeMarker, isEndpointType, parsePrestartGo, PRESTART_FILES, RUNNER_EXIT, RUNNER_WAIT_FLAG, STRESS_WORKER_FLAG,
   type DmabufAbi, type EndpointType, type ExpectFailScope, type GuestDevice, type GuestProbeRequest, type GuestRunConfig, type ProbeMarker,
 } from '../protocol/protocol.ts';
 import { isProbeName, resolveParams, type ProbeName } from './probes/catalog.ts';
@@ -61,15 +66,23 @@ function deviceErrors(at: string, d: unknown): string[] {
   return errors;
 }
 
-async function run(config: GuestRunConfig, tap = new Tap()): Promise<void> {
-  // Probes (and koffi with them) load lazily so a broken native module fails probes, not the runner.
-  let impls: Record<ProbeName, Probe> | undefined;
-  let loadError: unknown;
+type LoadedProbes = { impls: Record<ProbeName, Probe> } | { loadError: unknown };
+
+/** Probes (and koffi with them) load lazily so a broken native module fails probes, not the runner. */
+async function loadProbes(): Promise<LoadedProbes> {
   try {
-    impls = (await import('./probes/index.ts')).PROBE_IMPLS;
-  } catch (e) {
-    loadError = e;
+    const impls = (await import('./probes/index.ts')).PROBE_IMPLS;
+    // koffi binds libc on first use: a waiting runner pays that before the save too.
+    (await import('./lib/libc.ts')).pageSize();
+    return { impls };
+  } catch (loadError) {
+    return { loadError };
   }
+}
+
+async function run(config: GuestRunConfig, probes: LoadedProbes, tap = new Tap()): Promise<void> {
+  const impls = 'impls' in probes ? probes.impls : undefined;
+  const loadError = 'loadError' in probes ? probes.loadError : undefined;
   tap.header(config.probes.length);
   for (const [i, p] of config.probes.entries()) {
     const d = p.device;
@@ -101,24 +114,51 @@ async function main(argv: string[]): Promise<number> {
     const { stressWorkerMain } = await import('./probes/stress.ts');
     return stressWorkerMain(JSON.parse(argv[1]));
   }
+  if (argv[0] === RUNNER_WAIT_FLAG && argv.length === 3) return waitThenRun(argv[1], argv[2]);
   if (argv.length !== 1) {
-    process.stderr.write('usage: node runner.js <config.json>\n');
+    process.stderr.write('usage: node runner.js <config.json> | --wait HASH DIR\n');
     return RUNNER_EXIT.badConfig;
   }
+  return runConfigFile(argv[0], await loadProbes());
+}
+
+async function runConfigFile(file: string, probes: LoadedProbes): Promise<number> {
   let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(argv[0], 'utf8'));
+    raw = JSON.parse(readFileSync(file, 'utf8'));
   } catch (e) {
-    process.stderr.write(`runner: cannot read config ${argv[0]}: ${(e as Error).message}\n`);
+    process.stderr.write(`runner: cannot read config ${file}: ${(e as Error).message}\n`);
     return RUNNER_EXIT.badConfig;
   }
   const parsed = parseConfig(raw);
   if (!parsed.ok) {
-    process.stderr.write(`runner: bad config ${argv[0]}:\n${parsed.errors.map((e) => `  ${e}\n`).join('')}`);
+    process.stderr.write(`runner: bad config ${file}:\n${parsed.errors.map((e) => `  ${e}\n`).join('')}`);
     return RUNNER_EXIT.badConfig;
   }
-  await run(parsed.config);
+  await run(parsed.config, probes);
   return RUNNER_EXIT.ok;
+}
+
+/** The prestarted runner: everything a cold start costs now, then the go line (blocking: nothing else runs meanwhile). */
+async function waitThenRun(ownHash: string, dir: string): Promise<number> {
+  // prestart.sh go reads the exit code from here once our stdout and stderr close.
+  process.on('exit', (code) => {
+    try { writeFileSync(path.join(dir, PRESTART_FILES.status), `${process.exitCode ?? code}\n`); } catch { /* the script says it got no status */ }
+  });
+  const probes = await loadProbes();
+  writeFileSync(path.join(dir, PRESTART_FILES.ready), `${formatPrestartReady(process.pid, process.uptime())}\n`);
+  // Opening the FIFO blocks until prestart.sh go writes to it (after a restore, typically).
+  const line = readFileSync(path.join(dir, PRESTART_FILES.control), 'utf8');
+  const go = parsePrestartGo(line);
+  if (!go) {
+    process.stderr.write(`runner: not a go line: ${JSON.stringify(line)}\n`);
+    return RUNNER_EXIT.notPrestarted;
+  }
+  if (go.bundleHash !== ownHash) {
+    process.stderr.write(`runner: started from bundle ${ownHash.slice(0, 12)}, this run uploaded ${go.bundleHash.slice(0, 12)}: a cold runner must run it\n`);
+    return RUNNER_EXIT.notPrestarted;
+  }
+  return runConfigFile(go.configFile, probes);
 }
 
 // exitCode rather than exit(): stdout is a pipe over ssh and must drain first.

@@ -1,15 +1,16 @@
-// Command-line changes to a lab for one run: `--only PROBE[,PROBE]` keeps
-// those probes (in the lab's order; a name or name(device), as nightly and
-// bisect select them: src/lab/select.ts), `--probe-param probe.key=value`
-// sets a probe parameter. The changed lab goes through the loader's checks again
-// (dumped and parsed, src/lab/dump.ts), so a parameter the probe catalogue
-// refuses is refused here, before anything is built.
+// Command-line changes to a lab's probes for one run: `--probe-param
+// probe.key=value` sets a probe parameter, and `--only PROBE[,PROBE]` is read
+// here into the selectors that the run option `onlyProbes` takes (the one
+// probe selection, src/lab/select.ts, applied by runLab for `run --only`,
+// nightly reruns and bisect steps alike). The changed lab goes through the
+// loader's checks again (dumped and parsed, src/lab/dump.ts), so a parameter
+// the probe catalogue refuses is refused here, before anything is built.
 import path from 'node:path';
 import { parse } from 'yaml';
 import { InputError } from '../util/errors.ts';
 import { YamlError } from '../util/yaml.ts';
 import { dumpLab } from './dump.ts';
-import { parseLab } from './load.ts';
+import { imagesDirFor, parseLab } from './load.ts';
 import { selectProbes } from './select.ts';
 import type { LabSpec } from './types.ts';
 
@@ -46,22 +47,26 @@ function setPath(obj: Record<string, unknown>, key: string[], value: unknown): R
   return { ...obj, [head]: rest.length ? setPath(inner && typeof inner === 'object' && !Array.isArray(inner) ? inner as Record<string, unknown> : {}, rest, value) : value };
 }
 
-/** The lab with only the named probes and the given params; unchanged when there is nothing to apply. */
-export function applyProbeOverrides(lab: LabSpec, only: readonly string[], params: readonly ProbeParamOverride[]): LabSpec {
-  if (!only.length && !params.length) return lab;
-  // The same selectors as nightly reruns and bisect steps: a probe name or name(device).
-  let probes = only.length ? selectProbes(lab, only).probes : lab.probes;
+/**
+ * The lab with the given params; unchanged when there are none. `only` (the
+ * run's selectors, applied later by runLab) is read to refuse a parameter
+ * for a probe that will not run, which would otherwise be dropped silently.
+ */
+export function applyProbeParams(lab: LabSpec, params: readonly ProbeParamOverride[], only: readonly string[] = []): LabSpec {
+  if (!params.length) return lab;
+  const running = only.length ? selectProbes(lab, only).probes : lab.probes;
+  let probes = lab.probes;
   for (const o of params) {
-    if (!probes.some((p) => p.name === o.probe)) {
-      throw new InputError(`--probe-param ${o.probe}.${o.key.join('.')}: ${o.probe} is not a probe of this run (probes: ${[...new Set(probes.map((p) => p.name))].join(', ')})`);
+    if (!running.some((p) => p.name === o.probe)) {
+      throw new InputError(`--probe-param ${o.probe}.${o.key.join('.')}: ${o.probe} is not a probe of this run (probes: ${[...new Set(running.map((p) => p.name))].join(', ')})`);
     }
     probes = probes.map((p) => (p.name === o.probe ? { ...p, params: setPath(p.params, o.key, o.value) } : p));
   }
   const changed: LabSpec = { ...lab, probes };
   // Checked by the loader like a lab file: the catalogue's params, the probes' devices.
-  const label = `${lab.file} (with ${[only.length ? '--only' : '', params.length ? '--probe-param' : ''].filter(Boolean).join(' and ')})`;
+  const label = `${lab.file} (with --probe-param)`;
   try {
-    const again = parseLab(dumpLab(changed, label), label, { imagesDir: path.join(path.dirname(path.dirname(lab.file)), 'images') });
+    const again = parseLab(dumpLab(changed, label), label, { imagesDir: imagesDirFor(lab.file, lab.image) });
     return { ...again, file: lab.file };
   } catch (err) {
     if (err instanceof YamlError) throw new InputError(`${label}: ${err.issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`);

@@ -11,13 +11,14 @@ import path from 'node:path';
 import { endpointKind } from '../lab/endpoints.ts';
 import { PCIE0_SLOTS } from '../lab/slots.ts';
 import {
-  formatSelftestMarker, GUEST_SELFTEST_RUNNER, READY_LINE, SELFTEST_RUNNER_KILL, SELFTEST_RUNNER_STACKS, type HostRequest,
+  formatSelftestMarker, GUEST_PRESTART_DIR, GUEST_SELFTEST_RUNNER, PRESTART_SCRIPT_NAME, READY_LINE, RUNNER_EXIT, SELFTEST_RUNNER_KILL, SELFTEST_RUNNER_STACKS,
+  type HostRequest,
 } from '../protocol/protocol.ts';
 import { InfraError } from '../util/errors.ts';
 import {
   BLOCKED_TASKS_SCRIPT, BootError, ChannelLostError, diagnoseThroughExec,
   type Diagnosis, type ExecOptions, type ExecResult, type ExitInfo, type HostRequestOutcome,
-  type MachineBackend, type MachineConfig, type MachineInstance, type PowerOffOutcome, type UploadFile,
+  type MachineBackend, type MachineConfig, type MachineInstance, type PowerOffOutcome, type UploadFile, type WaitingRunner,
 } from './instance.ts';
 import { iommuKernelWords } from './cmdline.ts';
 
@@ -52,6 +53,12 @@ export interface FakeScript {
   runner?: RunnerStep[];
   /** The runner's exit code when its steps are done. */
   runnerExit?: number;
+  /**
+   * A probe runner waiting in the guest (as in a restored snapshot): it takes
+   * the run through prestart.sh go (then does `runner`), or refuses it with
+   * this stderr line and RUNNER_EXIT.notPrestarted.
+   */
+  waitingRunner?: { takes: true } | { refuses: string };
   /** What the guest's blocked-task listing prints (diagnose). */
   blockedTasks?: string;
   /** Commands that fail: argv[0] or the script's first line -> exit code and stderr. */
@@ -115,7 +122,10 @@ export class FakeInstance implements MachineInstance {
   /** Ends commands that are running when the machine dies or the connection drops. */
   private readonly onLost = new Set<() => void>();
 
+  readonly waitingRunner?: WaitingRunner;
+
   constructor(private readonly config: MachineConfig, private readonly script: FakeScript) {
+    if (script.waitingRunner) this.waitingRunner = { bundleHash: '0'.repeat(64), startupSec: 4.5 };
     this.pciPaths = fakePciPaths(config);
     this.consoleLog = path.join(config.runDir, 'console.log');
     writeFileSync(this.consoleLog, '');
@@ -198,6 +208,11 @@ export class FakeInstance implements MachineInstance {
     if (blocks) {
       for (const l of blocks.console ?? []) this.printk(l);
       throw new InfraError(`guest command "${argv.join(' ').slice(0, 80)}": timed out after ${(opts.timeoutMs / 1000).toFixed(0)} s`, undefined, 'timeout');
+    }
+    if (argv[0] === 'sh' && argv[1] === `${GUEST_PRESTART_DIR}/${PRESTART_SCRIPT_NAME}` && argv[2] === 'go') {
+      const w = this.script.waitingRunner;
+      if (!w || 'refuses' in w) return done('', RUNNER_EXIT.notPrestarted, `${w ? w.refuses : 'no waiting probe runner'}\n`);
+      return this.runRunner(opts, start, this.script.runner ?? [{ stdout: 'TAP version 14\n1..0\n' }], this.script.runnerExit ?? 0);
     }
     if (argv[0] === 'node' && argv.some((a) => a.endsWith('config.json'))) return this.runRunner(opts, start, this.script.runner ?? [{ stdout: 'TAP version 14\n1..0\n' }], this.script.runnerExit ?? 0);
     if (argv[0] === GUEST_SELFTEST_RUNNER) return this.runSelftest(argv, opts, start);

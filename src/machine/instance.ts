@@ -83,6 +83,28 @@ export interface MachineConfig {
   append: string[];
   /** Open the emulator's gdbstub on a free 127.0.0.1 port (`hwlab run --gdb`). */
   gdb?: boolean;
+  /**
+   * How to start the probe runner waiting in a guest about to be saved
+   * (snapshot.ts), so that restored guests skip its cold start. Called only
+   * when a guest is saved.
+   */
+  prestartRunner?: () => Promise<RunnerPrestart>;
+}
+
+/** A probe runner to start waiting in the guest (src/guest/prestart.sh): files to upload, then the command that returns once it waits. */
+export interface RunnerPrestart {
+  files: UploadFile[];
+  start: string[];
+  /** Bundle hash the runner is started from. */
+  bundleHash: string;
+  timeoutMs: number;
+}
+
+/** A probe runner waiting in the guest since before its save: node and koffi loaded. */
+export interface WaitingRunner {
+  bundleHash: string;
+  /** Seconds node took, at the save, from its start to waiting with the probes loaded: what a restored run does not pay. */
+  startupSec: number;
 }
 
 /** How a person reaches a running guest from outside hwlab: a kept guest, a shell, gdb. */
@@ -148,6 +170,8 @@ export interface MachineInstance {
   readonly exited: ExitInfo | null;
   /** Process, ports and scratch folder of a real emulator; null for a backend without one (the fake). */
   readonly access: GuestAccess | null;
+  /** A probe runner already started and waiting in the guest (a restored snapshot), once the guest is ready; absent otherwise. */
+  readonly waitingRunner?: WaitingRunner;
   /** Resolves true when the machine has exited (whoever ended it), false after timeoutMs. */
   whenExited(timeoutMs: number): Promise<boolean>;
   /** Waits until the guest is ready (sshd up and SSH answering); throws BootError. */

@@ -7,13 +7,14 @@
 // quit, SIGTERM, SIGKILL, and Ctrl-C through hwlab's cleanup registry.
 import { execa, type ResultPromise } from 'execa';
 import { existsSync } from 'node:fs';
-import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { bootFailure, READY_LINE, type HostRequest } from '../protocol/protocol.ts';
 import { onCleanup } from '../util/cleanup.ts';
 import { InfraError } from '../util/errors.ts';
+import { processAlive } from '../util/lock.ts';
 import { boundToHwlab } from '../util/host-tools.ts';
 import { decideAccel } from './accel.ts';
 import { buildQemuCommand, type QemuCommand } from './cmdline.ts';
@@ -43,6 +44,25 @@ async function freePort(): Promise<number> {
  * per-run scratch files (root overlay, QMP socket, BAR backing files) are
  * made afresh in a scratch folder of its own, and the console is the terminal.
  */
+const SCRATCH_NAME = /^hwlab-(\d+)-[A-Za-z0-9]{6}$/;
+
+/**
+ * Removes the scratch folders (root overlay, BAR backing files in RAM) of
+ * hwlab processes that no longer exist: a SIGKILLed hwlab leaves its folder,
+ * while its QEMU died with it (pdeathsig). A folder whose PID is alive, even
+ * a reused one, is left alone; older folders without a PID are not touched.
+ */
+export async function sweepDeadScratch(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await readdir(root).catch(() => [] as string[])) {
+    const m = SCRATCH_NAME.exec(name);
+    if (!m || processAlive(Number(m[1]))) continue;
+    await rm(path.join(root, name), { recursive: true, force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
 export function reproduceScript(cmd: QemuCommand, scratch: string, rootImage: string): string {
   const q = (a: string) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`);
   // Scratch paths become "$scratch/..." (double quotes, the rest escaped for them).
@@ -84,15 +104,27 @@ export const qemuBackend: MachineBackend = {
 /**
  * How a QEMU machine comes up (snapshot.ts uses the last two):
  *   boot     from the kernel, as always
- *   save     boot with migratable devices; once the guest says it is ready and
- *            before SSH connects, save() gets the QMP connection and the disks
- *            (it saves and resumes the guest; a failure there must not stop the run)
+ *   save     boot with migratable devices; once the guest is ready (SSH
+ *            connected), save() gets the QMP connection, the disks and the guest
+ *            (to start the probe runner waiting), closes SSH, saves and resumes
+ *            the guest; SSH connects again after it. A failure there must not
+ *            stop the run.
  *   restore  load a saved guest instead of booting (its disks, its console so far)
  */
 export type QemuLaunch =
   | { kind: 'boot' }
-  | { kind: 'save'; save: (m: { qmp: QmpClient; rootOverlay: string; modulesDisk: string; consoleLog: string }) => Promise<void> }
+  | { kind: 'save'; save: (m: SaveAccess) => Promise<void> }
   | { kind: 'restore'; from: GuestSnapshotFiles };
+
+/** What a save gets: QMP, the disks and console as QEMU writes them, the guest over SSH, and a way to close SSH before the save. */
+export interface SaveAccess {
+  qmp: QmpClient;
+  rootOverlay: string;
+  modulesDisk: string;
+  consoleLog: string;
+  guest: Pick<MachineInstance, 'exec' | 'upload'>;
+  disconnect: () => void;
+}
 
 export function startQemu(config: MachineConfig, launch: QemuLaunch): Promise<MachineInstance> {
   return QemuInstance.start(config, launch);
@@ -123,7 +155,10 @@ class QemuInstance implements MachineInstance {
   }
 
   static async start(config: MachineConfig, launch: QemuLaunch): Promise<QemuInstance> {
-    const scratch = await mkdtemp(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'hwlab-'));
+    const scratchRoot = existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
+    await sweepDeadScratch(scratchRoot);
+    // Named by our PID: a hwlab killed with SIGKILL cannot remove it, and the next start does.
+    const scratch = await mkdtemp(path.join(scratchRoot, `hwlab-${process.pid}-`));
     // Registered before anything else exists, so a failure below still removes the scratch folder.
     let instance: QemuInstance | undefined;
     const removeCleanup = onCleanup(async () => {
@@ -217,11 +252,24 @@ class QemuInstance implements MachineInstance {
       opts.onProgress?.(lastConsoleLine(text));
       await new Promise((r) => setTimeout(r, 100));
     }
+    opts.onProgress?.('sshd up, connecting');
+    await this.connectSsh(deadline);
     if (this.launch.kind === 'save') {
       opts.onProgress?.('saving the booted guest');
-      await this.launch.save({ qmp: await this.qmpClient(), rootOverlay: this.overlay, modulesDisk: this.config.modulesDisk, consoleLog: this.consoleLog });
+      await this.launch.save({
+        qmp: await this.qmpClient(), rootOverlay: this.overlay, modulesDisk: this.config.modulesDisk, consoleLog: this.consoleLog,
+        guest: this,
+        // Before the stream is written: a forwarded connection's host side dies with this QEMU, so none may be open in the saved guest.
+        disconnect: () => { this.ssh?.close(); this.ssh = null; },
+      });
+      if (!this.ssh) {
+        opts.onProgress?.('guest saved, connecting again');
+        await this.connectSsh(deadline);
+      }
     }
-    opts.onProgress?.('sshd up, connecting');
+  }
+
+  private async connectSsh(deadline: number): Promise<void> {
     try {
       this.ssh = await SshConnection.connect({
         port: this.sshPort,

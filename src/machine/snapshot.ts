@@ -8,6 +8,9 @@
 // the guest up to date: the clock (the saved guest wakes up in the past) and
 // /lib/modules, replaced by this run's modules tree on a tmpfs, so modprobe
 // loads the modules just built and the srcversion check runs as after a boot.
+// Before the save the probe runner is started and left waiting (node and
+// koffi loaded; src/guest/prestart.sh), so a restored run skips its cold
+// start; its bundle hash decides whether a run may use it.
 // A machine QEMU cannot migrate (amd-iommu, nvme) boots as before.
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
@@ -20,9 +23,10 @@ import { cacheKey, ensureEntry, entryDir, isComplete, markUsed } from '../util/c
 import { InfraError, InputError } from '../util/errors.ts';
 import { decideAccel } from './accel.ts';
 import { buildQemuCommand } from './cmdline.ts';
-import type { MachineBackend, MachineConfig, MachineInstance } from './instance.ts';
+import type { MachineBackend, MachineConfig, MachineInstance, WaitingRunner } from './instance.ts';
 import { resumeGuest, saveStoppedGuest, type GuestSnapshotFiles } from './migration.ts';
-import { qemuBackend, startQemu } from './qemu.ts';
+import { qemuBackend, startQemu, type SaveAccess } from './qemu.ts';
+import { parsePrestartReady } from '../protocol/protocol.ts';
 
 /** Devices QEMU 7.2 refuses to migrate (test/bench/migration-blockers.ts); ivshmem-plain migrates as master. */
 const UNMIGRATABLE_ENDPOINTS: readonly EndpointType[] = ['nvme'];
@@ -93,7 +97,7 @@ async function fileSha(file: string): Promise<string> {
   return createHash('sha256').update(await readFile(file)).digest('hex');
 }
 
-/** The key of a saved guest: everything that decides the booted state, none of the per-run paths. */
+/** The key of a saved guest: everything that decides the booted state (the waiting runner's bundle too), none of the per-run paths. */
 export async function snapshotKey(config: MachineConfig): Promise<string> {
   const accel = await decideAccel(config.lab.machine.accel, config.kernelImage);
   // The command line with placeholders for the per-run paths: machine, vIOMMU, topology and kernel words.
@@ -103,13 +107,16 @@ export async function snapshotKey(config: MachineConfig): Promise<string> {
   });
   const qemu = (await execa('qemu-system-x86_64', ['--version'])).stdout.split('\n')[0];
   return cacheKey({
-    v: 1,
+    // v2: the saved guest holds a waiting probe runner (runner.json).
+    v: 2,
     qemu,
     args: cmd.args,
     kernel: await fileSha(config.kernelImage),
     initramfs: cpioContentHash(await readFile(config.initrd)),
     image: config.rootImage,
     hostKey: config.hostKey,
+    // The saved guest's waiting runner serves only runs of its own bundle: a changed bundle saves a new guest.
+    runner: config.prestartRunner ? (await config.prestartRunner()).bundleHash : null,
   });
 }
 
@@ -117,10 +124,13 @@ function snapshotFiles(dir: string): GuestSnapshotFiles {
   return { state: path.join(dir, 'state'), rootOverlay: path.join(dir, 'root.qcow2'), modulesDisk: path.join(dir, 'modules.ext4'), console: path.join(dir, 'console.log') };
 }
 
-/** What happened to the snapshot in this run, written to the run folder as snapshot.json. */
+/** The waiting runner's record in a snapshot entry. */
+const RUNNER_FILE = 'runner.json';
+
+/** What happened to the snapshot in this run, written to the run folder as snapshot.json (runner: the probe runner waiting in it). */
 export type SnapshotRecord =
-  | { action: 'restored'; key: string; seconds: number }
-  | { action: 'saved'; key: string; seconds: number; bytes: number }
+  | { action: 'restored'; key: string; seconds: number; runner?: WaitingRunner }
+  | { action: 'saved'; key: string; seconds: number; bytes: number; runner?: WaitingRunner }
   | { action: 'not-saved'; key?: string; reason: string };
 
 async function record(runDir: string, r: SnapshotRecord): Promise<void> {
@@ -153,6 +163,8 @@ async function refreshRestoredGuest(m: MachineInstance, lab: LabSpec, modulesRoo
 
 /** A QEMU instance whose waitReady also refreshes a restored guest and records what happened. */
 class SnapshotInstance implements MachineInstance {
+  /** Set by the save or the restore once the guest is ready. */
+  waitingRunner?: WaitingRunner;
   constructor(private readonly inner: MachineInstance, private readonly afterReady: (deadline: number) => Promise<void>) {}
   get accel() { return this.inner.accel; }
   get pciPaths() { return this.inner.pciPaths; }
@@ -199,16 +211,21 @@ async function startWithSnapshot(config: MachineConfig): Promise<MachineInstance
     await markUsed(dir);
     const started = Date.now();
     const modulesRoot = config.modulesRoot;
+    const runner = await readFile(path.join(dir, RUNNER_FILE), 'utf8').then((t) => JSON.parse(t) as WaitingRunner, () => undefined);
     const inner = await startQemu(config, { kind: 'restore', from: snapshotFiles(dir) });
-    return new SnapshotInstance(inner, async (deadline) => {
+    const instance: SnapshotInstance = new SnapshotInstance(inner, async (deadline) => {
       await refreshRestoredGuest(inner, config.lab, modulesRoot, Math.max(10_000, deadline - Date.now()));
+      instance.waitingRunner = runner;
       // Seconds from QEMU's start to a ready, refreshed guest.
-      await record(config.runDir, { action: 'restored', key, seconds: (Date.now() - started) / 1000 });
+      await record(config.runDir, { action: 'restored', key, seconds: (Date.now() - started) / 1000, ...(runner ? { runner } : {}) });
     });
+    return instance;
   }
+  let saved: WaitingRunner | undefined;
   const inner = await startQemu(config, {
     kind: 'save',
-    save: async ({ qmp, rootOverlay, modulesDisk, consoleLog }) => {
+    save: async (access) => {
+      const { qmp, rootOverlay, modulesDisk, consoleLog } = access;
       const started = Date.now();
       try {
         const text = await readFile(consoleLog, 'utf8');
@@ -218,9 +235,11 @@ async function startWithSnapshot(config: MachineConfig): Promise<MachineInstance
           await record(config.runDir, { action: 'not-saved', key, reason: `the boot printed a kernel report: ${reports[0].title}` });
           return;
         }
+        const runner = await startWaitingRunner(config, access);
         let bytes = 0;
         await ensureEntry('guest-snapshot', key, `booted guest ${config.lab.name} (${path.basename(config.kernelImage)})`, async (tmp) => {
           const files = snapshotFiles(tmp);
+          if (runner) await writeFile(path.join(tmp, RUNNER_FILE), JSON.stringify(runner));
           try {
             await saveStoppedGuest(qmp, files.state, MIGRATION_TIMEOUT_MS);
             // The guest is stopped and QEMU flushed its disks: the overlay is exactly what the saved RAM expects.
@@ -232,14 +251,37 @@ async function startWithSnapshot(config: MachineConfig): Promise<MachineInstance
           }
           for (const f of Object.values(files)) bytes += (await execa('du', ['-b', f])).stdout.split('\t').map(Number)[0];
         });
-        await record(config.runDir, { action: 'saved', key, seconds: (Date.now() - started) / 1000, bytes });
+        saved = runner;
+        await record(config.runDir, { action: 'saved', key, seconds: (Date.now() - started) / 1000, bytes, ...(runner ? { runner } : {}) });
       } catch (err) {
         // The run goes on booted as usual; the next run tries again.
         await record(config.runDir, { action: 'not-saved', key, reason: (err as Error).message });
       }
     },
   });
-  return new SnapshotInstance(inner, async () => {});
+  const instance: SnapshotInstance = new SnapshotInstance(inner, async () => { instance.waitingRunner = saved; });
+  return instance;
+}
+
+/**
+ * Starts the probe runner waiting in the guest (none without
+ * MachineConfig.prestartRunner: the benchmark's restored-cold baseline), then
+ * closes SSH so the save holds no connection; throws when it does not get ready.
+ */
+async function startWaitingRunner(config: MachineConfig, access: SaveAccess): Promise<WaitingRunner | undefined> {
+  if (!config.prestartRunner) {
+    access.disconnect();
+    return undefined;
+  }
+  const p = await config.prestartRunner();
+  await access.guest.upload(p.files);
+  const r = await access.guest.exec(p.start, { timeoutMs: p.timeoutMs });
+  const ready = parsePrestartReady(r.stdout.trim());
+  if (r.code !== 0 || !ready) {
+    throw new InfraError(`the probe runner did not start waiting (exit ${r.code ?? r.signal}): ${(r.stderr || r.stdout).trim().split('\n').slice(-5).join(' | ')}`, undefined, 'snapshot');
+  }
+  access.disconnect();
+  return { bundleHash: p.bundleHash, startupSec: ready.startupSec };
 }
 
 /** QEMU, restoring a saved booted guest when one fits the run and saving one when none does. */
@@ -248,12 +290,32 @@ export const snapshotQemuBackend: MachineBackend = {
   start: startWithSnapshot,
 };
 
-const SNAPSHOT_SETTINGS = ['on', 'off'] as const;
+/**
+ * Whether a run restores a saved booted guest:
+ *   on    the snapshot backend for every lab (a lab it cannot save boots, and snapshot.json says why)
+ *   off   boot as always
+ *   auto  the snapshot backend where it applies (a machine QEMU can migrate, no --gdb), booting otherwise
+ */
+export const SNAPSHOT_SETTINGS = ['on', 'off', 'auto'] as const;
+export type SnapshotSetting = (typeof SNAPSHOT_SETTINGS)[number];
 
-/** The backend `hwlab run` uses: HWLAB_SNAPSHOT=on restores booted guests (checked: a typo must not silently boot). */
-export function defaultQemuBackend(env: NodeJS.ProcessEnv = process.env): MachineBackend {
+const isSetting = (v: string): v is SnapshotSetting => (SNAPSHOT_SETTINGS as readonly string[]).includes(v);
+
+/** `--snapshot` when given, else HWLAB_SNAPSHOT, else off; checked (a typo must not silently boot). */
+export function snapshotSetting(option: string | undefined, env: NodeJS.ProcessEnv = process.env): SnapshotSetting {
+  if (option !== undefined) {
+    if (isSetting(option)) return option;
+    throw new InputError(`--snapshot: must be one of ${SNAPSHOT_SETTINGS.join(', ')} (got "${option}")`, undefined, 'bad-option');
+  }
   const v = env.HWLAB_SNAPSHOT;
-  if (v === undefined || v === '' || v === 'off') return qemuBackend;
-  if (v === 'on') return snapshotQemuBackend;
+  if (v === undefined || v === '') return 'off';
+  if (isSetting(v)) return v;
   throw new InputError(`environment variable HWLAB_SNAPSHOT: must be one of ${SNAPSHOT_SETTINGS.join(', ')} (got "${v}")`, undefined, 'bad-environment');
+}
+
+/** The QEMU backend a run uses for a setting and a lab. */
+export function qemuBackendFor(setting: SnapshotSetting, lab: LabSpec, opts: { gdb?: boolean } = {}): MachineBackend {
+  if (setting === 'off') return qemuBackend;
+  if (setting === 'auto' && (opts.gdb || whyNotMigratable(lab))) return qemuBackend;
+  return snapshotQemuBackend;
 }

@@ -1,10 +1,15 @@
 // The in-guest probe runner: src/guest/runner.ts bundled by esbuild into one
-// CommonJS file, plus koffi's package with only the linux_x64 native module.
+// CommonJS file, plus koffi's package with only the linux_x64 native module,
+// and src/guest/prestart.sh, which starts a runner that waits in a guest
+// about to be saved and hands it a run after the restore. The bundle's hash
+// tells a waiting runner whether it is the code this run uploaded.
 import * as esbuild from 'esbuild';
-import { copyFile, mkdir } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { copyFile, mkdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PRESTART_SCRIPT_NAME } from '../protocol/protocol.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -12,6 +17,8 @@ export interface ProbeBundle {
   /** Local file -> path relative to the guest's probe directory. */
   files: Array<{ local: string; relative: string }>;
   entry: string;
+  /** sha256 over every file's relative path and contents, in order. */
+  hash: string;
 }
 
 export async function bundleProbes(outDir: string): Promise<ProbeBundle> {
@@ -37,5 +44,10 @@ export async function bundleProbes(outDir: string): Promise<ProbeBundle> {
     await copyFile(path.join(koffiDir, f), dest);
     files.push({ local: dest, relative: `node_modules/koffi/${f}` });
   }
-  return { files, entry: 'runner.cjs' };
+  const prestart = path.join(outDir, PRESTART_SCRIPT_NAME);
+  await copyFile(path.join(repoRoot, 'src/guest', PRESTART_SCRIPT_NAME), prestart);
+  files.push({ local: prestart, relative: PRESTART_SCRIPT_NAME });
+  const h = createHash('sha256');
+  for (const f of files) h.update(`${f.relative}\0`).update(await readFile(f.local)).update('\0');
+  return { files, entry: 'runner.cjs', hash: h.digest('hex') };
 }

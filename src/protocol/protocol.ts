@@ -13,6 +13,11 @@
 // 4. A probe may ask the host for something (a hot removal) with a request
 //    line on stdout; the host acts and the probe watches for the effect.
 // 5. The runner exits with one of RUNNER_EXIT.
+// 2b. A guest restored from a snapshot (src/machine/snapshot.ts) may hold a
+//    runner started before the save and waiting (node and koffi already
+//    loaded): the host uploads the run's bundle and config as in 2, then runs
+//    `prestart.sh go` instead of node, which hands the config to the waiting
+//    runner and streams its TAP and stderr as node's own would be.
 import type { DmabufAbi } from '../lab/types.ts';
 import type { EndpointType } from '../lab/endpoints.ts';
 
@@ -113,6 +118,55 @@ export interface GuestRunConfig {
   devices: Record<string, GuestDevice>;
 }
 
+// ---------------------------------------------------------------------------
+// 2b. The prestarted runner (issue 12). The host uploads the bundle to
+// GUEST_PRESTART_DIR before a booted guest is saved and runs
+// `prestart.sh start HASH TIMEOUT`, which starts `node runner.cjs --wait HASH DIR`
+// detached, with its stdout and stderr on FIFOs, and returns once the runner has
+// loaded its probes and koffi. After a restore, `prestart.sh go HASH CONFIG`
+// hands the waiting runner the config (read from disk then) and this run's
+// bundle hash: the same hash, it runs the probes and the script streams its
+// output and exits with its exit code; another hash (the bundle changed since
+// the save) or no waiting runner, it exits RUNNER_EXIT.notPrestarted having
+// run nothing, and the host starts a cold runner.
+
+/** Where the bundle a waiting runner was started from lives (never overwritten by a run's upload: koffi.node is mapped). */
+export const GUEST_PRESTART_DIR = `${GUEST_DIR}/prestart`;
+/** The guest-side script (src/guest/prestart.sh), part of the bundle. */
+export const PRESTART_SCRIPT_NAME = 'prestart.sh';
+/** The runner's first argument when it starts waiting: `--wait HASH DIR`. */
+export const RUNNER_WAIT_FLAG = '--wait';
+/**
+ * Files in the prestart directory both sides of `prestart.sh` use: `control`
+ * (FIFO: the go line `HASH CONFIG`), `out` and `err` (FIFOs: the runner's
+ * stdout and stderr), `ready` (written by the runner once it waits: its pid and
+ * the seconds its start took), `status` (its exit code, written as it exits).
+ */
+export const PRESTART_FILES = { control: 'control', out: 'out', err: 'err', ready: 'ready', status: 'status' } as const;
+
+/** The go line the script writes to the control FIFO. */
+export function formatPrestartGo(bundleHash: string, configFile: string): string {
+  if (!/^[0-9a-f]{64}$/.test(bundleHash)) throw new Error(`"${bundleHash}" is not a sha256 bundle hash`);
+  if (/\s/.test(configFile)) throw new Error(`config path "${configFile}" has white space`);
+  return `${bundleHash} ${configFile}`;
+}
+
+/** The go line parsed, or null when it is not one. */
+export function parsePrestartGo(line: string): { bundleHash: string; configFile: string } | null {
+  const m = /^([0-9a-f]{64}) (\S+)\s*$/.exec(line);
+  return m ? { bundleHash: m[1], configFile: m[2] } : null;
+}
+
+/** What the runner writes to `ready`: its pid and how long node took to start and load the probes. */
+export function formatPrestartReady(pid: number, startupSec: number): string {
+  return `${pid} ${startupSec.toFixed(3)}`;
+}
+
+export function parsePrestartReady(text: string): { pid: number; startupSec: number } | null {
+  const m = /^(\d+) (\d+(?:\.\d+)?)\s*$/.exec(text);
+  return m ? { pid: Number(m[1]), startupSec: Number(m[2]) } : null;
+}
+
 /** The runner's first argument when it runs a stress worker (the stress probe starts the bundle again). */
 export const STRESS_WORKER_FLAG = '--stress-worker';
 
@@ -122,6 +176,13 @@ export const STRESS_WORKER_FLAG = '--stress-worker';
 export const TAP_VERSION_LINE = 'TAP version 14';
 /** A top-level subtest (one per probe) opens with this comment. */
 export const SUBTEST_PREFIX = '# Subtest: ';
+/**
+ * The YAML diagnostic key of a point the probe could not judge because the
+ * guest could not do its part in time (a worker process that never started
+ * on an overloaded host): not ok, but evidence about neither the kernel nor
+ * the driver, so the host classes it infra, never fail.
+ */
+export const HARNESS_DIAG_KEY = 'harness';
 const SUBTEST_LINE = /^# Subtest: (.*)$/;
 const TEST_POINT = /^(not )?ok \d+/;
 
@@ -252,4 +313,6 @@ export const RUNNER_EXIT = {
   crashed: 1,
   /** The config was unusable. */
   badConfig: 2,
+  /** `prestart.sh go` only: no runner was waiting, or it was started from another bundle; nothing ran (start a cold one). */
+  notPrestarted: 3,
 } as const;

@@ -11,7 +11,7 @@ import { findConsoleReports } from '../report/scan.ts';
 import { attachKernelReports, probeWindowsFromConsole, selftestWindowsFromConsole } from '../results/attribution.ts';
 import { markExpectedFailure, parseKselftestTap, type SelftestResult } from '../results/kselftest.ts';
 import { kernelRecord, type RunResults } from '../results/report.ts';
-import { markHungProbe, parseProbeTap, type ProbeResult } from '../results/tap.ts';
+import { markHungProbe, markUnreachedProbes, parseProbeTap, type ProbeResult } from '../results/tap.ts';
 import type { RunContext, RunState } from './context.ts';
 
 export async function collect(ctx: RunContext, m: MachineInstance | undefined, backend: string, state: RunState): Promise<RunResults> {
@@ -22,6 +22,7 @@ export async function collect(ctx: RunContext, m: MachineInstance | undefined, b
   // No probe phase (boot or setup failed): no probe results, rather than a "broken TAP stream".
   const probes: ProbeResult[] = state.tap === undefined ? [] : parseProbeTap(state.tap);
   if (state.hung) markHungProbe(probes, state.hung, lab.probes.map((p) => p.name));
+  else if (state.tap !== undefined && state.failure?.phase === 'probes') markUnreachedProbes(probes, lab.probes.map((p) => p.name), 'the run stopped');
   attachKernelReports(probes, found, probeWindowsFromConsole(consoleText));
   const selftests = selftestResults(ctx, state, found, consoleText);
   const kernelReports = dedupByTitle(found);
@@ -41,6 +42,7 @@ export async function collect(ctx: RunContext, m: MachineInstance | undefined, b
     ...(built ? { selftestsBuild: { collections: built.collections, cacheKey: built.cacheKey, built: built.built, ...(built.buildSeconds !== undefined ? { buildSeconds: built.buildSeconds } : {}) } } : {}),
     kernelReports,
     timings: { ...ctx.timings, total: (Date.now() - ctx.startedAt) / 1000 },
+    ...(state.runner ? { runner: state.runner } : {}),
     runDir,
   };
 }

@@ -2,7 +2,7 @@
 // lab, the prepared artifacts, the run folder) and the state they fill in as
 // they go, which collect() turns into results whatever happened.
 import type { MachineInstance } from '../machine/instance.ts';
-import type { RunResults } from '../results/report.ts';
+import type { RunnerRecord, RunResults } from '../results/report.ts';
 import type { GuestPciDevice } from '../session/pci.ts';
 import type { ViommuRecord } from '../session/viommu.ts';
 import type { LabSpec } from '../lab/types.ts';
@@ -55,6 +55,8 @@ export interface RunState {
   removed: Set<string>;
   /** The runner's TAP; undefined when the probe phase never started. */
   tap?: string;
+  /** Which probe runner ran: prestarted (waiting since a snapshot's save) or cold. */
+  runner?: RunnerRecord;
   /** The probe that ran out of time, with what the guest was stuck on. */
   hung?: HungProbe;
   /** The kernel's selftests as one kselftest TAP 13 stream; undefined when the selftest phase never started. */

@@ -16,7 +16,7 @@ import { describeReport } from '../report/kernel-report.ts';
 import { unattributedReports } from '../results/attribution.ts';
 import type { OutcomeClass } from '../results/outcome.ts';
 import type { RunResults } from '../results/report.ts';
-import { probeStatus, TAP_STREAM_PROBE } from '../results/tap.ts';
+import { isFailingPoint, probeStatus, TAP_STREAM_PROBE } from '../results/tap.ts';
 
 import type { Progress } from '../util/progress.ts';
 import { runLab, type RunOptions, type RunOutcome } from './run-lab.ts';
@@ -155,7 +155,9 @@ export function failuresOf(results: Pick<RunResults, 'probes' | 'kernelReports' 
   for (const p of results.probes) {
     // A probe that never ran says nothing about the patch; the one that hung before it does.
     if (probeStatus(p) !== 'FAIL' || p.notRun !== undefined) continue;
-    const subtests = p.subtests.filter((s) => !s.ok && s.todo === undefined && s.skip === undefined).map((s) => s.name);
+    const subtests = p.subtests.filter(isFailingPoint).map((s) => s.name);
+    // Only points the harness could not judge: evidence of nothing, not a catch.
+    if (subtests.length === 0 && p.kernelReports.length === 0 && p.subtests.some((s) => s.harness !== undefined)) continue;
     const spec = lab?.probes[real.indexOf(p)];
     const device = spec?.name === p.name && repeated(p.name) ? spec.device : undefined;
     out.push({ probe: p.name, ...(device ? { device } : {}), subtests, kernelReports: p.kernelReports.map(describeReport) });

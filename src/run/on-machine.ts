@@ -18,10 +18,10 @@ import { verifyLoadedModules } from '../session/modules.ts';
 import { guestModuleBuildIds, verifyReplacedModules } from '../session/modules-buildid.ts';
 import { findPciDevices, type GuestPciDevice } from '../session/pci.ts';
 import { assertViommu, viommuRecord } from '../session/viommu.ts';
-import { InfraError } from '../util/errors.ts';
+import { InfraError, KernelFaultError } from '../util/errors.ts';
 import { collect } from './collect.ts';
 import type { RunContext, RunState } from './context.ts';
-import { probePhase, uploadProbes } from './probe-phase.ts';
+import { probePhase, runnerPrestart, uploadProbes } from './probe-phase.ts';
 import { selftestPhase } from './selftest-phase.ts';
 
 /**
@@ -30,8 +30,12 @@ import { selftestPhase } from './selftest-phase.ts';
  * can miss its ticks and panic at boot ("timer doesn't work through
  * Interrupt-remapped IO-APIC", seen here with two guests and a build on 2
  * cores); it is what virtual machines set, and nothing under test depends on it.
+ * pty.legacy_count=0: no legacy BSD ptys (sshd uses /dev/pts). Creating the
+ * 256 of them was the slowest initcall but one (pty_init, 0.6 to 1.0 s under
+ * lockdep and kobject debugging); without them the kernel reached the
+ * initramfs 0.7 to 2.4 s sooner in three paired boots (README, "Speed").
  */
-export const KERNEL_WORDS = ['console=ttyS0,115200', 'rdinit=/init', 'panic=-1', 'printk.time=1', 'no_timer_check'];
+export const KERNEL_WORDS = ['console=ttyS0,115200', 'rdinit=/init', 'panic=-1', 'printk.time=1', 'no_timer_check', 'pty.legacy_count=0'];
 
 async function timed<T>(ctx: RunContext, name: string, fn: () => Promise<T>): Promise<T> {
   const t = Date.now();
@@ -112,6 +116,7 @@ async function setup(ctx: RunContext, m: MachineInstance, state: RunState): Prom
  * return (vfio waits for a device registration the kernel leaked) ends the
  * give-back: waiting for each device in turn took minutes. What blocked is
  * said: the guest's blocked tasks and vfio's "blocked until released" line.
+ * Classed `kernel` (KernelFaultError) unless the runner may still be alive.
  */
 async function giveBack(ctx: RunContext, m: MachineInstance, state: RunState): Promise<void> {
   if (state.hung || !state.devices) return;
@@ -125,7 +130,11 @@ async function giveBack(ctx: RunContext, m: MachineInstance, state: RunState): P
       const tasks = await m.diagnose().then((x) => x.blockedTasks.trim(), () => '');
       const blocked = (await m.console().catch(() => '')).split('\n').filter((l) => /blocked until .*released/i.test(l)).pop();
       const rest = todo.slice(i + 1).map(([x]) => x);
-      throw new InfraError(
+      // The kernel's fault once the runner has exited: its fds (devices, dma-bufs, importer
+      // sessions) are closed, so only a reference the kernel never dropped holds the device.
+      // A runner that did not exit may still hold it itself: then it is not evidence.
+      const Blocked = state.failure?.code === 'runner-did-not-exit' ? InfraError : KernelFaultError;
+      throw new Blocked(
         `giving ${id} (${d.bdf}) back to its driver blocked in the guest kernel: the unbind did not return in ${UNBIND_TIMEOUT_SEC} s` +
         `${blocked ? `; the kernel says: ${blocked.replace(/^\[[^\]]*\]\s*/, '').trim()}` : ''}` +
         `${rest.length ? `; not tried: ${rest.join(', ')}` : ''}${tasks ? `\nblocked tasks:\n${tasks.split('\n').slice(0, 40).join('\n')}` : ''}`,
@@ -152,6 +161,7 @@ export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Pr
       privateKey: ctx.privateKey, hostKey: image.hostKey, runDir: ctx.runDir,
       // gdb resolves symbols at their link addresses: no KASLR under --gdb.
       append: ctx.gdb ? [...KERNEL_WORDS, 'nokaslr'] : KERNEL_WORDS, gdb: ctx.gdb,
+      prestartRunner: () => runnerPrestart(ctx),
     });
     ctx.progress.info(`accel: ${m.accel.note}`);
     await boot(ctx, m);
@@ -159,7 +169,7 @@ export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Pr
     await setup(ctx, m, state);
     state.phase = 'probes';
     let runner: string[] = [];
-    if (ctx.runProbes === false) runner = await uploadProbes(ctx, m, state);
+    if (ctx.runProbes === false) runner = (await uploadProbes(ctx, m, state)).cold;
     else {
       // A lab of selftests alone has no probe runner to start.
       if (ctx.lab.probes.length || !ctx.lab.selftests?.length) runner = await probePhase(ctx, m, state);

@@ -5,11 +5,11 @@
 // say whose fault they are (bad input or the host), so a run that stops
 // before booting still ends in a class.
 import path from 'node:path';
-import { requirementsOf } from '../guest/probes/catalog.ts';
-import { buildImage, type GuestImage } from '../image/build.ts';
+import { requirementsOf, type ProbeRequirement } from '../guest/probes/catalog.ts';
+import { buildImage, imageNeedsBuild, type GuestImage } from '../image/build.ts';
 import { buildInitramfs } from '../image/initramfs.ts';
 import { loadImageRecipe } from '../image/recipe.ts';
-import { assembledConfig, buildKernel } from '../kernel/build.ts';
+import { assembledConfig, buildKernel, touchedFiles, withPatchedScratch } from '../kernel/build.ts';
 import { fetchDebianKernel } from '../kernel/debian.ts';
 import { buildOverlayKernel } from '../kernel/driver-build.ts';
 import { buildHwlabModule, type HwlabModule, type ModuleTarget } from '../kernel/extmod.ts';
@@ -20,9 +20,9 @@ import { imagesDirFor } from '../lab/load.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { buildSelftests, type BuiltSelftests } from '../selftests/build.ts';
 import { formatUnmet, unmetSelftestSymbols } from '../selftests/config.ts';
-import { checkSelftestsAgainstTree, collectionsOf, parseKselftestList, planSelftests, type PlannedSelftest } from '../selftests/plan.ts';
+import { checkSelftestsAgainstTree, collectionsOf, parseKselftestList, planSelftests, SELFTESTS_DIR, type PlannedSelftest } from '../selftests/plan.ts';
 import { InputError } from '../util/errors.ts';
-import type { Progress } from '../util/progress.ts';
+import { silentProgress, type Progress } from '../util/progress.ts';
 import { readFragment } from './preflight.ts';
 
 export interface PrepareOptions {
@@ -48,7 +48,7 @@ export interface PreparedLab {
 const builtNote = (k: { built: boolean; buildSeconds?: number }) => (k.built ? `built in ${k.buildSeconds?.toFixed(0)} s` : 'from cache, make not run');
 
 /** The kernel a lab names, and how hwlab's own modules reach its build interface. */
-async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string): Promise<{ kernel: Kernel; target: ModuleTarget }> {
+async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string, beforeFetch: () => void): Promise<{ kernel: Kernel; target: ModuleTarget }> {
   const { progress } = opts;
   const spec = lab.kernel;
   const extra = (opts.extraPatches ?? []).map((p) => ({ kind: 'file' as const, path: path.resolve(p) }));
@@ -56,6 +56,7 @@ async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string)
     if (opts.extraFragments?.length) {
       throw new InputError(`--fragment needs a kernel built from source; ${lab.file} uses the prebuilt ${spec.package}`);
     }
+    beforeFetch();
     const stock = await progress.run(`kernel ${spec.package}`, (s) => fetchDebianKernel(spec, s, { refresh: opts.refresh }), (k) => `${k.package} ${k.version}`);
     // hwlab's modules build against the stock headers: the fast path only changes driver dirs.
     const target: ModuleTarget = { kind: 'prebuilt', kernel: stock, debian: spec };
@@ -72,6 +73,7 @@ async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string)
       (k) => `${k.replaced.map((m) => m.module).join(' ')} ${builtNote(k)}`);
     return { kernel: overlay, target };
   }
+  beforeFetch();
   const tree = await progress.run('kernel source', (s) => resolveKernelTree(spec.source, s), (t) => t.label);
   const patches = await loadPatchSeries([...spec.patches, ...extra]);
   const fragmentFiles = [...spec.config.fragments, ...(opts.extraFragments ?? []).map((f) => path.resolve(f))];
@@ -79,7 +81,14 @@ async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string)
   const request = { tree, patches, base: spec.config.base, fragments, logFile: path.join(logDir, 'kernel-build.log') };
   if (lab.selftests?.length) {
     // What each selftest collection's config file asks for must hold in the assembled config, before anything is built.
-    const collections = await checkSelftestsAgainstTree(lab.selftests, tree.dir);
+    // Patches that change a collection (a new test in its Makefile, a symbol in its config): the
+    // kernel's series and selftests.patches, in the order the selftests build applies them.
+    const series = [...patches, ...(await loadPatchSeries(lab.selftestPatches ?? []))];
+    const selftests = lab.selftests;
+    const changed = touchedFiles(series).filter((f) => collectionsOf(selftests).some((c) => f.startsWith(`${SELFTESTS_DIR}/${c}/`)));
+    const collections = changed.length
+      ? await progress.run('selftests: checking the patched collections', () => withPatchedScratch(tree, series, (dir) => checkSelftestsAgainstTree(selftests, dir)), () => changed.join(', '))
+      : await checkSelftestsAgainstTree(selftests, tree.dir);
     const config = await progress.run('selftests: kernel config check', (step) => assembledConfig({ ...request, step }),
       () => `${collections.map((c) => c.file).join(', ') || 'no collection config files'}`);
     const unmet = unmetSelftestSymbols(collections, config);
@@ -94,21 +103,55 @@ async function prepareKernel(lab: LabSpec, opts: PrepareOptions, logDir: string)
   return { kernel: built, target: { kind: 'built', kernel: built, tree, patches } };
 }
 
+/** The module of hwlab's (src/guest/kmod/<name>) that provides each probe requirement. */
+const MODULE_FOR: Record<ProbeRequirement, string> = { importer: 'hwlab_importer', fault: 'hwlab_fault' };
+
 /** Modules of hwlab's that the lab's probes require (catalog `requires`). */
 function hwlabModulesFor(lab: LabSpec): string[] {
-  return requirementsOf(lab.probes.map((p) => p.name)).has('importer') ? ['hwlab_importer'] : [];
+  return [...requirementsOf(lab.probes.map((p) => p.name))].map((r) => MODULE_FOR[r]);
+}
+
+/** Whether preparing these labs would build a guest image (an image not yet in the cache). */
+export async function labsNeedImageBuild(labs: LabSpec[]): Promise<boolean> {
+  for (const lab of labs) {
+    if (await imageNeedsBuild(await loadImageRecipe(lab.image, imagesDirFor(lab.file, lab.image)))) return true;
+  }
+  return false;
 }
 
 export async function prepareLab(lab: LabSpec, opts: PrepareOptions, logDir: string): Promise<PreparedLab> {
   const { progress } = opts;
-  const { kernel, target } = await prepareKernel(lab, opts, logDir);
+  // A missing image is built while the kernel is fetched, configured and built:
+  // mmdebstrap is the network and mostly one core, and on a first run the
+  // source download and unpack leave a core idle. It starts once the kernel
+  // options have passed their checks, and is awaited (and reported, errors
+  // included) after the kernel; if the kernel stage fails first, the build
+  // still finishes its cache entry, or ends with hwlab (execa's cleanup).
+  let imageEarly: Promise<{ image: GuestImage; seconds: number } | undefined> | undefined;
+  const startImage = () => {
+    imageEarly ??= (async () => {
+      const recipe = await loadImageRecipe(lab.image, imagesDirFor(lab.file, lab.image));
+      if (!(await imageNeedsBuild(recipe))) return undefined;
+      progress.info(`    image ${recipe.name}: not in the cache; building it (mmdebstrap) beside the kernel`);
+      const started = Date.now();
+      const image = await buildImage(recipe, silentProgress().step('image'));
+      return { image, seconds: (Date.now() - started) / 1000 };
+    })();
+    imageEarly.catch(() => {});
+  };
+  const { kernel, target } = await prepareKernel(lab, opts, logDir, startImage);
   const hwlabModules: HwlabModule[] = [];
   for (const name of hwlabModulesFor(lab)) {
     hwlabModules.push(await progress.run(`module ${name}`, (step) => buildHwlabModule(name, target, path.join(logDir, `${name}-build.log`), step),
       (m) => `${m.built ? 'built' : 'from cache'}, build-id ${m.buildId.slice(0, 12)}`));
   }
   const recipe = await loadImageRecipe(lab.image, imagesDirFor(lab.file, lab.image));
-  const image = await progress.run(`image ${recipe.name}`, (s) => buildImage(recipe, s), (i) => `node ${i.nodeVersion}`);
+  let builtBeside: number | undefined;
+  const image = await progress.run(`image ${recipe.name}`, async (s) => {
+    const early = await imageEarly;
+    builtBeside = early?.seconds;
+    return early ? early.image : buildImage(recipe, s);
+  }, (i) => `node ${i.nodeVersion}${builtBeside !== undefined ? `; built beside the kernel in ${builtBeside.toFixed(0)} s` : ''}`);
   const initrd = await progress.run('initramfs', () => buildInitramfs(kernel, image));
   const selftests = await prepareSelftests(lab, target, progress, logDir);
   return { kernel, hwlabModules, image, initrd, ...(selftests ? { selftests } : {}) };

@@ -3,15 +3,20 @@
 // (hot removal through QMP), keeps a per-probe time budget (a probe past it is
 // hung: the host diagnoses what the guest is stuck on and ends the phase),
 // and keeps every byte of TAP, so a hang, a lost connection or the phase's
-// own timeout never loses the results of the probes before.
+// own timeout never loses the results of the probes before. A restored guest
+// may hold a runner waiting since before its save (node and koffi loaded):
+// it gets the run through prestart.sh go, and when it cannot take it (another
+// bundle, none waiting) a cold runner runs as on a booted guest.
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { ChannelLostError, exitWithin, machineGoneError, type MachineInstance } from '../machine/instance.ts';
-import { bundleProbes } from '../probes/bundle.ts';
+import { ChannelLostError, exitWithin, machineGoneError, type MachineInstance, type RunnerPrestart } from '../machine/instance.ts';
+import { bundleProbes, type ProbeBundle } from '../probes/bundle.ts';
 import {
-  countPoints, GUEST_CONFIG_FILE, GUEST_DIR, RUNNER_EXIT, subtestName, type GuestDevice, type GuestRunConfig, type HostRequest,
+  countPoints, GUEST_CONFIG_FILE, GUEST_DIR, GUEST_PRESTART_DIR, PRESTART_SCRIPT_NAME, RUNNER_EXIT, subtestName,
+  type GuestDevice, type GuestRunConfig, type HostRequest,
 } from '../protocol/protocol.ts';
+import type { RunnerRecord } from '../results/report.ts';
 import { failureFromError } from '../results/outcome.ts';
 import type { LabSpec } from '../lab/types.ts';
 import { HostRequestScanner } from '../session/host-requests.ts';
@@ -73,24 +78,61 @@ class HostRequestServer {
   }
 }
 
-/** Runs the probes; what goes wrong is recorded in `state` (failure, hung), never thrown, so the TAP so far is always kept. */
-/** Puts the probe bundle and the run config in the guest; returns the command that runs them (also by hand, in a kept guest). */
-export async function uploadProbes(ctx: RunContext, m: MachineInstance, state: RunState): Promise<string[]> {
-  const bundle = await bundleProbes(path.join(ctx.runDir, 'probe-bundle'));
+/** The run's probe bundle, built once (the save of a snapshot needs it before the probe phase). */
+const bundles = new WeakMap<RunContext, Promise<ProbeBundle>>();
+function runBundle(ctx: RunContext): Promise<ProbeBundle> {
+  let b = bundles.get(ctx);
+  if (!b) bundles.set(ctx, b = bundleProbes(path.join(ctx.runDir, 'probe-bundle')));
+  return b;
+}
+
+/** Seconds a waiting runner may take to start before a save (node's cold start took over 45 s here at load 19). */
+const PRESTART_TIMEOUT_SEC = 120;
+
+/** How a guest about to be saved starts the probe runner waiting: the bundle in GUEST_PRESTART_DIR and prestart.sh start. */
+export async function runnerPrestart(ctx: RunContext): Promise<RunnerPrestart> {
+  const bundle = await runBundle(ctx);
+  return {
+    files: bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_PRESTART_DIR}/${f.relative}` })),
+    start: ['sh', `${GUEST_PRESTART_DIR}/${PRESTART_SCRIPT_NAME}`, 'start', bundle.hash, String(PRESTART_TIMEOUT_SEC)],
+    bundleHash: bundle.hash,
+    timeoutMs: (PRESTART_TIMEOUT_SEC + 30) * 1000,
+  };
+}
+
+/**
+ * Puts the probe bundle and the run config in the guest; returns the command
+ * that runs them cold (also by hand, in a kept guest) and the bundle. When a
+ * runner waits from this very bundle (same hash), its copy in
+ * GUEST_PRESTART_DIR serves and only the config goes up.
+ */
+export async function uploadProbes(ctx: RunContext, m: MachineInstance, state: RunState): Promise<{ cold: string[]; bundle: ProbeBundle }> {
+  const bundle = await runBundle(ctx);
   const configFile = path.join(ctx.runDir, 'guest-config.json');
   await writeFile(configFile, JSON.stringify(guestRunConfig(ctx.lab, state.devices ?? {}), null, 2));
-  await ctx.progress.run('upload probes', () => m.upload([
-    ...bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_DIR}/${f.relative}` })),
+  const dir = m.waitingRunner?.bundleHash === bundle.hash ? GUEST_PRESTART_DIR : GUEST_DIR;
+  await ctx.progress.run(dir === GUEST_DIR ? 'upload probes' : 'upload the probe config (the waiting runner has this bundle)', () => m.upload([
+    ...(dir === GUEST_DIR ? bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_DIR}/${f.relative}` })) : []),
     { local: configFile, remote: GUEST_CONFIG_FILE },
   ]));
-  return ['node', `${GUEST_DIR}/${bundle.entry}`, GUEST_CONFIG_FILE];
+  return { cold: ['node', `${dir}/${bundle.entry}`, GUEST_CONFIG_FILE], bundle };
+}
+
+/** The command that hands this run to the runner waiting in the guest. */
+function goCommand(bundle: ProbeBundle): string[] {
+  return ['sh', `${GUEST_PRESTART_DIR}/${PRESTART_SCRIPT_NAME}`, 'go', bundle.hash, GUEST_CONFIG_FILE];
 }
 
 /** Returns the command that runs the probes (for a guest kept afterwards). */
 export async function probePhase(ctx: RunContext, m: MachineInstance, state: RunState): Promise<string[]> {
   const { lab, runDir, progress } = ctx;
   const t0 = Date.now();
-  const runner = await uploadProbes(ctx, m, state);
+  const { cold: runner, bundle } = await uploadProbes(ctx, m, state);
+  const waiting = m.waitingRunner;
+  // The prestarted runner when one waits; the cold one otherwise, or when it turns this run down.
+  const attempts: Array<{ argv: string[]; runner: RunnerRecord }> = [];
+  if (waiting) attempts.push({ argv: goCommand(bundle), runner: { mode: 'prestarted', startupSavedSec: waiting.startupSec } });
+  attempts.push({ argv: runner, runner: { mode: 'cold' } });
 
   const requests = new HostRequestServer(m, state, path.join(runDir, 'host-requests.log'), lab.topology.endpoints.map((e) => e.id));
   // A probe past its budget is hung (typically in the kernel): diagnose, then end the phase with the TAP so far.
@@ -118,24 +160,37 @@ export async function probePhase(ctx: RunContext, m: MachineInstance, state: Run
   writeFileSync(tapFile, '');
   // The runner's exit status is unknown when its channel closed under it: then QEMU may be gone.
   let statusKnown = true;
+  const tExec = Date.now();
   try {
-    const r = await progress.run(`probes (${lab.probes.length})`, (step) => {
-      let points = 0;
-      return m.exec(runner, {
-        timeoutMs: lab.timeouts.probesSec * 1000,
-        signal: stop.signal,
-        onStdout: (chunk) => {
-          state.tap += chunk;
-          // On disk as it comes: a SIGKILLed hwlab (no collect()) still leaves the TAP so far.
-          try { appendFileSync(tapFile, chunk); } catch { /* collect() writes it whole */ }
-          watchdog.push(chunk);
-          requests.push(chunk);
-          points += countPoints(chunk);
-          const sub = chunk.split('\n').map(subtestName).filter(Boolean).pop();
-          step.update(`${sub ? `${sub}, ` : ''}${points} points`);
-        },
+    let r;
+    for (const [i, attempt] of attempts.entries()) {
+      state.runner = attempt.runner;
+      r = await progress.run(`probes (${lab.probes.length})${attempt.runner.mode === 'prestarted' ? ', prestarted runner' : ''}`, (step) => {
+        let points = 0;
+        return m.exec(attempt.argv, {
+          // A cold runner after a turned-down go gets what is left of the phase's time.
+          timeoutMs: i === 0 ? lab.timeouts.probesSec * 1000 : Math.max(10_000, lab.timeouts.probesSec * 1000 - (Date.now() - tExec)),
+          signal: stop.signal,
+          onStdout: (chunk) => {
+            state.tap += chunk;
+            // On disk as it comes: a SIGKILLed hwlab (no collect()) still leaves the TAP so far.
+            try { appendFileSync(tapFile, chunk); } catch { /* collect() writes it whole */ }
+            watchdog.push(chunk);
+            requests.push(chunk);
+            points += countPoints(chunk);
+            const sub = chunk.split('\n').map(subtestName).filter(Boolean).pop();
+            step.update(`${sub ? `${sub}, ` : ''}${points} points`);
+          },
+        });
       });
-    });
+      // Turned down with nothing run (the bundle changed since the save, or no runner waits): the cold runner next.
+      const last = i === attempts.length - 1;
+      if (last || r.aborted || r.code !== RUNNER_EXIT.notPrestarted || state.tap !== '') break;
+      const why = r.stderr.trim().split('\n').pop() ?? '';
+      attempts[i + 1].runner = { mode: 'cold', prestartRefused: why };
+      progress.info(`the prestarted probe runner did not take the run (${why}); starting a cold one`);
+    }
+    if (!r) throw new InfraError('no probe runner command', undefined, 'runner-exit');
     if (r.aborted) {
       // The runner may sit in the kernel for good: best effort, and no give-back of devices it may hold.
       await m.exec(['sh', '-c', 'kill -9 $(pidof node) 2>/dev/null; true'], { timeoutMs: 5000 }).catch(() => {});

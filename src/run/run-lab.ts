@@ -8,12 +8,13 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { installSignalHandlers } from '../util/cleanup.ts';
 import { ensureHostTools } from '../util/host-tools.ts';
 import type { LabSpec } from '../lab/types.ts';
 import type { Kernel } from '../kernel/types.ts';
 import { selectProbes } from '../lab/select.ts';
 import type { MachineBackend, MachineInstance } from '../machine/instance.ts';
-import { defaultQemuBackend } from '../machine/snapshot.ts';
+import { qemuBackendFor, snapshotSetting } from '../machine/snapshot.ts';
 import { failureFromError } from '../results/outcome.ts';
 import { formatResultTable, writeRunResults, type RunResults } from '../results/report.ts';
 import { runSummary } from '../reports/summary.ts';
@@ -22,7 +23,7 @@ import { ensureHwlabKey } from '../session/keys.ts';
 import { resultsWithoutMachine } from './collect.ts';
 import { runOnMachine } from './on-machine.ts';
 import { checkHostMemory, preflightInputs } from './preflight.ts';
-import { prepareLab, type PrepareOptions } from './prepare.ts';
+import { labsNeedImageBuild, prepareLab, type PrepareOptions } from './prepare.ts';
 import { keepKernelConfig, labWithExtras, writeRunLab } from './reproduce.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -42,6 +43,8 @@ export interface RunOptions extends PrepareOptions {
   hold?: (guest: HeldGuest) => Promise<void>;
   /** Only these probes of the lab (names or `name(device)`, see src/lab/select.ts): nightly reruns, bisect steps. */
   onlyProbes?: readonly string[];
+  /** `--snapshot on|off|auto` (src/machine/snapshot.ts); default HWLAB_SNAPSHOT, else off. Ignored with `backend`. */
+  snapshot?: string;
 }
 
 /** A guest kept up after its run, and what a person needs to reach it. */
@@ -67,8 +70,27 @@ function stamp(): string {
   return new Date().toISOString().replace(/[:.]/g, '-').replace(/Z$/, '');
 }
 
+/**
+ * Makes a new folder `base`, or `base-2`, `base-3`... when that exists: two
+ * runs of one lab started in the same millisecond (a script, a matrix with
+ * jobs) would otherwise share a run folder and overwrite each other's files.
+ */
+export async function newFolder(base: string): Promise<string> {
+  await mkdir(path.dirname(base), { recursive: true });
+  for (let i = 1; ; i++) {
+    const dir = i === 1 ? base : `${base}-${i}`;
+    try {
+      await mkdir(dir);
+      return dir;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+}
+
 async function openRunFolder(lab: LabSpec, opts: RunOptions): Promise<string> {
-  const runDir = opts.runDir ?? path.join(opts.runsDir ?? path.join(repoRoot, 'runs'), `${lab.name}-${stamp()}`);
+  // An explicit --run-dir is the caller's to choose (and may exist); a stamped one is always new.
+  const runDir = opts.runDir ?? await newFolder(path.join(opts.runsDir ?? path.join(repoRoot, 'runs'), `${lab.name}-${stamp()}`));
   await mkdir(runDir, { recursive: true });
   opts.progress.info(`run folder: ${runDir}`);
   await writeFile(path.join(runDir, 'lab.resolved.json'), JSON.stringify(lab, null, 2));
@@ -84,11 +106,13 @@ async function finish(results: RunResults, lab: LabSpec, opts: RunOptions): Prom
 }
 
 export async function runLab(fullLab: LabSpec, askedOpts: RunOptions): Promise<RunOutcome> {
-  // Checked before anything is fetched or built: HWLAB_SNAPSHOT=on|off.
-  const backend = askedOpts.backend ?? defaultQemuBackend();
+  // Checked before anything is fetched or built: --snapshot / HWLAB_SNAPSHOT=on|off|auto.
+  const backend = askedOpts.backend ?? qemuBackendFor(snapshotSetting(askedOpts.snapshot), fullLab, { gdb: askedOpts.gdb });
   // Before the folder: lab.resolved.json must list the probes that run, so reports read the folder right.
   const asked = askedOpts.onlyProbes?.length ? selectProbes(fullLab, askedOpts.onlyProbes) : fullLab;
   const startedAt = Date.now();
+  // Ctrl-C at any stage (a kernel build too) ends the run with 130 and its cleanups.
+  installSignalHandlers();
   // Bad input files are refused before the run folder, a download or a build exists.
   await preflightInputs(asked, askedOpts);
   // --patch and --fragment become part of the lab the folder keeps; where the
@@ -99,7 +123,7 @@ export async function runLab(fullLab: LabSpec, askedOpts: RunOptions): Promise<R
   const timings: Record<string, number> = {};
   let prepared;
   try {
-    if (!opts.backend) await ensureHostTools((l) => opts.progress.info(l));
+    if (!opts.backend) await ensureHostTools((l) => opts.progress.info(l), () => labsNeedImageBuild([lab]));
     prepared = await prepareLab(lab, opts, runDir);
     if (!opts.backend) await checkHostMemory(lab);
     await keepKernelConfig(prepared.kernel.config, runDir);

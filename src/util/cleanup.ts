@@ -20,6 +20,16 @@ export async function runCleanups(): Promise<void> {
   }
 }
 
+/**
+ * Makes SIGINT/SIGTERM/SIGHUP run the cleanups and exit 130/143. Installed
+ * by the first onCleanup, and by a run from its start: without it, Ctrl-C
+ * during a kernel build killed hwlab by the signal, so Node's exit hooks
+ * (the unfinished cache entry's removal) never ran.
+ */
+export function installSignalHandlers(): void {
+  install();
+}
+
 function install(): void {
   if (installed) return;
   installed = true;

@@ -62,6 +62,9 @@ test.serial('--keep: the printed ssh command and hwlab ssh reach the guest; ps s
   // The device stays bound to vfio-pci: the probes can be run again by hand.
   const driver = await hwlab(['ssh', name, '--', 'sh', '-c', 'ls /dev/vfio'], { timeoutMs: 120_000 });
   t.regex(driver.stdout, /\d+/);
+  // Without sh -c, CMD is an argument vector: shell syntax reaches the command untouched.
+  const literal = await hwlab(['ssh', name, '--', 'printf', '%s\\n', 'a b;c', '$(id -u)', '|', '*'], { timeoutMs: 120_000 });
+  t.deepEqual(literal.stdout.split('\n'), ['a b;c', '$(id -u)', '|', '*'], literal.all);
 
   const ps = await hwlab(['ps', '--json'], { timeoutMs: 60_000 });
   const mine = (JSON.parse(ps.stdout) as Array<{ name: string; qemuAlive: boolean; ownerAlive: boolean }>).find((g) => g.name === name);

@@ -1,6 +1,6 @@
 // End-to-end helpers: run the real CLI as a user would and read what it wrote.
 import { execa, type ResultPromise } from 'execa';
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,7 +30,8 @@ export function runsDir(): string {
 /** Removes the run folders this test file made; kept when HWLAB_KEEP_RUNS=1 (to debug a failure). */
 export async function removeRunsDirs(): Promise<void> {
   if (process.env.HWLAB_KEEP_RUNS === '1') return;
-  await Promise.all(created.map((d) => rm(d, { recursive: true, force: true })));
+  // Retries: a hwlab a test just interrupted may still be writing its last files there.
+  await Promise.all(created.map((d) => rm(d, { recursive: true, force: true, maxRetries: 5, retryDelay: 500 })));
 }
 
 /** The single run folder a `hwlab run --runs-dir dir` created, and its results. */
@@ -46,4 +47,17 @@ export async function readRun(dir: string): Promise<{ runDir: string; results: R
 export async function qemuProcessesMentioning(needle: string): Promise<string[]> {
   const r = await execa('pgrep', ['-a', '-f', 'qemu-system-x86_64'], { reject: false });
   return r.stdout.split('\n').filter((l) => l.includes(needle));
+}
+
+/** A unified diff (a patch for the lab) of `rel` in a pristine kernel tree against the text edit() makes of it; scratch files go under scratchDir. */
+export async function treeDiff(treeDir: string, rel: string, edit: (orig: string) => string, scratchDir: string): Promise<string> {
+  const orig = await readFile(path.join(treeDir, rel), 'utf8');
+  const dir = await mkdtemp(path.join(scratchDir, 'diff-'));
+  for (const [side, text] of [['a', orig], ['b', edit(orig)]] as const) {
+    await mkdir(path.dirname(path.join(dir, side, rel)), { recursive: true });
+    await writeFile(path.join(dir, side, rel), text);
+  }
+  const r = await execa('diff', ['-u', `a/${rel}`, `b/${rel}`], { cwd: dir, reject: false });
+  if (r.exitCode !== 1) throw new Error(`diff of ${rel}: exit ${r.exitCode} ${r.stderr}`);
+  return r.stdout + '\n';
 }

@@ -127,3 +127,34 @@ test.serial('a collection whose config file the kernel config does not satisfy i
   t.is(results.failure?.phase, 'prepare');
   t.false(existsSync(path.join(results.runDir, 'console.log')), 'nothing booted');
 });
+
+test.serial('selftests.patches that add a test and a config symbol are checked as patched, before anything is built', async (t) => {
+  const dir = await labsDir();
+  const lab = path.join(dir, 'labs/udmabuf-extra.yaml');
+  // A new program in the collection's Makefile and a symbol its config file now asks for.
+  await writeFile(path.join(dir, 'labs/extra.patch'), [
+    '--- a/tools/testing/selftests/drivers/dma-buf/Makefile',
+    '+++ b/tools/testing/selftests/drivers/dma-buf/Makefile',
+    '@@ -1,7 +1,7 @@',
+    ' # SPDX-License-Identifier: GPL-2.0-only',
+    ' CFLAGS += $(KHDR_INCLUDES)',
+    ' ',
+    '-TEST_GEN_PROGS := udmabuf',
+    '+TEST_GEN_PROGS := udmabuf udmabuf_extra',
+    ' ',
+    ' top_srcdir ?=../../../../..',
+    ' ',
+    '--- a/tools/testing/selftests/drivers/dma-buf/config',
+    '+++ b/tools/testing/selftests/drivers/dma-buf/config',
+    '@@ -1 +1,2 @@',
+    ' CONFIG_UDMABUF=y',
+    '+CONFIG_IOMMUFD_TEST=y',
+    '',
+  ].join('\n'));
+  await writeFile(lab, 'kernel: { debian: linux-source-7.2 }\nimage: bookworm\nselftests:\n  patches: [extra.patch]\n  tests:\n    - { collection: drivers/dma-buf, test: udmabuf_extra }\n');
+  const r = await hwlab(['run', lab, '--runs-dir', path.join(dir, 'runs')], { timeoutMs: 600_000 });
+  t.is(r.exitCode, 2, r.all);
+  t.notRegex(r.all ?? '', /is not a test of/, 'the test the patch adds is known');
+  t.regex(r.all ?? '', /tools\/testing\/selftests\/drivers\/dma-buf\/config:2: CONFIG_IOMMUFD_TEST=y is wanted by the drivers\/dma-buf selftests/);
+  t.notRegex(r.all ?? '', /==> kernel build/);
+});

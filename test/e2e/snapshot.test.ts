@@ -1,10 +1,11 @@
 // Issue 12's snapshot restore on real guests, through the CLI with
-// HWLAB_SNAPSHOT=on and labs/smoke.yaml: a first run leaves a saved booted
+// --snapshot on and labs/smoke.yaml: a first run leaves a saved booted
 // guest (or finds one); the next runs, each with a freshly built (targeted)
 // vfio-pci-core, must restore it, run the modules just built (srcversion
 // checked, the patched errno seen by the probe), keep the boot's console in
 // front of the run's, and still attribute a kernel report to the probe that
-// caused it.
+// caused it. Both runs must get their probes run by the runner started
+// before the save (results.json runner: prestarted), never a cold node.
 import test from 'ava';
 import { execa } from 'execa';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -59,8 +60,9 @@ async function patchOf(name: string, rel: string, edit: (orig: string) => string
 async function run(patches: string[]) {
   if (patches.length) series.push(patches);
   const dir = runsDir();
-  const r = await execa('node', [path.join(repoRoot, 'src/cli/hwlab.js'), 'run', smokeLab, ...patches.flatMap((p) => ['--patch', p]), '--runs-dir', dir], {
-    cwd: repoRoot, reject: false, all: true, timeout: 45 * 60_000, env: { ...process.env, CI: 'true', HWLAB_SNAPSHOT: 'on' },
+  // --snapshot wins over the environment's HWLAB_SNAPSHOT=off.
+  const r = await execa('node', [path.join(repoRoot, 'src/cli/hwlab.js'), 'run', smokeLab, '--snapshot', 'on', ...patches.flatMap((p) => ['--patch', p]), '--runs-dir', dir], {
+    cwd: repoRoot, reject: false, all: true, timeout: 45 * 60_000, env: { ...process.env, CI: 'true', HWLAB_SNAPSHOT: 'off' },
   });
   const { runDir, results } = await readRun(dir);
   const snapshotText = await readFile(path.join(runDir, 'snapshot.json'), 'utf8').catch(async () => {
@@ -72,13 +74,16 @@ async function run(patches: string[]) {
   return { r, runDir, results, snapshot, consoleText };
 }
 
-test.serial('a run with HWLAB_SNAPSHOT=on leaves a saved booted guest (or restores one) and passes', async (t) => {
+test.serial('a run with --snapshot on leaves a saved booted guest (or restores one) and passes', async (t) => {
   // No patch: the lab's cached build, so this costs a run, not a build.
   const { r, results, snapshot } = await run([]);
   t.log(`snapshot: ${JSON.stringify(snapshot)}; boot_to_ssh ${results.timings.boot_to_ssh} s`);
   t.is(r.exitCode, 0, r.all);
   t.true(snapshot.action === 'saved' || snapshot.action === 'restored', JSON.stringify(snapshot));
   t.is(results.machine?.backend, 'qemu+snapshot');
+  // The saving run's guest goes on from the save: it holds the waiting runner too.
+  t.is(results.runner?.mode, 'prestarted', JSON.stringify(results.runner));
+  t.true(snapshot.action !== 'not-saved' && (snapshot.runner?.startupSec ?? 0) > 0, JSON.stringify(snapshot));
 });
 
 test.serial('a restored guest runs the vfio-pci-core just built (srcversion, the patched errno), keeps the boot console in front, and attributes a WARN to its probe', async (t) => {
@@ -92,6 +97,9 @@ test.serial('a restored guest runs the vfio-pci-core just built (srcversion, the
   t.log(`snapshot: ${JSON.stringify(snapshot)}; boot_to_ssh ${results.timings.boot_to_ssh} s, setup ${results.timings.setup} s`);
   t.is(snapshot.action, 'restored', JSON.stringify(snapshot));
   t.is(results.kernel?.rebuild?.kind, 'modules', 'a targeted rebuild: the same kernel image, so the same snapshot');
+  // The probes ran in the runner waiting since the save: its node start (measured then) is the time this run did not pay.
+  t.is(results.runner?.mode, 'prestarted', JSON.stringify(results.runner));
+  t.log(`prestarted runner: node's start at the save took ${results.runner?.mode === 'prestarted' ? results.runner.startupSavedSec : '?'} s; probes ${results.timings.probes} s`);
   const core = (results.kernel?.modulesVerified ?? []).find((m) => m.module === 'vfio_pci_core');
   t.regex(core?.srcversion ?? '', /^[0-9A-F]{20,}$/, JSON.stringify(results.kernel?.modulesVerified));
   const failed = results.probes.find((p) => p.name === 'dmabuf-bad-inputs')!.subtests.filter((s) => !s.ok);

@@ -7,14 +7,16 @@
 import test from 'ava';
 import { execa } from 'execa';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { buildKernel, removeKernelBuild, type KernelBuildRequest } from '../../src/kernel/build.ts';
 import type { KernelTree } from '../../src/kernel/source.ts';
 import type { SourceKernel } from '../../src/kernel/types.ts';
+import { entryDir } from '../../src/util/cache.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 import { smokeBuilds } from './smoke-builds.ts';
+import { treeDiff } from './helpers.ts';
 
 const progress = silentProgress();
 let scratch: string;
@@ -35,19 +37,6 @@ test.after.always(async () => {
   for (const k of made) await removeKernelBuild(tree, k, progress.step('cleanup'));
   await rm(scratch, { recursive: true, force: true });
 });
-
-/** A unified diff of `rel` in the pristine tree against the text edit() makes of it. */
-async function diffOf(rel: string, edit: (orig: string) => string): Promise<string> {
-  const orig = await readFile(path.join(tree.dir, rel), 'utf8');
-  const dir = await mkdtemp(path.join(scratch, 'diff-'));
-  for (const [side, text] of [['a', orig], ['b', edit(orig)]] as const) {
-    await mkdir(path.dirname(path.join(dir, side, rel)), { recursive: true });
-    await writeFile(path.join(dir, side, rel), text);
-  }
-  const r = await execa('diff', ['-u', `a/${rel}`, `b/${rel}`], { cwd: dir, reject: false });
-  if (r.exitCode !== 1) throw new Error(`diff of ${rel}: exit ${r.exitCode} ${r.stderr}`);
-  return r.stdout + '\n';
-}
 
 /** New code (not a comment: srcversion ignores comments) unique to this run, so neither the build cache nor ccache skips it. */
 const token = () => `hwlab_targeted_${Date.now().toString(36)}_${process.pid}`;
@@ -76,8 +65,8 @@ test.serial('a drivers/vfio/pci change: the targeted rebuild gives the same .ko 
   const tok = token();
   const patch = path.join(scratch, 'change.patch');
   await writeFile(patch, [
-    await diffOf('drivers/vfio/pci/vfio_pci_core.c', (s) => `${s}\nstatic const char ${tok}[] __used = "${tok}";\n`),
-    await diffOf('drivers/vfio/pci/vfio_pci_priv.h', (s) => s.replace(/\n#endif[^\n]*\n?$/, `\n#define ${tok.toUpperCase()} 1\n$&`)),
+    await treeDiff(tree.dir, 'drivers/vfio/pci/vfio_pci_core.c', (s) => `${s}\nstatic const char ${tok}[] __used = "${tok}";\n`, scratch),
+    await treeDiff(tree.dir, 'drivers/vfio/pci/vfio_pci_priv.h', (s) => s.replace(/\n#endif[^\n]*\n?$/, `\n#define ${tok.toUpperCase()} 1\n$&`), scratch),
   ].join(''));
 
   const targeted = await buildKernel(await request([patch], 'auto', 'targeted.log'));
@@ -109,7 +98,12 @@ test.serial('a drivers/vfio/pci change: the targeted rebuild gives the same .ko 
   t.deepEqual(fromTargeted, fromWhole, 'every .ko byte-identical, installed and unstripped, with the same srcversion');
   const baseModules = await modulesOf(base);
   t.not(fromWhole['drivers/vfio/pci/vfio-pci-core.ko'].srcversion, baseModules['drivers/vfio/pci/vfio-pci-core.ko'].srcversion, 'the change reached vfio-pci-core');
-  t.log(`bzImage: targeted ${targetedImage === (await sha(base.vmlinuz)) ? '=' : '!='} base; whole-tree ${(await sha(whole.vmlinuz)) === targetedImage ? '=' : '!='} targeted`);
-  t.is(targetedImage, await sha(base.vmlinuz), 'the targeted rebuild keeps the base kernel image');
+  // The base a rebuild starts from is the newest finished build of this tree and config, which
+  // may be another patched build rather than the lab's own: the image is that entry's.
+  const from = targeted.incrementalFrom ?? '';
+  if (!/^[0-9a-f]{20}$/.test(from)) throw new Error(`the targeted rebuild did not start from a build entry: ${from}`);
+  const fromImage = await sha(path.join(entryDir('kernel-build', from), 'vmlinuz'));
+  t.log(`bzImage: targeted ${targetedImage === fromImage ? '=' : '!='} its base ${from}; lab build ${(await sha(base.vmlinuz)) === targetedImage ? '=' : '!='} targeted; whole-tree ${(await sha(whole.vmlinuz)) === targetedImage ? '=' : '!='} targeted`);
+  t.is(targetedImage, fromImage, 'the targeted rebuild keeps the kernel image of the build it started from');
   t.log(`build seconds: targeted ${targeted.buildSeconds?.toFixed(1)}, whole-tree ${whole.buildSeconds?.toFixed(1)}; load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 });

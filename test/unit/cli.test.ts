@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { commandHelp, isGroup, parseCommandLine, UsageError, type CommandSpec } from '../../src/cli/command.ts';
 import { bashCompletion } from '../../src/cli/completion-cmd.ts';
 import { COMMANDS } from '../../src/cli/main.ts';
+import { remoteCommand } from '../../src/cli/ssh-cmd.ts';
 import { tempDir } from './helpers/temp.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -135,4 +136,17 @@ test('bash completion lists every command and its options, and is valid bash', a
   // Completing `hwlab run --pa` offers --patch.
   const complete = await execa('bash', ['-c', `${script}\nCOMP_WORDS=(hwlab run --pa); COMP_CWORD=2; _hwlab; echo "\${COMPREPLY[@]}"`], { reject: false });
   t.is(complete.stdout.trim(), '--patch');
+});
+
+test('hwlab ssh -- CMD is an argument vector: each argument reaches the command unchanged through a POSIX shell; --help shows sh -c for shell syntax', async (t) => {
+  const argv = ['printf', '%s\\n', 'a b;c', '$(id -u)', '|', "it's", '*', '\\', ''];
+  // The guest's sshd hands the joined string to the login shell (sh -c): the same here, with the host's sh.
+  const r = await execa('sh', ['-c', remoteCommand(argv)]);
+  t.deepEqual(r.stdout.split('\n'), ['a b;c', '$(id -u)', '|', "it's", '*', '\\', '']);
+  const help = parseCommandLine(COMMANDS, ['ssh', '--help']);
+  t.is(help.kind, 'help');
+  if (help.kind === 'help') {
+    t.regex(help.text, /argument vector/);
+    t.regex(help.text, /hwlab ssh <run> -- sh -c 'lspci \| wc -l; dmesg \| tail'/);
+  }
 });

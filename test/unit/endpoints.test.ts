@@ -60,6 +60,8 @@ test('which endpoints each probe takes, derived from capabilities', (t) => {
     'stress': deviceMemory,
     'surprise-removal': memory,
     'hot-reset-set': memory,
+    // hwlab's own fault-suite probe does not touch its endpoint: any kind.
+    'fault-inject': [...ENDPOINT_TYPES],
   });
   t.deepEqual(PROBES['importer-refusals'].params.find((p) => p.name === 'importer')?.endpoint, { types: ['edu'] });
 });

@@ -9,7 +9,11 @@ import { fileURLToPath } from 'node:url';
 import { parse } from 'yaml';
 import { dumpLab } from '../../src/lab/dump.ts';
 import { loadLab, parseLab } from '../../src/lab/load.ts';
-import { applyProbeOverrides, parseOnly, parseProbeParam } from '../../src/lab/overrides.ts';
+import { applyProbeParams, parseOnly, parseProbeParam } from '../../src/lab/overrides.ts';
+import { selectProbes } from '../../src/lab/select.ts';
+import { parseCommandLine } from '../../src/cli/command.ts';
+import { COMMANDS } from '../../src/cli/main.ts';
+import { withProbeOptions } from '../../src/cli/run-cmd.ts';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const labFiles = readdirSync(path.join(repo, 'labs')).filter((f) => f.endsWith('.yaml') && f !== 'matrix.yaml').map((f) => path.join(repo, 'labs', f));
@@ -36,15 +40,15 @@ test('paths are written where place() says, by kind', async (t) => {
   t.true(seen.includes('fragment'));
 });
 
-test('--only keeps the named probes in lab order; unknown names are refused with the lab\'s probes', async (t) => {
+test('--only is read into the selectors of the one probe selection: the named probes in lab order; unknown names are refused with the lab\'s probes', async (t) => {
   const lab = await loadLab(path.join(repo, 'labs/smoke.yaml'));
   t.deepEqual(parseOnly(['lifetime,dmabuf-fd', 'dmabuf-export']), ['lifetime', 'dmabuf-fd', 'dmabuf-export']);
-  const only = applyProbeOverrides(lab, ['lifetime', 'dmabuf-fd'], []);
+  const only = selectProbes(lab, parseOnly(['lifetime,dmabuf-fd']));
   t.deepEqual(only.probes.map((p) => p.name), ['dmabuf-fd', 'lifetime']);
   t.is(only.file, lab.file);
   t.deepEqual(only.topology, lab.topology);
-  t.throws(() => applyProbeOverrides(lab, ['lifetim'], []), { message: /smoke\.yaml: no probe matches "lifetim"/ });
-  t.is(applyProbeOverrides(lab, [], []), lab);
+  t.throws(() => selectProbes(lab, ['lifetim']), { message: /smoke\.yaml: no probe matches "lifetim"/ });
+  t.is(applyProbeParams(lab, [], ['lifetime']), lab, 'selection is not applied to the lab here: runLab does it');
 });
 
 test('--probe-param sets a (nested) param, typed as YAML, and the catalogue still checks it', async (t) => {
@@ -53,12 +57,27 @@ test('--probe-param sets a (nested) param, typed as YAML, and the catalogue stil
   t.throws(() => parseProbeParam('no-equals-sign'), { message: /expected probe\.key=value/ });
   t.throws(() => parseProbeParam('probe.=1'), { message: /expected probe\.key=value/ });
   const lab = await loadLab(path.join(repo, 'labs/smoke.yaml'));
-  const changed = applyProbeOverrides(lab, ['dmabuf-bad-inputs'], [parseProbeParam('dmabuf-bad-inputs.expect.zero_length=ENOENT')]);
+  const changed = selectProbes(applyProbeParams(lab, [parseProbeParam('dmabuf-bad-inputs.expect.zero_length=ENOENT')], ['dmabuf-bad-inputs']), ['dmabuf-bad-inputs']);
   t.deepEqual(changed.probes.map((p) => p.name), ['dmabuf-bad-inputs']);
   t.is((changed.probes[0].params.expect as Record<string, unknown>).zero_length, 'ENOENT');
   // A param the catalogue does not know is refused, naming the option.
-  const err = t.throws(() => applyProbeOverrides(lab, [], [parseProbeParam('dmabuf-export.no_such_param=1')]));
+  const err = t.throws(() => applyProbeParams(lab, [parseProbeParam('dmabuf-export.no_such_param=1')]));
   t.regex(err!.message, /with --probe-param/);
   t.regex(err!.message, /no_such_param/);
-  t.throws(() => applyProbeOverrides(lab, ['lifetime'], [parseProbeParam('dmabuf-fd.x=1')]), { message: /dmabuf-fd is not a probe of this run/ });
+  t.throws(() => applyProbeParams(lab, [parseProbeParam('dmabuf-fd.x=1')], ['lifetime']), { message: /dmabuf-fd is not a probe of this run \(probes: lifetime\)/ });
+});
+
+test('run --only reaches runLab as onlyProbes (the selection nightly and bisect use), with the lab itself unchanged; --probe-param still rewrites it', async (t) => {
+  const lab = await loadLab(path.join(repo, 'labs/smoke.yaml'));
+  const parsed = parseCommandLine(COMMANDS, ['run', 'labs/smoke.yaml', '--only', 'lifetime,dmabuf-fd', '--only', 'dmabuf-export']);
+  if (parsed.kind !== 'command') return t.fail(parsed.kind);
+  const only = withProbeOptions(lab, parsed.args);
+  t.deepEqual(only.onlyProbes, ['lifetime', 'dmabuf-fd', 'dmabuf-export']);
+  t.is(only.lab, lab);
+  const both = parseCommandLine(COMMANDS, ['run', 'labs/smoke.yaml', '--only', 'dmabuf-bad-inputs', '--probe-param', 'dmabuf-bad-inputs.expect.zero_length=ENOENT']);
+  if (both.kind !== 'command') return t.fail(both.kind);
+  const changed = withProbeOptions(lab, both.args);
+  t.deepEqual(changed.onlyProbes, ['dmabuf-bad-inputs']);
+  t.is(changed.lab.probes.length, lab.probes.length, 'every probe still there: runLab selects');
+  t.is((changed.lab.probes.find((p) => p.name === 'dmabuf-bad-inputs')!.params.expect as Record<string, unknown>).zero_length, 'ENOENT');
 });

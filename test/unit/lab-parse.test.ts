@@ -194,7 +194,7 @@ test('probe cross-references and params', async (t) => {
   const f = fx('bad-probes.yaml');
   const e = await labError(loadLab(f, { catalog: catalogWithEduOnly }));
   t.is(e.message, [
-    `${f}:8:5: probes[0].name: unknown probe "dmabuf-exprot" (known: dmabuf-export, dmabuf-fd, dmabuf-bad-inputs, reset-and-mem-toggle, importer-refusals, revoke-triggers, map-type, importer-multirange, rdma-reg-dmabuf-mr, iommufd-map-file, export-ranges, lifetime, rough-edges, stress, surprise-removal, hot-reset-set, edu-only)`,
+    `${f}:8:5: probes[0].name: unknown probe "dmabuf-exprot" (known: dmabuf-export, dmabuf-fd, dmabuf-bad-inputs, reset-and-mem-toggle, importer-refusals, revoke-triggers, map-type, importer-multirange, rdma-reg-dmabuf-mr, iommufd-map-file, export-ranges, lifetime, rough-edges, stress, surprise-removal, hot-reset-set, fault-inject, edu-only)`,
     `${f}:9:32: probes[1].device: "rp0" is a root port, not an endpoint`,
     `${f}:10:32: probes[2].device: no endpoint "shm9" (endpoints: shm0)`,
     `${f}:12:38: probes[3].params.expect.zero_length: expected an errno name like "EINVAL" or "OK"`,
@@ -204,6 +204,15 @@ test('probe cross-references and params', async (t) => {
     `${f}:14:51: probes[4].params.colour: unknown param "colour" for probe reset-and-mem-toggle (params: region, closeWhileMemOff)`,
     `${f}:15:5: probes[5]: probe edu-only needs an endpoint of type edu and the topology has none`,
   ].join('\n'));
+});
+
+test('number params outside their range are refused with the range: fault-inject threshold 0 would turn the detector off', (t) => {
+  const lab = (params: string) => `${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0 }\nprobes:\n  - { name: fault-inject, device: shm0, params: ${params} }\n`;
+  const e = t.throws(() => parseLab(lab('{ kind: softlockup, threshold: 0 }'), 'labs/x.yaml', { imagesDir: fixtureImages }), { instanceOf: YamlError });
+  t.is(e.message, 'labs/x.yaml:8:80: probes[0].params.threshold: must be from 1 to 60 (got 0)');
+  const big = t.throws(() => parseLab(lab('{ threshold: 61 }'), 'labs/x.yaml', { imagesDir: fixtureImages }), { instanceOf: YamlError });
+  t.regex(big.message, /threshold: must be from 1 to 60 \(got 61\)$/);
+  t.notThrows(() => parseLab(lab('{ kind: hung, threshold: 60 }'), 'labs/x.yaml', { imagesDir: fixtureImages }));
 });
 
 test('a probe on a device type it does not accept', (t) => {
@@ -319,3 +328,16 @@ test('machine.trace: QEMU event names or patterns, located when not', (t) => {
   t.regex(e.message, /labs\/x\.yaml:\d+:\d+: machine\.trace\[0\]: must be a QEMU trace event name or pattern \(letters, digits, _ and \*\), e\.g\. amdvi_\*/);
 });
 
+
+test('fault-inject (hwlab\'s own fault-suite probe) is only in labs/faults/, and each of those loads', async (t) => {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const labsDir = path.join(repo, 'labs');
+  for (const e of await readdir(labsDir, { recursive: true })) {
+    if (!e.endsWith('.yaml')) continue;
+    const text = await readFile(path.join(labsDir, e), 'utf8');
+    if (e.startsWith('faults/')) {
+      const lab = await loadLab(path.join(labsDir, e));
+      t.deepEqual(lab.probes.map((p) => p.name), ['dmabuf-export', 'fault-inject', 'dmabuf-fd'], e);
+    } else t.false(/\bfault-inject\b/.test(text), `${e} must not run fault-inject`);
+  }
+});

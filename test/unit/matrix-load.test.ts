@@ -90,7 +90,9 @@ test('labs/matrix.yaml: the cells issue E lists, with their expectations, on the
 
   // The vIOMMU cells of the smoke lab (the e2e subset) share one kernel build; KASAN is another.
   const viommu = m.cells.filter((c) => c.axes.lab === 'smoke' && c.axes.config === 'debug');
-  t.is(viommu.length, 5);
+  t.is(viommu.length, 6);
+  t.false(cell('smoke.debug.intel-fq').lab.iommu.cachingMode, 'intel-fq: lazy for real, without caching mode');
+  t.true(cell('smoke.debug.intel-lazy').lab.iommu.cachingMode);
   t.is(new Set(viommu.map((c) => c.build.key)).size, 1);
   t.not(cell('default.kasan.intel-lazy').build.key, viommu[0].build.key);
   t.regex(cell('default.kasan.intel-lazy').build.label, /guest-base vfio-dmabuf debug kasan$/);

@@ -124,6 +124,16 @@ test('failuresOf: failing subtests per probe, TODO ignored, loose kernel reports
   ]);
 });
 
+test('failuresOf: a probe whose only non-ok point is a harness point (workers never started) caught nothing', (t) => {
+  const harness = { id: 2, name: 'every worker process started its threads within 60 s', ok: false, harness: 'the guest did not start 3 node worker processes in 60 s' };
+  const r = results([
+    probe('stress', [], { ok: false, subtests: [{ id: 1, name: 'region 2 has at least eight pages', ok: true }, harness] }),
+    probe('dmabuf-fd', ['slice size is one page']),
+  ]);
+  t.deepEqual(failuresOf(r), [{ probe: 'dmabuf-fd', subtests: ['slice size is one page'], kernelReports: [] }]);
+  t.deepEqual(failuresOf(results([probe('stress', [], { ok: false, subtests: [harness] })])), []);
+});
+
 test('failuresOf: a title seen in a probe and outside every window is loose only for the occurrences no probe holds', (t) => {
   const inProbe = report('WARNING in dma_buf_invalidate_mappings', 40, 3);
   const r = results([probe('revoke-triggers', [], { ok: false, kernelReports: [inProbe] })], { kernelReports: [{ ...inProbe, count: 5 }] });

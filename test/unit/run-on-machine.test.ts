@@ -77,6 +77,36 @@ test('a clean run: setup binds the probes\' endpoints, every probe passes, the m
   t.true(existsSync(path.join(runDir, 'devices.json')));
 });
 
+test('a waiting probe runner (a restored guest) takes the run through prestart.sh go: no cold node, results say prestarted', async (t) => {
+  const { results, m } = await run(t, { runner: allPass(lab), waitingRunner: { takes: true } });
+  t.is(results.outcome.class, 'pass', results.outcome.detail);
+  t.is(results.probes.length, lab.probes.length);
+  t.deepEqual(results.runner, { mode: 'prestarted', startupSavedSec: 4.5 });
+  const argv = m.calls.map((c) => c.argv);
+  const go = argv.find((a) => a[1] === '/run/hwlab/prestart/prestart.sh');
+  t.deepEqual(go?.slice(2, 3), ['go']);
+  t.regex(go?.[3] ?? '', /^[0-9a-f]{64}$/, 'this run\'s bundle hash');
+  t.is(go?.[4], '/run/hwlab/config.json');
+  t.false(argv.some((a) => a[0] === 'node'), 'no cold runner');
+});
+
+test('a waiting runner that refuses the run (another bundle) leaves it to a cold runner; results say cold and why', async (t) => {
+  const { results, m } = await run(t, { runner: allPass(lab), waitingRunner: { refuses: 'runner: started from bundle 000000000000, this run uploaded 123456789abc: a cold runner must run it' } });
+  t.is(results.outcome.class, 'pass', results.outcome.detail);
+  t.is(results.probes.length, lab.probes.length);
+  t.deepEqual(results.runner, { mode: 'cold', prestartRefused: 'runner: started from bundle 000000000000, this run uploaded 123456789abc: a cold runner must run it' });
+  const argv = m.calls.map((c) => c.argv);
+  const goAt = argv.findIndex((a) => a[2] === 'go');
+  const coldAt = argv.findIndex((a) => a[0] === 'node');
+  t.true(goAt >= 0 && coldAt > goAt, `go at ${goAt}, cold at ${coldAt}`);
+});
+
+test('a booted guest runs the cold runner alone, as always', async (t) => {
+  const { results, m } = await run(t, { runner: allPass(lab) });
+  t.deepEqual(results.runner, { mode: 'cold' });
+  t.false(m.calls.some((c) => c.argv[2] === 'go'));
+});
+
 test('boot timeout without a kernel report is infra; the machine is killed, no probe results', async (t) => {
   const { results, m } = await run(t, { boot: { kind: 'hang' } });
   t.deepEqual([results.outcome.class, results.outcome.code], ['infra', 'boot-timeout']);
@@ -210,7 +240,9 @@ test('a blocked give-back (issue 16): the first unbind that hangs ends the teard
   t.regex(results.failure?.message ?? '', /^giving \S+ \(0000:[0-9a-f:.]+\) back to its driver blocked in the guest kernel: the unbind did not return in 60 s; the kernel says: vfio-pci 0000:01:00\.0: Device is currently in use, task "sh" \(120\) blocked until device is released/);
   t.regex(results.failure?.message ?? '', /vfio_unregister_group_dev/);
   t.is(m.calls.filter((c) => c.argv[2]?.includes('echo > "$d/driver_override"')).length, 1, 'one unbind tried, not one per device');
-  t.is(results.outcome.class, 'infra');
+  // Every probe's process has exited: only a reference the kernel kept can hold the device.
+  t.deepEqual([results.outcome.class, results.outcome.code], ['kernel', 'teardown-blocked']);
+  t.regex(results.outcome.title, /^giving \S+ \(0000:[0-9a-f:.]+\) back to its driver blocked in the guest kernel/);
 });
 
 test('a failing point is a fail; the runner exiting non-zero after it is recorded but does not hide it', async (t) => {

@@ -2,7 +2,7 @@
 // saved or restored machine (ivshmem-plain as master, the console appended
 // to, -incoming defer), the initramfs content hash that ignores mtimes, which
 // labs cannot be saved (QEMU 7.2's migration blockers), and the checked
-// HWLAB_SNAPSHOT setting. The save and restore themselves run in
+// --snapshot / HWLAB_SNAPSHOT setting and the backend it picks per lab. The save and restore themselves run in
 // test/e2e/snapshot.test.ts on real guests.
 import test from 'ava';
 import { execa } from 'execa';
@@ -12,7 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildQemuCommand } from '../../src/machine/cmdline.ts';
 import { qemuBackend } from '../../src/machine/qemu.ts';
-import { cpioContentHash, defaultQemuBackend, snapshotQemuBackend, sysfsGlob, whyNotMigratable } from '../../src/machine/snapshot.ts';
+import { cpioContentHash, qemuBackendFor, snapshotQemuBackend, snapshotSetting, sysfsGlob, whyNotMigratable } from '../../src/machine/snapshot.ts';
 import { loadLab } from '../../src/lab/load.ts';
 import { InputError } from '../../src/util/errors.ts';
 
@@ -69,12 +69,28 @@ test('whyNotMigratable: the labs with amd-iommu or nvme cannot be saved; smoke a
   t.regex(whyNotMigratable(dflt) ?? '', /^endpoint \S+ \(nvme\) is not migratable in QEMU 7\.2$/);
 });
 
-test('HWLAB_SNAPSHOT: on restores, off or unset boots, anything else is refused naming the allowed values', (t) => {
-  t.is(defaultQemuBackend({}), qemuBackend);
-  t.is(defaultQemuBackend({ HWLAB_SNAPSHOT: 'off' }), qemuBackend);
-  t.is(defaultQemuBackend({ HWLAB_SNAPSHOT: 'on' }), snapshotQemuBackend);
-  const err = t.throws(() => defaultQemuBackend({ HWLAB_SNAPSHOT: '1' }), { instanceOf: InputError });
-  t.is(err?.message, 'environment variable HWLAB_SNAPSHOT: must be one of on, off (got "1")');
+test('--snapshot and HWLAB_SNAPSHOT: the option wins over the variable, unset is off, anything else is refused naming the allowed values and the source', (t) => {
+  t.is(snapshotSetting(undefined, {}), 'off');
+  t.is(snapshotSetting(undefined, { HWLAB_SNAPSHOT: '' }), 'off');
+  t.is(snapshotSetting(undefined, { HWLAB_SNAPSHOT: 'on' }), 'on');
+  t.is(snapshotSetting(undefined, { HWLAB_SNAPSHOT: 'auto' }), 'auto');
+  t.is(snapshotSetting('off', { HWLAB_SNAPSHOT: 'on' }), 'off');
+  t.is(snapshotSetting('auto', {}), 'auto');
+  const env = t.throws(() => snapshotSetting(undefined, { HWLAB_SNAPSHOT: '1' }), { instanceOf: InputError });
+  t.is(env?.message, 'environment variable HWLAB_SNAPSHOT: must be one of on, off, auto (got "1")');
+  const opt = t.throws(() => snapshotSetting('yes', { HWLAB_SNAPSHOT: 'on' }), { instanceOf: InputError });
+  t.is(opt?.message, '--snapshot: must be one of on, off, auto (got "yes")');
+});
+
+test('the backend per setting: on restores every lab, auto only labs QEMU can save and not under --gdb, off never', async (t) => {
+  const smoke = await loadLab(path.join(repo, 'labs/smoke.yaml'));
+  const dflt = await loadLab(path.join(repo, 'labs/default.yaml'));
+  t.is(qemuBackendFor('off', smoke), qemuBackend);
+  t.is(qemuBackendFor('on', smoke), snapshotQemuBackend);
+  t.is(qemuBackendFor('on', dflt), snapshotQemuBackend, 'on: the snapshot backend boots it and says why in snapshot.json');
+  t.is(qemuBackendFor('auto', smoke), snapshotQemuBackend);
+  t.is(qemuBackendFor('auto', dflt), qemuBackend, 'nvme blocks migration');
+  t.is(qemuBackendFor('auto', smoke, { gdb: true }), qemuBackend);
 });
 
 test('sysfsGlob: the sysfs directory from its devfn path, any bus numbers below the root complex; bad devfns refused', async (t) => {
