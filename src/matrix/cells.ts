@@ -73,8 +73,16 @@ const IOMMU_SYMBOLS: Record<IommuSpec['kind'], string> = {
 /** Base configs that start with everything off, so a symbol no fragment sets is off. */
 const MINIMAL_BASES = new Set(['tinyconfig', 'allnoconfig']);
 
-function iommuWords(i: IommuSpec): string {
-  return i.kind === 'none' ? 'no IOMMU' : `${i.kind} ${i.passthrough ? 'passthrough' : i.strict ? 'strict' : 'lazy'}`;
+/**
+ * The vIOMMU and the default domain mode the guest really gets: intel lazy
+ * under caching mode is strict in effect (the driver disallows batching).
+ */
+export function iommuWords(i: IommuSpec): string {
+  if (i.kind === 'none') return 'no IOMMU';
+  const mode = i.passthrough ? 'passthrough' : i.strict ? 'strict' : 'lazy';
+  if (i.kind !== 'intel') return `${i.kind} ${mode}`;
+  if (!i.cachingMode) return `intel ${mode}, no caching mode`;
+  return mode === 'lazy' ? 'intel lazy under caching mode (strict in effect)' : `intel ${mode}`;
 }
 
 /** What the fragments set, the later ones winning (as merge_config.sh merges them). */

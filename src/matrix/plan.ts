@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { LabSpec } from '../lab/types.ts';
 import type { CellMeta } from '../reports/summary.ts';
+import { iommuWords } from './cells.ts';
 import type { CellSpec, Expectation, MatrixSpec, RefusedCell } from './types.ts';
 
 export interface PlannedBuild {
@@ -122,7 +123,7 @@ export function formatPlan(m: MatrixSpec, cells: readonly CellSpec[], refused: r
   for (const c of cells) {
     const b = builds.findIndex((x) => x.key === c.build.key) + 1;
     const i = c.lab.iommu;
-    const iommu = i.kind === 'none' ? 'no iommu' : `${i.kind} ${i.passthrough ? 'passthrough' : i.strict ? 'strict' : 'lazy'}`;
+    const iommu = iommuWords(i);
     lines.push(`  ${c.id.padEnd(idW)}  lab ${c.lab.name}, ${iommu}, ${c.lab.probes.length} probe${c.lab.probes.length === 1 ? '' : 's'}, build b${b}`);
     for (const e of c.expectations) lines.push(`  ${' '.repeat(idW)}    expects ${e.probe}${e.device ? ` on ${e.device}` : ''}: ${describeExpectation(e)}`);
   }
