@@ -61,13 +61,17 @@ test('labs/matrix.yaml: the cells issue E lists, with their expectations, on the
   for (const id of [
     'smoke.debug.intel-lazy', 'smoke.debug.intel-strict', 'smoke.debug.intel-pt', 'smoke.debug.amd', 'smoke.debug.virtio',
     'maptype-iova.debug.intel-pt', 'default.debug.intel-lazy', 'maptype-unsupported.debug.intel-lazy',
-    'default.kasan.intel-lazy', 'default.kcsan.intel-lazy', 'smoke.no-dmabuf.intel-lazy',
+    'default.kasan.intel-lazy', 'kcsan.debug.intel-lazy', 'smoke.no-dmabuf.intel-lazy',
   ]) t.true(all.includes(id), `${id} is a cell`);
   // Every cell runs: the kcsan and no-dmabuf fragments exist and dmabuf-export takes expect: ENOTTY.
   t.deepEqual(m.refused.map((r) => `${r.id}: ${r.reasons.join('; ')}`), []);
   const cell = (id: string) => m.cells.find((c) => c.id === id)!;
   t.deepEqual(cell('smoke.no-dmabuf.intel-lazy').lab.probes.map((p) => [p.name, p.params.expect]), [['dmabuf-export', 'ENOTTY']]);
-  t.deepEqual(cell('default.kcsan.intel-lazy').lab.probes.map((p) => p.name), ['stress']);
+  const kcsan = cell('kcsan.debug.intel-lazy');
+  t.deepEqual(kcsan.lab.probes.map((p) => [p.name, p.params.seconds]), [['stress', 30]]);
+  // KCSAN from the lab's own fragments, instrumenting only the subsystem (its harness patch).
+  t.true(kcsan.lab.kernel.kind === 'source' && kcsan.lab.kernel.config.fragments.some((f) => f.endsWith('configs/kcsan.config')));
+  t.deepEqual(kcsan.lab.kernel.patches.map((p) => (p.kind === 'quilt' ? p.dir : path.basename(p.path))), ['0001-kbuild-KCSAN-instruments-only-vfio-dma-buf-iommufd.patch']);
 
   // Every p2p map type on the default debug config with intel lazy: bus address, host-bridge IOVA, not supported.
   const lazyTypes = new Set(m.cells.filter((c) => c.axes.iommu === 'intel-lazy' && c.axes.config === 'debug')
