@@ -96,9 +96,22 @@ function legacyWorkDir(treeId: string): string {
   return path.join(cacheRoot(), 'kbuild-work', cacheKey({ tree: treeId }));
 }
 
-/** The source directory an entry's obj/ was built from (its .cmd files and the obj/source link name it). */
-function entrySrcDir(manifest: Pick<BuildManifest, 'treeId' | 'srcDir'>): string {
+/** The source directory an entry's obj/ was built from, as its .cmd files and the obj/source link name it (the builder's absolute path). */
+function recordedSrcDir(manifest: Pick<BuildManifest, 'treeId' | 'srcDir'>): string {
   return manifest.srcDir ?? path.join(legacyWorkDir(manifest.treeId), 'src');
+}
+
+/**
+ * That source directory in this cache. The recorded path names the cache the
+ * entry was built in; a copy of the entry in another cache (an ordinary
+ * user's seeded from root's, a CI cache restored under another home) finds
+ * it under its own root, at the same kbuild-work/<key>/src: the key is the
+ * (tree, config) content key, the same everywhere.
+ */
+export function localSrcDir(manifest: Pick<BuildManifest, 'treeId' | 'srcDir'>, root = cacheRoot()): string {
+  const recorded = recordedSrcDir(manifest);
+  const rel = /(?:^|\/)(kbuild-work\/[^/]+\/src)$/.exec(recorded)?.[1];
+  return rel ? path.join(root, rel) : recorded;
 }
 
 const lockFile = (work: string) => path.join(work, 'lock');
@@ -178,7 +191,7 @@ export async function withPatchedSource<T>(
   fn: (src: string) => Promise<T>,
 ): Promise<T> {
   const manifest = JSON.parse(await readFile(path.join(path.dirname(req.objDir), 'build.json'), 'utf8')) as BuildManifest;
-  const src = entrySrcDir(manifest);
+  const src = localSrcDir(manifest);
   const work = path.dirname(src);
   await mkdir(work, { recursive: true });
   const matches = async () => (await readFile(srcStateFile(src), 'utf8').catch(() => '')) === srcState(req) && existsSync(path.join(src, 'Makefile'));
@@ -470,7 +483,7 @@ async function buildKernelLocked(req: KernelBuildRequest, work: string, configTe
       const copied = await execa('cp', ['-a', path.join(near.dir, 'obj'), obj], { reject: false });
       if (copied.exitCode === 0) {
         // Built in another work dir (another config, or before per-config work dirs): its records name that src/.
-        const from = entrySrcDir(near.manifest);
+        const from = recordedSrcDir(near.manifest);
         if (from !== src) await relocateObjects(obj, from, src);
         incrementalFrom = path.basename(near.dir);
       } else {

@@ -6,7 +6,7 @@
 import test from 'ava';
 import { lstatSync, mkdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { materializeGdbScripts, relocateObjects } from '../../src/kernel/build.ts';
+import { localSrcDir, materializeGdbScripts, relocateObjects } from '../../src/kernel/build.ts';
 import { tempDir } from './helpers/temp.ts';
 
 test('kbuild records and the source link move to the new src/, objects stay byte for byte', async (t) => {
@@ -71,4 +71,14 @@ test('materializeGdbScripts: the entry keeps copies of the gdb helpers kbuild li
   t.is(readFileSync(path.join(obj, 'scripts/gdb/linux/utils.py'), 'utf8'), 'def f(): pass\n');
   t.is(readFileSync(path.join(obj, 'scripts/gdb/linux/constants.py'), 'utf8'), 'LX_CONFIG_DEBUG_INFO_REDUCED = 0\n');
   t.is(await materializeGdbScripts(path.join(root, 'no-gdb-obj')), 0, 'a build without GDB_SCRIPTS has none');
+});
+
+test("an entry copied into another cache finds its src/ under that cache's root (a user's cache seeded from root's)", (t) => {
+  const manifest = { treeId: 'tree1', srcDir: '/root/.cache/hwlab/kbuild-work/0123456789abcdef0123/src' };
+  t.is(localSrcDir(manifest, '/home/u/.cache/hwlab'), '/home/u/.cache/hwlab/kbuild-work/0123456789abcdef0123/src');
+  t.is(localSrcDir(manifest, '/root/.cache/hwlab'), manifest.srcDir);
+  // A source directory outside any cache's work dirs is taken as recorded.
+  t.is(localSrcDir({ treeId: 'tree1', srcDir: '/srv/linux' }, '/home/u/.cache/hwlab'), '/srv/linux');
+  // Entries from before per-config work dirs record none: the tree's one work dir in this cache.
+  t.regex(localSrcDir({ treeId: 'tree1' }, '/home/u/.cache/hwlab'), /^\/home\/u\/\.cache\/hwlab\/kbuild-work\/[0-9a-f]+\/src$/);
 });
