@@ -12,9 +12,9 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { failingPoints } from '../../src/results/outcome.ts';
 import type { RunResults } from '../../src/results/report.ts';
-import { hwlab, qemuProcessesMentioning, readRun, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, qemuProcessesMentioning, readRun, cleanUpRunsDirs, repoRoot, runsDir } from './helpers.ts';
 
-test.after.always(removeRunsDirs);
+cleanUpRunsDirs(test);
 
 const smoke = path.join(repoRoot, 'labs/smoke.yaml');
 

@@ -21,7 +21,7 @@ import { prepareLab } from '../../src/run/prepare.ts';
 import { ensureHwlabKey } from '../../src/session/keys.ts';
 import { cacheRoot, entryProblem, listEntries } from '../../src/util/cache.ts';
 import { Progress, silentProgress } from '../../src/util/progress.ts';
-import { hwlab, readRun, removeRunsDirs, repoRoot, runsDir, treeDiff } from './helpers.ts';
+import { hwlab, readRun, cleanUpRunsDirs, repoRoot, runsDir, treeDiff } from './helpers.ts';
 import { smokeBuilds } from './smoke-builds.ts';
 
 // The lab every scenario runs: the smoke lab (same build as the default lab).
@@ -32,7 +32,7 @@ const fast = test.serial;
 /** Only in `npm run test:faults`. */
 const full = all ? test.serial : test.serial.skip;
 
-test.after.always(removeRunsDirs);
+cleanUpRunsDirs(test);
 
 function alive(pid: number): boolean {
   try {

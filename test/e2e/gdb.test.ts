@@ -8,9 +8,9 @@ import test from 'ava';
 import { execa } from 'execa';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { hwlab, qemuProcessesMentioning, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, qemuProcessesMentioning, cleanUpRunsDirs, repoRoot, runsDir } from './helpers.ts';
 
-test.after.always(removeRunsDirs);
+cleanUpRunsDirs(test);
 
 const enabled = process.env.HWLAB_GDB_E2E === '1';
 

@@ -20,6 +20,7 @@ export function hwlab(args: string[], opts: { timeoutMs?: number; env?: Record<s
 }
 
 const created: string[] = [];
+let aTestFailed = false;
 
 export function runsDir(): string {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'hwlab-e2e-runs-'));
@@ -27,11 +28,55 @@ export function runsDir(): string {
   return dir;
 }
 
-/** Removes the run folders this test file made; kept when HWLAB_KEEP_RUNS=1 (to debug a failure). */
+/** Records a failed test of this file (test.afterEach.always): its run folders are then kept, not removed. */
+export function noteFailure(t: { passed: boolean }): void {
+  if (!t.passed) aTestFailed = true;
+}
+
+/**
+ * Removes the run folders this test file made, unless one of its tests
+ * failed (noteFailure) or HWLAB_KEEP_RUNS=1: then they stay, and each run's
+ * class, kernel report titles and console tail are printed, because on a CI
+ * machine the log is all that outlives the run (a flake's console was lost
+ * once when these folders were removed unconditionally).
+ */
 export async function removeRunsDirs(): Promise<void> {
+  if (aTestFailed) {
+    for (const dir of created) await describeKeptRuns(dir);
+    return;
+  }
   if (process.env.HWLAB_KEEP_RUNS === '1') return;
   // Retries: a hwlab a test just interrupted may still be writing its last files there.
   await Promise.all(created.map((d) => rm(d, { recursive: true, force: true, maxRetries: 5, retryDelay: 500 })));
+}
+
+/** Both hooks of a test file that makes run folders: failures noted after each test, folders removed or kept after all. */
+export function cleanUpRunsDirs(test: { afterEach: { always: (fn: (t: { passed: boolean }) => void) => void }; after: { always: (fn: () => Promise<void>) => void } }): void {
+  test.afterEach.always(noteFailure);
+  test.after.always(removeRunsDirs);
+}
+
+const CONSOLE_TAIL_LINES = 60;
+
+/** Prints, for each run folder under dir (one level down, or dir itself), where it is, its class and reports, and the console's last lines. */
+async function describeKeptRuns(dir: string): Promise<void> {
+  const folders: string[] = [];
+  const walk = async (d: string, depth: number): Promise<void> => {
+    const entries = await readdir(d, { withFileTypes: true }).catch(() => []);
+    if (entries.some((e) => e.name === 'results.json' || e.name === 'console.log')) folders.push(d);
+    if (depth < 3) for (const e of entries) if (e.isDirectory()) await walk(path.join(d, e.name), depth + 1);
+  };
+  await walk(dir, 0);
+  const lines = [`e2e: a test failed; run folders kept under ${dir}`];
+  for (const f of folders) {
+    const results = await readFile(path.join(f, 'results.json'), 'utf8').then((text) => JSON.parse(text) as RunResults, () => undefined);
+    const outcome = results?.outcome ? `${results.outcome.class}${results.outcome.class === 'pass' ? '' : `: ${results.outcome.title}`}` : 'no results.json';
+    const reports = (results?.kernelReports ?? []).map((r) => r.title);
+    lines.push(`--- ${f}: ${outcome}${reports.length ? `; kernel reports: ${reports.join(' | ')}` : ''}`);
+    const consoleText = await readFile(path.join(f, 'console.log'), 'utf8').catch(() => '');
+    if (consoleText) lines.push(...consoleText.trimEnd().split('\n').slice(-CONSOLE_TAIL_LINES).map((l) => `    ${l}`));
+  }
+  console.error(lines.join('\n'));
 }
 
 /** The single run folder a `hwlab run --runs-dir dir` created, and its results. */

@@ -4,9 +4,9 @@
 import test from 'ava';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { hwlab, removeRunsDirs, readRun, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, cleanUpRunsDirs, readRun, repoRoot, runsDir } from './helpers.ts';
 
-test.after.always(removeRunsDirs);
+cleanUpRunsDirs(test);
 
 const defaultLab = path.join(repoRoot, 'labs/default.yaml');
 const patches = path.join(repoRoot, 'test/fixtures/patches');

@@ -11,9 +11,9 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { hwlab, qemuProcessesMentioning, readRun, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, qemuProcessesMentioning, readRun, cleanUpRunsDirs, repoRoot, runsDir } from './helpers.ts';
 
-test.after.always(removeRunsDirs);
+cleanUpRunsDirs(test);
 
 /** A folder for a lab file written by a test: labs/ beside a link to the repository's images/ (where a lab's recipe is looked up). */
 async function labsDir(): Promise<string> {

@@ -16,10 +16,10 @@ import { CLASS_COLOURS } from '../../src/reports/html.ts';
 import type { RunResults } from '../../src/results/report.ts';
 import { installPackages, which } from '../../src/util/host-tools.ts';
 import { jsonSchemaValidator, xmlValidate } from '../unit/helpers/validators.ts';
-import { hwlab, qemuProcessesMentioning, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, qemuProcessesMentioning, cleanUpRunsDirs, repoRoot, runsDir } from './helpers.ts';
 import { colourRuns, decodePng } from './png.ts';
 
-test.after.always(removeRunsDirs);
+cleanUpRunsDirs(test);
 
 const CELLS = ['smoke.debug.intel-lazy', 'smoke.debug.intel-strict', 'smoke.debug.intel-pt', 'smoke.debug.amd', 'smoke.debug.virtio', 'smoke.debug.intel-fq'];
 

@@ -8,9 +8,9 @@ import test from 'ava';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { DEFAULT_CATALOGUE_DIR, formatMutantsTable, loadCatalogue, type MutantsSummary } from '../../src/run/mutants.ts';
-import { hwlab, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, cleanUpRunsDirs, repoRoot, runsDir } from './helpers.ts';
 
-test.after.always(removeRunsDirs);
+cleanUpRunsDirs(test);
 
 // A cap, not an estimate: a run waits while another hwlab process builds the same tree.
 const PER_RUN_MS = 10 * 60_000;

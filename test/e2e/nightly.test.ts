@@ -11,9 +11,9 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { NightDigest, UnitNight } from '../../src/nightly/nightly.ts';
-import { hwlab, qemuProcessesMentioning, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, qemuProcessesMentioning, cleanUpRunsDirs, repoRoot, runsDir } from './helpers.ts';
 
-test.after.always(removeRunsDirs);
+cleanUpRunsDirs(test);
 
 const smoke = path.join(repoRoot, 'labs/smoke.yaml');
 const mutant = path.join(repoRoot, 'labs/mutants/03-attach-allows-no-p2p.patch');

@@ -8,9 +8,9 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadLab } from '../../src/lab/load.ts';
-import { hwlab, removeRunsDirs, qemuProcessesMentioning, readRun, repoRoot, runsDir } from './helpers.ts';
+import { hwlab, cleanUpRunsDirs, qemuProcessesMentioning, readRun, repoRoot, runsDir } from './helpers.ts';
 
-test.after.always(removeRunsDirs);
+cleanUpRunsDirs(test);
 
 test.serial('default lab: 7.2 built from Debian source boots, the fresh vfio-pci is loaded, all probes pass', async (t) => {
   const dir = runsDir();

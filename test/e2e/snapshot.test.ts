@@ -15,7 +15,7 @@ import { buildKernel, removeKernelBuild, type KernelBuildRequest } from '../../s
 import type { KernelTree } from '../../src/kernel/source.ts';
 import type { SnapshotRecord } from '../../src/machine/snapshot.ts';
 import { silentProgress } from '../../src/util/progress.ts';
-import { readRun, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
+import { noteFailure, readRun, removeRunsDirs, repoRoot, runsDir } from './helpers.ts';
 import { smokeBuilds, smokeLab } from './smoke-builds.ts';
 
 const enoent = path.join(repoRoot, 'test/fixtures/patches/vfio-zero-length-enoent.patch');
@@ -32,6 +32,7 @@ test.before(async () => {
   tree = builds.tree;
   request = (extra) => builds.request(extra, path.join(scratch, 'cleanup.log'));
 });
+test.afterEach.always(noteFailure);
 test.after.always(async () => {
   // Each run's build entry is this file's alone: the same request is a cache hit that names it.
   for (const extra of series) {
