@@ -141,3 +141,30 @@ test('an ordinary user runs the smoke lab: its own cache, key and image (mmdebst
     await execa('usermod', ['--add-subuids', span, '--add-subgids', span, USER]);
   }
 });
+
+test('the wrapper refuses, with what to run, to npm ci into a checkout the user cannot write', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.fail('this test runs as root: it runs the wrapper as the user hwlab-e2e with runuser');
+    return;
+  }
+  const { home } = await ensureUser();
+  // Only the wrapper and npm's files, owned by root and readable by all: no
+  // node_modules (never installed), then one older than package-lock.json.
+  const checkout = await mkdtemp(path.join(os.tmpdir(), 'hwlab-e2e-wrapper-'));
+  t.teardown(() => rm(checkout, { recursive: true, force: true }));
+  await execa('cp', ['-a', '-t', checkout, '--', 'hwlab', 'package.json', 'package-lock.json'], { cwd: repoRoot });
+  await execa('chmod', ['755', checkout]);
+  const expected = new RegExp(`npm dependencies missing or older than package-lock.json in ${checkout}, and this user cannot write there: run 'npm ci' in ${checkout} as its owner`);
+
+  const never = await asUser(home, [path.join(checkout, 'hwlab'), 'doctor'], 60_000);
+  t.is(never.exitCode, 2, never.all);
+  t.regex(never.stderr, expected);
+  t.false(existsSync(path.join(checkout, 'node_modules')), 'nothing was installed');
+
+  await execa('mkdir', ['-m', '755', path.join(checkout, 'node_modules')]);
+  await execa('touch', ['-d', '2020-01-01', path.join(checkout, 'node_modules/.package-lock.json')]);
+  const stale = await asUser(home, [path.join(checkout, 'hwlab'), 'doctor'], 60_000);
+  t.is(stale.exitCode, 2, stale.all);
+  t.regex(stale.stderr, expected);
+  t.deepEqual(await readdir(path.join(checkout, 'node_modules')), ['.package-lock.json'], 'the stale install was left as it was');
+});
