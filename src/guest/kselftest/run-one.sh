@@ -48,12 +48,8 @@ case "${1:-}" in
 esac
 
 # kselftest's runner.sh writes each test's output to $logfile, /dev/stdout by
-# default; hwlab's init mounts a bare devtmpfs, which has no /dev/stdout or
-# /dev/fd (udev makes those on a full system), so the output would be lost.
-[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
-for n in 0:stdin 1:stdout 2:stderr; do
-  [ -e "/dev/${n#*:}" ] || ln -s "/proc/self/fd/${n%%:*}" "/dev/${n#*:}"
-done
+# default: hwlab's guest init makes /dev/stdout and /dev/fd (a bare devtmpfs
+# has neither).
 
 index=$1 collection=$2 test=$3 timeout=$4 argsvar=$5
 shift 5
