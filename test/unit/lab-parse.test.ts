@@ -2,6 +2,7 @@ import test from 'ava';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_CATALOG, type ProbeCatalog } from '../../src/lab/checks.ts';
+import { STRESS_MIXES } from '../../src/guest/probes/catalog.ts';
 import { loadLab, parseLab } from '../../src/lab/load.ts';
 import { YamlError } from '../../src/util/yaml.ts';
 import type { LabSpec } from '../../src/lab/types.ts';
@@ -213,6 +214,18 @@ test('number params outside their range are refused with the range: fault-inject
   const big = t.throws(() => parseLab(lab('{ threshold: 61 }'), 'labs/x.yaml', { imagesDir: fixtureImages }), { instanceOf: YamlError });
   t.regex(big.message, /threshold: must be from 1 to 60 \(got 61\)$/);
   t.notThrows(() => parseLab(lab('{ kind: hung, threshold: 60 }'), 'labs/x.yaml', { imagesDir: fixtureImages }));
+});
+
+test("stress's mix is one of the catalogue's mixes, each a set of the probe's operations", (t) => {
+  const lab = (params: string) => `${MINIMAL}topology:\n  root_ports: [rp0]\n  endpoints:\n    - { id: shm0, type: ivshmem-plain, port: rp0 }\nprobes:\n  - { name: stress, device: shm0, params: ${params} }\n`;
+  const e = t.throws(() => parseLab(lab('{ mix: map-vs-reset }'), 'labs/x.yaml', { imagesDir: fixtureImages }), { instanceOf: YamlError });
+  t.regex(e.message, /probes\[0\]\.params\.mix: .*all.*map-vs-revoke.*close-vs-revoke/);
+  for (const mix of Object.keys(STRESS_MIXES)) {
+    t.notThrows(() => parseLab(lab(`{ mix: ${mix} }`), 'labs/x.yaml', { imagesDir: fixtureImages }));
+    // Each pair mix races MEM toggles (revoke, un-revoke) against one other kind of operation.
+    if (mix !== 'all') t.like(STRESS_MIXES[mix], { memOff: 10, memOn: 10 });
+  }
+  t.deepEqual(Object.keys(STRESS_MIXES.all).sort(), ['closeBuf', 'closeDev', 'export', 'map', 'memOff', 'memOn', 'reset', 'unmap']);
 });
 
 test('a probe on a device type it does not accept', (t) => {

@@ -36,6 +36,25 @@ export interface EndpointRef {
   vfio?: boolean;
 }
 
+/** Relative weights of the stress probe's operations (a device open always comes first). */
+export type StressWeights = Partial<Record<'export' | 'map' | 'unmap' | 'closeBuf' | 'memOff' | 'memOn' | 'reset' | 'closeDev', number>>;
+/**
+ * The stress probe's operation mixes (its param `mix`; stress.ts runs them).
+ * `all` is the general mix. The others repeat one racing pair of the
+ * contract as often as they can, for a race
+ * detector that samples (KCSAN watches one access in skip_watch and sees a
+ * race only when both sides touch the word within its stall):
+ * `map-vs-revoke` MAP_FILE-imports while MEM toggles revoke and un-revoke
+ * (priv->revoked, read by the map under the reservation lock);
+ * `close-vs-revoke` closes dma-bufs while MEM toggles walk the device's
+ * dma-buf list (the release unlinks under memory_lock).
+ */
+export const STRESS_MIXES: Record<string, StressWeights> = {
+  all: { export: 25, map: 20, unmap: 10, closeBuf: 15, memOff: 6, memOn: 8, reset: 4, closeDev: 5 },
+  'map-vs-revoke': { export: 10, map: 40, unmap: 30, memOff: 10, memOn: 10 },
+  'close-vs-revoke': { export: 40, closeBuf: 40, memOff: 10, memOn: 10 },
+};
+
 /** Guest facilities a probe needs; the host provides them before the probes run. */
 export type ProbeRequirement = 'importer' | 'fault';
 
@@ -222,6 +241,10 @@ export const PROBES = {
       { name: 'processes', type: 'number', default: 3, min: 1, description: 'Number of worker processes, each given the VFIO group fd' },
       { name: 'threads', type: 'number', default: 2, min: 1, description: 'Syscall threads per worker process, each with its own device fd' },
       { name: 'seed', type: 'number', default: 0, description: 'Seed of the operation mix; 0 picks one from the clock (printed in the TAP)' },
+      {
+        name: 'mix', type: 'string', default: 'all', choices: Object.keys(STRESS_MIXES),
+        description: 'Operations: all of them, or one racing pair repeated (MAP_FILE against MEM toggles; dma-buf closes against MEM toggles) for KCSAN',
+      },
     ],
   },
   'surprise-removal': {

@@ -26,6 +26,7 @@ import {
   VFIO_GROUP_GET_DEVICE_FD, VFIO_PCI_CONFIG_REGION_INDEX, VfioDevice, type DmaRange,
 } from '../lib/vfio.ts';
 import { STRESS_WORKER_FLAG, type DmabufAbi } from '../../protocol/protocol.ts';
+import { STRESS_MIXES, type StressWeights } from './catalog.ts';
 import { exportDiag, type ProbeContext } from './common.ts';
 import { baseline, checkBackToBaseline, checkNoKernelReports, commandDiag, setMemoryDecoding } from './observe.ts';
 
@@ -36,12 +37,10 @@ const CALL_DEADLINE_MS = 15_000;
 const MAX_BUFS = 8, MAX_AREAS = 16;
 
 type OpKind = 'open' | 'export' | 'map' | 'unmap' | 'closeBuf' | 'memOff' | 'memOn' | 'reset' | 'closeDev';
-const ALL_OPS: readonly OpKind[] = ['open', 'export', 'map', 'unmap', 'closeBuf', 'memOff', 'memOn', 'reset', 'closeDev'];
-const WEIGHTS: Record<Exclude<OpKind, 'open'>, number> = { export: 25, map: 20, unmap: 10, closeBuf: 15, memOff: 6, memOn: 8, reset: 4, closeDev: 5 };
 
 interface Env {
   abi: DmabufAbi; bdf: string; groupFd: number; region: number; configOffset: number;
-  page: number; resetWorks: boolean; deadline: number;
+  page: number; resetWorks: boolean; deadline: number; mix: string;
 }
 interface Buf { fd: number; ranges: DmaRange[]; size: number }
 interface Unexpected { worker: number; op: OpKind; got: string; expected: string[]; detail?: string }
@@ -96,7 +95,8 @@ async function runWorker(worker: number, env: Env, thread: SyscallThread, iommuf
       if (r.ok) devFd = r.value;
       continue;
     }
-    const allowed = (Object.keys(WEIGHTS) as (keyof typeof WEIGHTS)[]).filter((op) => {
+    const weights = STRESS_MIXES[env.mix];
+    const allowed = (Object.keys(weights) as (keyof StressWeights)[]).filter((op) => {
       if (op === 'export') return bufs.length < MAX_BUFS;
       if (op === 'map') return bufs.length > 0 && areas.length < MAX_AREAS;
       if (op === 'unmap') return areas.length > 0;
@@ -104,8 +104,8 @@ async function runWorker(worker: number, env: Env, thread: SyscallThread, iommuf
       if (op === 'reset') return env.resetWorks;
       return true;
     });
-    let roll = rand() * allowed.reduce((n, op) => n + WEIGHTS[op], 0);
-    const op = allowed.find((o) => (roll -= WEIGHTS[o]) < 0) ?? allowed[0];
+    let roll = rand() * allowed.reduce((n, op) => n + weights[op]!, 0);
+    const op = allowed.find((o) => (roll -= weights[o]!) < 0) ?? allowed[0];
     switch (op) {
       case 'export': {
         // One to four pages in the first eight; one in five buffers gets a second range (MAP_FILE refuses those).
@@ -275,6 +275,7 @@ export default async function stress(ctx: ProbeContext): Promise<void> {
   const nThreads = ctx.params.threads as number;
   const nWorkers = nProcesses * nThreads;
   const seed = (ctx.params.seed as number) || (Date.now() % 2 ** 31);
+  const mix = ctx.params.mix as string;
   const page = libc.pageSize();
   const km = libc.trySyscall(() => Kmsg.mark());
   if (!t.ok(nWorkers >= 1 && seconds >= 1, 'at least one worker for at least one second', { processes: nProcesses, threads: nThreads, seconds })) return;
@@ -293,12 +294,12 @@ export default async function stress(ctx: ProbeContext): Promise<void> {
     const env: StressWorkerArgs['env'] = {
       abi, bdf: ctx.device.bdf, region, page,
       configOffset: dev.regionInfo(VFIO_PCI_CONFIG_REGION_INDEX).offset,
-      resetWorks: Boolean(dev.info().flags & VFIO_DEVICE_FLAGS_RESET),
+      resetWorks: Boolean(dev.info().flags & VFIO_DEVICE_FLAGS_RESET), mix,
     };
     // Only the workers' device fds from here on, so their closes can be the last one.
     libc.close(dev.deviceFd);
     deviceFdOpen = false;
-    t.comment(`${nProcesses} processes x ${nThreads} threads for ${seconds} s, seed ${seed}, ${abi} ABI, region ${region} (${size} bytes), reset ${env.resetWorks ? 'available' : 'not offered'}`);
+    t.comment(`${nProcesses} processes x ${nThreads} threads for ${seconds} s, mix ${mix}, seed ${seed}, ${abi} ABI, region ${region} (${size} bytes), reset ${env.resetWorks ? 'available' : 'not offered'}`);
 
     const rand = prng(seed);
     const workers = Array.from({ length: nProcesses }, (_, p) => new WorkerProcess({
@@ -349,7 +350,8 @@ export default async function stress(ctx: ProbeContext): Promise<void> {
     for (const r of reports) for (const [op, ms] of Object.entries(r.maxMs)) maxMs[op] = Math.max(maxMs[op] ?? 0, ms);
     t.comment(`outcomes: ${JSON.stringify(totals)}`);
     t.comment(`slowest call per kind (ms): ${JSON.stringify(maxMs)}`);
-    const wanted = ALL_OPS.filter((op) => op !== 'reset' || env.resetWorks);
+    // The mix's operations (a device open comes first in every mix).
+    const wanted = (['open', ...Object.keys(STRESS_MIXES[mix])] as OpKind[]).filter((op) => op !== 'reset' || env.resetWorks);
     const missing = wanted.filter((op) => !totals[op]);
     t.ok(missing.length === 0, 'every kind of operation ran at least once', { missing, outcomes: totals });
     const unexpected = reports.flatMap((r) => r.unexpected);
