@@ -68,7 +68,8 @@ test('labs/matrix.yaml: the cells issue E lists, with their expectations, on the
   const cell = (id: string) => m.cells.find((c) => c.id === id)!;
   t.deepEqual(cell('smoke.no-dmabuf.intel-lazy').lab.probes.map((p) => [p.name, p.params.expect]), [['dmabuf-export', 'ENOTTY']]);
   const kcsan = cell('kcsan.debug.intel-lazy');
-  t.deepEqual(kcsan.lab.probes.map((p) => [p.name, p.params.seconds]), [['stress', 30]]);
+  t.deepEqual(kcsan.lab.probes.map((p) => [p.name, p.params.seconds, p.params.mix]), [['stress', 30, 'all'], ['stress', 30, 'close-vs-revoke'], ['stress', 30, 'map-vs-revoke']]);
+  t.deepEqual(kcsan.lab.machine.cmdline, ['kcsan.skip_watch=10']);
   // KCSAN from the lab's own fragments, instrumenting only the subsystem (its harness patch).
   t.true(kcsan.lab.kernel.kind === 'source' && kcsan.lab.kernel.config.fragments.some((f) => f.endsWith('configs/kcsan.config')));
   t.deepEqual(kcsan.lab.kernel.patches.map((p) => (p.kind === 'quilt' ? p.dir : path.basename(p.path))), ['0001-kbuild-KCSAN-instruments-only-vfio-dma-buf-iommufd.patch']);
