@@ -58,7 +58,7 @@ export function cleanUpRunsDirs(test: { afterEach: { always: (fn: (t: { passed: 
 
 const CONSOLE_TAIL_LINES = 60;
 
-/** Prints, for each run folder under dir (one level down, or dir itself), where it is, its class and reports, and the console's last lines. */
+/** Prints, for each run folder under dir (dir itself or up to three levels down: mutants and matrix runs nest), where it is, its class and reports, and the console's last lines. */
 async function describeKeptRuns(dir: string): Promise<void> {
   const folders: string[] = [];
   const walk = async (d: string, depth: number): Promise<void> => {
