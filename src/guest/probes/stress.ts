@@ -28,7 +28,7 @@ import {
 import { STRESS_WORKER_FLAG, type DmabufAbi } from '../../protocol/protocol.ts';
 import { STRESS_MIXES, type StressWeights } from './catalog.ts';
 import { exportDiag, type ProbeContext } from './common.ts';
-import { baseline, checkBackToBaseline, checkNoKernelReports, commandDiag, setMemoryDecoding } from './observe.ts';
+import { baseline, checkBackToBaseline, checkNoKernelReports, commandDiag, setMemoryDecoding, sleepSync } from './observe.ts';
 
 /** Past the run time, how long workers get to wind down before they count as stuck. */
 const MARGIN_MS = 20_000;
@@ -364,11 +364,36 @@ export default async function stress(ctx: ProbeContext): Promise<void> {
   checkNoKernelReports(t, km, 'during the stress');
 }
 
+/** How long the group may stay busy after the workers exited. */
+const GROUP_RELEASE_MS = 10_000;
+
+/**
+ * The device opened again once the workers' last references are gone. The
+ * group's release can come after the worker processes were reaped: seen
+ * under KCSAN with kcsan.udelay_task=2000, where the reopen got EBUSY at
+ * once and succeeded a minute later with no process holding it. So EBUSY is
+ * retried for a bounded time and the wait is printed; past the bound the
+ * EBUSY stands and fails the probe.
+ */
+function openOnceReleased(ctx: ProbeContext): VfioDevice {
+  const start = Date.now();
+  for (let busy = 0; ; busy++) {
+    try {
+      const dev = VfioDevice.open(ctx.device.bdf, ctx.device.iommuGroup);
+      if (busy > 0) ctx.t.comment(`the group opened again ${Date.now() - start} ms after the workers exited (EBUSY ${busy} times until then)`);
+      return dev;
+    } catch (e) {
+      if (!(e instanceof libc.SyscallError && e.code === 'EBUSY') || Date.now() - start >= GROUP_RELEASE_MS) throw e;
+      sleepSync(100);
+    }
+  }
+}
+
 /** The device still works, and nothing the workers made is left behind. */
 function afterStress(ctx: ProbeContext, base: ReturnType<typeof baseline>): void {
   const { t, abi } = ctx;
   const region = ctx.params.region as number;
-  const dev = VfioDevice.open(ctx.device.bdf, ctx.device.iommuGroup);
+  const dev = openOnceReleased(ctx);
   try {
     const on = setMemoryDecoding(dev, true);
     const req = { region, ranges: [{ offset: 0, length: libc.pageSize() }] };
