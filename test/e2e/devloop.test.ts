@@ -100,8 +100,9 @@ test.serial('--keep then hwlab stop: the owning run finishes by itself with its 
 
 test.serial('hwlab shell through a real PTY (tmux): lspci, uname -r and the window size reach the guest; exit powers off', async (t) => {
   const dir = runsDir();
-  const sock = `hwlab-e2e-${process.pid}`;
-  const tmux = (...args: string[]) => execa('tmux', ['-L', sock, ...args], { reject: false, timeout: 30_000 });
+  // The server's socket in a folder of its own that the cleanup removes (with -L it stayed in /tmp/tmux-0 after kill-server).
+  const sock = path.join(runsDir(), 'tmux.sock');
+  const tmux = (...args: string[]) => execa('tmux', ['-S', sock, ...args], { reject: false, timeout: 30_000 });
   t.teardown(async () => { await tmux('kill-server'); });
   const cmd = ['env', 'CI=true', 'node', path.join(repoRoot, 'src/cli/hwlab.js'), 'shell', smoke, '--runs-dir', dir].join(' ');
   t.is((await tmux('new-session', '-d', '-s', 'shell', '-x', '132', '-y', '43', `${cmd}; echo hwlab-exit=$?; sleep 600`)).exitCode, 0);
