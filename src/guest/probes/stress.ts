@@ -61,6 +61,7 @@ function prng(seed: number): () => number {
 }
 
 async function runWorker(worker: number, env: Env, thread: SyscallThread, iommufd: Iommufd, rand: () => number): Promise<WorkerReport> {
+  const weights = STRESS_MIXES[env.mix];
   const report: WorkerReport = { worker, outcomes: {}, maxMs: {}, unexpected: [], finishedAt: 0, stuck: false };
   const ioasId = iommufd.allocIoas();
   let devFd = -1;
@@ -95,7 +96,6 @@ async function runWorker(worker: number, env: Env, thread: SyscallThread, iommuf
       if (r.ok) devFd = r.value;
       continue;
     }
-    const weights = STRESS_MIXES[env.mix];
     const allowed = (Object.keys(weights) as (keyof StressWeights)[]).filter((op) => {
       if (op === 'export') return bufs.length < MAX_BUFS;
       if (op === 'map') return bufs.length > 0 && areas.length < MAX_AREAS;
