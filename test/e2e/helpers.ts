@@ -1,4 +1,5 @@
 // End-to-end helpers: run the real CLI as a user would and read what it wrote.
+import type { TestFn } from 'ava';
 import { execa, type ResultPromise } from 'execa';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { mkdtempSync } from 'node:fs';
@@ -51,7 +52,7 @@ export async function removeRunsDirs(): Promise<void> {
 }
 
 /** Both hooks of a test file that makes run folders: failures noted after each test, folders removed or kept after all. */
-export function cleanUpRunsDirs(test: { afterEach: { always: (fn: (t: { passed: boolean }) => void) => void }; after: { always: (fn: () => Promise<void>) => void } }): void {
+export function cleanUpRunsDirs(test: TestFn): void {
   test.afterEach.always(noteFailure);
   test.after.always(removeRunsDirs);
 }
