@@ -22,9 +22,10 @@ import type { ImageRecipe } from './recipe.ts';
 import { GUEST_INIT, IMAGE_CUSTOMIZE_SCRIPT, SSHD_CONFIG } from './guest-files.ts';
 import { InfraError } from '../util/errors.ts';
 import { bytesUnder, watchDownload } from '../util/download-progress.ts';
+import { ensureOfficialNode } from './node-dist.ts';
 
 /** Bump when what the builder puts into an image changes. */
-const BUILDER_VERSION = 5;
+const BUILDER_VERSION = 6;
 
 export interface GuestImage {
   recipe: string;
@@ -33,6 +34,8 @@ export interface GuestImage {
   /** sshd's ed25519 host key (OpenSSH line), checked on every connection. */
   hostKey: string;
   nodeVersion: string;
+  /** Where the guest's node comes from: the recipe's official build, or Debian's nodejs package. */
+  nodeSource: 'official' | 'debian';
   cacheDir: string;
   cacheKey: string;
 }
@@ -73,7 +76,7 @@ async function writeStage(stage: string, publicKey: string): Promise<void> {
 }
 
 function recipeDataOf(recipe: ImageRecipe) {
-  return { suite: recipe.suite, mirror: recipe.mirror, variant: recipe.variant, packages: [...recipe.packages].sort() };
+  return { suite: recipe.suite, mirror: recipe.mirror, variant: recipe.variant, packages: [...recipe.packages].sort(), node: recipe.node };
 }
 
 async function imageKey(recipe: ImageRecipe): Promise<{ ck: string; key: Awaited<ReturnType<typeof ensureHwlabKey>> }> {
@@ -97,6 +100,7 @@ export async function buildImage(recipe: ImageRecipe, step: Step): Promise<Guest
     await writeStage(stage, key.publicKey);
     await writeFile(script, IMAGE_CUSTOMIZE_SCRIPT, { mode: 0o755 });
     await writeFile(init, GUEST_INIT, { mode: 0o755 });
+    const officialNode = recipe.node ? await ensureOfficialNode(recipe.node, step) : undefined;
     const mode = mmdebstrapMode();
     step.update(`mmdebstrap ${recipe.suite} (${mode} mode)`);
     const args = [
@@ -106,6 +110,7 @@ export async function buildImage(recipe: ImageRecipe, step: Step): Promise<Guest
       // uid, which may not be able to reach the user's home.
       `--customize-hook=upload ${hookWord(script)} /tmp/hwlab-customize.sh`,
       `--customize-hook=upload ${hookWord(init)} /tmp/hwlab-init`,
+      ...(officialNode ? [`--customize-hook=upload ${hookWord(officialNode)} /tmp/hwlab-node`] : []),
       '--customize-hook=sh "$1/tmp/hwlab-customize.sh" "$1"',
       `--customize-hook=download /tmp/hwlab-node-version ${hookWord(nodeVersionFile)}`,
       '--customize-hook=rm -f "$1/tmp/hwlab-node-version" "$1/tmp/hwlab-customize.sh"',
@@ -173,6 +178,7 @@ export async function buildImage(recipe: ImageRecipe, step: Step): Promise<Guest
     busybox: path.join(dir, 'busybox'),
     hostKey: meta.hostKey,
     nodeVersion: meta.nodeVersion,
+    nodeSource: meta.recipeData?.node ? 'official' : 'debian',
     cacheDir: dir,
     cacheKey: ck,
   };

@@ -14,7 +14,8 @@ import { BOOT_FAILURE_MESSAGES, INIT_LOG_PREFIX, INITRAMFS_LOG_PREFIX, READY_MES
  */
 export const GUEST_INIT = `#!/bin/sh
 # hwlab guest init (PID 1). Messages go to /dev/kmsg so they land in the console log.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# /usr/local/bin first, as in sshd's sessions: an image's official node lives there.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 bb=/bin/busybox
 log() { echo "${INIT_LOG_PREFIX} $*" > /dev/kmsg; }
 [ -e /proc/self ] || $bb mount -t proc proc /proc
@@ -49,8 +50,9 @@ while :; do wait; $bb sleep 60; done
 export const IMAGE_CUSTOMIZE_SCRIPT = `#!/bin/sh
 set -e
 root="$1"
-# An ordinary user's PATH may lack the sbin directories ssh-keygen's chroot resolves in.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+# An ordinary user's PATH may lack the sbin directories ssh-keygen's chroot resolves in;
+# /usr/local/bin holds the recipe's official node, when it names one.
+export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # sync-in keeps the staging tree's owner and modes, on /etc, /etc/ssh and /root
 # themselves too; sshd's StrictModes refuses a /root that is not root's.
 chown 0:0 "$root/etc" "$root/etc/ssh" "$root/root"
@@ -67,6 +69,12 @@ rm -f "$root/etc/ssh/ssh_host_rsa_key"
 chroot "$root" ssh-keygen -q -A
 mkdir -p "$root/run/sshd"
 chroot "$root" /usr/sbin/sshd -t
+# The recipe's official Node.js build (src/image/node-dist.ts), when it names one.
+if [ -f "$root/tmp/hwlab-node" ]; then
+  mkdir -p "$root/usr/local/bin"
+  install -m 0755 -o 0 -g 0 "$root/tmp/hwlab-node" "$root/usr/local/bin/node"
+  rm -f "$root/tmp/hwlab-node"
+fi
 chroot "$root" node --version > "$root/tmp/hwlab-node-version"
 `;
 

@@ -151,7 +151,7 @@ export async function prepareLab(lab: LabSpec, opts: PrepareOptions, logDir: str
     const early = await imageEarly;
     builtBeside = early?.seconds;
     return early ? early.image : buildImage(recipe, s);
-  }, (i) => `node ${i.nodeVersion}${builtBeside !== undefined ? `; built beside the kernel in ${builtBeside.toFixed(0)} s` : ''}`);
+  }, (i) => `node ${i.nodeVersion} (${i.nodeSource === 'official' ? 'official build' : 'Debian nodejs'})${builtBeside !== undefined ? `; built beside the kernel in ${builtBeside.toFixed(0)} s` : ''}`);
   const initrd = await progress.run('initramfs', () => buildInitramfs(kernel, image));
   const selftests = await prepareSelftests(lab, target, progress, logDir);
   return { kernel, hwlabModules, image, initrd, ...(selftests ? { selftests } : {}) };
