@@ -32,7 +32,7 @@ import {
 } from '../lib/vfio.ts';
 import { closeFd, hex, type ProbeContext } from './common.ts';
 import {
-  checkDataPath, checkNoDataPath, dataOffsets, ensureMemoryOn, exportBar, importDiag, importerDevice, importFor,
+  checkDataPath, checkDmaRead, checkNoDataPath, dataOffsets, ensureMemoryOn, exportBar, importDiag, importerDevice, importFor,
   prepareDataPath, result,
 } from './importer-common.ts';
 
@@ -73,6 +73,8 @@ interface Probe {
   thread?: SyscallThread;
   /** Why the data checks cannot run here, or null. */
   dataSkip: string | null;
+  /** A group's `before` ran the full data check: later groups' `before` checks liveness only. */
+  fullBeforeDone?: boolean;
 }
 
 /** Per trigger: buffer A (imported, mapped) and B (exported only). */
@@ -327,7 +329,7 @@ async function runGroup(p: Probe, trig: Trigger): Promise<void> {
     const m = imp.map(handle);
     if (!t.ok(m.ok && m.value.mapped, `${name}: map buffer A`, { errno: result(m), mapError: m.value.errorName })) return;
     const g: Group = { p, name, fdA, fdB, handle, count0: m.value.invalidateCount, extraHandles };
-    dataCheck(g, 'before');
+    beforeCheck(g);
 
     if (trig.kind === 'split') await runSplit(g, trig);
     else if (trig.kind === 'atomic') await runAtomic(g, trig);
@@ -344,6 +346,24 @@ function dataCheck(g: Group, when: string, dev = g.p.dev, handle = g.handle): vo
   const { p } = g;
   if (p.dataSkip) return void p.t.skip(`${g.name}: ${when}: data path through the mapping`, p.dataSkip);
   checkDataPath(p.t, `${g.name}: ${when}`, p.imp, handle, { dev, region: p.info, offsets: dataOffsets(p.info.size) });
+}
+
+/**
+ * A's mapping works before the trigger, so a failure while revoked is the
+ * revoke's. The first group checks the whole data path (both directions, first
+ * and last page); later groups, whose fresh maps the previous group's `after`
+ * already checked in full, check one edu DMA read at the last page: each edu
+ * transfer costs 100 ms, and this saves three per group (about 7 s a run).
+ */
+function beforeCheck(g: Group): void {
+  const { p } = g;
+  if (!p.fullBeforeDone || p.dataSkip) {
+    dataCheck(g, 'before');
+    p.fullBeforeDone = true;
+    return;
+  }
+  const offsets = dataOffsets(p.info.size);
+  checkDmaRead(p.t, `${g.name}: before`, p.imp, g.handle, { dev: p.dev, region: p.info, offsets }, offsets[offsets.length - 1]);
 }
 
 /** Revoked state: A's mapping dropped and unusable, map and attach refused. Window-aware for atomic triggers. */
