@@ -229,8 +229,8 @@ export class FakeInstance implements MachineInstance {
   /** Answers hwlab's fixed guest scripts by what they do. */
   private script_(script: string, args: string[]): string {
     if (script === BLOCKED_TASKS_SCRIPT) return this.script.blockedTasks ?? '';
-    if (script.includes('iommu_group') && script.includes('vendor')) return this.deviceInfo(args[0]);
-    if (script.includes('driver_override') && script.includes('vfio-pci >')) return '\n';
+    if (script.includes('iommu_group') && script.includes('vendor')) return args.map((b) => `${b}|${this.deviceInfo(b)}`).join('');
+    if (script.includes('driver_override') && script.includes('vfio-pci >')) return args.map((b) => `${b}|\n`).join('');
     if (script.includes('pidof node')) {
       this.killRunner?.();
       return '';

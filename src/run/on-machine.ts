@@ -101,10 +101,10 @@ async function setup(ctx: RunContext, m: MachineInstance, state: RunState): Prom
     state.viommu = viommuRecord(ctx.lab, found);
     await writeFile(path.join(ctx.runDir, 'devices.json'), JSON.stringify(found, null, 2));
     assertViommu(ctx.lab, found);
-    for (const id of vfioEndpoints(ctx.lab)) {
-      step.update(`bind ${id} (${found[id].bdf}) to vfio-pci`);
-      found[id].driver = await bindVfio(m, found[id].bdf);
-    }
+    const ids = [...vfioEndpoints(ctx.lab)];
+    step.update(`bind ${ids.join(' ')} to vfio-pci`);
+    const previous = ids.length ? await bindVfio(m, ids.map((id) => found[id].bdf)) : new Map<string, string | null>();
+    for (const id of ids) found[id].driver = previous.get(found[id].bdf) ?? null;
     await writeFile(path.join(ctx.runDir, 'devices.json'), JSON.stringify(found, null, 2));
     return found;
   }, (d) => Object.entries(d).map(([id, x]) => `${id}=${x.bdf}`).join(' ')));

@@ -27,26 +27,43 @@ export async function modprobe(guest: GuestShell, module: string): Promise<void>
   await check(guest, ['modprobe', module], 120_000);
 }
 
+/**
+ * Binds each device given to vfio-pci and prints `bdf|previous driver` for
+ * each; stops at the first that fails, saying which. Shell builtins only
+ * (`cd -P` resolves the driver link): see DEVICE_INFO in pci.ts for why.
+ */
 const BIND_VFIO = `set -e
-d=/sys/bus/pci/devices/$1
-[ -e "$d" ] || { echo "no PCI device $1" >&2; exit 3; }
-old=""
-if [ -e "$d/driver" ]; then old=$(basename "$(readlink "$d/driver")"); fi
-if [ "$old" = vfio-pci ]; then echo vfio-pci; exit 0; fi
-echo vfio-pci > "$d/driver_override"
-[ -n "$old" ] && echo "$1" > "$d/driver/unbind"
-echo "$1" > /sys/bus/pci/drivers_probe
-[ "$(basename "$(readlink "$d/driver")")" = vfio-pci ] || { echo "$1 did not bind to vfio-pci" >&2; exit 4; }
-echo "$old"`;
+driver_of() { r=; if [ -e "$1/driver" ]; then r=$(cd -P "$1/driver" && pwd); r=\${r##*/}; fi; }
+for b in "$@"; do
+  d=/sys/bus/pci/devices/$b
+  [ -e "$d" ] || { echo "no PCI device $b" >&2; exit 3; }
+  driver_of "$d"; old=$r
+  if [ "$old" != vfio-pci ]; then
+    echo vfio-pci > "$d/driver_override"
+    [ -z "$old" ] || echo "$b" > "$d/driver/unbind"
+    echo "$b" > /sys/bus/pci/drivers_probe
+    driver_of "$d"
+    [ "$r" = vfio-pci ] || { echo "$b did not bind to vfio-pci (driver now: \${r:-none})" >&2; exit 4; }
+  fi
+  echo "$b|$old"
+done`;
 
 /**
- * Binds a PCI device to vfio-pci through driver_override (so no other
- * device with the same id moves) and returns the driver it had, if any.
+ * Binds PCI devices to vfio-pci through driver_override (so no other device
+ * with the same id moves), in one guest command, and returns the driver each
+ * had, if any, by BDF.
  */
-export async function bindVfio(guest: GuestShell, bdf: string): Promise<string | null> {
-  const r = await sh(guest, BIND_VFIO, [bdf], { timeoutMs: 60_000 });
-  if (r.code !== 0) throw new InfraError(`binding ${bdf} to vfio-pci failed: ${r.stderr.trim()}`, undefined, 'vfio-bind');
-  return r.stdout.trim() || null;
+export async function bindVfio(guest: GuestShell, bdfs: string[]): Promise<Map<string, string | null>> {
+  const r = await sh(guest, BIND_VFIO, bdfs, { timeoutMs: 60_000 + 10_000 * bdfs.length });
+  if (r.code !== 0) throw new InfraError(`binding ${bdfs.join(' ')} to vfio-pci failed: ${r.stderr.trim()}`, undefined, 'vfio-bind');
+  const out = new Map<string, string | null>();
+  for (const line of r.stdout.split('\n').filter(Boolean)) {
+    const [bdf, old] = line.split('|');
+    out.set(bdf, old || null);
+  }
+  const missing = bdfs.filter((b) => !out.has(b));
+  if (missing.length) throw new InfraError(`binding to vfio-pci: the guest reported nothing for ${missing.join(' ')}`, undefined, 'vfio-bind');
+  return out;
 }
 
 const UNBIND_VFIO = `set -e

@@ -11,7 +11,8 @@ import { InfraError } from '../util/errors.ts';
 
 export async function verifyLoadedModules(guest: GuestShell, kernel: Kernel): Promise<Array<{ module: string; srcversion: string }>> {
   const idx = await readModuleIndex(kernel);
-  const out = await sh(guest, 'for m in /sys/module/*; do [ -f "$m/srcversion" ] && echo "$(basename $m) $(cat $m/srcversion)"; done; true', [], { timeoutMs: 30_000 });
+  // Shell builtins only: under TCG a basename and a cat per module cost about 0.2 s each module.
+  const out = await sh(guest, 'for m in /sys/module/*; do [ -f "$m/srcversion" ] && read -r v < "$m/srcversion" && echo "${m##*/} $v"; done; true', [], { timeoutMs: 30_000 });
   const loaded = new Map(out.stdout.trim().split('\n').filter(Boolean).map((l) => l.split(' ') as [string, string]));
   const verified: Array<{ module: string; srcversion: string }> = [];
   const modDir = path.join(kernel.modulesRoot, 'lib/modules', kernel.release);

@@ -27,13 +27,22 @@ export interface GuestPciDevice {
 }
 
 /**
- * One line per device: group|driver|vendor:device|IOMMU unit|domain type. The
- * unit is the device's `iommu` link, the type its group's `type` file
- * (drivers/iommu/iommu.c), both read before hwlab binds anything.
+ * One line per device given: bdf|group|driver|vendor:device|IOMMU unit|domain
+ * type. The unit is the device's `iommu` link, the type its group's `type`
+ * file (drivers/iommu/iommu.c), both read before hwlab binds anything. All
+ * devices in one exec, with shell builtins only (`cd -P` resolves a link,
+ * `read` reads a file): under TCG each exec of a dynamically linked tool costs
+ * about 0.1 s, and the script that ran basename, readlink and cat per device
+ * took 0.85 s a device.
  */
-const DEVICE_INFO = 'd=/sys/bus/pci/devices/$1; g=""; t=""; [ -e $d/iommu_group ] && g=$(basename $(readlink $d/iommu_group)) && t=$(cat $d/iommu_group/type 2>/dev/null); ' +
-  'drv=""; [ -e $d/driver ] && drv=$(basename $(readlink $d/driver)); u=""; [ -e $d/iommu ] && u=$(basename $(readlink $d/iommu)); ' +
-  'echo "$g|$drv|$(cat $d/vendor):$(cat $d/device)|$u|$t"';
+const DEVICE_INFO = `for b in "$@"; do
+  d=/sys/bus/pci/devices/$b; g=; t=; drv=; u=; v=; dv=
+  if [ -e $d/iommu_group ]; then g=$(cd -P $d/iommu_group && pwd); g=\${g##*/}; read -r t 2>/dev/null < $d/iommu_group/type || t=; fi
+  if [ -e $d/driver ]; then drv=$(cd -P $d/driver && pwd); drv=\${drv##*/}; fi
+  if [ -e $d/iommu ]; then u=$(cd -P $d/iommu && pwd); u=\${u##*/}; fi
+  read -r v < $d/vendor; read -r dv < $d/device
+  echo "$b|$g|$drv|$v:$dv|$u|$t"
+done`;
 
 /** Parses DEVICE_INFO's line (exported for the fake guest's tests). */
 export function parseDeviceInfo(bdf: string, line: string): GuestPciDevice {
@@ -43,12 +52,19 @@ export function parseDeviceInfo(bdf: string, line: string): GuestPciDevice {
 
 export async function findPciDevices(guest: GuestShell, paths: Record<string, string[]>): Promise<Record<string, GuestPciDevice>> {
   const dirs = (await check(guest, ['find', '/sys/devices/pci0000:00', '-maxdepth', '12', '-type', 'd', '-name', '0000:*'])).split('\n');
-  const out: Record<string, GuestPciDevice> = {};
+  const bdfs: Record<string, string> = {};
   for (const [id, devfn] of Object.entries(paths)) {
     const bdf = resolvePciPath(dirs, devfn);
     if (!bdf) throw new Error(`endpoint ${id}: no PCI device at devfn path ${devfn.join('/')} in the guest (is the topology enumerated?)`);
-    const info = await sh(guest, DEVICE_INFO, [bdf], { timeoutMs: 30_000 });
-    out[id] = parseDeviceInfo(bdf, info.stdout);
+    bdfs[id] = bdf;
+  }
+  const info = await sh(guest, DEVICE_INFO, Object.values(bdfs), { timeoutMs: 30_000 });
+  const lines = new Map(info.stdout.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('|')), l.slice(l.indexOf('|') + 1)]));
+  const out: Record<string, GuestPciDevice> = {};
+  for (const [id, bdf] of Object.entries(bdfs)) {
+    const line = lines.get(bdf);
+    if (line === undefined) throw new Error(`endpoint ${id} (${bdf}): the guest printed no sysfs record for it (exit ${info.code}: ${info.stderr.trim().slice(0, 500)})`);
+    out[id] = parseDeviceInfo(bdf, line);
   }
   return out;
 }
