@@ -15,7 +15,7 @@
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync } from 'node:fs';
-import { copyFile, lstat, mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, link, lstat, mkdir, readdir, readFile, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { cacheKey, cacheRoot, ensureEntry, entryDir, isComplete, markUsed, sha256, usableEntry } from '../util/cache.ts';
@@ -138,18 +138,42 @@ async function compilerId(): Promise<string> {
   return r.stdout.split('\n')[0];
 }
 
-/** Recreates work/src as pristine + series; fails before any build when a patch does not apply. */
+/**
+ * Recreates work/src as pristine + series; fails before any build when a
+ * patch does not apply. When src/ holds a complete preparation of this tree
+ * (its state file, written last, names the files its series touched), only
+ * those files go back to pristine (hard links again, or removed where the
+ * pristine tree has none) before the new series is applied: a full copy is
+ * about 95,000 hard links plus removing as many, 4.8 s on a 2-core host, on
+ * every change of the series (each edit in the local loop).
+ */
 async function preparePatchedTree(req: Pick<KernelBuildRequest, 'tree' | 'patches' | 'step'>, src: string, alsoTouch: string[]): Promise<void> {
   const stateFile = srcStateFile(src);
+  const held = parseSrcState(await readFile(stateFile, 'utf8').catch(() => ''));
+  // Not trusted from here until the new state is written.
   await rm(stateFile, { force: true });
-  await rm(src, { recursive: true, force: true });
-  req.step.update('copying the source tree');
-  await scratchCopy(req.tree.dir, src);
+  const inside = (rel: string) => path.resolve(src, rel).startsWith(src + path.sep);
+  if (held && held.tree === req.tree.id && held.touched.every(inside) && existsSync(path.join(src, 'Makefile'))) {
+    req.step.update(`putting back the ${held.touched.length} files the previous series touched`);
+    for (const rel of held.touched) {
+      const f = path.join(src, rel);
+      const pristine = path.join(req.tree.dir, rel);
+      await rm(f, { force: true });
+      if (existsSync(pristine)) {
+        await mkdir(path.dirname(f), { recursive: true });
+        await link(pristine, f);
+      }
+    }
+  } else {
+    await rm(src, { recursive: true, force: true });
+    req.step.update('copying the source tree');
+    await scratchCopy(req.tree.dir, src);
+  }
   if (req.patches.length) await applySeries(src, req.patches, { step: req.step });
   // Files a previous build patched but this one does not are back to pristine
   // content with an old mtime; a fresh mtime makes make rebuild them. Rewrite
   // (not touch) so the pristine tree's hard-linked inode keeps its mtime.
-  for (const rel of new Set([...alsoTouch, ...touchedFiles(req.patches)])) {
+  for (const rel of new Set([...alsoTouch, ...touchedFiles(req.patches), ...(held?.touched ?? [])])) {
     const f = path.join(src, rel);
     if (!existsSync(f)) continue;
     const data = await readFile(f);
@@ -178,7 +202,17 @@ export async function withPatchedScratch<T>(tree: KernelTree, patches: PatchFile
 
 /** Which patch series src/ holds: written last, so an interrupted preparation is never trusted. */
 const srcStateFile = (src: string) => path.join(path.dirname(src), 'src-state.json');
-const srcState = (req: Pick<KernelBuildRequest, 'tree' | 'patches'>) => JSON.stringify({ tree: req.tree.id, patches: req.patches.map((p) => p.sha256) });
+const srcState = (req: Pick<KernelBuildRequest, 'tree' | 'patches'>) =>
+  JSON.stringify({ tree: req.tree.id, patches: req.patches.map((p) => p.sha256), touched: touchedFiles(req.patches) });
+/** A state file's content, or null when it is missing, unreadable or from before `touched` was recorded. */
+function parseSrcState(text: string): { tree: string; touched: string[] } | null {
+  try {
+    const v = JSON.parse(text) as { tree?: unknown; touched?: unknown };
+    return typeof v.tree === 'string' && Array.isArray(v.touched) && v.touched.every((x) => typeof x === 'string') ? { tree: v.tree, touched: v.touched as string[] } : null;
+  } catch {
+    return null;
+  }
+}
 
 /**
  * Runs fn with the src/ a built kernel's obj/ points at holding exactly
