@@ -29,7 +29,7 @@ export async function bundleProbes(outDir: string): Promise<ProbeBundle> {
     bundle: true,
     platform: 'node',
     format: 'cjs',
-    target: 'node18', // bookworm's nodejs
+    target: 'node18', // the oldest a recipe may use: bookworm's nodejs (images/bookworm.yaml has the official 20)
     external: ['koffi'],
     outfile: runner,
     logLevel: 'silent',
