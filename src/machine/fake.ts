@@ -68,7 +68,12 @@ export interface FakeScript {
    * last), run through the selftest wrapper; the fake writes the wrapper's kmsg
    * markers around it. A `hang` step blocks until the host kills the test.
    */
-  selftests?: Record<string, { steps: RunnerStep[]; exit?: number }>;
+  /**
+   * Each selftest's output and exit; `afterKill` is what the wrapper still
+   * prints once hwlab kills the test (run_kselftest.sh reporting its killed
+   * child, `# exit=137`, when it outlives it).
+   */
+  selftests?: Record<string, { steps: RunnerStep[]; exit?: number; afterKill?: string }>;
   /** What the wrapper's --stacks prints for the running test. */
   selftestStacks?: string;
   /** Commands that never return (blocked in the guest kernel), matched by a substring of the command: they fail as timed out at once, and print `console` lines. */
@@ -283,12 +288,12 @@ export class FakeInstance implements MachineInstance {
     const name = `${collection}:${test}`;
     const t = this.script.selftests?.[name] ?? { steps: [{ stdout: `TAP version 13\n1..1\n# selftests: ${collection}: ${test}\nok 1 selftests: ${collection}: ${test}\n` }] };
     this.printk(formatSelftestMarker({ edge: 'begin', index: Number(index), test: name }));
-    const r = await this.runRunner(opts, start, t.steps, t.exit ?? 0, (kill) => { this.killSelftest = kill; });
+    const r = await this.runRunner(opts, start, t.steps, t.exit ?? 0, (kill) => { this.killSelftest = () => kill(t.afterKill); });
     if (!this.dropped) this.printk(formatSelftestMarker({ edge: 'end', index: Number(index), test: name }));
     return r;
   }
 
-  private runRunner(opts: ExecOptions, start: number, steps: RunnerStep[], exitCode: number, onKill?: (kill: () => void) => void): Promise<ExecResult> {
+  private runRunner(opts: ExecOptions, start: number, steps: RunnerStep[], exitCode: number, onKill?: (kill: (lastWords?: string) => void) => void): Promise<ExecResult> {
     let stdout = '';
     return new Promise<ExecResult>((resolve, reject) => {
       let finished = false;
@@ -303,7 +308,7 @@ export class FakeInstance implements MachineInstance {
       const lost = () => finish(() => reject(new ChannelLostError('guest command "node runner": the SSH channel closed without an exit status', stdout, '')));
       this.onLost.add(lost);
       opts.signal?.addEventListener('abort', () => finish(() => resolve({ code: null, stdout, stderr: '', durationMs: Date.now() - start, aborted: true })), { once: true });
-      const kill = () => finish(() => resolve({ code: null, signal: 'KILL', stdout, stderr: '', durationMs: Date.now() - start }));
+      const kill = (lastWords = '') => finish(() => resolve({ code: null, signal: 'KILL', stdout: stdout + lastWords, stderr: '', durationMs: Date.now() - start }));
       if (onKill) onKill(kill);
       else this.killRunner = kill;
       void (async () => {

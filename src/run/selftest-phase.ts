@@ -44,6 +44,9 @@ export function selftestArgv(t: PlannedSelftest, bdfs: string[]): string[] {
   return [GUEST_SELFTEST_RUNNER, String(t.index), t.collection, t.test, String(t.timeoutSec + KSELFTEST_BACKSTOP_SEC), kselftestArgsVar(t.test), ...bdfs];
 }
 
+/** run_kselftest.sh's result line for one test. */
+const RESULT_LINE = /^(not )?ok \d+ selftests: .*$/m;
+
 async function runOne(ctx: RunContext, m: MachineInstance, state: RunState, t: PlannedSelftest, update: (s: string) => void): Promise<string> {
   const bdfs = t.devices.map((id) => {
     const d = state.devices?.[id];
@@ -81,9 +84,13 @@ async function runOne(ctx: RunContext, m: MachineInstance, state: RunState, t: P
     if (hung) {
       // Wait for the diagnosis to be recorded before the phase moves on (it is set before the kill).
       state.selftestTimeouts.push(hung);
+      // run_kselftest.sh may outlive its killed child and report it (`# exit=137`): that is
+      // hwlab's kill, not the test's result, which is the timeout. Its line stays as a comment.
+      const reported = RESULT_LINE.exec(part)?.[0];
+      if (reported) part = part.replace(reported, `# hwlab: after the kill, ${path.basename(GUEST_SELFTEST_RUNNER)} reported: ${reported}`);
       part += `# hwlab: killed at its timeout of ${t.timeoutSec} s\n`;
-      if (!/^(not )?ok \d+ selftests: /m.test(part)) part += `not ok ${t.index} selftests: ${t.collection}: ${t.test} # TIMEOUT ${t.timeoutSec} seconds\n`;
-    } else if (!/^(not )?ok \d+ selftests: /m.test(part)) {
+      part += `not ok ${t.index} selftests: ${t.collection}: ${t.test} # TIMEOUT ${t.timeoutSec} seconds\n`;
+    } else if (!RESULT_LINE.test(part)) {
       part += `# hwlab: ${path.basename(GUEST_SELFTEST_RUNNER)} ended (${r.code ?? r.signal}) without a result line${r.stderr.trim() ? `: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}\n`;
     }
     return part;
