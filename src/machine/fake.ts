@@ -66,12 +66,9 @@ export interface FakeScript {
   /**
    * What each kernel selftest prints (`collection:test` -> steps, its exit code
    * last), run through the selftest wrapper; the fake writes the wrapper's kmsg
-   * markers around it. A `hang` step blocks until the host kills the test.
-   */
-  /**
-   * Each selftest's output and exit; `afterKill` is what the wrapper still
-   * prints once hwlab kills the test (run_kselftest.sh reporting its killed
-   * child, `# exit=137`, when it outlives it).
+   * markers around it. A `hang` step blocks until the host kills the test;
+   * `afterKill` is what the wrapper still prints then (run_kselftest.sh
+   * reporting its killed child, `# exit=137`, when it outlives it).
    */
   selftests?: Record<string, { steps: RunnerStep[]; exit?: number; afterKill?: string }>;
   /** What the wrapper's --stacks prints for the running test. */

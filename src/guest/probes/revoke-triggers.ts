@@ -342,10 +342,15 @@ async function runGroup(p: Probe, trig: Trigger): Promise<void> {
   }
 }
 
+/** The exporter's BAR as the data checks see it: written and read through VFIO at the first and last page. */
+function dataTarget(p: Probe, dev = p.dev) {
+  return { dev, region: p.info, offsets: dataOffsets(p.info.size) };
+}
+
 function dataCheck(g: Group, when: string, dev = g.p.dev, handle = g.handle): void {
   const { p } = g;
   if (p.dataSkip) return void p.t.skip(`${g.name}: ${when}: data path through the mapping`, p.dataSkip);
-  checkDataPath(p.t, `${g.name}: ${when}`, p.imp, handle, { dev, region: p.info, offsets: dataOffsets(p.info.size) });
+  checkDataPath(p.t, `${g.name}: ${when}`, p.imp, handle, dataTarget(p, dev));
 }
 
 /**
@@ -362,8 +367,8 @@ function beforeCheck(g: Group): void {
     p.fullBeforeDone = true;
     return;
   }
-  const offsets = dataOffsets(p.info.size);
-  checkDmaRead(p.t, `${g.name}: before`, p.imp, g.handle, { dev: p.dev, region: p.info, offsets }, offsets[offsets.length - 1]);
+  const target = dataTarget(p);
+  checkDmaRead(p.t, `${g.name}: before`, p.imp, g.handle, target, target.offsets[target.offsets.length - 1]);
 }
 
 /** Revoked state: A's mapping dropped and unusable, map and attach refused. Window-aware for atomic triggers. */
