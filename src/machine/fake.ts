@@ -73,8 +73,8 @@ export interface FakeScript {
   selftests?: Record<string, { steps: RunnerStep[]; exit?: number; afterKill?: string }>;
   /** What the wrapper's --stacks prints for the running test. */
   selftestStacks?: string;
-  /** Commands that never return (blocked in the guest kernel), matched by a substring of the command: they fail as timed out at once, and print `console` lines. */
-  blocking?: Record<string, { console?: string[] }>;
+  /** Commands that never return (blocked in the guest kernel), matched by a substring of the command: they print `console` lines and their `stdout` so far, then fail as timed out at once. */
+  blocking?: Record<string, { console?: string[]; stdout?: string }>;
   /**
    * What the guest shows of an endpoint in sysfs, where it differs from the model below
    * (null: the link or file is absent). By default each endpoint has its kind's PCI ID
@@ -209,6 +209,7 @@ export class FakeInstance implements MachineInstance {
     const blocks = Object.entries(this.script.blocking ?? {}).find(([k]) => joined.includes(k))?.[1];
     if (blocks) {
       for (const l of blocks.console ?? []) this.printk(l);
+      if (blocks.stdout) opts.onStdout?.(blocks.stdout);
       throw new InfraError(`guest command "${argv.join(' ').slice(0, 80)}": timed out after ${(opts.timeoutMs / 1000).toFixed(0)} s`, undefined, 'timeout');
     }
     if (argv[0] === 'sh' && argv[1] === `${GUEST_PRESTART_DIR}/${PRESTART_SCRIPT_NAME}` && argv[2] === 'go') {
@@ -223,7 +224,6 @@ export class FakeInstance implements MachineInstance {
       setTimeout(() => this.die({ code: 0, signal: null }), 1);
       return done('');
     }
-    if (argv[0] === 'find' && argv[1] === '/sys/devices/pci0000:00') return done(this.sysfsDirs().join('\n') + '\n');
     if (argv[0] === 'sh' && argv[1] === '-c') return done(this.script_(argv[2], argv.slice(4)));
     return done('');
   }
@@ -231,7 +231,12 @@ export class FakeInstance implements MachineInstance {
   /** Answers hwlab's fixed guest scripts by what they do. */
   private script_(script: string, args: string[]): string {
     if (script === BLOCKED_TASKS_SCRIPT) return this.script.blockedTasks ?? '';
-    if (script.includes('iommu_group') && script.includes('vendor')) return args.map((b) => `${b}|${this.deviceInfo(b)}`).join('');
+    if (script.includes('iommu_group') && script.includes('vendor')) {
+      // Arguments are devfn paths; one record per endpoint found at one of them.
+      const bdfs = this.sysfsBdfs();
+      const paths = Object.values(this.pciPaths).map((p) => p.join('/').toLowerCase());
+      return args.flatMap((a) => (paths.includes(a) ? [`${a}|${bdfs[paths.indexOf(a)]}|${this.deviceInfo(bdfs[paths.indexOf(a)])}`] : [])).join('');
+    }
     if (script.includes('driver_override') && script.includes('vfio-pci >')) return args.map((b) => `${b}|\n`).join('');
     if (script.includes('pidof node')) {
       this.killRunner?.();
@@ -266,10 +271,7 @@ export class FakeInstance implements MachineInstance {
     return Object.values(this.pciPaths).map((p, i) => `0000:${(i + 1).toString(16).padStart(2, '0')}:00.${p[1].slice(-1)}`);
   }
 
-  private sysfsDirs(): string[] {
-    const bdfs = this.sysfsBdfs();
-    return Object.values(this.pciPaths).map((p, i) => `/sys/devices/pci0000:00/0000:00:${p[0]}/${bdfs[i]}`);
-  }
+
 
   private killRunner: (() => void) | undefined;
   private killSelftest: (() => void) | undefined;

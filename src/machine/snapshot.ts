@@ -153,10 +153,10 @@ async function refreshRestoredGuest(m: MachineInstance, lab: LabSpec, modulesRoo
     if (r.code !== 0) throw new InfraError(`after restoring the guest: ${argv.join(' ')} exited ${r.code}: ${r.stderr.trim()}`, undefined, 'snapshot');
   };
   // The saved guest's clock stopped at the save; anything comparing times (certificates, make, logs) wants today's.
-  await run(['date', '-u', '-s', `@${Math.floor(Date.now() / 1000)}`]);
   // The saved modules disk stays attached (the guest's page cache refers to it); a tmpfs over it carries this build's tree.
+  // One exec for both: each costs about 0.25 s under TCG.
+  await run(['sh', '-c', 'date -u -s "$1" > /dev/null && mount -t tmpfs -o mode=0755 hwlab-modules /lib/modules', 'sh', `@${Math.floor(Date.now() / 1000)}`]);
   const tree = path.join(modulesRoot, 'lib/modules');
-  await run(['mount', '-t', 'tmpfs', '-o', 'mode=0755', 'hwlab-modules', '/lib/modules']);
   await m.upload((await filesUnder(tree)).map((rel) => ({ local: path.join(tree, rel), remote: `/lib/modules/${rel}` })), timeoutMs);
   await reenumerateStateless(m, lab, timeoutMs);
 }

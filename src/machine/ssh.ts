@@ -5,7 +5,8 @@
 // shell code. A channel that closes without an exit status means the
 // connection (or the guest) went away: that is an error of its own, carrying
 // the output that arrived before.
-import { Client, type ConnectConfig } from 'ssh2';
+import path from 'node:path';
+import { Client, type ConnectConfig, type SFTPWrapper } from 'ssh2';
 import { withTimeout } from '../util/cleanup.ts';
 import { InfraError } from '../util/errors.ts';
 import { ChannelLostError, shq, type ExecOptions, type ExecResult, type UploadFile } from './instance.ts';
@@ -120,14 +121,19 @@ export class SshConnection {
     });
   }
 
+  /**
+   * Copies files in over one SFTP session. Their directories are made over
+   * SFTP too (internal-sftp runs in sshd's session process): a `mkdir -p`
+   * exec cost 0.2 to 0.3 s under TCG, a third of a restored run's uploads.
+   */
   async upload(files: UploadFile[], timeoutMs = 120_000): Promise<void> {
-    const dirs = [...new Set(files.map((f) => f.remote.replace(/\/[^/]*$/, '')))];
-    const mk = await this.exec(['mkdir', '-p', ...dirs], { timeoutMs: 30_000 });
-    if (mk.code !== 0) throw new InfraError(`guest: mkdir -p ${dirs.join(' ')} exited ${mk.code}: ${mk.stderr.trim()}`, undefined, 'upload');
+    const dirs = [...new Set(files.map((f) => path.posix.dirname(f.remote)))];
     const work = new Promise<void>((resolve, reject) => {
       this.client.sftp(async (err, sftp) => {
         if (err) return reject(err);
         try {
+          const made = new Set<string>();
+          for (const d of dirs) await sftpMkdirP(sftp, d, made);
           for (const f of files) {
             await new Promise<void>((res, rej) => sftp.fastPut(f.local, f.remote, { mode: f.mode ?? 0o644 }, (e) => (e ? rej(e) : res())));
           }
@@ -145,4 +151,20 @@ export class SshConnection {
   close(): void {
     this.client.end();
   }
+}
+
+/** `mkdir -p` over SFTP: each missing directory from the top down; `made` remembers what exists. */
+async function sftpMkdirP(sftp: SFTPWrapper, dir: string, made: Set<string>): Promise<void> {
+  if (made.has(dir) || dir === '/' || dir === '.') return;
+  const isDir = await new Promise<boolean | null>((res) => sftp.stat(dir, (e, st) => res(e ? null : st.isDirectory())));
+  if (isDir === false) throw new InfraError(`guest: ${dir} exists and is not a directory`, undefined, 'upload');
+  if (isDir === null) {
+    await sftpMkdirP(sftp, path.posix.dirname(dir), made);
+    await new Promise<void>((res, rej) => sftp.mkdir(dir, (e) => {
+      if (!e) return res();
+      // Made meanwhile by someone else is as good as made here.
+      sftp.stat(dir, (e2, st) => (!e2 && st.isDirectory() ? res() : rej(new InfraError(`guest: mkdir ${dir} over SFTP failed: ${e.message}`, undefined, 'upload'))));
+    }));
+  }
+  made.add(dir);
 }

@@ -13,7 +13,7 @@ import { exitWithin, machineGoneError, type MachineBackend, type MachineInstance
 import { GUEST_KMOD_DIR } from '../protocol/protocol.ts';
 import { failureFromError } from '../results/outcome.ts';
 import type { RunResults } from '../results/report.ts';
-import { bindVfio, check, modprobe, UNBIND_TIMEOUT_SEC, unbindVfio } from '../session/commands.ts';
+import { bindVfio, modprobe, UNBIND_TIMEOUT_SEC, unbindVfio } from '../session/commands.ts';
 import { verifyLoadedModules } from '../session/modules.ts';
 import { guestModuleBuildIds, verifyReplacedModules } from '../session/modules-buildid.ts';
 import { findPciDevices, type GuestPciDevice } from '../session/pci.ts';
@@ -59,14 +59,17 @@ function vfioEndpoints(lab: LabSpec): Set<string> {
 /** The driver under test, proven to be the build's: srcversion for source builds, build-id for the fast path. */
 async function loadDriver(ctx: RunContext, m: MachineInstance, state: RunState, update: (s: string) => void): Promise<void> {
   const { kernel } = ctx.prepared;
+  if (kernel.kind === 'source') {
+    // One guest command: the loads and the check.
+    update(`modprobe ${ctx.lab.modules.join(' ')}, checking the loaded modules are the ones just built`);
+    state.verified.push(...(await verifyLoadedModules(m, kernel, ctx.lab.modules)));
+    return;
+  }
   for (const mod of ctx.lab.modules) {
     update(`modprobe ${mod}`);
     await modprobe(m, mod);
   }
-  if (kernel.kind === 'source') {
-    update('checking the loaded modules are the ones just built');
-    state.verified.push(...(await verifyLoadedModules(m, kernel)));
-  } else if (kernel.kind === 'overlay') {
+  if (kernel.kind === 'overlay') {
     update('checking the loaded modules are the rebuilt ones');
     const r = await verifyReplacedModules(m, kernel.replaced, ctx.lab.modules);
     state.verified.push(...kernel.replaced.filter((x) => r.verified.includes(x.module.replace(/-/g, '_'))).map((x) => ({ module: x.module, buildId: x.buildId })));
@@ -79,8 +82,7 @@ async function loadHwlabModules(ctx: RunContext, m: MachineInstance, state: RunS
   if (!mods.length) return;
   update(`insmod ${mods.map((x) => x.name).join(' ')}`);
   await m.upload(mods.map((x) => ({ local: x.ko, remote: `${GUEST_KMOD_DIR}/${x.name}.ko` })));
-  for (const x of mods) await check(m, ['insmod', `${GUEST_KMOD_DIR}/${x.name}.ko`], 60_000);
-  const ids = await guestModuleBuildIds(m, mods.map((x) => x.name));
+  const ids = await guestModuleBuildIds(m, mods.map((x) => x.name), mods.map((x) => `${GUEST_KMOD_DIR}/${x.name}.ko`));
   for (const x of mods) {
     if (ids.get(x.name) !== x.buildId) {
       throw new InfraError(`${x.name} in the guest has build-id ${ids.get(x.name) ?? '(none: not loaded)'}, hwlab built ${x.buildId}`, undefined, 'module-mismatch');
@@ -111,8 +113,9 @@ async function setup(ctx: RunContext, m: MachineInstance, state: RunState): Prom
 }
 
 /**
- * Unbinds the endpoints the probes used, except those removed; skipped after
- * a hang (the runner may still hold them). The first unbind that does not
+ * Unbinds the endpoints the probes used, except those removed, in one guest
+ * command; skipped after a hang (the runner may still hold them). The first
+ * unbind that does not
  * return (vfio waits for a device registration the kernel leaked) ends the
  * give-back: waiting for each device in turn took minutes. What blocked is
  * said: the guest's blocked tasks and vfio's "blocked until released" line.
@@ -122,25 +125,21 @@ async function giveBack(ctx: RunContext, m: MachineInstance, state: RunState): P
   if (state.hung || !state.devices) return;
   const vfio = vfioEndpoints(ctx.lab);
   const todo = Object.entries(state.devices).filter(([id]) => vfio.has(id) && !state.removed.has(id));
-  for (const [i, [id, d]] of todo.entries()) {
-    try {
-      await unbindVfio(m, d.bdf);
-    } catch (err) {
-      if (!(err instanceof InfraError) || err.code !== 'timeout') throw err;
-      const tasks = await m.diagnose().then((x) => x.blockedTasks.trim(), () => '');
-      const blocked = (await m.console().catch(() => '')).split('\n').filter((l) => /blocked until .*released/i.test(l)).pop();
-      const rest = todo.slice(i + 1).map(([x]) => x);
-      // The kernel's fault once the runner has exited: its fds (devices, dma-bufs, importer
-      // sessions) are closed, so only a reference the kernel never dropped holds the device.
-      // A runner that did not exit may still hold it itself: then it is not evidence.
-      const Blocked = state.failure?.code === 'runner-did-not-exit' ? InfraError : KernelFaultError;
-      throw new Blocked(
-        `giving ${id} (${d.bdf}) back to its driver blocked in the guest kernel: the unbind did not return in ${UNBIND_TIMEOUT_SEC} s` +
-        `${blocked ? `; the kernel says: ${blocked.replace(/^\[[^\]]*\]\s*/, '').trim()}` : ''}` +
-        `${rest.length ? `; not tried: ${rest.join(', ')}` : ''}${tasks ? `\nblocked tasks:\n${tasks.split('\n').slice(0, 40).join('\n')}` : ''}`,
-        'a device registration the driver never dropped keeps vfio-pci from unbinding; see console.log', 'teardown-blocked');
-    }
-  }
+  const { blocked, notTried } = await unbindVfio(m, todo.map(([, d]) => d.bdf));
+  if (blocked === undefined) return;
+  const id = todo.find(([, d]) => d.bdf === blocked)?.[0] ?? blocked;
+  const tasks = await m.diagnose().then((x) => x.blockedTasks.trim(), () => '');
+  const said = (await m.console().catch(() => '')).split('\n').filter((l) => /blocked until .*released/i.test(l)).pop();
+  const rest = todo.filter(([, d]) => notTried.includes(d.bdf)).map(([x]) => x);
+  // The kernel's fault once the runner has exited: its fds (devices, dma-bufs, importer
+  // sessions) are closed, so only a reference the kernel never dropped holds the device.
+  // A runner that did not exit may still hold it itself: then it is not evidence.
+  const Blocked = state.failure?.code === 'runner-did-not-exit' ? InfraError : KernelFaultError;
+  throw new Blocked(
+    `giving ${id} (${blocked}) back to its driver blocked in the guest kernel: the unbind did not return in ${UNBIND_TIMEOUT_SEC} s` +
+    `${said ? `; the kernel says: ${said.replace(/^\[[^\]]*\]\s*/, '').trim()}` : ''}` +
+    `${rest.length ? `; not tried: ${rest.join(', ')}` : ''}${tasks ? `\nblocked tasks:\n${tasks.split('\n').slice(0, 40).join('\n')}` : ''}`,
+    'a device registration the driver never dropped keeps vfio-pci from unbinding; see console.log', 'teardown-blocked');
 }
 
 async function shutDown(ctx: RunContext, m: MachineInstance): Promise<void> {

@@ -66,17 +66,36 @@ export async function bindVfio(guest: GuestShell, bdfs: string[]): Promise<Map<s
   return out;
 }
 
+/** Undoes BIND_VFIO for each device given; prints each BDF before its unbind, so a hang names its device. */
 const UNBIND_VFIO = `set -e
-d=/sys/bus/pci/devices/$1
-[ -e "$d/driver" ] && echo "$1" > "$d/driver/unbind"
-echo > "$d/driver_override"
-echo "$1" > /sys/bus/pci/drivers_probe || true`;
+for b in "$@"; do
+  echo "$b"
+  d=/sys/bus/pci/devices/$b
+  [ -e "$d/driver" ] && echo "$b" > "$d/driver/unbind"
+  echo > "$d/driver_override"
+  echo "$b" > /sys/bus/pci/drivers_probe || true
+done`;
 
-/** How long an unbind may take; past it the unbind is blocked in the kernel (vfio waiting for a device's users). */
+/** How long the unbinds may take; past it one is blocked in the kernel (vfio waiting for a device's users). */
 export const UNBIND_TIMEOUT_SEC = 60;
 
-/** Undoes bindVfio: clears driver_override and lets the kernel pick the driver again. */
-export async function unbindVfio(guest: GuestShell, bdf: string): Promise<void> {
-  const r = await sh(guest, UNBIND_VFIO, [bdf], { timeoutMs: UNBIND_TIMEOUT_SEC * 1000 });
-  if (r.code !== 0) throw new InfraError(`unbinding ${bdf} from vfio-pci failed: ${r.stderr.trim()}`, undefined, 'vfio-unbind');
+/**
+ * Undoes bindVfio for each device, in one guest command (each costs about
+ * 0.25 s under TCG): clears driver_override and lets the kernel pick the
+ * driver again. When the unbinds do not return in UNBIND_TIMEOUT_SEC,
+ * `blocked` is the device whose unbind hangs and `notTried` those after it.
+ */
+export async function unbindVfio(guest: GuestShell, bdfs: string[]): Promise<{ blocked?: string; notTried: string[] }> {
+  if (!bdfs.length) return { notTried: [] };
+  let started: string[] = [];
+  const onStdout = (s: string) => { started = (started.join('\n') + s).split('\n').filter(Boolean); };
+  try {
+    const r = await sh(guest, UNBIND_VFIO, bdfs, { timeoutMs: UNBIND_TIMEOUT_SEC * 1000, onStdout });
+    if (r.code !== 0) throw new InfraError(`unbinding ${bdfs.join(' ')} from vfio-pci failed: ${r.stderr.trim()}`, undefined, 'vfio-unbind');
+    return { notTried: [] };
+  } catch (err) {
+    if (!(err instanceof InfraError) || err.code !== 'timeout') throw err;
+    const blocked = started.at(-1) ?? bdfs[0];
+    return { blocked, notTried: bdfs.slice(bdfs.indexOf(blocked) + 1) };
+  }
 }

@@ -245,6 +245,22 @@ test('a blocked give-back (issue 16): the first unbind that hangs ends the teard
   t.regex(results.outcome.title, /^giving \S+ \(0000:[0-9a-f:.]+\) back to its driver blocked in the guest kernel/);
 });
 
+test('a blocked give-back names the device the one unbind command was at, and the ones after it as not tried', async (t) => {
+  const full = await loadLab(path.join(repo, 'labs/default.yaml'));
+  const script = { runner: [header(full.probes.length), ...full.probes.flatMap((p, i) => probeSteps(i + 1, p.name, [[true, 'works']]))] };
+  const clean = await run(t, script, full);
+  const unbinds = clean.m.calls.filter((c) => c.argv[2]?.includes('echo > "$d/driver_override"'));
+  t.is(unbinds.length, 1, 'every endpoint in one guest command');
+  const bdfs = unbinds[0].argv.slice(4);
+  t.true(bdfs.length >= 3, bdfs.join(' '));
+  const { results } = await run(t, { ...script, blocking: { 'echo > "$d/driver_override"': { stdout: `${bdfs[0]}\n${bdfs[1]}\n` } } }, full);
+  const devices = JSON.parse(await readFile(path.join(clean.runDir, 'devices.json'), 'utf8')) as Record<string, { bdf: string }>;
+  const idOf = (bdf: string) => Object.entries(devices).find(([, d]) => d.bdf === bdf)![0];
+  t.deepEqual([results.failure?.phase, results.failure?.code], ['teardown', 'teardown-blocked']);
+  t.true(results.failure!.message.startsWith(`giving ${idOf(bdfs[1])} (${bdfs[1]}) back to its driver blocked`), results.failure!.message);
+  t.regex(results.failure!.message, new RegExp(`; not tried: ${bdfs.slice(2).map(idOf).join(', ')}$`, 'm'));
+});
+
 test('a failing point is a fail; the runner exiting non-zero after it is recorded but does not hide it', async (t) => {
   const steps = [header(lab.probes.length), ...lab.probes.flatMap((p, i) => probeSteps(i + 1, p.name, [[i !== 2, i === 2 ? 'zero_length: EINVAL' : 'works']]))];
   const { results } = await run(t, { runner: steps, runnerExit: 1 });
