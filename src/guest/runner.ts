@@ -8,7 +8,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
-  DMABUF_ABIS, ENDPOINT_TYPES, formatPrestartReady, formatProbeMarker, isEndpointType, parsePrestartGo, PRESTART_FILES, RUNNER_EXIT, RUNNER_WAIT_FLAG, STRESS_WORKER_FLAG,
+  DMABUF_ABIS, ENDPOINT_TYPES, formatPrestartReady, formatProbeMarker, isEndpointType, parsePrestartGo, PRESTART_FILES, RUNNER_EXIT, RUNNER_WAIT_FLAG,
   type DmabufAbi, type EndpointType, type ExpectFailScope, type GuestDevice, type GuestProbeRequest, type GuestRunConfig, type ProbeMarker,
 } from '../protocol/protocol.ts';
 import { isProbeName, resolveParams, type ProbeName } from './probes/catalog.ts';
@@ -109,11 +109,6 @@ function kmsgMarker(m: ProbeMarker): void {
 }
 
 async function main(argv: string[]): Promise<number> {
-  // The stress probe's worker processes are this same bundle started again.
-  if (argv[0] === STRESS_WORKER_FLAG && argv.length === 2) {
-    const { stressWorkerMain } = await import('./probes/stress.ts');
-    return stressWorkerMain(JSON.parse(argv[1]));
-  }
   if (argv[0] === RUNNER_WAIT_FLAG && argv.length === 3) return waitThenRun(argv[1], argv[2]);
   if (argv.length !== 1) {
     process.stderr.write('usage: node runner.js <config.json> | --wait HASH DIR\n');

@@ -7,13 +7,14 @@
 // still opens and exports.
 //
 // The probe opens the VFIO group and hands it to each worker process as fd 3
-// (the runner started again with --stress-worker); each worker thread there
+// (the bundle's stress-worker.cjs, src/guest/stress-worker.ts); each worker thread there
 // gets its own device fd from it. The probe closes its own device fd first, so
 // a worker's device close is sometimes the last one: vfio_pci_dma_buf_cleanup
 // racing other processes' exports, revokes and imports, across fd tables and
 // mms as real users (a VMM and an RDMA application) would.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import path from 'node:path';
 import {
   decodeIoasMapFileIova, decodeIoasUnmapLength, encodeIoasMapFile, encodeIoasUnmap, Iommufd, IOMMU_DEV,
   IOMMU_IOAS_MAP_FILE, IOMMU_IOAS_UNMAP, type Area,
@@ -25,7 +26,7 @@ import {
   encodeExport, PCI_COMMAND, PCI_COMMAND_MEMORY, VFIO_DEVICE_FEATURE, VFIO_DEVICE_FLAGS_RESET, VFIO_DEVICE_RESET,
   VFIO_GROUP_GET_DEVICE_FD, VFIO_PCI_CONFIG_REGION_INDEX, VfioDevice, type DmaRange,
 } from '../lib/vfio.ts';
-import { STRESS_WORKER_FLAG, type DmabufAbi } from '../../protocol/protocol.ts';
+import { STRESS_WORKER_ENTRY, type DmabufAbi } from '../../protocol/protocol.ts';
 import { STRESS_MIXES, type StressWeights } from './catalog.ts';
 import { exportDiag, type ProbeContext } from './common.ts';
 import { baseline, checkBackToBaseline, checkNoKernelReports, commandDiag, setMemoryDecoding, sleepSync } from './observe.ts';
@@ -178,7 +179,7 @@ export interface StressWorkerArgs {
 interface ProcessReport { process: number; pid: number; reports: WorkerReport[]; startedAt: number }
 
 /**
- * Entry of a worker process (`runner.cjs --stress-worker <json>`): starts its
+ * Entry of a worker process (`stress-worker.cjs <json>`): starts its
  * threads, says "ready", waits for "go" on stdin so every process runs in the
  * same window, runs its workers on the inherited group fd and prints one JSON
  * report line.
@@ -219,7 +220,8 @@ class WorkerProcess {
   readonly closed: Promise<void>;
 
   constructor(readonly args: StressWorkerArgs, groupFd: number) {
-    this.child = spawn(process.execPath, [process.argv[1], STRESS_WORKER_FLAG, JSON.stringify(args)], {
+    // Beside the runner's own file in the probe directory.
+    this.child = spawn(process.execPath, [path.join(path.dirname(process.argv[1]), STRESS_WORKER_ENTRY), JSON.stringify(args)], {
       stdio: ['pipe', 'pipe', 'pipe', groupFd],
     });
     this.child.stdout!.on('data', (d: Buffer) => { this.out += d.toString(); });
