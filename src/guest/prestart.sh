@@ -12,9 +12,12 @@
 #     stdout and stderr to ours, exits with its exit code. Exit 3 with nothing
 #     run when no runner waits or it was started from another bundle.
 set -u
-# Shell builtins where they do (read, ${0%/*}): under TCG each exec of a
-# dynamically linked tool costs about 0.1 s, and `go` is on every run's path.
+# Shell builtins where they do (read, ${0%/*}), and busybox's applets (a
+# static binary) for the rest of `go`, which is on every restored run's path:
+# under TCG an exec of cat costs 95 ms, of busybox cat 17 ms; timeout and sh
+# 235 ms, busybox's 45 ms.
 case "$0" in */*) dir=$(cd "${0%/*}" && pwd) ;; *) dir=$(pwd) ;; esac
+bb=; [ -x /bin/busybox ] && bb=/bin/busybox
 NOT_PRESTARTED=3
 
 case "${1:-}" in
@@ -48,10 +51,10 @@ go)
     echo "no waiting probe runner" >&2
     exit $NOT_PRESTARTED
   }
-  cat "$dir/out" & out=$!
-  cat "$dir/err" >&2 & err=$!
+  $bb cat "$dir/out" & out=$!
+  $bb cat "$dir/err" >&2 & err=$!
   # The runner reads the control FIFO; should it have died since the check, the open would never return.
-  if ! timeout 10 sh -c 'printf "%s %s\n" "$1" "$2" > "$3"' sh "$2" "$3" "$dir/control"; then
+  if ! $bb timeout 10 $bb sh -c 'printf "%s %s\n" "$1" "$2" > "$3"' sh "$2" "$3" "$dir/control"; then
     kill $out $err 2>/dev/null
     echo "the waiting probe runner did not take the go line" >&2
     exit $NOT_PRESTARTED

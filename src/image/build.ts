@@ -19,7 +19,7 @@ import { makeExt4 } from '../util/ext4.ts';
 import type { Step } from '../util/progress.ts';
 import { ensureHwlabKey } from '../session/keys.ts';
 import type { ImageRecipe } from './recipe.ts';
-import { GUEST_INIT, IMAGE_CUSTOMIZE_SCRIPT, SSHD_CONFIG } from './guest-files.ts';
+import { GUEST_INIT, IMAGE_CUSTOMIZE_SCRIPT, ROOT_PROFILE, SSHD_CONFIG } from './guest-files.ts';
 import { InfraError } from '../util/errors.ts';
 import { bytesUnder, watchDownload } from '../util/download-progress.ts';
 import { ensureOfficialNode } from './node-dist.ts';
@@ -72,6 +72,7 @@ async function writeStage(stage: string, publicKey: string): Promise<void> {
   await put('etc/fstab', '# hwlab: mounts are made by /sbin/hwlab-init\n');
   await put('etc/ssh/sshd_config.d/hwlab.conf', SSHD_CONFIG);
   await put('root/.ssh/authorized_keys', `${publicKey}\n`, 0o600);
+  await put('root/.profile', ROOT_PROFILE);
   await chmod(path.join(stage, 'root/.ssh'), 0o700);
 }
 
@@ -81,7 +82,7 @@ function recipeDataOf(recipe: ImageRecipe) {
 
 async function imageKey(recipe: ImageRecipe): Promise<{ ck: string; key: Awaited<ReturnType<typeof ensureHwlabKey>> }> {
   const key = await ensureHwlabKey();
-  return { ck: cacheKey({ v: BUILDER_VERSION, recipe: recipeDataOf(recipe), init: GUEST_INIT, sshd: SSHD_CONFIG, customize: IMAGE_CUSTOMIZE_SCRIPT, key: key.publicKey }), key };
+  return { ck: cacheKey({ v: BUILDER_VERSION, recipe: recipeDataOf(recipe), init: GUEST_INIT, sshd: SSHD_CONFIG, customize: IMAGE_CUSTOMIZE_SCRIPT, profile: ROOT_PROFILE, key: key.publicKey }), key };
 }
 
 /** Whether buildImage would have to run mmdebstrap (no finished entry): only then are an ordinary user's subordinate ids needed. */
