@@ -126,10 +126,12 @@ function snapshotFiles(dir: string): GuestSnapshotFiles {
 
 /** The waiting runner's record in a snapshot entry. */
 const RUNNER_FILE = 'runner.json';
+/** The hash of the modules tree the saved guest's modules disk holds (modulesTreeHash). */
+const MODULES_HASH_FILE = 'modules.sha256';
 
 /** What happened to the snapshot in this run, written to the run folder as snapshot.json (runner: the probe runner waiting in it). */
 export type SnapshotRecord =
-  | { action: 'restored'; key: string; seconds: number; runner?: WaitingRunner }
+  | { action: 'restored'; key: string; seconds: number; runner?: WaitingRunner; modules: 'as-saved' | 'copied' }
   | { action: 'saved'; key: string; seconds: number; bytes: number; runner?: WaitingRunner }
   | { action: 'not-saved'; key?: string; reason: string };
 
@@ -146,19 +148,38 @@ async function filesUnder(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Brings a restored guest up to date: the wall clock, /lib/modules as this run's build has it, devices without migrated state. */
-async function refreshRestoredGuest(m: MachineInstance, lab: LabSpec, modulesRoot: string, timeoutMs: number): Promise<void> {
+/** sha256 over a modules tree: each file's relative path and contents, in order. */
+async function modulesTreeHash(modulesRoot: string): Promise<string> {
+  const tree = path.join(modulesRoot, 'lib/modules');
+  const h = createHash('sha256');
+  for (const rel of await filesUnder(tree)) h.update(`${rel}\0`).update(await readFile(path.join(tree, rel))).update('\0');
+  return h.digest('hex');
+}
+
+/**
+ * Brings a restored guest up to date: the wall clock, /lib/modules as this
+ * run's build has it, devices without migrated state. Returns whether the
+ * modules tree was copied in: not when it is the tree the guest was saved
+ * with (`savedModules`, its hash), which the saved modules disk still holds.
+ */
+async function refreshRestoredGuest(m: MachineInstance, lab: LabSpec, modulesRoot: string, savedModules: string | undefined, timeoutMs: number): Promise<boolean> {
   const run = async (argv: string[]) => {
     const r = await m.exec(argv, { timeoutMs });
     if (r.code !== 0) throw new InfraError(`after restoring the guest: ${argv.join(' ')} exited ${r.code}: ${r.stderr.trim()}`, undefined, 'snapshot');
   };
+  const now = `@${Math.floor(Date.now() / 1000)}`;
+  const copy = savedModules !== await modulesTreeHash(modulesRoot);
   // The saved guest's clock stopped at the save; anything comparing times (certificates, make, logs) wants today's.
   // The saved modules disk stays attached (the guest's page cache refers to it); a tmpfs over it carries this build's tree.
   // One exec for both: each costs about 0.25 s under TCG.
-  await run(['sh', '-c', 'date -u -s "$1" > /dev/null && mount -t tmpfs -o mode=0755 hwlab-modules /lib/modules', 'sh', `@${Math.floor(Date.now() / 1000)}`]);
-  const tree = path.join(modulesRoot, 'lib/modules');
-  await m.upload((await filesUnder(tree)).map((rel) => ({ local: path.join(tree, rel), remote: `/lib/modules/${rel}` })), timeoutMs);
+  if (!copy) await run(['date', '-u', '-s', now]);
+  else {
+    await run(['sh', '-c', 'date -u -s "$1" > /dev/null && mount -t tmpfs -o mode=0755 hwlab-modules /lib/modules', 'sh', now]);
+    const tree = path.join(modulesRoot, 'lib/modules');
+    await m.upload((await filesUnder(tree)).map((rel) => ({ local: path.join(tree, rel), remote: `/lib/modules/${rel}` })), timeoutMs);
+  }
   await reenumerateStateless(m, lab, timeoutMs);
+  return copy;
 }
 
 /** A QEMU instance whose waitReady also refreshes a restored guest and records what happened. */
@@ -197,10 +218,11 @@ async function startWithSnapshot(config: MachineConfig): Promise<MachineInstance
     await record(config.runDir, { action: 'not-saved', reason: why });
     return qemuBackend.start(config);
   }
-  if (!config.modulesRoot) throw new InfraError('snapshot restore needs the kernel\'s modules tree (MachineConfig.modulesRoot)');
+  const modulesRoot = config.modulesRoot;
+  if (!modulesRoot) throw new InfraError('snapshot restore needs the kernel\'s modules tree (MachineConfig.modulesRoot)');
   // A restored guest gets the whole modules tree copied in over SFTP: a few files for hwlab's lean
   // kernels, thousands for a Debian kernel (the fast path), where booting is the cheaper way.
-  const moduleFiles = (await filesUnder(path.join(config.modulesRoot, 'lib/modules'))).length;
+  const moduleFiles = (await filesUnder(path.join(modulesRoot, 'lib/modules'))).length;
   if (moduleFiles > MAX_MODULE_FILES) {
     await record(config.runDir, { action: 'not-saved', reason: `${moduleFiles} files in the modules tree (more than ${MAX_MODULE_FILES} to copy into a restored guest)` });
     return qemuBackend.start(config);
@@ -210,14 +232,14 @@ async function startWithSnapshot(config: MachineConfig): Promise<MachineInstance
   if (isComplete(dir)) {
     await markUsed(dir);
     const started = Date.now();
-    const modulesRoot = config.modulesRoot;
     const runner = await readFile(path.join(dir, RUNNER_FILE), 'utf8').then((t) => JSON.parse(t) as WaitingRunner, () => undefined);
+    const savedModules = await readFile(path.join(dir, MODULES_HASH_FILE), 'utf8').then((t) => t.trim(), () => undefined);
     const inner = await startQemu(config, { kind: 'restore', from: snapshotFiles(dir) });
     const instance: SnapshotInstance = new SnapshotInstance(inner, async (deadline) => {
-      await refreshRestoredGuest(inner, config.lab, modulesRoot, Math.max(10_000, deadline - Date.now()));
+      const copied = await refreshRestoredGuest(inner, config.lab, modulesRoot, savedModules, Math.max(10_000, deadline - Date.now()));
       instance.waitingRunner = runner;
       // Seconds from QEMU's start to a ready, refreshed guest.
-      await record(config.runDir, { action: 'restored', key, seconds: (Date.now() - started) / 1000, ...(runner ? { runner } : {}) });
+      await record(config.runDir, { action: 'restored', key, seconds: (Date.now() - started) / 1000, ...(runner ? { runner } : {}), modules: copied ? 'copied' : 'as-saved' });
     });
     return instance;
   }
@@ -240,6 +262,7 @@ async function startWithSnapshot(config: MachineConfig): Promise<MachineInstance
         await ensureEntry('guest-snapshot', key, `booted guest ${config.lab.name} (${path.basename(config.kernelImage)})`, async (tmp) => {
           const files = snapshotFiles(tmp);
           if (runner) await writeFile(path.join(tmp, RUNNER_FILE), JSON.stringify(runner));
+          await writeFile(path.join(tmp, MODULES_HASH_FILE), `${await modulesTreeHash(modulesRoot)}\n`);
           try {
             await saveStoppedGuest(qmp, files.state, MIGRATION_TIMEOUT_MS);
             // The guest is stopped and QEMU flushed its disks: the overlay is exactly what the saved RAM expects.
