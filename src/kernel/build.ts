@@ -132,7 +132,7 @@ export function touchedFiles(patches: PatchFile[]): string[] {
   return [...out].sort();
 }
 
-async function compilerId(): Promise<string> {
+export async function compilerId(): Promise<string> {
   const r = await execa('gcc', ['--version'], { reject: false });
   if (r.exitCode !== 0) throw new InfraError('gcc is not installed', 'apt-get install gcc make flex bison bc libelf-dev libssl-dev');
   return r.stdout.split('\n')[0];

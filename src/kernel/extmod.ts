@@ -2,8 +2,8 @@
 // dma-buf importer), built with M= against the kernel a lab boots: against the
 // build tree of a kernel built from source, or against the matching
 // linux-headers for a prebuilt Debian kernel. Cached by (module sources,
-// kernel entry, compiler); the .ko's GNU build-id is what the guest check
-// compares.
+// the kernel's build interface: builtKernelInterface); the .ko's GNU build-id
+// is what the guest check compares.
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
@@ -13,7 +13,7 @@ import type { DebianKernelSpec } from '../lab/types.ts';
 import { cacheKey, ensureEntry, sha256 } from '../util/cache.ts';
 
 import type { Step } from '../util/progress.ts';
-import { withPatchedSource } from './build.ts';
+import { compilerId, touchedFiles, withPatchedSource } from './build.ts';
 import { elfBuildId, headersForPrebuilt, makeModules, type PreparedHeaders } from './driver-build.ts';
 import type { PatchFile } from './patches.ts';
 import type { KernelTree } from './source.ts';
@@ -47,6 +47,26 @@ async function sourceFiles(dir: string): Promise<Array<{ name: string; text: str
   return Promise.all(names.map(async (name) => ({ name, text: await readFile(path.join(dir, name), 'utf8') })));
 }
 
+/**
+ * What an M= build against a kernel built from source reads: the tree's
+ * headers and Kbuild files, the config, the compiler and the exported
+ * symbols' CRCs (Module.symvers). A series that touches only .c files
+ * changes none of the first, so the module built for the same tree, config
+ * and compiler is reused: a kernel build key would rebuild it (2 s) on every
+ * edit of the developer's loop for an identical .ko. Any other file touched
+ * keys it by the whole series, as the kernel build is.
+ */
+export async function builtKernelInterface(target: Extract<ModuleTarget, { kind: 'built' }>): Promise<string> {
+  const touched = touchedFiles(target.patches);
+  if (!touched.every((f) => f.endsWith('.c'))) return target.kernel.cacheKey;
+  // As a set: a targeted rebuild's modpost appends the rebuilt modules' exports at the end.
+  const symvers = await readFile(path.join(target.kernel.objDir, 'Module.symvers'), 'utf8')
+    .then((text) => sha256(text.split('\n').filter(Boolean).sort().join('\n')), () => 'none');
+  return cacheKey({
+    tree: target.tree.id, config: target.kernel.configSha256, release: target.kernel.release, compiler: await compilerId(), symvers,
+  });
+}
+
 export async function buildHwlabModule(name: string, target: ModuleTarget, logFile: string, step: Step): Promise<HwlabModule> {
   if (!/^[a-z0-9_]+$/.test(name)) throw new InfraError(`"${name}" is not a module name`);
   const srcDir = path.join(KMOD_ROOT, name);
@@ -57,8 +77,8 @@ export async function buildHwlabModule(name: string, target: ModuleTarget, logFi
   // Prebuilt: linux-headers, prepared once per kernel (cached by prepareHeaders).
   let prebuilt: PreparedHeaders | undefined;
   if (target.kind === 'prebuilt') prebuilt = (await headersForPrebuilt(target.kernel, target.debian, step)).headers;
-  const kernelId = target.kind === 'built' ? target.kernel.cacheKey : `${target.kernel.cacheKey}/${prebuilt!.cacheKey}`;
-  const key = cacheKey({ v: 1, name, source: sourceSha256, kernel: kernelId });
+  const kernelId = target.kind === 'built' ? await builtKernelInterface(target) : `${target.kernel.cacheKey}/${prebuilt!.cacheKey}`;
+  const key = cacheKey({ v: 2, name, source: sourceSha256, kernel: kernelId });
   let built = false;
   const log: string[] = [];
   const { dir } = await ensureEntry('kmod', key, `${name} for ${target.kernel.release}`, async (tmp) => {
