@@ -53,6 +53,12 @@ export interface RunState {
   verified: ModuleProof[];
   /** Endpoints a probe had the host remove (device_del); nothing to unbind afterwards. */
   removed: Set<string>;
+  /**
+   * The probe bundle's upload to GUEST_DIR, started beside the setup
+   * (startBundleUpload); undefined when the bundle goes up with the config
+   * or a waiting runner already has it.
+   */
+  bundleUpload?: Promise<void>;
   /** The runner's TAP; undefined when the probe phase never started. */
   tap?: string;
   /** Which probe runner ran: prestarted (waiting since a snapshot's save) or cold. */

@@ -21,7 +21,7 @@ import { assertViommu, viommuRecord } from '../session/viommu.ts';
 import { InfraError, KernelFaultError } from '../util/errors.ts';
 import { collect } from './collect.ts';
 import type { RunContext, RunState } from './context.ts';
-import { probePhase, runnerPrestart, uploadProbes } from './probe-phase.ts';
+import { probePhase, runnerPrestart, startBundleUpload, uploadProbes } from './probe-phase.ts';
 import { selftestPhase } from './selftest-phase.ts';
 
 /**
@@ -165,6 +165,8 @@ export async function runOnMachine(ctx: RunContext, backend: MachineBackend): Pr
     ctx.progress.info(`accel: ${m.accel.note}`);
     await boot(ctx, m);
     state.phase = 'setup';
+    // The bundle's SFTP and the setup's guest commands overlap (different work, both mostly waiting on the guest).
+    startBundleUpload(ctx, m, state);
     await setup(ctx, m, state);
     state.phase = 'probes';
     let runner: string[] = [];

@@ -101,6 +101,22 @@ export async function runnerPrestart(ctx: RunContext): Promise<RunnerPrestart> {
 }
 
 /**
+ * Starts copying the probe bundle into a booted guest while the setup runs:
+ * the default lab's 2 MB took 1.3 s over SFTP after it. Only when the lab has
+ * probes and no runner waits with this very bundle; uploadProbes awaits it
+ * (and reports its failure), so a rejection here is never left unhandled.
+ */
+export function startBundleUpload(ctx: RunContext, m: MachineInstance, state: RunState): void {
+  if (!ctx.lab.probes.length && ctx.runProbes !== false) return;
+  const up = runBundle(ctx).then(async (bundle) => {
+    if (m.waitingRunner?.bundleHash === bundle.hash) return;
+    await m.upload(bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_DIR}/${f.relative}` })));
+  });
+  up.catch(() => {});
+  state.bundleUpload = up;
+}
+
+/**
  * Puts the probe bundle and the run config in the guest; returns the command
  * that runs them cold (also by hand, in a kept guest) and the bundle. When a
  * runner waits from this very bundle (same hash), its copy in
@@ -111,10 +127,15 @@ export async function uploadProbes(ctx: RunContext, m: MachineInstance, state: R
   const configFile = path.join(ctx.runDir, 'guest-config.json');
   await writeFile(configFile, JSON.stringify(guestRunConfig(ctx.lab, state.devices ?? {}), null, 2));
   const dir = m.waitingRunner?.bundleHash === bundle.hash ? GUEST_PRESTART_DIR : GUEST_DIR;
-  await ctx.progress.run(dir === GUEST_DIR ? 'upload probes' : 'upload the probe config (the waiting runner has this bundle)', () => m.upload([
-    ...(dir === GUEST_DIR ? bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_DIR}/${f.relative}` })) : []),
-    { local: configFile, remote: GUEST_CONFIG_FILE },
-  ]));
+  const config = { local: configFile, remote: GUEST_CONFIG_FILE };
+  await ctx.progress.run(dir === GUEST_DIR ? 'upload probes' : 'upload the probe config (the waiting runner has this bundle)', async () => {
+    if (dir === GUEST_DIR && state.bundleUpload) {
+      await state.bundleUpload;
+      await m.upload([config]);
+    } else {
+      await m.upload([...(dir === GUEST_DIR ? bundle.files.map((f) => ({ local: f.local, remote: `${GUEST_DIR}/${f.relative}` })) : []), config]);
+    }
+  });
   return { cold: ['node', `${dir}/${bundle.entry}`, GUEST_CONFIG_FILE], bundle };
 }
 
