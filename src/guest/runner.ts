@@ -69,11 +69,15 @@ function deviceErrors(at: string, d: unknown): string[] {
 type LoadedProbes = { impls: Record<ProbeName, Probe> } | { loadError: unknown };
 
 /** Probes (and koffi with them) load lazily so a broken native module fails probes, not the runner. */
-async function loadProbes(): Promise<LoadedProbes> {
+async function loadProbes(waitForThread = false): Promise<LoadedProbes> {
   try {
     const impls = (await import('./probes/index.ts')).PROBE_IMPLS;
     // koffi binds libc on first use: a waiting runner pays that before the save too.
     (await import('./lib/libc.ts')).pageSize();
+    // A syscall thread for the first probe that needs one, starting beside the first probes
+    // (a waiting runner waits for it: the save then holds it ready).
+    const thread = (await import('./lib/systhread.ts')).SyscallThread.prestart();
+    if (waitForThread) await thread;
     return { impls };
   } catch (loadError) {
     return { loadError };
@@ -140,7 +144,7 @@ async function waitThenRun(ownHash: string, dir: string): Promise<number> {
   process.on('exit', (code) => {
     try { writeFileSync(path.join(dir, PRESTART_FILES.status), `${process.exitCode ?? code}\n`); } catch { /* the script says it got no status */ }
   });
-  const probes = await loadProbes();
+  const probes = await loadProbes(true);
   writeFileSync(path.join(dir, PRESTART_FILES.ready), `${formatPrestartReady(process.pid, process.uptime())}\n`);
   // Opening the FIFO blocks until prestart.sh go writes to it (after a restore, typically).
   const line = readFileSync(path.join(dir, PRESTART_FILES.control), 'utf8');

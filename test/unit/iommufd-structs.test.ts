@@ -161,3 +161,33 @@ test('syscall thread: a call past its deadline is reported HUNG instead of block
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('syscall thread: a prestarted thread is what the next take() gets, with the deadline asked for; the take after starts a new one', async (t) => {
+  await SyscallThread.prestart();
+  const first = await SyscallThread.take(1234);
+  const second = await SyscallThread.take(5678);
+  try {
+    t.is(first.defaultTimeoutMs, 1234);
+    t.is(second.defaultTimeoutMs, 5678);
+    t.not(first, second);
+    for (const th of [first, second]) {
+      const r = await th.open('/dev/null', libc.O_RDONLY | libc.O_CLOEXEC);
+      t.true(r.ok, JSON.stringify(r));
+      if (r.ok) libc.close(r.value);
+    }
+  } finally {
+    await first.stop();
+    await second.stop();
+  }
+});
+
+test('syscall thread: an unused prestarted thread does not keep the process from exiting', async (t) => {
+  const mod = new URL('../../src/guest/lib/systhread.ts', import.meta.url).href;
+  const started = Date.now();
+  // CommonJS -e (the thread's eval'd source inherits the input type); take() after exit would say whether the thread had started.
+  const out = execFileSync(process.execPath, ['--import', 'tsx', '-e',
+    `import(${JSON.stringify(mod)}).then(async ({ SyscallThread }) => { await SyscallThread.prestart(); const th = await SyscallThread.take(); console.log(typeof th.open); await th.stop(); await SyscallThread.prestart(); console.log('prestarted again'); })`,
+  ], { timeout: 30_000 }).toString();
+  t.is(out.trim(), 'function\nprestarted again');
+  t.true(Date.now() - started < 30_000);
+});

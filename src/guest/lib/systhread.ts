@@ -59,6 +59,9 @@ type Op =
   | { op: 'ioctl'; fd: number; req: number; arg?: Uint8Array | number }
   | { op: 'pread' | 'pwrite'; fd: number; arg: Uint8Array; off: number };
 
+/** The thread SyscallThread.prestart started and no take() has had yet. */
+let spare: Promise<SyscallThread> | undefined;
+
 export class SyscallThread {
   private seq = 0;
   private readonly pending = new Map<number, (r: Reply) => void>();
@@ -66,7 +69,7 @@ export class SyscallThread {
   /** Calls still inside the kernel after their deadline: the thread is stuck there. */
   hung = 0;
 
-  private constructor(private readonly worker: Worker, readonly defaultTimeoutMs: number) {
+  private constructor(private readonly worker: Worker, public defaultTimeoutMs: number) {
     worker.on('message', (r: Reply) => {
       this.pending.get(r.id)?.(r);
       this.pending.delete(r.id);
@@ -86,6 +89,32 @@ export class SyscallThread {
         else reject(new Error('syscall thread sent something before ready'));
       });
     });
+  }
+
+  /**
+   * Starts a thread for the next take(): the probe runner does this as it
+   * starts (a waiting runner before the save), so the first probe that needs
+   * one does not wait the 0.8 to 1.2 s a worker_threads isolate takes to
+   * start under TCG. Unreferenced until taken: an unused one never holds the
+   * runner's exit.
+   */
+  static prestart(): Promise<void> {
+    if (!spare) {
+      spare = SyscallThread.start();
+      spare.then((th) => th.worker.unref(), () => {});
+    }
+    return spare.then(() => {}, () => {});
+  }
+
+  /** The prestarted thread (its default deadline set to defaultTimeoutMs), else a new one. */
+  static async take(defaultTimeoutMs = 30_000): Promise<SyscallThread> {
+    const s = spare;
+    spare = undefined;
+    const th = s ? await s.catch(() => undefined) : undefined;
+    if (!th) return SyscallThread.start(defaultTimeoutMs);
+    th.worker.ref();
+    th.defaultTimeoutMs = defaultTimeoutMs;
+    return th;
   }
 
   private call(op: Op, timeoutMs: number): Promise<{ reply?: Reply; ms: number }> {

@@ -28,6 +28,9 @@ const CLOSE_DEADLINE_MS = 30_000;
 export default async function lifetime(ctx: ProbeContext): Promise<void> {
   const { t } = ctx;
   const km = libc.trySyscall(() => Kmsg.mark());
+  // Taken (and, if not prestarted, started) before anything else: the EMFILE check below compares
+  // /proc/self/fd and lowers RLIMIT_NOFILE, which a thread starting meanwhile would disturb.
+  const thread = await SyscallThread.take(CLOSE_DEADLINE_MS);
   const base = baseline();
   t.comment(`baseline: ${base.inos ? `${base.inos.length} vfio dma-buf(s) in bufinfo` : base.bufinfoReason}, ${VFIO_PCI_CORE} refcnt ${base.refcnt ?? 'unreadable'}`);
   try {
@@ -35,9 +38,10 @@ export default async function lifetime(ctx: ProbeContext): Promise<void> {
     checkBackToBaseline(t, base, 'after the dma-buf outlived its device');
     emfile(ctx);
     checkBackToBaseline(t, base, 'after the EMFILE export');
-    await memOffThenClose(ctx);
+    await memOffThenClose(ctx, thread);
     checkBackToBaseline(t, base, 'after MEM off and close');
   } finally {
+    await thread.stop();
     checkNoKernelReports(t, km, 'during the lifetime checks');
   }
 }
@@ -149,10 +153,9 @@ function emfile(ctx: ProbeContext): void {
  * cleanup revokes again (an already revoked buffer). 7.1 dropped the revoke
  * reference twice there (refcount_t: underflow) and could wait forever.
  */
-async function memOffThenClose(ctx: ProbeContext): Promise<void> {
+async function memOffThenClose(ctx: ProbeContext, thread: SyscallThread): Promise<void> {
   const { t, abi } = ctx;
   const km = libc.trySyscall(() => Kmsg.mark());
-  const thread = await SyscallThread.start(CLOSE_DEADLINE_MS);
   const dev = VfioDevice.open(ctx.device.bdf, ctx.device.iommuGroup);
   const iommufd = existsSync(IOMMU_DEV) ? Iommufd.open() : undefined;
   let deviceFdOpen = true;
@@ -180,6 +183,5 @@ async function memOffThenClose(ctx: ProbeContext): Promise<void> {
     for (const x of [dev.groupFd, dev.containerFd]) libc.trySyscall(() => libc.close(x));
     iommufd?.close();
     if (fd > 0) closeFd(fd);
-    await thread.stop();
   }
 }

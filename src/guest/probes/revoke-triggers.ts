@@ -106,7 +106,7 @@ export default async function revokeTriggers(ctx: ProbeContext): Promise<void> {
     t.comment(`exporter ${ctx.device.id} BAR ${region}: ${hex(p.info.size)} bytes; capabilities (vfio view) ${caps}; reset methods ${resetMethods(ctx.device.bdf)}; importer ${edu.id} ${edu.bdf}`);
     const all = triggers(p);
     if (all.some((x) => x.kind === 'atomic' && x.unavailable === null)) {
-      p.thread = SyscallThread.start(WORKER_REVOKE_TIMEOUT_MS * 2);
+      p.thread = SyscallThread.take(WORKER_REVOKE_TIMEOUT_MS * 2);
       // Its failure is reported where an atomic trigger awaits it.
       p.thread.catch(() => {});
     }
@@ -463,7 +463,7 @@ async function runSplit(g: Group, trig: SplitTrigger): Promise<void> {
 async function runAtomic(g: Group, trig: AtomicTrigger): Promise<void> {
   const { p, name, handle, count0 } = g;
   const { t, imp } = p;
-  p.thread ??= SyscallThread.start(WORKER_REVOKE_TIMEOUT_MS * 2);
+  p.thread ??= SyscallThread.take(WORKER_REVOKE_TIMEOUT_MS * 2);
   const thread = await p.thread;
   const started = Date.now();
   const done = trig.start(thread);
