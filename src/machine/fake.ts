@@ -209,7 +209,8 @@ export class FakeInstance implements MachineInstance {
     const blocks = Object.entries(this.script.blocking ?? {}).find(([k]) => joined.includes(k))?.[1];
     if (blocks) {
       for (const l of blocks.console ?? []) this.printk(l);
-      if (blocks.stdout) opts.onStdout?.(blocks.stdout);
+      // A line per chunk, as a stream may deliver them.
+      for (const chunk of blocks.stdout?.match(/[^\n]*\n|[^\n]+$/g) ?? []) opts.onStdout?.(chunk);
       throw new InfraError(`guest command "${argv.join(' ').slice(0, 80)}": timed out after ${(opts.timeoutMs / 1000).toFixed(0)} s`, undefined, 'timeout');
     }
     if (argv[0] === 'sh' && argv[1] === `${GUEST_PRESTART_DIR}/${PRESTART_SCRIPT_NAME}` && argv[2] === 'go') {

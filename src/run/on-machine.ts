@@ -115,8 +115,7 @@ async function setup(ctx: RunContext, m: MachineInstance, state: RunState): Prom
 /**
  * Unbinds the endpoints the probes used, except those removed, in one guest
  * command; skipped after a hang (the runner may still hold them). The first
- * unbind that does not
- * return (vfio waits for a device registration the kernel leaked) ends the
+ * unbind that does not return (vfio waits for a device registration the kernel leaked) ends the
  * give-back: waiting for each device in turn took minutes. What blocked is
  * said: the guest's blocked tasks and vfio's "blocked until released" line.
  * Classed `kernel` (KernelFaultError) unless the runner may still be alive.

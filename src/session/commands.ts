@@ -14,6 +14,16 @@ export function sh(guest: GuestShell, script: string, args: string[], opts: Exec
   return guest.exec(['sh', '-c', script, 'sh', ...args], opts);
 }
 
+/**
+ * The error of a guest command that runs several steps and, when one fails,
+ * names it on the last line of its stderr (after the step's own output).
+ */
+export function failedStepError(r: ExecResult, fallback: string): InfraError {
+  const lines = r.stderr.trim().split('\n');
+  const what = lines.pop() || fallback;
+  return new InfraError(`guest: ${what}: ${lines.join('\n').slice(0, 2000)}`, undefined, 'guest-command');
+}
+
 /** Runs argv and throws with its stderr when it exits non-zero. */
 export async function check(guest: GuestShell, argv: string[], timeoutMs = 60_000): Promise<string> {
   const r = await guest.exec(argv, { timeoutMs });
@@ -87,15 +97,15 @@ export const UNBIND_TIMEOUT_SEC = 60;
  */
 export async function unbindVfio(guest: GuestShell, bdfs: string[]): Promise<{ blocked?: string; notTried: string[] }> {
   if (!bdfs.length) return { notTried: [] };
-  let started: string[] = [];
-  const onStdout = (s: string) => { started = (started.join('\n') + s).split('\n').filter(Boolean); };
+  let printed = '';
+  const onStdout = (s: string) => { printed += s; };
   try {
     const r = await sh(guest, UNBIND_VFIO, bdfs, { timeoutMs: UNBIND_TIMEOUT_SEC * 1000, onStdout });
     if (r.code !== 0) throw new InfraError(`unbinding ${bdfs.join(' ')} from vfio-pci failed: ${r.stderr.trim()}`, undefined, 'vfio-unbind');
     return { notTried: [] };
   } catch (err) {
     if (!(err instanceof InfraError) || err.code !== 'timeout') throw err;
-    const blocked = started.at(-1) ?? bdfs[0];
+    const blocked = printed.split('\n').filter(Boolean).at(-1) ?? bdfs[0];
     return { blocked, notTried: bdfs.slice(bdfs.indexOf(blocked) + 1) };
   }
 }

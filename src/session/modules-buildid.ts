@@ -3,7 +3,7 @@
 // build-id of the .ko hwlab built. Works for any module (no dependence on
 // CONFIG_MODULE_SRCVERSION_ALL), and tells two builds of the same source apart.
 
-import { check, sh, type GuestShell } from './commands.ts';
+import { failedStepError, sh, type GuestShell } from './commands.ts';
 import { InfraError } from '../util/errors.ts';
 
 const NT_GNU_BUILD_ID = 3;
@@ -79,10 +79,7 @@ export async function guestModuleBuildIds(guest: GuestShell, names: string[], in
     'for m in "$@"; do f="/sys/module/$m/notes/.note.gnu.build-id"; echo "== $m"; ' +
     'if [ -r "$f" ]; then od -An -tx1 -v "$f" || exit 1; fi; done';
   const r = await sh(guest, script, [String(insmod.length), ...insmod, ...mods], { timeoutMs: 30_000 + 60_000 * insmod.length });
-  if (r.code === 3) {
-    const lines = r.stderr.trim().split('\n');
-    throw new InfraError(`guest: ${lines.pop()}: ${lines.join('\n').slice(0, 2000)}`, undefined, 'guest-command');
-  }
+  if (r.code === 3) throw failedStepError(r, 'insmod failed');
   if (r.code !== 0) throw new InfraError(`reading module build-ids in the guest failed (exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
   return parseBuildIdDumps(r.stdout);
 }

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { readModuleIndex } from '../image/initramfs.ts';
 import type { Kernel } from '../kernel/types.ts';
 
-import { sh, type GuestShell } from './commands.ts';
+import { failedStepError, sh, type GuestShell } from './commands.ts';
 import { InfraError } from '../util/errors.ts';
 
 /** modprobe of each argument (the first failure ends it, named last on stderr), then `module srcversion` per loaded module. */
@@ -22,11 +22,7 @@ export async function verifyLoadedModules(guest: GuestShell, kernel: Kernel, loa
   const idx = await readModuleIndex(kernel);
   // Shell builtins only: under TCG a basename and a cat per module cost about 0.2 s each module.
   const out = await sh(guest, MODPROBE_THEN_SRCVERSIONS, load, { timeoutMs: 30_000 + 120_000 * load.length });
-  if (out.code !== 0) {
-    const lines = out.stderr.trim().split('\n');
-    const what = lines.pop() || `the module load and srcversion read exited ${out.code}`;
-    throw new InfraError(`guest: ${what}: ${lines.join('\n').slice(0, 2000)}`, undefined, 'guest-command');
-  }
+  if (out.code !== 0) throw failedStepError(out, `the module load and srcversion read exited ${out.code}`);
   const loaded = new Map(out.stdout.trim().split('\n').filter(Boolean).map((l) => l.split(' ') as [string, string]));
   const verified: Array<{ module: string; srcversion: string }> = [];
   const modDir = path.join(kernel.modulesRoot, 'lib/modules', kernel.release);
