@@ -4,6 +4,10 @@
 //   node --import tsx test/bench/kernel-build.ts --cold [lean|defconfig|both]
 //        also cold builds: lean base vs x86_64_defconfig (same source, same flags, ccache off; ~45 min for both),
 //        each with the feature fragment (what a lab builds), or with --bases-only without it
+//   node --import tsx test/bench/kernel-build.ts --skip-warm --ccache-sample 40
+//        a cold ccache's cost per miss: the same 40 objects of the default lab's build compiled one
+//        at a time without ccache, with ccache's default direct mode and with hwlab's depend mode
+//        (each time into an empty cache), two rounds interleaved (~5 min)
 import { execa } from 'execa';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -20,7 +24,12 @@ import { silentProgress } from '../../src/util/progress.ts';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const { values } = parseArgs({
-  options: { cold: { type: 'string' }, 'skip-warm': { type: 'boolean', default: false }, 'bases-only': { type: 'boolean', default: false } },
+  options: {
+    cold: { type: 'string' },
+    'skip-warm': { type: 'boolean', default: false },
+    'bases-only': { type: 'boolean', default: false },
+    'ccache-sample': { type: 'string' },
+  },
 });
 if (values.cold !== undefined && !['lean', 'defconfig', 'both'].includes(values.cold)) throw new Error('--cold takes lean, defconfig or both');
 const lab = await loadLab(path.join(repoRoot, 'labs/default.yaml'));
@@ -141,6 +150,53 @@ if (values.cold) {
   if (lean !== undefined && big !== undefined) {
     console.log(`ratio defconfig / lean                       ${(big.secs / lean.secs).toFixed(2)} wall, ${(big.cpu / lean.cpu).toFixed(2)} CPU   (target >= 3)`);
   }
+}
+// 5. What a cold ccache costs per miss, by mode: the first build is all misses.
+if (values['ccache-sample'] !== undefined) {
+  const count = Number(values['ccache-sample']);
+  if (!Number.isInteger(count) || count < 1) throw new Error('--ccache-sample takes a number of objects, e.g. 40');
+  const { CCACHE_ENV } = await import('../../src/kernel/build.ts');
+  const built = await prepareLab(lab, { progress }, scratch);
+  if (built.kernel.kind !== 'source') throw new Error('labs/default.yaml must build from source');
+  // A copy of the cached build's objects: the cache entry itself is never touched.
+  const obj = path.join(scratch, 'obj-ccache');
+  await execa('cp', ['-a', built.kernel.objDir, obj]);
+  // The tree the entry was built from (its objects' recorded commands name it), not a fresh one.
+  const src = (JSON.parse(await readFile(path.join(path.dirname(built.kernel.objDir), 'build.json'), 'utf8')) as { srcDir: string }).srcDir;
+  // Every k-th object compiled from a .c file of the tree (host tools and generated files left out): the same list each run.
+  const all = (await execa('find', ['kernel', 'mm', 'fs', 'lib', 'net', 'drivers', 'arch/x86/kernel', 'arch/x86/mm', '-name', '*.o', '!', '-name', '*.mod.o', '!', '-name', 'built-in*'], { cwd: obj })).stdout
+    .split('\n').filter(Boolean).sort();
+  const withSource: string[] = [];
+  for (const o of all) if ((await execa('test', ['-f', path.join(src, o.replace(/\.o$/, '.c'))], { reject: false })).exitCode === 0) withSource.push(o);
+  const step = Math.max(1, Math.floor(withSource.length / count));
+  const sample = withSource.filter((_, i) => i % step === 0).slice(0, count);
+  const compile = async (env: Record<string, string>) => {
+    await execa('rm', ['-f', ...sample.map((o) => path.join(obj, o))]);
+    const start = Date.now();
+    // The same CC in every mode (ccache turned off by CCACHE_DISABLE), so kbuild's recorded commands match and only the sample is rebuilt.
+    const r = await execa('bash', ['-c', 'make "$@"; rc=$?; times; exit $rc', 'make', '-s', '-C', src, `O=${obj}`, 'ARCH=x86_64', '-j1', 'CC=ccache gcc', ...sample],
+      { reject: false, env: { CCACHE_BASEDIR: path.dirname(obj), CCACHE_NOHASHDIR: '1', ...env }, timeout: 3600_000 });
+    if (r.exitCode !== 0) throw new Error(`compiling the sample failed:\n${r.stderr.split('\n').slice(-20).join('\n')}`);
+    return { secs: (Date.now() - start) / 1000, cpu: cpuSeconds(r.stdout) };
+  };
+  const modes: Array<[string, () => Promise<Record<string, string>>]> = [
+    ['no ccache', async () => ({ CCACHE_DISABLE: '1' })],
+    ['direct mode, empty cache', async () => ({ CCACHE_DIR: await mkdtemp(path.join(scratch, 'ccache-')) })],
+    ['depend mode (hwlab), empty cache', async () => ({ ...CCACHE_ENV, CCACHE_DIR: await mkdtemp(path.join(scratch, 'ccache-')) })],
+  ];
+  // Discarded: the copy's first make also redoes what kbuild's prepare finds out of date.
+  await compile({ CCACHE_DISABLE: '1' });
+  console.log(`cold ccache per miss: ${sample.length} objects of the default lab's build, compiled one at a time (-j1)`);
+  const totals = new Map<string, number[]>();
+  for (let round = 1; round <= 2; round++) {
+    for (const [name, env] of modes) {
+      const m = await compile(await env());
+      totals.set(name, [...(totals.get(name) ?? []), m.cpu]);
+      console.log(`  round ${round}, ${name.padEnd(33)} wall ${fmt(m.secs)}, CPU ${fmt(m.cpu)}`);
+    }
+  }
+  const mean = (name: string) => (totals.get(name) ?? []).reduce((a, b) => a + b, 0) / 2;
+  for (const [name] of modes.slice(1)) console.log(`  ${name}: CPU ${(mean(name) / mean('no ccache')).toFixed(2)}x no ccache`);
 }
 forgetScratch();
 await rm(scratch, { recursive: true, force: true });
