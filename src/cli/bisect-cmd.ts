@@ -6,6 +6,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { bisectStep, formatBisect, removeClone, runBisect, STEP_ABORT, type BisectState } from '../bisect/bisect.ts';
 import { defaultHistoryPath, openHistory } from '../history/db.ts';
+import { ensureSqliteAddon } from '../history/addon.ts';
 import { loadLab } from '../lab/load.ts';
 import { selectProbes } from '../lab/select.ts';
 import { InputError } from '../util/errors.ts';
@@ -51,6 +52,7 @@ export async function bisectCommand(args: string[], progress: Progress): Promise
   const tree = values.tree ?? (source?.kind === 'git' ? source.path : undefined);
   if (!tree) throw new InputError(`${positionals[0]}: the lab's kernel is not a git tree; name one with --tree PATH`);
   const historyFile = path.resolve(values.history ?? defaultHistoryPath());
+  await ensureSqliteAddon(progress.info.bind(progress));
   const db = openHistory(historyFile);
   try {
     const r = await runBisect(db, lab, {

@@ -4,6 +4,7 @@
 // elsewhere (CI artifacts, matrix folders: any folder holding run folders).
 import { parseArgs } from 'node:util';
 import { defaultHistoryPath, openHistory } from '../history/db.ts';
+import { ensureSqliteAddon } from '../history/addon.ts';
 import { recordRun } from '../history/record.ts';
 import { listNights, listRuns, pointHistory, reportTitles } from '../history/query.ts';
 import { findRunFolders, readRunFolder } from '../reports/folders.ts';
@@ -44,10 +45,13 @@ export async function historyCommand(args: string[]): Promise<number> {
   const out = (s: string) => process.stdout.write(s.endsWith('\n') ? s : `${s}\n`);
   const [sub, ...dirs] = positionals;
   if (values.point !== undefined && values.probe === undefined) throw new InputError('history: --point needs --probe NAME');
+  if (sub !== undefined && !['import', 'reports', 'nights'].includes(sub)) throw new InputError(`history: unknown subcommand "${sub}" (import, reports, nights; or none to list runs)`);
+  if (sub === 'import' && !dirs.length) throw new InputError('history import: name at least one folder holding run folders');
+  const limit = positiveInt('--limit', values.limit, 50);
+  await ensureSqliteAddon();
   const db = openHistory(values.history ?? defaultHistoryPath());
   try {
     if (sub === 'import') {
-      if (!dirs.length) throw new InputError('history import: name at least one folder holding run folders');
       const folders = await findRunFolders(dirs);
       if (!folders.length) throw new InputError(`history import: no run folder (with results.json) under ${dirs.join(', ')}`);
       let added = 0;
@@ -68,13 +72,12 @@ export async function historyCommand(args: string[]): Promise<number> {
       return 0;
     }
     if (sub === 'nights') {
-      const nights = listNights(db, values.lab, positiveInt('--limit', values.limit, 50));
+      const nights = listNights(db, values.lab, limit);
       if (values.json) out(JSON.stringify(nights, null, 2));
       else if (!nights.length) out('no night recorded');
       else out(table([['NIGHT', 'SERIES', 'STARTED', 'CLASS', 'VERDICT', 'KERNEL', 'FOLDER'], ...nights.map((n) => [String(n.id), n.series, n.startedAt.slice(0, 16), n.outcomeClass ?? '(unfinished)', n.verdict ?? '-', n.kernelIdentity ?? '-', n.folder])]));
       return 0;
     }
-    if (sub !== undefined) throw new InputError(`history: unknown subcommand "${sub}" (import, reports, nights; or none to list runs)`);
     if (values.probe !== undefined) {
       const h = pointHistory(db, values.probe, values.point);
       if (values.json) out(JSON.stringify(h, null, 2));
@@ -82,7 +85,7 @@ export async function historyCommand(args: string[]): Promise<number> {
       else out(table([['RUN', 'STARTED', 'CELL', 'PURPOSE', 'KERNEL', 'PROBE', 'POINT', 'STATUS', 'NIGHT'], ...h.map((e) => [`#${e.runId}`, e.startedAt.slice(0, 16), e.cell, e.purpose, e.kernelRelease ?? '-', e.probeKey, e.point, e.status, e.category ?? '-'])]));
       return 0;
     }
-    const runs = listRuns(db, { cell: values.lab, limit: positiveInt('--limit', values.limit, 50) });
+    const runs = listRuns(db, { cell: values.lab, limit });
     if (values.json) out(JSON.stringify(runs, null, 2));
     else if (!runs.length) out(`no run recorded in ${db.name}`);
     else out(table([['RUN', 'STARTED', 'CELL', 'PURPOSE', 'CLASS', 'KERNEL', 'POINTS', 'FAILING', 'FOLDER'], ...runs.map((r) => [`#${r.id}`, r.startedAt.slice(0, 16), r.cell, r.purpose, `${r.outcomeClass}${r.outcomeClass === 'pass' ? '' : ` (${r.outcomeCode})`}`, r.kernelRelease ?? '-', String(r.points), String(r.failing), r.runDir])]));

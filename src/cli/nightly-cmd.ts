@@ -8,6 +8,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parse } from 'yaml';
 import { defaultHistoryPath, openHistory } from '../history/db.ts';
+import { ensureSqliteAddon } from '../history/addon.ts';
 import { loadLab } from '../lab/load.ts';
 import { selectProbes } from '../lab/select.ts';
 import { loadMatrix, selectCells } from '../matrix/load.ts';
@@ -77,6 +78,7 @@ export async function nightlyCommand(args: string[], progress: Progress): Promis
   // Selectors are checked against every unit now, not after a build.
   if (values.only) for (const u of units) selectProbes(u.lab, values.only);
   const historyFile = values.history ?? defaultHistoryPath();
+  await ensureSqliteAddon(progress.info.bind(progress));
   const db = openHistory(historyFile);
   try {
     const digest = await runNightly(db, units, {

@@ -9,7 +9,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { InputError } from '../util/errors.ts';
+import { InfraError, InputError } from '../util/errors.ts';
 
 export type HistoryDb = Database.Database;
 
@@ -127,7 +127,12 @@ export function openHistory(file = defaultHistoryPath(), opts: { upTo?: number }
   try {
     db = new Database(file, { timeout: BUSY_TIMEOUT_MS });
   } catch (err) {
-    throw new InputError(`${file}: cannot open the results history (${(err as Error).message})`, 'give another file with --history FILE or HWLAB_HISTORY');
+    const message = (err as Error).message;
+    // The addon not built (callers run ensureSqliteAddon first; this is for those that did not): not the file's fault.
+    if (/Could not locate the bindings file/.test(message)) {
+      throw new InfraError(`cannot open the results history ${file}: better-sqlite3's native addon is not built`, 'run npm rebuild better-sqlite3 in the hwlab checkout', 'sqlite-addon-missing');
+    }
+    throw new InputError(`${file}: cannot open the results history (${message})`, 'give another file with --history FILE or HWLAB_HISTORY');
   }
   try {
     db.pragma('journal_mode = WAL');
