@@ -1,7 +1,7 @@
 // better-sqlite3's native addon, built the first time the results history is
-// opened instead of during the install. Compiling SQLite (one 9 MB C file, one
-// core) is most of a fresh clone's `npm ci`: 95 s of it against 8 s for the
-// rest with their own scripts 7 s more, measured here. The `hwlab` wrapper
+// opened instead of during the install. Compiling SQLite (one 9 MB C file, on
+// one core) was 80 of a fresh clone's 95 s `npm ci` here: without install
+// scripts npm ci took 8 s, the other packages' scripts 7 s more. The `hwlab` wrapper
 // installs with the install scripts off and runs every package's but this
 // one, so a first `hwlab run` (which never opens the history) starts its
 // kernel build 80 s sooner; the first history, nightly or bisect command, or
