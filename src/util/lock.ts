@@ -9,6 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { open, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import koffi from 'koffi';
+import { onCleanup } from './cleanup.ts';
 import { InfraError } from './errors.ts';
 
 const LOCK_EX = 2;
@@ -81,9 +82,12 @@ export async function withLock<T>(file: string, what: string, timeoutMs: number,
     if (r.holder) onWait?.(r.holder);
     await new Promise((res) => setTimeout(res, r.holder ? 500 : 20));
   }
+  // Ctrl-C exits from the signal handler, past the finally below: the file goes then too (the flock goes with the process).
+  const forget = onCleanup(() => rm(file, { force: true }));
   try {
     return await fn();
   } finally {
+    forget();
     // Unlink while still holding it, so that a waiter never takes a lock on a file about to go.
     await rm(file, { force: true });
     flock(handle.fd, LOCK_UN);
