@@ -5,8 +5,8 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { bisectStep, formatBisect, removeClone, runBisect, STEP_ABORT, type BisectState } from '../bisect/bisect.ts';
-import { defaultHistoryPath, openHistory } from '../history/db.ts';
-import { ensureSqliteAddon } from '../history/addon.ts';
+import { defaultHistoryPath } from '../history/db.ts';
+import { openHistoryBuilt } from '../history/addon.ts';
 import { loadLab } from '../lab/load.ts';
 import { selectProbes } from '../lab/select.ts';
 import { InputError } from '../util/errors.ts';
@@ -33,7 +33,7 @@ export async function bisectCommand(args: string[], progress: Progress): Promise
     // hwlab's own exit codes 2 and 3 would read as "bad" to git bisect run; 128 and up abort the bisection instead.
     try {
       const state = JSON.parse(await readFile(values.step, 'utf8')) as BisectState;
-      const db = openHistory(state.historyFile);
+      const db = await openHistoryBuilt(state.historyFile, progress.info.bind(progress));
       try {
         return await bisectStep(db, await loadLab(state.labFile), state, progress);
       } finally {
@@ -52,8 +52,7 @@ export async function bisectCommand(args: string[], progress: Progress): Promise
   const tree = values.tree ?? (source?.kind === 'git' ? source.path : undefined);
   if (!tree) throw new InputError(`${positionals[0]}: the lab's kernel is not a git tree; name one with --tree PATH`);
   const historyFile = path.resolve(values.history ?? defaultHistoryPath());
-  await ensureSqliteAddon(progress.info.bind(progress));
-  const db = openHistory(historyFile);
+  const db = await openHistoryBuilt(historyFile, progress.info.bind(progress));
   try {
     const r = await runBisect(db, lab, {
       progress, tree, goodRef: values.good, badRef: values.bad, historyFile, runsDir: values['runs-dir'],

@@ -3,8 +3,8 @@
 // lists kernel report titles and nights, and imports run folders made
 // elsewhere (CI artifacts, matrix folders: any folder holding run folders).
 import { parseArgs } from 'node:util';
-import { defaultHistoryPath, openHistory } from '../history/db.ts';
-import { ensureSqliteAddon } from '../history/addon.ts';
+import { defaultHistoryPath } from '../history/db.ts';
+import { openHistoryBuilt } from '../history/addon.ts';
 import { recordRun } from '../history/record.ts';
 import { listNights, listRuns, pointHistory, reportTitles } from '../history/query.ts';
 import { findRunFolders, readRunFolder } from '../reports/folders.ts';
@@ -48,8 +48,7 @@ export async function historyCommand(args: string[]): Promise<number> {
   if (sub !== undefined && !['import', 'reports', 'nights'].includes(sub)) throw new InputError(`history: unknown subcommand "${sub}" (import, reports, nights; or none to list runs)`);
   if (sub === 'import' && !dirs.length) throw new InputError('history import: name at least one folder holding run folders');
   const limit = positiveInt('--limit', values.limit, 50);
-  await ensureSqliteAddon();
-  const db = openHistory(values.history ?? defaultHistoryPath());
+  const db = await openHistoryBuilt(values.history ?? defaultHistoryPath());
   try {
     if (sub === 'import') {
       const folders = await findRunFolders(dirs);

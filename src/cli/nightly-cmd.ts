@@ -7,8 +7,8 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { parse } from 'yaml';
-import { defaultHistoryPath, openHistory } from '../history/db.ts';
-import { ensureSqliteAddon } from '../history/addon.ts';
+import { defaultHistoryPath } from '../history/db.ts';
+import { openHistoryBuilt } from '../history/addon.ts';
 import { loadLab } from '../lab/load.ts';
 import { selectProbes } from '../lab/select.ts';
 import { loadMatrix, selectCells } from '../matrix/load.ts';
@@ -78,8 +78,7 @@ export async function nightlyCommand(args: string[], progress: Progress): Promis
   // Selectors are checked against every unit now, not after a build.
   if (values.only) for (const u of units) selectProbes(u.lab, values.only);
   const historyFile = values.history ?? defaultHistoryPath();
-  await ensureSqliteAddon(progress.info.bind(progress));
-  const db = openHistory(historyFile);
+  const db = await openHistoryBuilt(historyFile, progress.info.bind(progress));
   try {
     const digest = await runNightly(db, units, {
       progress, source: positionals[0], name, runsDir: values['runs-dir'],

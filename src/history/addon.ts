@@ -7,14 +7,16 @@
 // kernel build 80 s sooner; the first history, nightly or bisect command, or
 // `npm test` (its pretest script), builds the addon once. A plain `npm ci`
 // (CI's) builds it as usual, and this is then a file check.
-import { constants } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
+import { constants, existsSync } from 'node:fs';
+import { access, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { execa } from 'execa';
+import { onCleanup } from '../util/cleanup.ts';
 import { boundToHwlab } from '../util/host-tools.ts';
 import { InfraError } from '../util/errors.ts';
 import { withLock } from '../util/lock.ts';
+import { openHistory, type HistoryDb } from './db.ts';
 
 /** Where the installed better-sqlite3 package is, and the addon file its `bindings` loader finds first. */
 export function sqliteAddonPaths(): { packageDir: string; addon: string; projectDir: string } {
@@ -22,8 +24,6 @@ export function sqliteAddonPaths(): { packageDir: string; addon: string; project
   // node_modules/better-sqlite3 -> the project that installed it (where npm rebuild runs).
   return { packageDir, addon: path.join(packageDir, 'build', 'Release', 'better_sqlite3.node'), projectDir: path.resolve(packageDir, '..', '..') };
 }
-
-const exists = (file: string) => stat(file).then(() => true, () => false);
 
 /** The longest a build of the addon may take (about 75 s on 2 cores here). */
 const BUILD_TIMEOUT_MS = 20 * 60_000;
@@ -35,22 +35,60 @@ const BUILD_TIMEOUT_MS = 20 * 60_000;
  */
 export async function ensureSqliteAddon(info: (line: string) => void = (l) => process.stderr.write(`${l}\n`)): Promise<void> {
   const { packageDir, addon, projectDir } = sqliteAddonPaths();
-  if (await exists(addon)) return;
+  if (existsSync(addon)) return;
   const writable = await access(packageDir, constants.W_OK).then(() => true, () => false);
   if (!writable) {
     throw new InfraError(`the results history needs better-sqlite3's native addon, which is not built in ${packageDir}, and this user cannot write there`,
       `run 'npm rebuild better-sqlite3' in ${projectDir} as its owner`, 'sqlite-addon-missing');
   }
   await withLock(path.join(packageDir, '.hwlab-build.lock'), `the build of better-sqlite3's addon in ${packageDir}`, BUILD_TIMEOUT_MS, async () => {
-    if (await exists(addon)) return;
+    if (existsSync(addon)) return;
     info(`hwlab: building better-sqlite3's native addon for the results history (once per checkout; about 75 s on 2 cores)`);
-    const r = await execa(...boundToHwlab('npm', ['rebuild', 'better-sqlite3', '--no-audit', '--no-fund', '--loglevel=error']), {
-      cwd: projectDir, reject: false, all: true, timeout: BUILD_TIMEOUT_MS,
-    });
-    if (r.exitCode !== 0 || !(await exists(addon))) {
-      const tail = String(r.all ?? '').trim().split('\n').slice(-20).join('\n');
-      throw new InfraError(`npm rebuild better-sqlite3 in ${projectDir} ${r.timedOut ? 'timed out' : `failed (exit ${r.exitCode})`}${r.exitCode === 0 ? ` and left no ${addon}` : ''}:\n${tail}`,
-        'the build needs python3, make and g++ (see the README\'s host packages)', 'sqlite-addon-build');
-    }
+    await buildAddon(projectDir, packageDir, addon);
   }, (pid) => info(`hwlab: waiting for hwlab process ${pid}, which is building better-sqlite3's addon`));
+}
+
+/**
+ * npm rebuild in its own process group: npm starts sh, node-gyp, make and
+ * the compiler, which outlive npm when only npm is signalled (seen: a Ctrl-C
+ * left cc1 compiling SQLite). Timeout, Ctrl-C and hwlab's other exits end the
+ * whole group, and a build that did not finish leaves no build/ folder, so a
+ * half-linked addon is never taken for a built one.
+ */
+async function buildAddon(projectDir: string, packageDir: string, addon: string): Promise<void> {
+  const buildDir = path.join(packageDir, 'build');
+  const child = execa(...boundToHwlab('npm', ['rebuild', 'better-sqlite3', '--no-audit', '--no-fund', '--loglevel=error']), {
+    cwd: projectDir, reject: false, all: true, detached: true,
+  });
+  let stopped: string | undefined;
+  const stop = (why: string) => {
+    stopped ??= why;
+    try {
+      if (child.pid) process.kill(-child.pid, 'SIGKILL');
+    } catch { /* the group has ended */ }
+  };
+  const forget = onCleanup(async () => {
+    stop('stopped');
+    await child;
+    await rm(buildDir, { recursive: true, force: true });
+  });
+  const timer = setTimeout(() => stop(`timed out after ${BUILD_TIMEOUT_MS / 60_000} min`), BUILD_TIMEOUT_MS);
+  try {
+    const r = await child;
+    if (r.exitCode === 0 && !stopped && existsSync(addon)) return;
+    await rm(buildDir, { recursive: true, force: true });
+    const tail = String(r.all ?? '').trim().split('\n').slice(-20).join('\n');
+    const how = stopped ?? (r.exitCode === 0 ? `exited 0 and left no ${addon}` : `failed (exit ${r.exitCode ?? r.signal})`);
+    throw new InfraError(`npm rebuild better-sqlite3 in ${projectDir} ${how}:\n${tail}`,
+      'the build needs python3, make and g++ (see the README\'s host packages)', 'sqlite-addon-build');
+  } finally {
+    clearTimeout(timer);
+    forget();
+  }
+}
+
+/** The results history, opened once better-sqlite3's addon is there (built now if it is missing). */
+export async function openHistoryBuilt(file: string, info?: (line: string) => void): Promise<HistoryDb> {
+  await ensureSqliteAddon(info);
+  return openHistory(file);
 }

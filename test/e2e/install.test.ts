@@ -1,7 +1,8 @@
 // The `hwlab` wrapper's install on a fresh checkout, for real (npm registry or
 // npm's cache): npm ci without install scripts, then every package's scripts
 // but better-sqlite3's, whose addon the first use of the results history
-// builds (src/history/addon.ts). About two minutes, most of it compiling SQLite.
+// builds (src/history/addon.ts), also after a build stopped by Ctrl-C. About
+// two minutes, most of it compiling SQLite.
 import test from 'ava';
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
@@ -14,7 +15,7 @@ const SSH2_ADDON = 'node_modules/ssh2/lib/protocol/crypto/build/Release/sshcrypt
 const SQLITE_ADDON = 'node_modules/better-sqlite3/build/Release/better_sqlite3.node';
 const PENDING = 'node_modules/.hwlab-scripts-pending';
 
-test('a fresh checkout installs without compiling SQLite, finishes an interrupted install, and builds the addon when the history is first opened', async (t) => {
+test('a fresh checkout installs without compiling SQLite, finishes an interrupted install, and builds the addon when the history is first opened, and a build stopped by Ctrl-C leaves nothing behind', async (t) => {
   const checkout = await mkdtemp(path.join(os.tmpdir(), 'hwlab-e2e-install-'));
   t.teardown(() => rm(checkout, { recursive: true, force: true }));
   await execa('cp', ['-a', '-t', checkout, '--', 'hwlab', 'package.json', 'package-lock.json', 'tsconfig.json', 'src'], { cwd: repoRoot });
@@ -42,6 +43,21 @@ test('a fresh checkout installs without compiling SQLite, finishes an interrupte
   t.is(bad.exitCode, 2, bad.all);
   t.regex(bad.stderr, /unknown subcommand "runz"/);
   t.false(existsSync(at(SQLITE_ADDON)), 'no build for a refused command');
+
+  // Ctrl-C during the build: exit 130, npm's whole process tree ended, no half-built addon or lock file left.
+  const stopped = wrapper(['history']);
+  // The wait ends with the process too, should it never say it is building.
+  await Promise.race([stopped, new Promise<void>((resolve) => stopped.stderr?.on('data', (d: Buffer) => { if (/building better-sqlite3/.test(String(d))) resolve(); }))]);
+  await new Promise((r) => setTimeout(r, 5000)); // into the compile
+  stopped.kill('SIGINT');
+  const interrupted = await stopped;
+  t.is(interrupted.exitCode, 130, interrupted.all);
+  const inCheckout = (await execa('ps', ['-eo', 'pid=,args='])).stdout.split('\n').filter((l) => /node-gyp|cc1|prebuild-install/.test(l) && l.includes(checkout));
+  const compilers = (await execa('pgrep', ['-f', 'sqlite3\\.c'], { reject: false })).stdout.trim();
+  t.deepEqual(inCheckout, [], 'no build process left');
+  t.is(compilers, '', 'no compiler of sqlite3.c left');
+  t.false(existsSync(at('node_modules/better-sqlite3/build')), 'no half-built addon');
+  t.false(existsSync(at('node_modules/better-sqlite3/.hwlab-build.lock')), 'no lock file');
 
   const history = await wrapper(['history']);
   t.is(history.exitCode, 0, history.all);
