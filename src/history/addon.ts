@@ -52,7 +52,7 @@ export async function ensureSqliteAddon(info: (line: string) => void = (l) => pr
  * npm rebuild in its own process group: npm starts sh, node-gyp, make and
  * the compiler, which outlive npm when only npm is signalled (seen: a Ctrl-C
  * left cc1 compiling SQLite). Timeout, Ctrl-C and hwlab's other exits end the
- * whole group, and a build that did not finish leaves no build/ folder, so a
+ * whole group (endGroup), and a build that did not finish leaves no build/ folder, so a
  * half-linked addon is never taken for a built one.
  */
 async function buildAddon(projectDir: string, packageDir: string, addon: string): Promise<void> {
@@ -61,20 +61,21 @@ async function buildAddon(projectDir: string, packageDir: string, addon: string)
     cwd: projectDir, reject: false, all: true, detached: true,
   });
   let stopped: string | undefined;
+  let ending: Promise<void> | undefined;
   const stop = (why: string) => {
     stopped ??= why;
-    try {
-      if (child.pid) process.kill(-child.pid, 'SIGKILL');
-    } catch { /* the group has ended */ }
+    ending ??= child.pid ? endGroup(child.pid) : Promise.resolve();
+    return ending;
   };
   const forget = onCleanup(async () => {
-    stop('stopped');
+    await stop('stopped');
     await child;
     await rm(buildDir, { recursive: true, force: true });
   });
-  const timer = setTimeout(() => stop(`timed out after ${BUILD_TIMEOUT_MS / 60_000} min`), BUILD_TIMEOUT_MS);
+  const timer = setTimeout(() => void stop(`timed out after ${BUILD_TIMEOUT_MS / 60_000} min`), BUILD_TIMEOUT_MS);
   try {
     const r = await child;
+    await ending;
     if (r.exitCode === 0 && !stopped && existsSync(addon)) return;
     await rm(buildDir, { recursive: true, force: true });
     const tail = String(r.all ?? '').trim().split('\n').slice(-20).join('\n');
@@ -85,6 +86,28 @@ async function buildAddon(projectDir: string, packageDir: string, addon: string)
     clearTimeout(timer);
     forget();
   }
+}
+
+/**
+ * SIGTERM to the group first: gcc's driver then removes its /tmp/cc*.s files
+ * and make its half-written targets (a SIGKILL left the .s files behind);
+ * SIGKILL to whatever is left after 5 s.
+ */
+async function endGroup(pgid: number): Promise<void> {
+  const signal = (sig: NodeJS.Signals | 0) => {
+    try {
+      process.kill(-pgid, sig);
+      return true;
+    } catch {
+      return false; // ESRCH: the group has ended
+    }
+  };
+  if (!signal('SIGTERM')) return;
+  for (const deadline = Date.now() + 5000; Date.now() < deadline;) {
+    await new Promise((r) => setTimeout(r, 100));
+    if (!signal(0)) return;
+  }
+  signal('SIGKILL');
 }
 
 /** The results history, opened once better-sqlite3's addon is there (built now if it is missing). */

@@ -6,7 +6,7 @@
 import test from 'ava';
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { repoRoot } from './helpers.ts';
@@ -45,6 +45,8 @@ test('a fresh checkout installs without compiling SQLite, finishes an interrupte
   t.false(existsSync(at(SQLITE_ADDON)), 'no build for a refused command');
 
   // Ctrl-C during the build: exit 130, npm's whole process tree ended, no half-built addon or lock file left.
+  const gccTemps = async () => (await readdir(os.tmpdir())).filter((f) => /^cc\w+\.(s|o|res)$/.test(f));
+  const tempsBefore = await gccTemps();
   const stopped = wrapper(['history']);
   // The wait ends with the process too, should it never say it is building.
   await Promise.race([stopped, new Promise<void>((resolve) => stopped.stderr?.on('data', (d: Buffer) => { if (/building better-sqlite3/.test(String(d))) resolve(); }))]);
@@ -58,6 +60,7 @@ test('a fresh checkout installs without compiling SQLite, finishes an interrupte
   t.is(compilers, '', 'no compiler of sqlite3.c left');
   t.false(existsSync(at('node_modules/better-sqlite3/build')), 'no half-built addon');
   t.false(existsSync(at('node_modules/better-sqlite3/.hwlab-build.lock')), 'no lock file');
+  t.deepEqual((await gccTemps()).filter((f) => !tempsBefore.includes(f)), [], 'no temporary file of the compiler left in /tmp');
 
   const history = await wrapper(['history']);
   t.is(history.exitCode, 0, history.all);
