@@ -14,6 +14,10 @@ import { resolveKernelTree } from '../../src/kernel/source.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 import { hwlab, qemuProcessesMentioning, removeRunsDirs, repoRoot, runsDir } from '../e2e/helpers.ts';
 import { kernelHistory } from '../e2e/kernel-history.ts';
+import { ensureSqliteAddon } from '../../src/history/addon.ts';
+
+// Run without npm's pretest (npx ava ...) in a checkout the hwlab wrapper installed: the addon is built here once.
+test.before(() => ensureSqliteAddon());
 
 test.after.always(removeRunsDirs);
 

@@ -16,6 +16,10 @@ import { recordRun } from '../../src/history/record.ts';
 import { InputError } from '../../src/util/errors.ts';
 import { cell, report } from './helpers/history-cells.ts';
 import { tempDir } from './helpers/temp.ts';
+import { ensureSqliteAddon } from '../../src/history/addon.ts';
+
+// Run without npm's pretest (npx ava ...) in a checkout the hwlab wrapper installed: the addon is built here once.
+test.before(() => ensureSqliteAddon());
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const writer = path.join(here, 'helpers', 'history-writer.ts');

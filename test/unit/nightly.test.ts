@@ -22,6 +22,10 @@ import type { RunResults } from '../../src/results/report.ts';
 import type { ProbeResult } from '../../src/results/tap.ts';
 import { silentProgress } from '../../src/util/progress.ts';
 import { tempDir } from './helpers/temp.ts';
+import { ensureSqliteAddon } from '../../src/history/addon.ts';
+
+// Run without npm's pretest (npx ava ...) in a checkout the hwlab wrapper installed: the addon is built here once.
+test.before(() => ensureSqliteAddon());
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
